@@ -1,1 +1,231 @@
-//! End-to-end harness helpers.
+//! End-to-end harness: finds (or builds) `libhz.so`, finds the C/C++ test
+//! programs `build.rs` compiled, and runs programs with and without
+//! `LD_PRELOAD`, with a time limit, capturing status and output.
+
+use std::ffi::OsStr;
+use std::io::Read;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+/// The repository root (the hz-e2e package).
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Where `build.rs` put the compiled test programs.
+pub fn bin_dir() -> &'static Path {
+    Path::new(env!("HZ_TEST_BIN_DIR"))
+}
+
+/// A compiled test program (or `libNAME.so`) from `tests/c`.
+pub fn test_bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(p.exists(), "test program {} was not built", p.display());
+    p
+}
+
+/// Newest modification time of any file below `dir` (recursively).
+fn newest_mtime(dir: &Path) -> Option<SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let t = if path.is_dir() {
+            newest_mtime(&path)
+        } else {
+            entry.metadata().ok().and_then(|m| m.modified().ok())
+        };
+        newest = newest.max(t);
+    }
+    newest
+}
+
+/// Path of `libhz.so`: `$HZ_LIB` if set (used as is), else
+/// `$CARGO_TARGET_DIR/release/libhz.so`, else `<repo>/target/release/libhz.so`.
+/// Without `$HZ_LIB`, the library is built once per test process
+/// (`cargo build --release -p hz-ffi`) when it is missing or older than the
+/// sources of hz-core and hz-ffi.
+pub fn libhz() -> &'static Path {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        if let Some(p) = std::env::var_os("HZ_LIB") {
+            let p = PathBuf::from(p);
+            assert!(p.exists(), "HZ_LIB={} does not exist", p.display());
+            return p;
+        }
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target"));
+        let lib = target.join("release").join("libhz.so");
+        let built = std::fs::metadata(&lib).and_then(|m| m.modified()).ok();
+        let sources = ["hz-core", "hz-ffi"]
+            .iter()
+            .filter_map(|d| newest_mtime(&repo_root().join(d)))
+            .max();
+        if built.is_none() || sources > built {
+            eprintln!("harness: building {}", lib.display());
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--release", "-p", "hz-ffi"])
+                .current_dir(repo_root())
+                .env("CARGO_TARGET_DIR", &target)
+                .status()
+                .expect("run cargo build -p hz-ffi");
+            assert!(status.success(), "cargo build --release -p hz-ffi failed");
+        }
+        assert!(lib.exists(), "{} missing after build", lib.display());
+        lib
+    })
+}
+
+/// What a finished program left behind.
+#[derive(Debug)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// Panics with the program's output unless it exited with status 0.
+    #[track_caller]
+    pub fn assert_success(&self, what: &str) -> &Self {
+        assert!(
+            self.status.success(),
+            "{what}: {:?} (signal {:?})\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status,
+            self.status.signal(),
+            tail(&self.stdout),
+            tail(&self.stderr)
+        );
+        self
+    }
+}
+
+/// The last few KiB of a long output, for failure messages.
+fn tail(s: &str) -> &str {
+    let mut start = s.len().saturating_sub(4000);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+/// Default time limit for one program run.
+pub const LIMIT: Duration = Duration::from_secs(120);
+
+/// A command for `prog` with `LD_PRELOAD=libhz.so` set.
+pub fn hz_command(prog: impl AsRef<OsStr>) -> Command {
+    let mut cmd = Command::new(prog);
+    cmd.env("LD_PRELOAD", libhz());
+    cmd
+}
+
+/// A command for `prog` on the plain system allocator (no preload).
+pub fn plain_command(prog: impl AsRef<OsStr>) -> Command {
+    let mut cmd = Command::new(prog);
+    cmd.env_remove("LD_PRELOAD");
+    cmd
+}
+
+fn drain(mut r: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
+
+/// Runs `cmd` to completion in its own process group, stdin closed, output
+/// captured. Past `limit` the whole group is killed and the test fails.
+pub fn run(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let out = drain(child.stdout.take().expect("piped stdout"));
+    let err = drain(child.stderr.take().expect("piped stderr"));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait for child") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            kill_group(child.id());
+            let _ = child.wait();
+            panic!("{cmd:?} ran longer than {limit:?}; killed");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    // Grandchildren left behind would keep the pipes open forever.
+    kill_group(child.id());
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
+/// Sends SIGKILL to the process group `pgid` (ignoring "no such group").
+pub fn kill_group(pgid: u32) {
+    if let Ok(pgid) = i32::try_from(pgid) {
+        // SAFETY: kill has no memory-safety preconditions; a negative pid
+        // names the process group we created for the child.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    }
+}
+
+/// Runs a compiled test program under hz and asserts it exits with status 0.
+#[track_caller]
+pub fn run_test_bin(name: &str, args: &[&str]) -> Output {
+    let out = run(hz_command(test_bin(name)).args(args), LIMIT);
+    out.assert_success(&format!("{name} {args:?} under libhz.so"));
+    out
+}
+
+/// Full path of `prog` found on `PATH`, or `None` (the caller then skips,
+/// saying why).
+pub fn which(prog: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
+}
+
+/// Like [`which`], printing the skip reason when `prog` is missing.
+pub fn require(prog: &str) -> Option<PathBuf> {
+    let found = which(prog);
+    if found.is_none() {
+        eprintln!("SKIPPED: {prog} is not installed (scripts/test.sh installs it)");
+    }
+    found
+}
+
+/// A fresh empty temporary directory, removed when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("hz-e2e-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

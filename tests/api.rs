@@ -1,0 +1,65 @@
+//! The malloc API under libhz.so, entry point by entry point.
+
+use hz_e2e::{plain_command, run, run_test_bin, test_bin, LIMIT};
+
+/// Every corner case in tests/c/api.c holds on plain glibc (so the
+/// expectations are glibc's real behaviour) and under hz.
+#[test]
+fn api_corner_cases_match_glibc() {
+    let plain = run(&mut plain_command(test_bin("api")), LIMIT);
+    plain.assert_success("api on plain glibc");
+    let hz = run_test_bin("api", &[]);
+    assert_eq!(hz.stdout.trim(), "api: ok");
+}
+
+#[test]
+fn every_export_works_and_keeps_errno() {
+    let out = run_test_bin("hz_only", &["exports"]);
+    assert_eq!(out.stdout.trim(), "exports: ok");
+}
+
+#[test]
+fn freeing_foreign_pointers_does_not_crash() {
+    let out = run_test_bin("hz_only", &["foreign"]);
+    assert_eq!(out.stdout.trim(), "foreign: ok");
+}
+
+/// Needs the real hz-core: the placeholder reports all-zero statistics.
+#[test]
+fn mallinfo_and_malloc_stats_report_live_memory() {
+    let out = run_test_bin("hz_only", &["stats"]);
+    assert_eq!(out.stdout.trim(), "stats: ok");
+    assert!(
+        !out.stderr.trim().is_empty(),
+        "malloc_stats() wrote nothing to stderr"
+    );
+}
+
+/// Needs the real hz-core: HZ_SHOW_STATS=1 makes it print its table at exit.
+#[test]
+fn show_stats_prints_a_table_at_exit() {
+    let out = run(
+        hz_e2e::hz_command(test_bin("api")).env("HZ_SHOW_STATS", "1"),
+        LIMIT,
+    );
+    out.assert_success("api with HZ_SHOW_STATS=1");
+    assert_eq!(out.stdout.trim(), "api: ok");
+    let lines = out.stderr.lines().filter(|l| !l.trim().is_empty()).count();
+    assert!(
+        lines >= 3 && out.stderr.contains("allocated"),
+        "expected a statistics table on stderr, got:\n{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn cxx_program_with_iostream_containers_exceptions() {
+    let out = run_test_bin("cxx", &[]);
+    assert!(out.stdout.contains("cxx: ok"), "{}", out.stdout);
+    let plain = run(&mut plain_command(test_bin("cxx")), LIMIT);
+    plain.assert_success("cxx on plain glibc");
+    assert_eq!(
+        out.stdout, plain.stdout,
+        "output differs from the glibc run"
+    );
+}
