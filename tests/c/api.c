@@ -11,17 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            printf("FAIL %s:%d: %s (errno=%d)\n", __FILE__, __LINE__, #cond,   \
-                   errno);                                                     \
-            fflush(stdout);                                                    \
-            exit(1);                                                           \
-        }                                                                      \
-    } while (0)
-
-#define ALIGNED(p, a) (((uintptr_t)(p) & ((uintptr_t)(a) - 1)) == 0)
+#include "check.h"
 
 /* Keeps the compiler from folding malloc/free pairs or known sizes away. */
 static volatile size_t big = SIZE_MAX;

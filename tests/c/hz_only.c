@@ -13,17 +13,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            printf("FAIL %s:%d: %s (errno=%d)\n", __FILE__, __LINE__, #cond,   \
-                   errno);                                                     \
-            fflush(stdout);                                                    \
-            exit(1);                                                           \
-        }                                                                      \
-    } while (0)
-
-#define ALIGNED(p, a) (((uintptr_t)(p) & ((uintptr_t)(a) - 1)) == 0)
+#include "check.h"
 
 /* Not declared by glibc 2.36's headers. */
 extern void free_sized(void *, size_t) __attribute__((weak));
