@@ -1,0 +1,689 @@
+//! Arenas, the page-tag table and the page allocator (the backend).
+//!
+//! Owns: address-space reservations ("arenas"), cut into 64 KiB pages; per
+//! arena a tag table (one `u64` per page: class, kind, owner heap, offset to
+//! the run's first page) and a page-meta table (one [`PageMeta`] per page);
+//! the free runs of pages, their coalescing, and purging (returning dirty
+//! free pages to the OS after a delay).
+//! May touch: `os` (mappings), `config`, `stats`.
+//! Invariants:
+//! * A run of pages (free or in use) has `state`, `pages` and `addr` valid in
+//!   its first page's meta, and `state`/`head` in its last page's meta.
+//!   Neighbouring free runs are always coalesced.
+//! * All page-allocator fields are read and written with [`PAGES`] held. The
+//!   small-span fields of an in-use run belong to the owning heap alone.
+//! * Tags are written when a run is handed out and read without locks: the
+//!   pointer being looked up was obtained (with synchronisation) from an
+//!   allocation that wrote them.
+//! * Arenas are never unmapped (threads may still free during `exit`).
+
+use crate::os;
+use crate::stats::STATS;
+use crate::sync::{AtomicPtr, AtomicUsize, Mutex, Ordering::*};
+use crate::{PAGE_SHIFT, PAGE_SIZE};
+use core::cell::UnsafeCell;
+use core::ptr::null_mut;
+
+/// Tag kinds.
+pub const KIND_FREE: u64 = 0;
+pub const KIND_SMALL: u64 = 1;
+pub const KIND_LARGE: u64 = 2;
+pub const KIND_META: u64 = 3;
+
+#[inline(always)]
+pub const fn tag_class(t: u64) -> usize {
+    (t & 0xff) as usize
+}
+#[inline(always)]
+pub const fn tag_kind(t: u64) -> u64 {
+    (t >> 8) & 0xf
+}
+#[inline(always)]
+pub const fn tag_owner(t: u64) -> u32 {
+    ((t >> 12) & 0xf_ffff) as u32
+}
+#[inline(always)]
+pub const fn tag_offset(t: u64) -> usize {
+    (t >> 32) as usize
+}
+pub const fn make_tag(class: usize, kind: u64, owner: u32, offset: usize) -> u64 {
+    class as u64 | (kind << 8) | ((owner as u64 & 0xf_ffff) << 12) | ((offset as u64) << 32)
+}
+/// Largest heap id a tag can carry.
+pub const MAX_OWNER: u32 = 0xf_ffff;
+
+pub const STATE_FREE: u8 = 1;
+pub const STATE_USED: u8 = 2;
+
+/// Metadata of one page. Only the first page of a run (and `state`/`head`
+/// of its last page) is meaningful.
+#[repr(C)]
+pub struct PageMeta {
+    // ---- page allocator: only with PAGES held ----
+    pub state: u8,
+    /// Free run whose pages may still be resident.
+    pub dirty: bool,
+    /// Arena index of this page.
+    pub arena: u16,
+    /// Run length in pages (first page).
+    pub pages: u32,
+    /// Index of the run's first page (last page).
+    pub head: u32,
+    pub freed_at: u64,
+    /// Address of the page.
+    pub addr: usize,
+    pub fnext: *mut PageMeta,
+    pub fprev: *mut PageMeta,
+    pub dnext: *mut PageMeta,
+    pub dprev: *mut PageMeta,
+    // ---- small span: only by the owning heap ----
+    pub free: *mut u8,
+    pub bump: *mut u8,
+    pub end: *mut u8,
+    pub used: u32,
+    pub class: u32,
+    pub snext: *mut PageMeta,
+    pub sprev: *mut PageMeta,
+    pub in_partial: bool,
+    /// Large blocks: the run's pages were zero when handed out (for calloc).
+    pub clean: bool,
+}
+
+pub const MAX_ARENAS: usize = 64;
+
+pub struct ArenaSlot {
+    /// Address of data page 0 (64 KiB aligned).
+    pub base: AtomicUsize,
+    /// Bytes of data pages.
+    pub len: AtomicUsize,
+    pub tags: AtomicPtr<u64>,
+    pub metas: AtomicPtr<PageMeta>,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY_SLOT: ArenaSlot = ArenaSlot {
+    base: AtomicUsize::new(0),
+    len: AtomicUsize::new(0),
+    tags: AtomicPtr::new(null_mut()),
+    metas: AtomicPtr::new(null_mut()),
+};
+pub static ARENAS: [ArenaSlot; MAX_ARENAS] = [EMPTY_SLOT; MAX_ARENAS];
+pub static NARENAS: AtomicUsize = AtomicUsize::new(0);
+
+/// Number of exact-size free lists; list `FREE_LISTS - 1` holds every run
+/// of that many pages or more.
+const FREE_LISTS: usize = 65;
+
+struct PageState {
+    free: [*mut PageMeta; FREE_LISTS],
+    dirty_head: *mut PageMeta,
+    dirty_tail: *mut PageMeta,
+    dirty_pages: usize,
+    /// Pages handed out of each arena so far (bump pointer).
+    top: [usize; MAX_ARENAS],
+    /// Size to try for the next reservation (halved on refusal).
+    next_reserve: usize,
+    last_purge_check: u64,
+}
+
+struct Pages {
+    lock: Mutex,
+    st: UnsafeCell<PageState>,
+}
+// SAFETY: `st` is only accessed with `lock` held.
+unsafe impl Sync for Pages {}
+
+static PAGES: Pages = Pages {
+    lock: Mutex::new(),
+    st: UnsafeCell::new(PageState {
+        free: [null_mut(); FREE_LISTS],
+        dirty_head: null_mut(),
+        dirty_tail: null_mut(),
+        dirty_pages: 0,
+        top: [0; MAX_ARENAS],
+        next_reserve: 0,
+        last_purge_check: 0,
+    }),
+};
+
+const META_BYTES: usize = core::mem::size_of::<PageMeta>() + 8;
+const MIN_ARENA: usize = 16 << 20;
+
+// ---------------------------------------------------------------------------
+// Lookups (lock-free)
+
+/// The tag of the page holding `p`, and the arena index; tag 0 when hz does
+/// not manage `p`. Does not touch `p`.
+#[inline(always)]
+pub fn lookup(p: usize) -> (u64, usize) {
+    let a = &ARENAS[0];
+    let off = p.wrapping_sub(a.base.load(Relaxed));
+    if off < a.len.load(Relaxed) {
+        // SAFETY: off < len, so the index is within arena 0's tag table.
+        let t = unsafe { *a.tags.load(Relaxed).add(off >> PAGE_SHIFT) };
+        return (t, 0);
+    }
+    lookup_slow(p)
+}
+
+#[cold]
+fn lookup_slow(p: usize) -> (u64, usize) {
+    let n = NARENAS.load(Acquire);
+    for i in 1..n {
+        let a = &ARENAS[i];
+        let off = p.wrapping_sub(a.base.load(Relaxed));
+        if off < a.len.load(Relaxed) {
+            // SAFETY: index within arena i's tag table.
+            let t = unsafe { *a.tags.load(Relaxed).add(off >> PAGE_SHIFT) };
+            return (t, i);
+        }
+    }
+    (0, 0)
+}
+
+/// The meta of the first page of the run holding `p` (whose tag is `t`).
+#[inline]
+pub fn head_meta(p: usize, t: u64, arena: usize) -> *mut PageMeta {
+    let a = &ARENAS[arena];
+    let idx = ((p - a.base.load(Relaxed)) >> PAGE_SHIFT) - tag_offset(t);
+    // SAFETY: idx is a page of this arena (tags only name in-arena heads).
+    unsafe { a.metas.load(Relaxed).add(idx) }
+}
+
+/// Writes the tags of a run.
+///
+/// # Safety
+/// `m` is the head meta of a run that the caller owns.
+pub unsafe fn set_tags(m: *mut PageMeta, class: usize, kind: u64, owner: u32) {
+    // SAFETY: m is a valid head meta.
+    let (arena, addr, pages) = unsafe { ((*m).arena as usize, (*m).addr, (*m).pages as usize) };
+    let a = &ARENAS[arena];
+    let idx = (addr - a.base.load(Relaxed)) >> PAGE_SHIFT;
+    let tags = a.tags.load(Relaxed);
+    for i in 0..pages {
+        // SAFETY: idx + i within the arena's tag table.
+        unsafe { *tags.add(idx + i) = make_tag(class, kind, owner, i) };
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Page allocator
+
+fn meta_at(arena: usize, idx: usize) -> *mut PageMeta {
+    // SAFETY: callers pass idx < arena pages.
+    unsafe { ARENAS[arena].metas.load(Relaxed).add(idx) }
+}
+
+fn arena_pages(arena: usize) -> usize {
+    ARENAS[arena].len.load(Relaxed) >> PAGE_SHIFT
+}
+
+fn page_index(m: *mut PageMeta) -> usize {
+    // SAFETY: m is a meta inside its arena's table.
+    unsafe { m.offset_from(ARENAS[(*m).arena as usize].metas.load(Relaxed)) as usize }
+}
+
+/// Marks `[idx, idx+pages)` of `arena` as one run in state `state`.
+unsafe fn set_run(arena: usize, idx: usize, pages: usize, state: u8) -> *mut PageMeta {
+    let h = meta_at(arena, idx);
+    let t = meta_at(arena, idx + pages - 1);
+    // SAFETY: both metas are in the table; PAGES is held by the caller.
+    unsafe {
+        (*h).state = state;
+        (*h).pages = pages as u32;
+        (*h).arena = arena as u16;
+        (*h).addr = ARENAS[arena].base.load(Relaxed) + (idx << PAGE_SHIFT);
+        (*t).state = state;
+        (*t).head = idx as u32;
+        (*t).arena = arena as u16;
+    }
+    h
+}
+
+fn list_of(pages: usize) -> usize {
+    if pages >= FREE_LISTS - 1 {
+        FREE_LISTS - 1
+    } else {
+        pages
+    }
+}
+
+unsafe fn free_insert(st: &mut PageState, m: *mut PageMeta) {
+    // SAFETY: m is a free head meta; lists are consistent (PAGES held).
+    unsafe {
+        let l = list_of((*m).pages as usize);
+        (*m).fprev = null_mut();
+        (*m).fnext = st.free[l];
+        if !st.free[l].is_null() {
+            (*st.free[l]).fprev = m;
+        }
+        st.free[l] = m;
+    }
+}
+
+unsafe fn free_remove(st: &mut PageState, m: *mut PageMeta) {
+    // SAFETY: m is in list `list_of(pages)`.
+    unsafe {
+        let l = list_of((*m).pages as usize);
+        if (*m).fprev.is_null() {
+            st.free[l] = (*m).fnext;
+        } else {
+            (*(*m).fprev).fnext = (*m).fnext;
+        }
+        if !(*m).fnext.is_null() {
+            (*(*m).fnext).fprev = (*m).fprev;
+        }
+    }
+}
+
+unsafe fn dirty_append(st: &mut PageState, m: *mut PageMeta) {
+    // SAFETY: m is a free head not in the dirty list.
+    unsafe {
+        (*m).dnext = null_mut();
+        (*m).dprev = st.dirty_tail;
+        if st.dirty_tail.is_null() {
+            st.dirty_head = m;
+        } else {
+            (*st.dirty_tail).dnext = m;
+        }
+        st.dirty_tail = m;
+        st.dirty_pages += (*m).pages as usize;
+    }
+}
+
+unsafe fn dirty_remove(st: &mut PageState, m: *mut PageMeta) {
+    // SAFETY: m is in the dirty list.
+    unsafe {
+        if (*m).dprev.is_null() {
+            st.dirty_head = (*m).dnext;
+        } else {
+            (*(*m).dprev).dnext = (*m).dnext;
+        }
+        if (*m).dnext.is_null() {
+            st.dirty_tail = (*m).dprev;
+        } else {
+            (*(*m).dnext).dprev = (*m).dprev;
+        }
+        st.dirty_pages -= (*m).pages as usize;
+    }
+}
+
+/// A run taken from the page allocator.
+pub struct Run {
+    pub meta: *mut PageMeta,
+    pub addr: *mut u8,
+    /// The pages are known to read as zero.
+    pub clean: bool,
+}
+
+/// Allocates `pages` contiguous pages whose address is a multiple of
+/// `align_pages` pages. `None` when the OS refuses more address space.
+pub fn alloc_run(pages: usize, align_pages: usize) -> Option<Run> {
+    if pages == 0 || pages > (1 << 31) || align_pages > (1 << 30) {
+        return None;
+    }
+    PAGES.lock.lock();
+    // SAFETY: PAGES held.
+    let r = unsafe { alloc_run_locked(&mut *PAGES.st.get(), pages, align_pages.max(1)) };
+    PAGES.lock.unlock();
+    if let Some(r) = &r {
+        STATS.pages_in_use.fetch_add(pages as u64, Relaxed);
+        let _ = r;
+    }
+    r
+}
+
+unsafe fn alloc_run_locked(st: &mut PageState, pages: usize, align: usize) -> Option<Run> {
+    let want = pages + align - 1;
+    // 1. Free runs: the exact list first, then larger ones.
+    let mut l = list_of(want);
+    while l < FREE_LISTS {
+        let mut m = st.free[l];
+        while !m.is_null() {
+            // SAFETY: m is a free head meta in a list (PAGES held).
+            if unsafe { (*m).pages as usize } >= want {
+                // SAFETY: as above.
+                return Some(unsafe { take_from_free(st, m, pages, align) });
+            }
+            // SAFETY: as above.
+            m = unsafe { (*m).fnext };
+        }
+        l += 1;
+    }
+    // 2. Never-used pages at the top of an arena.
+    let n = NARENAS.load(Relaxed);
+    for a in 0..n {
+        if let Some(r) = unsafe { bump(st, a, pages, align) } {
+            return Some(r);
+        }
+    }
+    // 3. A new arena.
+    let a = new_arena(st, want)?;
+    // SAFETY: the new arena has room for `want` pages.
+    unsafe { bump(st, a, pages, align) }
+}
+
+/// Carves from the never-used top of arena `a`.
+unsafe fn bump(st: &mut PageState, a: usize, pages: usize, align: usize) -> Option<Run> {
+    let total = arena_pages(a);
+    let base_idx = ARENAS[a].base.load(Relaxed) >> PAGE_SHIFT;
+    let top = st.top[a];
+    // Align the absolute page number.
+    let start = (base_idx + top).next_multiple_of(align) - base_idx;
+    if start + pages > total {
+        return None;
+    }
+    if start > top {
+        // The skipped pages become a clean free run.
+        // SAFETY: [top, start) is unused; PAGES held.
+        unsafe {
+            let m = set_run(a, top, start - top, STATE_FREE);
+            (*m).dirty = false;
+            free_insert(st, m);
+        }
+    }
+    st.top[a] = start + pages;
+    // SAFETY: [start, start+pages) is unused; PAGES held.
+    let m = unsafe { set_run(a, start, pages, STATE_USED) };
+    // SAFETY: m valid.
+    let addr = unsafe { (*m).addr } as *mut u8;
+    Some(Run {
+        meta: m,
+        addr,
+        clean: true,
+    })
+}
+
+/// Takes `pages` (aligned) out of the free run `m` (`pages + align - 1 <= m.pages`).
+unsafe fn take_from_free(st: &mut PageState, m: *mut PageMeta, pages: usize, align: usize) -> Run {
+    // SAFETY: m is a free head; PAGES held. Every piece is re-marked.
+    unsafe {
+        free_remove(st, m);
+        let dirty = (*m).dirty;
+        if dirty {
+            dirty_remove(st, m);
+        }
+        let a = (*m).arena as usize;
+        let idx = page_index(m);
+        let n = (*m).pages as usize;
+        let base_idx = ARENAS[a].base.load(Relaxed) >> PAGE_SHIFT;
+        // Take from the end of the run, aligned down, so a remainder at the
+        // front keeps its place.
+        let end = idx + n;
+        let start = ((base_idx + end - pages) / align * align) - base_idx;
+        let freed_at = (*m).freed_at;
+        if start > idx {
+            let f = set_run(a, idx, start - idx, STATE_FREE);
+            (*f).dirty = dirty;
+            (*f).freed_at = freed_at;
+            free_insert(st, f);
+            if dirty {
+                dirty_append(st, f);
+            }
+        }
+        if start + pages < end {
+            let f = set_run(a, start + pages, end - start - pages, STATE_FREE);
+            (*f).dirty = dirty;
+            (*f).freed_at = freed_at;
+            free_insert(st, f);
+            if dirty {
+                dirty_append(st, f);
+            }
+        }
+        let u = set_run(a, start, pages, STATE_USED);
+        Run {
+            meta: u,
+            addr: (*u).addr as *mut u8,
+            clean: !dirty,
+        }
+    }
+}
+
+/// Returns a run to the page allocator. Its tags are cleared.
+///
+/// # Safety
+/// `m` is the head meta of an in-use run nobody uses any more.
+pub unsafe fn free_run(m: *mut PageMeta) {
+    // SAFETY: caller's contract; the run's tags are ours to clear.
+    unsafe { set_tags(m, 0, KIND_FREE, 0) };
+    // SAFETY: m valid.
+    let pages = unsafe { (*m).pages } as u64;
+    PAGES.lock.lock();
+    // SAFETY: PAGES held; m is an in-use head.
+    unsafe {
+        let st = &mut *PAGES.st.get();
+        free_run_locked(st, m);
+        maybe_purge(st, false);
+    }
+    PAGES.lock.unlock();
+    STATS.pages_in_use.fetch_sub(pages, Relaxed);
+}
+
+unsafe fn free_run_locked(st: &mut PageState, m: *mut PageMeta) {
+    // SAFETY: PAGES held; neighbours are examined through their metas,
+    // whose `state` is only written with PAGES held.
+    unsafe {
+        let a = (*m).arena as usize;
+        let mut idx = page_index(m);
+        let mut n = (*m).pages as usize;
+        // Next run.
+        if idx + n < st.top[a] {
+            let nx = meta_at(a, idx + n);
+            if (*nx).state == STATE_FREE {
+                free_remove(st, nx);
+                if (*nx).dirty {
+                    dirty_remove(st, nx);
+                }
+                n += (*nx).pages as usize;
+            }
+        }
+        // Previous run.
+        if idx > 0 {
+            let pt = meta_at(a, idx - 1);
+            if (*pt).state == STATE_FREE {
+                let ph = meta_at(a, (*pt).head as usize);
+                free_remove(st, ph);
+                if (*ph).dirty {
+                    dirty_remove(st, ph);
+                }
+                idx = (*pt).head as usize;
+                n += (*ph).pages as usize;
+            }
+        }
+        let f = set_run(a, idx, n, STATE_FREE);
+        (*f).dirty = true;
+        (*f).freed_at = os::now_ms();
+        free_insert(st, f);
+        dirty_append(st, f);
+    }
+}
+
+/// Purges dirty runs older than the delay, or all of them (`force`), or the
+/// oldest while the dirty total is over its cap.
+unsafe fn maybe_purge(st: &mut PageState, force: bool) {
+    let cfg = &crate::config::CONFIG;
+    let delay = cfg.purge_delay_ms.load(Relaxed);
+    let max_dirty = (cfg.max_dirty_bytes.load(Relaxed) as usize) >> PAGE_SHIFT;
+    let now = os::now_ms();
+    if !force
+        && delay > 0
+        && st.dirty_pages <= max_dirty
+        && now < st.last_purge_check + delay / 2 + 1
+    {
+        return;
+    }
+    st.last_purge_check = now;
+    loop {
+        let m = st.dirty_head;
+        if m.is_null() {
+            break;
+        }
+        // SAFETY: m is a dirty free head; PAGES held.
+        unsafe {
+            let old = now >= (*m).freed_at + delay;
+            if !(force || old || st.dirty_pages > max_dirty) {
+                break;
+            }
+            dirty_remove(st, m);
+            let len = ((*m).pages as usize) << PAGE_SHIFT;
+            os::purge((*m).addr as *mut u8, len);
+            (*m).dirty = false;
+            STATS.purges.fetch_add(1, Relaxed);
+            STATS.purged_bytes.fetch_add(len as u64, Relaxed);
+        }
+    }
+}
+
+/// Purges every dirty free run now.
+pub fn purge_all() {
+    PAGES.lock.lock();
+    // SAFETY: PAGES held.
+    unsafe { maybe_purge(&mut *PAGES.st.get(), true) };
+    PAGES.lock.unlock();
+}
+
+/// Purges what is due (called from slow paths so that memory comes back
+/// without any call from the program).
+pub fn purge_tick() {
+    if PAGES.lock.try_lock() {
+        // SAFETY: PAGES held.
+        unsafe { maybe_purge(&mut *PAGES.st.get(), false) };
+        PAGES.lock.unlock();
+    }
+}
+
+/// Free but resident pages (for statistics).
+pub fn dirty_pages() -> usize {
+    PAGES.lock.lock();
+    // SAFETY: PAGES held.
+    let n = unsafe { (*PAGES.st.get()).dirty_pages };
+    PAGES.lock.unlock();
+    n
+}
+
+/// Grows (or shrinks) an in-use run in place to `new_pages`. On growth the
+/// following free run must be large enough. Returns false if it cannot.
+///
+/// # Safety
+/// `m` is the head of an in-use run owned by the caller.
+pub unsafe fn resize_run(m: *mut PageMeta, new_pages: usize) -> bool {
+    PAGES.lock.lock();
+    // SAFETY: PAGES held; m is an in-use head.
+    let ok = unsafe { resize_locked(&mut *PAGES.st.get(), m, new_pages) };
+    PAGES.lock.unlock();
+    ok
+}
+
+unsafe fn resize_locked(st: &mut PageState, m: *mut PageMeta, new_pages: usize) -> bool {
+    // SAFETY: PAGES held; metas of this arena.
+    unsafe {
+        let a = (*m).arena as usize;
+        let idx = page_index(m);
+        let n = (*m).pages as usize;
+        if new_pages == n {
+            return true;
+        }
+        if new_pages < n {
+            set_run(a, idx, new_pages, STATE_USED);
+            let f = set_run(a, idx + new_pages, n - new_pages, STATE_USED);
+            // Clear the tail's tags, then free it as a run.
+            set_tags(f, 0, KIND_FREE, 0);
+            free_run_locked(st, f);
+            STATS
+                .pages_in_use
+                .fetch_sub((n - new_pages) as u64, Relaxed);
+            return true;
+        }
+        let extra = new_pages - n;
+        let next = idx + n;
+        if next == st.top[a] {
+            if next + extra > arena_pages(a) {
+                return false;
+            }
+            st.top[a] = next + extra;
+        } else {
+            let nx = meta_at(a, next);
+            if (*nx).state != STATE_FREE || ((*nx).pages as usize) < extra {
+                return false;
+            }
+            free_remove(st, nx);
+            if (*nx).dirty {
+                dirty_remove(st, nx);
+            }
+            let rest = (*nx).pages as usize - extra;
+            let (dirty, freed_at) = ((*nx).dirty, (*nx).freed_at);
+            if rest > 0 {
+                let f = set_run(a, next + extra, rest, STATE_FREE);
+                (*f).dirty = dirty;
+                (*f).freed_at = freed_at;
+                free_insert(st, f);
+                if dirty {
+                    dirty_append(st, f);
+                }
+            }
+        }
+        set_run(a, idx, new_pages, STATE_USED);
+        STATS.pages_in_use.fetch_add(extra as u64, Relaxed);
+        true
+    }
+}
+
+/// Reserves a new arena able to hold `min_pages` pages. Tries the
+/// configured size, halving on refusal (e.g. under `ulimit -v`).
+fn new_arena(st: &mut PageState, min_pages: usize) -> Option<usize> {
+    let n = NARENAS.load(Relaxed);
+    if n >= MAX_ARENAS {
+        return None;
+    }
+    if st.next_reserve == 0 {
+        st.next_reserve = crate::config::CONFIG.arena_bytes.load(Relaxed) as usize;
+    }
+    let need = min_pages.checked_mul(PAGE_SIZE)?;
+    let mut size = st.next_reserve.max(need.next_multiple_of(MIN_ARENA));
+    loop {
+        let pages = size >> PAGE_SHIFT;
+        let meta = (pages * META_BYTES).next_multiple_of(PAGE_SIZE);
+        let total = meta + size + PAGE_SIZE;
+        if let Some(map) = os::reserve(total) {
+            let tags = map as *mut u64;
+            let metas = (map as usize + pages * 8).next_multiple_of(64) as *mut PageMeta;
+            let base = (map as usize + meta).next_multiple_of(PAGE_SIZE);
+            let a = &ARENAS[n];
+            a.tags.store(tags, Relaxed);
+            a.metas.store(metas, Relaxed);
+            a.base.store(base, Relaxed);
+            a.len.store(size, Relaxed);
+            st.top[n] = 0;
+            NARENAS.store(n + 1, Release);
+            if n > 0 && crate::config::verbose() {
+                os::write_fd(2, b"hz: reserved an additional arena\n");
+            }
+            STATS.mapped.fetch_add(total as u64, Relaxed);
+            if size < st.next_reserve {
+                st.next_reserve = size;
+            }
+            return Some(n);
+        }
+        if size / 2 < need.max(MIN_ARENA) {
+            return None;
+        }
+        size /= 2;
+        if crate::config::verbose() {
+            os::write_fd(
+                2,
+                b"hz: address-space reservation refused; trying a smaller arena\n",
+            );
+        }
+    }
+}
+
+/// fork(): hold the page lock across the fork.
+pub fn fork_prepare() {
+    PAGES.lock.lock();
+}
+pub fn fork_parent() {
+    PAGES.lock.unlock();
+}
+pub fn fork_child() {
+    PAGES.lock.reset_after_fork();
+}

@@ -1,0 +1,244 @@
+//! Size classes.
+//!
+//! Owns: the class table, the size → class map, each class's span length
+//! and thread-cache capacity. Pure data and arithmetic; touches nothing else.
+//!
+//! Classes (index 0 means "not a small block"):
+//! * 1..=8: 16, 32, …, 128 — exact 16-byte steps;
+//! * 9..=48: four per power of two, `2^b + k·2^(b-2)` for k = 1..4, from
+//!   160 up to 131072 (128 KiB). Worst-case internal waste above 128 bytes is
+//!   just under 20%, about 10% on average.
+//!
+//! Every class size is a multiple of 16, and each power of two is a class,
+//! which is how over-aligned small requests are served (see [`class_for`]).
+//! A class's blocks are carved from a span of `span_pages` 64 KiB pages
+//! holding at least 8 blocks (4 above 32 KiB).
+
+use crate::PAGE_SIZE;
+
+pub const NUM_CLASSES: usize = 49;
+/// Largest size served by size classes; larger blocks are page runs.
+pub const SMALL_MAX: usize = 128 << 10;
+
+const fn gen_sizes() -> [u32; NUM_CLASSES] {
+    let mut s = [0u32; NUM_CLASSES];
+    let mut i = 1;
+    while i <= 8 {
+        s[i] = 16 * i as u32;
+        i += 1;
+    }
+    let mut b = 7;
+    while i < NUM_CLASSES {
+        let base = 1u32 << b;
+        let step = base >> 2;
+        let mut k = 1;
+        while k <= 4 {
+            s[i] = base + k * step;
+            i += 1;
+            k += 1;
+        }
+        b += 1;
+    }
+    s
+}
+
+/// Block size of each class.
+pub static CLASS_SIZE: [u32; NUM_CLASSES] = gen_sizes();
+
+const fn gen_small_table() -> [u8; 65] {
+    // index (size + 15) / 16 for size <= 1024
+    let sizes = gen_sizes();
+    let mut t = [0u8; 65];
+    let mut i = 0;
+    while i <= 64 {
+        let size = if i == 0 { 1 } else { i * 16 };
+        let mut c = 1;
+        while (sizes[c] as usize) < size {
+            c += 1;
+        }
+        t[i] = c as u8;
+        i += 1;
+    }
+    t
+}
+static SMALL_TABLE: [u8; 65] = gen_small_table();
+
+/// Class for a request of `size` bytes with 16-byte alignment; 0 if larger
+/// than [`SMALL_MAX`].
+#[inline(always)]
+pub fn class_of(size: usize) -> usize {
+    if size <= 1024 {
+        // SAFETY: (size + 15) >> 4 <= 64 < 65.
+        unsafe { *SMALL_TABLE.get_unchecked((size + 15) >> 4) as usize }
+    } else {
+        class_of_large(size)
+    }
+}
+
+#[inline]
+fn class_of_large(size: usize) -> usize {
+    if size > SMALL_MAX {
+        return 0;
+    }
+    let s = size - 1;
+    let b = (usize::BITS - 1 - s.leading_zeros()) as usize; // 2^b <= s < 2^(b+1)
+    let k = ((s >> (b - 2)) & 3) + 1;
+    8 + (b - 7) * 4 + k
+}
+
+/// Class for `size` bytes aligned to `align` (a power of two), or 0 when
+/// the request must be served as a page run. A pure function of its
+/// arguments: `dealloc` recomputes it from the `Layout`.
+#[inline(always)]
+pub fn class_for(size: usize, align: usize) -> usize {
+    if align <= 16 {
+        return class_of(size);
+    }
+    class_for_aligned(size, align)
+}
+
+#[inline]
+fn class_for_aligned(size: usize, align: usize) -> usize {
+    if align > PAGE_SIZE {
+        return 0;
+    }
+    let mut c = class_of(if size < align { align } else { size });
+    // Span bases are page-aligned, so a class whose size is a multiple of
+    // `align` yields aligned blocks. Powers of two are classes: this ends.
+    while c != 0 && (CLASS_SIZE[c] as usize) & (align - 1) != 0 {
+        c += 1;
+        if c == NUM_CLASSES {
+            return 0;
+        }
+    }
+    c
+}
+
+const fn gen_span_pages() -> [u32; NUM_CLASSES] {
+    let sizes = gen_sizes();
+    let mut p = [0u32; NUM_CLASSES];
+    let mut c = 1;
+    while c < NUM_CLASSES {
+        let s = sizes[c] as usize;
+        let min_blocks = if s <= 32 << 10 { 8 } else { 4 };
+        let mut pages = 1;
+        loop {
+            let bytes = pages * PAGE_SIZE;
+            let n = bytes / s;
+            let waste = bytes - n * s;
+            if n >= min_blocks && waste * 8 <= bytes {
+                break;
+            }
+            pages += 1;
+        }
+        p[c] = pages as u32;
+        c += 1;
+    }
+    p
+}
+/// Pages per span of each class.
+pub static SPAN_PAGES: [u32; NUM_CLASSES] = gen_span_pages();
+
+const fn gen_bin_cap() -> [u32; NUM_CLASSES] {
+    let sizes = gen_sizes();
+    let mut cap = [0u32; NUM_CLASSES];
+    let mut c = 1;
+    while c < NUM_CLASSES {
+        let mut n = (64 << 10) / sizes[c];
+        if n > 256 {
+            n = 256;
+        }
+        if n < 8 {
+            n = 8;
+        }
+        cap[c] = n;
+        c += 1;
+    }
+    cap
+}
+/// Thread-cache (bin) capacity of each class, in blocks: about 64 KiB of
+/// blocks, between 8 and 256.
+pub static BIN_CAP: [u32; NUM_CLASSES] = gen_bin_cap();
+
+const fn sum(a: &[u32; NUM_CLASSES]) -> usize {
+    let mut t = 0;
+    let mut i = 0;
+    while i < NUM_CLASSES {
+        t += a[i] as usize;
+        i += 1;
+    }
+    t
+}
+/// Total bin slots in a heap.
+pub const BIN_SLOTS: usize = sum(&gen_bin_cap());
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_shape() {
+        assert_eq!(CLASS_SIZE[1], 16);
+        assert_eq!(CLASS_SIZE[8], 128);
+        assert_eq!(CLASS_SIZE[9], 160);
+        assert_eq!(CLASS_SIZE[12], 256);
+        assert_eq!(CLASS_SIZE[NUM_CLASSES - 1] as usize, SMALL_MAX);
+        for c in 1..NUM_CLASSES {
+            assert_eq!(CLASS_SIZE[c] % 16, 0);
+            if c > 1 {
+                assert!(CLASS_SIZE[c] > CLASS_SIZE[c - 1]);
+            }
+        }
+    }
+
+    #[test]
+    fn every_size_maps_to_smallest_fitting_class() {
+        for size in 0..=SMALL_MAX {
+            let c = class_of(size);
+            assert!((1..NUM_CLASSES).contains(&c), "size {size}");
+            assert!(CLASS_SIZE[c] as usize >= size.max(1), "size {size}");
+            if c > 1 {
+                assert!(
+                    (CLASS_SIZE[c - 1] as usize) < size,
+                    "size {size} not smallest"
+                );
+            }
+            if size > 128 {
+                let waste = CLASS_SIZE[c] as usize - size;
+                assert!(
+                    waste * 4 < CLASS_SIZE[c] as usize,
+                    "waste over 25% at {size}"
+                );
+            }
+        }
+        assert_eq!(class_of(SMALL_MAX + 1), 0);
+        assert_eq!(class_of(usize::MAX), 0);
+    }
+
+    #[test]
+    fn aligned_classes_are_aligned() {
+        let mut align = 32;
+        while align <= PAGE_SIZE {
+            for size in [0, 1, 17, 100, 1000, 5000, 70000, SMALL_MAX] {
+                let c = class_for(size, align);
+                if c != 0 {
+                    assert_eq!(CLASS_SIZE[c] as usize % align, 0);
+                    assert!(CLASS_SIZE[c] as usize >= size);
+                }
+            }
+            align *= 2;
+        }
+        assert_eq!(class_for(16, 2 * PAGE_SIZE), 0);
+    }
+
+    #[test]
+    fn spans_hold_enough_blocks_with_little_waste() {
+        for c in 1..NUM_CLASSES {
+            let bytes = SPAN_PAGES[c] as usize * PAGE_SIZE;
+            let n = bytes / CLASS_SIZE[c] as usize;
+            assert!(n >= 4);
+            assert!((bytes - n * CLASS_SIZE[c] as usize) * 8 <= bytes);
+            assert!(BIN_CAP[c] >= 8 && BIN_CAP[c] <= 256);
+        }
+    }
+}

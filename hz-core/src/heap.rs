@@ -1,0 +1,836 @@
+//! Thread heaps: bins, spill arrays, spans of small blocks, the registry of
+//! heaps, and every small-block slow path.
+//!
+//! Owns: [`Heap`] and [`Bins`]; the heap registry ([`HEAPS`]), claiming a
+//! heap for a thread, its release at thread exit and adoption by a later
+//! thread; refilling an empty bin; handling a full bin.
+//! May touch: `arena` (runs, tags), `inbox` (publish to other heaps, drain
+//! its own), `tls`, `stats`.
+//!
+//! Invariants:
+//! * A heap is used by one thread at a time (the one whose TLS points at it,
+//!   or the holder of [`SHARED_LOCK`] for the shared heap). Only its `inbox`
+//!   is touched by other threads.
+//! * A bin holds free blocks of its class owned by any heap. Blocks of this
+//!   heap return to their span when a bin overflows; blocks of other heaps
+//!   go to the class's spill array and from there, grouped by owner, to the
+//!   owners' inboxes, one CAS per owner.
+//! * A span's `used` counts its blocks not on its own free list or bump
+//!   area: live blocks and blocks cached in any bin, spill array, chain or
+//!   inbox. A span is returned to the page allocator when `used` drops to
+//!   0 (one empty span per class is kept to avoid thrashing).
+
+use crate::arena::{self, PageMeta, KIND_META, KIND_SMALL};
+use crate::class::{BIN_CAP, BIN_SLOTS, CLASS_SIZE, NUM_CLASSES, SPAN_PAGES};
+use crate::inbox::{self, Inbox};
+use crate::os;
+use crate::stats::STATS;
+use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, Mutex, Ordering::*};
+use crate::{tls, PAGE_SHIFT, PAGE_SIZE};
+use core::ptr::null_mut;
+
+/// One class's thread cache: a stack of block pointers in `[base, end)`,
+/// filled up to `top`. Empty when `top == base`, full when `top == end`.
+#[repr(C)]
+pub struct Bin {
+    pub top: *mut *mut u8,
+    pub base: *mut *mut u8,
+    pub end: *mut *mut u8,
+}
+
+/// The hot part of a heap, and what the TLS slot points at.
+#[repr(C)]
+pub struct Bins {
+    pub b: [Bin; NUM_CLASSES],
+}
+
+// SAFETY: the static EMPTY/DEAD bins are never written (all their bins are
+// both empty and full, so every fast path leaves for the slow path).
+unsafe impl Sync for Bins {}
+
+impl Bins {
+    pub const EMPTY: Bins = {
+        const B: Bin = Bin {
+            top: null_mut(),
+            base: null_mut(),
+            end: null_mut(),
+        };
+        Bins {
+            b: [B; NUM_CLASSES],
+        }
+    };
+}
+
+const fn spill_cap(c: usize) -> usize {
+    (BIN_CAP[c] / 2) as usize
+}
+const fn gen_spill_slots() -> usize {
+    let mut t = 0;
+    let mut c = 1;
+    while c < NUM_CLASSES {
+        t += spill_cap(c);
+        c += 1;
+    }
+    t
+}
+const SPILL_SLOTS: usize = gen_spill_slots();
+
+pub const HEAP_FREE: u32 = 0;
+pub const HEAP_ACTIVE: u32 = 1;
+pub const HEAP_ABANDONED: u32 = 2;
+pub const HEAP_ORPHANED: u32 = 3;
+
+#[repr(C)]
+pub struct Heap {
+    /// Must stay first: the TLS slot points here.
+    pub bins: Bins,
+    pub id: u32,
+    pub generation: u32,
+    pub state: AtomicU32,
+    next_abandoned: *mut Heap,
+    /// Drained remote chains of this heap's own blocks, per class (linked
+    /// through each chain's head's second word).
+    chains: [*mut u8; NUM_CLASSES],
+    /// Spans with free blocks, per class.
+    partial: [*mut PageMeta; NUM_CLASSES],
+    spill_len: [u32; NUM_CLASSES],
+    spill_base: [*mut *mut u8; NUM_CLASSES],
+    /// Blocks out of this heap's spans, per class (statistics).
+    pub blocks_out: [AtomicU64; NUM_CLASSES],
+    pub spans: [AtomicU64; NUM_CLASSES],
+    pub remote_sent: AtomicU64,
+    pub remote_received: AtomicU64,
+    pub inbox: Inbox,
+    slots: [*mut u8; BIN_SLOTS],
+    spill: [*mut u8; SPILL_SLOTS],
+}
+
+pub const HEAP_BYTES: usize = core::mem::size_of::<Heap>();
+const HEAP_PAGES: usize = HEAP_BYTES.div_ceil(PAGE_SIZE);
+
+/// Heap ids: 1..=MAX_HEAPS (0 means "no owner").
+pub const MAX_HEAPS: usize = 1 << 20;
+#[allow(clippy::declare_interior_mutable_const)]
+const NO_HEAP: AtomicPtr<Heap> = AtomicPtr::new(null_mut());
+pub static HEAPS: [AtomicPtr<Heap>; MAX_HEAPS] = [NO_HEAP; MAX_HEAPS];
+
+struct Registry {
+    next_id: u32,
+    abandoned: *mut Heap,
+}
+struct RegistryCell(core::cell::UnsafeCell<Registry>);
+// SAFETY: only accessed with REGISTRY_LOCK held.
+unsafe impl Sync for RegistryCell {}
+static REGISTRY_LOCK: Mutex = Mutex::new();
+static REGISTRY: RegistryCell = RegistryCell(core::cell::UnsafeCell::new(Registry {
+    next_id: 1,
+    abandoned: null_mut(),
+}));
+
+/// The shared heap serves threads whose teardown has run; it is used only
+/// with SHARED_LOCK held.
+pub static SHARED_LOCK: Mutex = Mutex::new();
+static SHARED: AtomicPtr<Heap> = AtomicPtr::new(null_mut());
+
+#[inline(always)]
+pub fn heap_of(id: u32) -> *mut Heap {
+    // SAFETY: ids come from tags written for registered heaps (< MAX_HEAPS).
+    unsafe { HEAPS.get_unchecked(id as usize).load(Acquire) }
+}
+
+// ---------------------------------------------------------------------------
+// Heap creation, claim, release
+
+/// Creates or adopts a heap. Null when no memory is left.
+fn claim() -> *mut Heap {
+    REGISTRY_LOCK.lock();
+    // SAFETY: REGISTRY_LOCK held.
+    let reg = unsafe { &mut *REGISTRY.0.get() };
+    let h = if !reg.abandoned.is_null() {
+        let h = reg.abandoned;
+        // SAFETY: heaps on the abandoned list are valid and unused.
+        unsafe { reg.abandoned = (*h).next_abandoned };
+        h
+    } else {
+        create(reg)
+    };
+    REGISTRY_LOCK.unlock();
+    if !h.is_null() {
+        // SAFETY: h is ours now.
+        unsafe {
+            (*h).generation = (*h).generation.wrapping_add(1);
+            (*h).state.store(HEAP_ACTIVE, Release);
+        }
+        STATS.heaps_live.fetch_add(1, Relaxed);
+    }
+    h
+}
+
+fn create(reg: &mut Registry) -> *mut Heap {
+    if reg.next_id as usize >= MAX_HEAPS {
+        return null_mut();
+    }
+    let Some(run) = arena::alloc_run(HEAP_PAGES, 1) else {
+        return null_mut();
+    };
+    let id = reg.next_id;
+    reg.next_id += 1;
+    // SAFETY: the run is ours; its pages are zero (fresh or purged is not
+    // guaranteed, so every field is written explicitly below).
+    unsafe {
+        arena::set_tags(run.meta, 0, KIND_META, 0);
+        let h = run.addr as *mut Heap;
+        core::ptr::write_bytes(
+            h as *mut u8,
+            0,
+            core::mem::size_of::<Heap>()
+                - core::mem::size_of::<[*mut u8; BIN_SLOTS]>()
+                - core::mem::size_of::<[*mut u8; SPILL_SLOTS]>(),
+        );
+        (*h).id = id;
+        (*h).state = AtomicU32::new(HEAP_FREE);
+        core::ptr::addr_of_mut!((*h).inbox).write(Inbox::new());
+        let slots = core::ptr::addr_of_mut!((*h).slots) as *mut *mut u8;
+        let spill = core::ptr::addr_of_mut!((*h).spill) as *mut *mut u8;
+        let (mut so, mut po) = (0usize, 0usize);
+        for c in 1..NUM_CLASSES {
+            let b = slots.add(so);
+            (*h).bins.b[c] = Bin {
+                top: b,
+                base: b,
+                end: b.add(BIN_CAP[c] as usize),
+            };
+            so += BIN_CAP[c] as usize;
+            (*h).spill_base[c] = spill.add(po);
+            po += spill_cap(c);
+        }
+        HEAPS[id as usize].store(h, Release);
+        STATS.heaps_created.fetch_add(1, Relaxed);
+        h
+    }
+}
+
+/// Puts a heap on the abandoned list for a later thread to adopt.
+fn abandon(h: *mut Heap) {
+    // SAFETY: h is a valid heap we hold.
+    unsafe { (*h).state.store(HEAP_ABANDONED, Release) };
+    REGISTRY_LOCK.lock();
+    // SAFETY: REGISTRY_LOCK held; h is ours until it is on the list.
+    unsafe {
+        let reg = &mut *REGISTRY.0.get();
+        (*h).next_abandoned = reg.abandoned;
+        reg.abandoned = h;
+    }
+    REGISTRY_LOCK.unlock();
+    STATS.heaps_live.fetch_sub(1, Relaxed);
+}
+
+// ---------------------------------------------------------------------------
+// Thread lifecycle
+
+static INIT: AtomicU32 = AtomicU32::new(0);
+static EXIT_KEY: AtomicU32 = AtomicU32::new(u32::MAX);
+
+fn init_once() {
+    if INIT.load(Acquire) == 2 {
+        return;
+    }
+    if INIT.compare_exchange(0, 1, AcqRel, Acquire).is_ok() {
+        crate::config::load();
+        tls::init();
+        let mut k: libc::pthread_key_t = 0;
+        // SAFETY: valid out-pointer and an extern "C" destructor.
+        if unsafe { libc::pthread_key_create(&mut k, Some(thread_exit)) } == 0 {
+            EXIT_KEY.store(k as u32, Release);
+        }
+        INIT.store(2, Release);
+        if crate::config::CONFIG.show_stats.load(Relaxed) != 0 {
+            // SAFETY: registers an extern "C" fn; atexit may allocate, which
+            // is fine: INIT is 2, so a nested malloc takes the normal paths.
+            unsafe { libc::atexit(print_stats_at_exit) };
+        }
+    } else {
+        while INIT.load(Acquire) != 2 {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+extern "C" fn print_stats_at_exit() {
+    crate::write_stats(2);
+}
+
+/// The heap of the calling thread for a slow path; claims one on first
+/// use. Null for a thread after its teardown (or when no heap can be had).
+#[cold]
+pub fn current_or_claim() -> *mut Heap {
+    let b = tls::get();
+    if b == tls::dead() {
+        return null_mut();
+    }
+    if b != tls::empty() {
+        return b as *mut Heap;
+    }
+    init_once();
+    let h = claim();
+    if h.is_null() {
+        return null_mut();
+    }
+    tls::set(h as *mut Bins);
+    let k = EXIT_KEY.load(Acquire);
+    if k != u32::MAX {
+        // SAFETY: the key exists; setspecific may allocate (keys >= 32),
+        // which is fine now that the TLS slot points at our heap.
+        unsafe { libc::pthread_setspecific(k as libc::pthread_key_t, h as *const libc::c_void) };
+    }
+    h
+}
+
+/// pthread key destructor: the thread is exiting.
+extern "C" fn thread_exit(v: *mut libc::c_void) {
+    let h = v as *mut Heap;
+    if h.is_null() {
+        return;
+    }
+    // From now on this thread allocates through the shared heap and frees
+    // by publishing to owners' inboxes.
+    tls::set(tls::dead());
+    // SAFETY: h was this thread's heap; no one else uses it.
+    unsafe { flush_all(h, true) };
+    abandon(h);
+}
+
+// ---------------------------------------------------------------------------
+// Spans
+
+#[inline]
+unsafe fn partial_push(h: *mut Heap, c: usize, m: *mut PageMeta) {
+    // SAFETY: m is a span of h, not in the list.
+    unsafe {
+        (*m).sprev = null_mut();
+        (*m).snext = (*h).partial[c];
+        if !(*m).snext.is_null() {
+            (*(*m).snext).sprev = m;
+        }
+        (*h).partial[c] = m;
+        (*m).in_partial = true;
+    }
+}
+
+#[inline]
+unsafe fn partial_remove(h: *mut Heap, c: usize, m: *mut PageMeta) {
+    // SAFETY: m is in h's partial list for c.
+    unsafe {
+        if (*m).sprev.is_null() {
+            (*h).partial[c] = (*m).snext;
+        } else {
+            (*(*m).sprev).snext = (*m).snext;
+        }
+        if !(*m).snext.is_null() {
+            (*(*m).snext).sprev = (*m).sprev;
+        }
+        (*m).in_partial = false;
+    }
+}
+
+/// Returns one of h's own blocks to its span.
+#[inline]
+unsafe fn span_free(h: *mut Heap, m: *mut PageMeta, b: *mut u8) {
+    // SAFETY: b is a free block of span m, owned by h.
+    unsafe {
+        inbox::set_next(b, (*m).free);
+        (*m).free = b;
+        (*m).used -= 1;
+        let c = (*m).class as usize;
+        if !(*m).in_partial {
+            partial_push(h, c, m);
+        }
+        if (*m).used == 0 {
+            // Keep one empty span per class; return the others.
+            if (*h).partial[c] != m || !(*m).snext.is_null() {
+                release_span(h, c, m);
+            }
+        }
+    }
+}
+
+unsafe fn release_span(h: *mut Heap, c: usize, m: *mut PageMeta) {
+    // SAFETY: m is an empty span of h in its partial list.
+    unsafe {
+        partial_remove(h, c, m);
+        (*h).spans[c].store((*h).spans[c].load(Relaxed) - 1, Relaxed);
+        arena::free_run(m);
+    }
+}
+
+/// Carves a fresh span for class c. False when out of memory.
+unsafe fn new_span(h: *mut Heap, c: usize) -> bool {
+    let Some(run) = arena::alloc_run(SPAN_PAGES[c] as usize, 1) else {
+        return false;
+    };
+    crate::stats::note_pages();
+    let m = run.meta;
+    let size = CLASS_SIZE[c] as usize;
+    let n = (SPAN_PAGES[c] as usize * PAGE_SIZE) / size;
+    // SAFETY: the run is ours.
+    unsafe {
+        (*m).free = null_mut();
+        (*m).bump = run.addr;
+        (*m).end = run.addr.add(n * size);
+        (*m).used = 0;
+        (*m).class = c as u32;
+        (*m).in_partial = false;
+        arena::set_tags(m, c, KIND_SMALL, (*h).id);
+        partial_push(h, c, m);
+        (*h).spans[c].store((*h).spans[c].load(Relaxed) + 1, Relaxed);
+    }
+    true
+}
+
+// ---------------------------------------------------------------------------
+// Refill (bin empty)
+
+/// Fills bin `c` of heap `h` and returns one block, or null when out of
+/// memory.
+pub unsafe fn refill(h: *mut Heap, c: usize) -> *mut u8 {
+    // SAFETY: h is held by the caller; bin c is empty.
+    unsafe {
+        let want = (BIN_CAP[c] as usize).div_ceil(2);
+        if fill_from_chains(h, c, want)
+            || fill_from_inbox(h, c, want)
+            || fill_from_spans(h, c, want)
+        {
+            return pop(h, c);
+        }
+        // Before growing: send our outgoing blocks home so their owners can
+        // reuse them, and return what is due to the OS.
+        flush_spills(h);
+        arena::purge_tick();
+        if new_span(h, c) && fill_from_spans(h, c, want) {
+            return pop(h, c);
+        }
+        null_mut()
+    }
+}
+
+#[inline]
+unsafe fn pop(h: *mut Heap, c: usize) -> *mut u8 {
+    // SAFETY: bin c is non-empty.
+    unsafe {
+        let bin = &mut (*h).bins.b[c];
+        bin.top = bin.top.sub(1);
+        *bin.top
+    }
+}
+
+unsafe fn fill_from_chains(h: *mut Heap, c: usize, want: usize) -> bool {
+    // SAFETY: chains[c] holds chains of h's own free blocks of class c.
+    unsafe {
+        let mut ch = (*h).chains[c];
+        if ch.is_null() {
+            return false;
+        }
+        let bin = &mut (*h).bins.b[c];
+        let target = bin.base.add(want);
+        let mut got = 0u64;
+        while !ch.is_null() && bin.top < target {
+            let next_chain = inbox::next_batch(ch);
+            let mut b = ch;
+            while !b.is_null() && bin.top < target {
+                let n = inbox::next(b);
+                *bin.top = b;
+                bin.top = bin.top.add(1);
+                got += 1;
+                b = n;
+            }
+            if !b.is_null() {
+                inbox::set_next_batch(b, next_chain);
+                ch = b;
+            } else {
+                ch = next_chain;
+            }
+        }
+        (*h).chains[c] = ch;
+        (*h).remote_received
+            .store((*h).remote_received.load(Relaxed) + got, Relaxed);
+        got > 0
+    }
+}
+
+/// Takes the whole inbox (one exchange) and files its batches by class.
+unsafe fn drain_inbox(h: *mut Heap) {
+    // SAFETY: h is held; batches in its inbox are its own blocks.
+    unsafe {
+        let mut batch = (*h).inbox.take_all();
+        while !batch.is_null() {
+            let nb = inbox::next_batch(batch);
+            let (t, _) = arena::lookup(batch as usize);
+            let c = arena::tag_class(t);
+            if c == 0 || arena::tag_owner(t) != (*h).id {
+                os::fatal("remote batch in an inbox holds a block this heap does not own");
+            }
+            inbox::set_next_batch(batch, (*h).chains[c]);
+            (*h).chains[c] = batch;
+            batch = nb;
+        }
+    }
+}
+
+unsafe fn fill_from_inbox(h: *mut Heap, c: usize, want: usize) -> bool {
+    // SAFETY: h is held.
+    unsafe {
+        if (*h).inbox.is_empty() {
+            return false;
+        }
+        drain_inbox(h);
+        fill_from_chains(h, c, want)
+    }
+}
+
+unsafe fn fill_from_spans(h: *mut Heap, c: usize, want: usize) -> bool {
+    // SAFETY: h is held; partial spans of class c are h's.
+    unsafe {
+        let size = CLASS_SIZE[c] as usize;
+        let bin = &mut (*h).bins.b[c];
+        let target = bin.base.add(want);
+        let mut m = (*h).partial[c];
+        let mut got = 0u64;
+        while !m.is_null() && bin.top < target {
+            let next = (*m).snext;
+            let mut taken = 0u32;
+            let mut f = (*m).free;
+            while !f.is_null() && bin.top < target {
+                *bin.top = f;
+                bin.top = bin.top.add(1);
+                f = inbox::next(f);
+                taken += 1;
+            }
+            (*m).free = f;
+            let mut p = (*m).bump;
+            let end = (*m).end;
+            while p < end && bin.top < target {
+                *bin.top = p;
+                bin.top = bin.top.add(1);
+                p = p.add(size);
+                taken += 1;
+            }
+            (*m).bump = p;
+            (*m).used += taken;
+            got += taken as u64;
+            if f.is_null() && p >= end {
+                partial_remove(h, c, m);
+            }
+            m = next;
+        }
+        let bo = &(*h).blocks_out[c];
+        bo.store(bo.load(Relaxed) + got, Relaxed);
+        got > 0
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Overflow (bin full)
+
+/// Bin `c` is full: move its older half out, then push `p`.
+pub unsafe fn overflow(h: *mut Heap, c: usize, p: *mut u8) {
+    // SAFETY: h is held; bin c is full.
+    unsafe {
+        let bin = &mut (*h).bins.b[c];
+        let cap = bin.end.offset_from(bin.base) as usize;
+        let half = cap / 2;
+        for i in 0..half {
+            release_block(h, c, *bin.base.add(i));
+        }
+        let bin = &mut (*h).bins.b[c];
+        core::ptr::copy(bin.base.add(half), bin.base, cap - half);
+        bin.top = bin.base.add(cap - half);
+        *bin.top = p;
+        bin.top = bin.top.add(1);
+    }
+}
+
+/// A block leaves the thread cache: to its span if it is ours, else to
+/// the spill array bound for its owner.
+#[inline]
+unsafe fn release_block(h: *mut Heap, c: usize, b: *mut u8) {
+    let (t, a) = arena::lookup(b as usize);
+    // SAFETY: b is a free small block of class c (its tag says so).
+    unsafe {
+        if arena::tag_owner(t) == (*h).id {
+            let m = arena::head_meta(b as usize, t, a);
+            let bo = &(*h).blocks_out[c];
+            bo.store(bo.load(Relaxed) - 1, Relaxed);
+            span_free(h, m, b);
+        } else {
+            let n = (*h).spill_len[c] as usize;
+            if n == spill_cap(c) {
+                flush_spill(h, c);
+            }
+            let n = (*h).spill_len[c] as usize;
+            *(*h).spill_base[c].add(n) = b;
+            (*h).spill_len[c] = n as u32 + 1;
+        }
+    }
+}
+
+/// Sends spill array `c` home: grouped by owner, one CAS per owner.
+unsafe fn flush_spill(h: *mut Heap, c: usize) {
+    // SAFETY: h is held; the spill array holds free blocks of other heaps.
+    unsafe {
+        let s = (*h).spill_base[c];
+        let mut n = (*h).spill_len[c] as usize;
+        let mut owners = [0u32; 128];
+        for (i, o) in owners.iter_mut().enumerate().take(n) {
+            *o = arena::tag_owner(arena::lookup(*s.add(i) as usize).0);
+        }
+        let mut sent = 0u64;
+        while n > 0 {
+            n -= 1;
+            let o = owners[n];
+            let head = *s.add(n);
+            let mut tail = head;
+            let mut i = 0;
+            while i < n {
+                if owners[i] == o {
+                    let b = *s.add(i);
+                    inbox::set_next(tail, b);
+                    tail = b;
+                    n -= 1;
+                    *s.add(i) = *s.add(n);
+                    owners[i] = owners[n];
+                    sent += 1;
+                } else {
+                    i += 1;
+                }
+            }
+            inbox::set_next(tail, null_mut());
+            sent += 1;
+            let dest = heap_of(o);
+            if dest.is_null() {
+                os::fatal("freed block names an owner heap that does not exist");
+            }
+            (*dest).inbox.publish(head);
+        }
+        (*h).spill_len[c] = 0;
+        (*h).remote_sent
+            .store((*h).remote_sent.load(Relaxed) + sent, Relaxed);
+    }
+}
+
+unsafe fn flush_spills(h: *mut Heap) {
+    for c in 1..NUM_CLASSES {
+        // SAFETY: h is held.
+        unsafe {
+            if (*h).spill_len[c] != 0 {
+                flush_spill(h, c);
+            }
+        }
+    }
+}
+
+/// Empties every cache of `h`: bins, spills, inbox and chains; returns
+/// empty spans to the page allocator (all of them when `release_empty`).
+///
+/// # Safety
+/// `h` is held by the caller.
+pub unsafe fn flush_all(h: *mut Heap, release_empty: bool) {
+    // SAFETY: h is held.
+    unsafe {
+        for c in 1..NUM_CLASSES {
+            let bin = &mut (*h).bins.b[c];
+            let (base, top) = (bin.base, bin.top);
+            bin.top = base;
+            let mut p = base;
+            while p < top {
+                release_block(h, c, *p);
+                p = p.add(1);
+            }
+        }
+        flush_spills(h);
+        drain_inbox(h);
+        for c in 1..NUM_CLASSES {
+            let mut ch = (*h).chains[c];
+            (*h).chains[c] = null_mut();
+            while !ch.is_null() {
+                let nc = inbox::next_batch(ch);
+                let mut b = ch;
+                let mut k = 0;
+                while !b.is_null() {
+                    let n = inbox::next(b);
+                    let (t, a) = arena::lookup(b as usize);
+                    span_free(h, arena::head_meta(b as usize, t, a), b);
+                    k += 1;
+                    b = n;
+                }
+                let bo = &(*h).blocks_out[c];
+                bo.store(bo.load(Relaxed) - k, Relaxed);
+                (*h).remote_received
+                    .store((*h).remote_received.load(Relaxed) + k, Relaxed);
+                ch = nc;
+            }
+            if release_empty {
+                let mut m = (*h).partial[c];
+                while !m.is_null() {
+                    let next = (*m).snext;
+                    if (*m).used == 0 {
+                        release_span(h, c, m);
+                    }
+                    m = next;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Threads after teardown: the shared heap
+
+/// Allocates class `c` for a thread without a heap of its own.
+pub fn shared_alloc(c: usize) -> *mut u8 {
+    SHARED_LOCK.lock();
+    let mut h = SHARED.load(Relaxed);
+    if h.is_null() {
+        init_once();
+        h = claim();
+        SHARED.store(h, Relaxed);
+    }
+    let p = if h.is_null() {
+        null_mut()
+    } else {
+        // SAFETY: SHARED_LOCK held, so the shared heap is ours.
+        unsafe {
+            let bin = &mut (*h).bins.b[c];
+            if bin.top != bin.base {
+                bin.top = bin.top.sub(1);
+                *bin.top
+            } else {
+                refill(h, c)
+            }
+        }
+    };
+    SHARED_LOCK.unlock();
+    p
+}
+
+/// Frees a small block for a thread without a heap: a one-block batch to
+/// its owner's inbox.
+///
+/// # Safety
+/// `p` is a live small block whose tag is `t`.
+pub unsafe fn free_without_heap(p: *mut u8, t: u64) {
+    let dest = heap_of(arena::tag_owner(t));
+    if dest.is_null() {
+        os::fatal("freed block names an owner heap that does not exist");
+    }
+    // SAFETY: p is a free block; a chain of one.
+    unsafe {
+        inbox::set_next(p, null_mut());
+        (*dest).inbox.publish(p);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// fork
+
+pub fn fork_prepare() {
+    SHARED_LOCK.lock();
+    REGISTRY_LOCK.lock();
+}
+pub fn fork_parent() {
+    REGISTRY_LOCK.unlock();
+    SHARED_LOCK.unlock();
+}
+/// In the child only the forking thread exists: the heaps other threads
+/// held can never be released, and may be mid-update, so they are
+/// orphaned (never adopted); their memory is lost to the child only.
+pub fn fork_child() {
+    REGISTRY_LOCK.reset_after_fork();
+    SHARED_LOCK.reset_after_fork();
+    let me = tls::get() as *mut Heap;
+    let shared = SHARED.load(Relaxed);
+    // SAFETY: single-threaded child; REGISTRY is consistent (its lock was
+    // held by this thread across the fork).
+    let n = unsafe { (*REGISTRY.0.get()).next_id };
+    for id in 1..n {
+        let h = heap_of(id);
+        if h.is_null() || h == me || h == shared {
+            continue;
+        }
+        // SAFETY: h is a registered heap.
+        unsafe {
+            if (*h).state.load(Relaxed) == HEAP_ACTIVE {
+                (*h).state.store(HEAP_ORPHANED, Relaxed);
+                STATS.heaps_live.fetch_sub(1, Relaxed);
+            }
+        }
+    }
+}
+
+/// Number of heap ids handed out so far (for statistics).
+pub fn heap_count() -> u32 {
+    REGISTRY_LOCK.lock();
+    // SAFETY: lock held.
+    let n = unsafe { (*REGISTRY.0.get()).next_id } - 1;
+    REGISTRY_LOCK.unlock();
+    n
+}
+
+const _: () = assert!(PAGE_SHIFT == 16);
+const _: () = assert!(MAX_HEAPS <= arena::MAX_OWNER as usize + 1);
+
+/// Flushes the shared heap and every abandoned heap (their threads are
+/// gone; blocks other threads sent them wait in their inboxes).
+pub fn collect_shared_and_abandoned() {
+    SHARED_LOCK.lock();
+    let s = SHARED.load(Relaxed);
+    if !s.is_null() {
+        // SAFETY: SHARED_LOCK held.
+        unsafe { flush_all(s, true) };
+    }
+    SHARED_LOCK.unlock();
+    // Take the whole abandoned list, flush each heap, put them back.
+    REGISTRY_LOCK.lock();
+    // SAFETY: lock held.
+    let mut list = unsafe { core::mem::replace(&mut (*REGISTRY.0.get()).abandoned, null_mut()) };
+    REGISTRY_LOCK.unlock();
+    let mut last: *mut Heap = null_mut();
+    let first = list;
+    while !list.is_null() {
+        // SAFETY: heaps taken off the abandoned list are ours.
+        unsafe {
+            flush_all(list, true);
+            last = list;
+            list = (*list).next_abandoned;
+        }
+    }
+    if !last.is_null() {
+        REGISTRY_LOCK.lock();
+        // SAFETY: lock held; [first..last] is our private list.
+        unsafe {
+            let reg = &mut *REGISTRY.0.get();
+            (*last).next_abandoned = reg.abandoned;
+            reg.abandoned = first;
+        }
+        REGISTRY_LOCK.unlock();
+    }
+}
+
+/// Adds every heap's counters into `s`.
+pub fn sum_heaps(s: &mut crate::Stats) {
+    let n = heap_count();
+    for id in 1..=n {
+        let h = heap_of(id);
+        if h.is_null() {
+            continue;
+        }
+        // SAFETY: registered heaps are never freed; counters are atomics.
+        unsafe {
+            s.remote_frees_sent += (*h).remote_sent.load(Relaxed);
+            s.remote_frees_received += (*h).remote_received.load(Relaxed);
+            for c in 1..NUM_CLASSES {
+                s.classes[c].blocks += (*h).blocks_out[c].load(Relaxed);
+                s.classes[c].spans += (*h).spans[c].load(Relaxed);
+            }
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! The only module that talks to the kernel about memory.
+//!
+//! Owns: reserving address space, returning pages (`madvise`), moving
+//! mappings (`mremap`), the monotonic clock, writing to stderr, and aborting.
+//! Invariants: nothing here allocates; every failure is reported to the
+//! caller as `None`/`false`, never as a panic.
+//! Under `cfg(test)` or the `fault-injection` feature a countdown can make
+//! reservations fail, so out-of-memory paths can be tested.
+
+use core::ptr::null_mut;
+
+#[cfg(any(test, feature = "fault-injection"))]
+pub static FAIL_MAPS: core::sync::atomic::AtomicIsize = core::sync::atomic::AtomicIsize::new(-1);
+
+#[cfg(any(test, feature = "fault-injection"))]
+fn injected_failure() -> bool {
+    use core::sync::atomic::Ordering::Relaxed;
+    // -1: off; 0: fail every map; n > 0: let n maps succeed, then fail.
+    let v = FAIL_MAPS.load(Relaxed);
+    if v < 0 {
+        return false;
+    }
+    if v == 0 {
+        return true;
+    }
+    FAIL_MAPS.fetch_sub(1, Relaxed);
+    false
+}
+#[cfg(not(any(test, feature = "fault-injection")))]
+#[inline(always)]
+fn injected_failure() -> bool {
+    false
+}
+
+/// Reserves `len` bytes of address space, readable and writable but not
+/// committed (`MAP_NORESERVE`): pages cost memory only once touched.
+pub fn reserve(len: usize) -> Option<*mut u8> {
+    if injected_failure() {
+        return None;
+    }
+    // SAFETY: an anonymous private mapping at an address of the kernel's
+    // choosing cannot alias anything we own.
+    let p = unsafe {
+        libc::mmap(
+            null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        None
+    } else {
+        Some(p as *mut u8)
+    }
+}
+
+/// Unmaps a range previously returned (in part) by [`reserve`].
+///
+/// # Safety
+/// Nothing may use the range afterwards.
+pub unsafe fn release(p: *mut u8, len: usize) {
+    if len == 0 {
+        return;
+    }
+    // SAFETY: caller guarantees the range is ours and unused.
+    unsafe { libc::munmap(p as *mut libc::c_void, len) };
+}
+
+/// Gives the physical pages of a range back to the kernel; the range stays
+/// mapped and reads back as zeros.
+///
+/// # Safety
+/// The range lies in a mapping of ours and holds no live data.
+pub unsafe fn purge(p: *mut u8, len: usize) -> bool {
+    // SAFETY: caller guarantees the range is ours and holds no live data.
+    unsafe { libc::madvise(p as *mut libc::c_void, len, libc::MADV_DONTNEED) == 0 }
+}
+
+/// Makes a range inaccessible (guard pages).
+///
+/// # Safety
+/// The range lies in a mapping of ours and holds no live data.
+pub unsafe fn protect_none(p: *mut u8, len: usize) -> bool {
+    // SAFETY: caller guarantees the range is ours.
+    unsafe { libc::mprotect(p as *mut libc::c_void, len, libc::PROT_NONE) == 0 }
+}
+
+/// Makes a range readable and writable again.
+///
+/// # Safety
+/// The range lies in a mapping of ours.
+pub unsafe fn protect_rw(p: *mut u8, len: usize) -> bool {
+    // SAFETY: caller guarantees the range is ours.
+    unsafe {
+        libc::mprotect(
+            p as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+        ) == 0
+    }
+}
+
+/// Moves the pages of `[from, from+len)` to `[to, to+len)` without copying,
+/// then maps fresh reserved memory back over `from`. Both ranges are ours.
+///
+/// # Safety
+/// Neither range holds data anyone else uses; they do not overlap.
+pub unsafe fn move_pages(from: *mut u8, to: *mut u8, len: usize) -> bool {
+    // SAFETY: MREMAP_FIXED replaces whatever is mapped at `to` (our own
+    // reserved, unused pages) with the pages of `from`.
+    let r = unsafe {
+        libc::mremap(
+            from as *mut libc::c_void,
+            len,
+            len,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            to as *mut libc::c_void,
+        )
+    };
+    if r == libc::MAP_FAILED {
+        return false;
+    }
+    // SAFETY: `from` is now a hole inside our reservation; fill it again
+    // with fresh reserved memory so the arena stays contiguous.
+    let p = unsafe {
+        libc::mmap(
+            from as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        fatal("mremap left a hole in the arena that could not be mapped again");
+    }
+    true
+}
+
+/// Milliseconds on a coarse monotonic clock (vDSO, no syscall).
+pub fn now_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// Writes all of `b` to file descriptor `fd`, ignoring errors.
+pub fn write_fd(fd: i32, mut b: &[u8]) {
+    while !b.is_empty() {
+        // SAFETY: valid buffer of b.len() bytes.
+        let n = unsafe { libc::write(fd, b.as_ptr() as *const libc::c_void, b.len()) };
+        if n <= 0 {
+            return;
+        }
+        b = &b[n as usize..];
+    }
+}
+
+/// Internal corruption or an impossible state: one line on stderr, then abort.
+#[cold]
+pub fn fatal(msg: &str) -> ! {
+    write_fd(2, b"hz: fatal: ");
+    write_fd(2, msg.as_bytes());
+    write_fd(2, b"\n");
+    // SAFETY: abort never returns and needs no preconditions.
+    unsafe { libc::abort() }
+}
+
+/// Saves errno so that paths which must not change it (free) can restore it.
+pub fn errno() -> i32 {
+    // SAFETY: __errno_location always returns this thread's errno slot.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Sets errno.
+pub fn set_errno(v: i32) {
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = v };
+}

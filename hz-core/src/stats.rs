@@ -1,0 +1,71 @@
+//! Statistics: global counters kept on slow paths, per-heap counters summed
+//! on demand, and the statistics table written without allocating.
+//!
+//! Owns: [`STATS`] and the formatting of the table. Fast paths never touch
+//! a shared counter: blocks are counted when they leave or return to their
+//! spans (a bin refill or overflow moves dozens at once).
+
+use crate::sync::{AtomicU64, Ordering::Relaxed};
+
+pub struct Global {
+    pub pages_in_use: AtomicU64,
+    pub peak_pages_in_use: AtomicU64,
+    pub mapped: AtomicU64,
+    pub purges: AtomicU64,
+    pub purged_bytes: AtomicU64,
+    pub foreign_frees: AtomicU64,
+    pub large_allocated: AtomicU64,
+    pub large_count: AtomicU64,
+    pub heaps_created: AtomicU64,
+    pub heaps_live: AtomicU64,
+    pub oom: AtomicU64,
+}
+
+#[cfg(not(loom))]
+pub static STATS: Global = Global {
+    pages_in_use: AtomicU64::new(0),
+    peak_pages_in_use: AtomicU64::new(0),
+    mapped: AtomicU64::new(0),
+    purges: AtomicU64::new(0),
+    purged_bytes: AtomicU64::new(0),
+    foreign_frees: AtomicU64::new(0),
+    large_allocated: AtomicU64::new(0),
+    large_count: AtomicU64::new(0),
+    heaps_created: AtomicU64::new(0),
+    heaps_live: AtomicU64::new(0),
+    oom: AtomicU64::new(0),
+};
+
+/// Raises the peak after pages were taken.
+pub fn note_pages() {
+    let now = STATS.pages_in_use.load(Relaxed);
+    STATS.peak_pages_in_use.fetch_max(now, Relaxed);
+}
+
+/// A fixed buffer that implements `core::fmt::Write` (no allocation).
+pub struct Buf<const N: usize> {
+    pub b: [u8; N],
+    pub n: usize,
+}
+impl<const N: usize> Buf<N> {
+    pub const fn new() -> Self {
+        Self { b: [0; N], n: 0 }
+    }
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.b[..self.n]
+    }
+}
+impl<const N: usize> core::fmt::Write for Buf<N> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let s = s.as_bytes();
+        let room = N - self.n;
+        let k = s.len().min(room);
+        self.b[self.n..self.n + k].copy_from_slice(&s[..k]);
+        self.n += k;
+        if k < s.len() {
+            Err(core::fmt::Error)
+        } else {
+            Ok(())
+        }
+    }
+}
