@@ -261,24 +261,25 @@ pub extern "C" fn malloc_stats() {
     hz_core::write_stats(2);
 }
 
-/// `mallinfo2(3)` filled from `hz_core::stats()`: `arena` = bytes mapped,
-/// `uordblks` = bytes allocated, `fordblks` = resident bytes not allocated,
-/// `usmblks` = peak allocated.
+/// `mallinfo2(3)` filled from `hz_core::stats()`: `arena` = bytes of pages
+/// in use, `uordblks` = bytes allocated, `fordblks` = the rest of `arena`,
+/// `hblks` = large blocks live, `usmblks` = peak of `arena`, `keepcost` =
+/// free pages not yet returned to the OS (what `malloc_trim` releases).
 #[no_mangle]
 pub extern "C" fn mallinfo2() -> libc::mallinfo2 {
     let s = hz_core::stats();
     let z = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
     libc::mallinfo2 {
-        arena: z(s.mapped),
+        arena: z(s.in_use),
         ordblks: 0,
         smblks: 0,
-        hblks: 0,
+        hblks: z(s.large_blocks),
         hblkhd: 0,
-        usmblks: z(s.peak_allocated),
+        usmblks: z(s.peak),
         fsmblks: 0,
         uordblks: z(s.allocated),
-        fordblks: z(s.resident.saturating_sub(s.allocated)),
-        keepcost: 0,
+        fordblks: z(s.in_use.saturating_sub(s.allocated)),
+        keepcost: z(s.resident.saturating_sub(s.in_use)),
     }
 }
 
