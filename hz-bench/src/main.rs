@@ -1,1 +1,65 @@
-fn main() {}
+//! `cargo run --release -p hz-bench -- matrix|workloads|all [options]`.
+//! Hidden subcommands `__cell` and `__workload` run one measurement in a
+//! child process (so that peak RSS is per cell) and print one result line.
+
+use hz_bench::allocs::{InProc, Switch};
+use hz_bench::matrix::{result_line, run_ring, self_maxrss_kib};
+use hz_bench::runner::{parse_cell_args, work_line};
+use hz_bench::suite::{self, Opts, USAGE};
+use hz_bench::with_inproc;
+
+// The process's own allocations go to System unless HZ_BENCH_GLOBAL names
+// another allocator (set for workload children only).
+#[global_allocator]
+static GLOBAL: Switch = Switch;
+
+fn die(msg: &str) -> ! {
+    eprintln!("{msg}");
+    std::process::exit(2)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = args.first() else { die(USAGE) };
+    let rest = &args[1..];
+    match cmd.as_str() {
+        "__cell" => {
+            let which = rest
+                .first()
+                .and_then(|a| InProc::from_name(a))
+                .unwrap_or_else(|| die("__cell ALLOC ARGS"));
+            let cfg = parse_cell_args(&rest[1..]).unwrap_or_else(|| die("__cell: bad arguments"));
+            let r = with_inproc!(which, |a| run_ring(a, &cfg));
+            println!("{}", result_line(&r, self_maxrss_kib()));
+        }
+        "__workload" => {
+            let (Some(which), Some(name), Some(t), Some(scale)) = (
+                rest.first().and_then(|a| InProc::from_name(a)),
+                rest.get(1),
+                rest.get(2).and_then(|t| t.parse().ok()),
+                rest.get(3).and_then(|s| s.parse().ok()),
+            ) else {
+                die("__workload ALLOC NAME THREADS SCALE")
+            };
+            let r = with_inproc!(which, |a| hz_bench::workloads::run(a, name, t, scale));
+            match r {
+                Some(r) => println!("{}", work_line(&r)),
+                None => die(&format!("unknown workload {name}")),
+            }
+        }
+        "matrix" | "workloads" | "all" => {
+            let o = Opts::parse(rest).unwrap_or_else(|e| die(&e));
+            if cmd != "workloads" {
+                suite::matrix(&o);
+            }
+            if cmd != "matrix" {
+                if cmd == "all" {
+                    println!();
+                }
+                suite::workloads(&o);
+            }
+        }
+        "-h" | "--help" | "help" => println!("{USAGE}"),
+        other => die(&format!("unknown command {other}\n\n{USAGE}")),
+    }
+}

@@ -1,0 +1,53 @@
+//! Builds the C benchmark programs run under LD_PRELOAD (one executable per
+//! program, linked into OUT_DIR with the C compiler `cc` finds), and records
+//! the toolchain facts the report prints.
+use std::path::Path;
+use std::process::Command;
+
+fn main() {
+    let out = std::env::var("OUT_DIR").expect("OUT_DIR");
+    for prog in ["bench_matrix", "bench_workloads"] {
+        let src = format!("c/{prog}.c");
+        println!("cargo:rerun-if-changed={src}");
+        let exe = Path::new(&out).join(prog);
+        let compiler = cc::Build::new().opt_level(2).get_compiler();
+        let status = compiler
+            .to_command()
+            // malloc/free must stay calls (no builtin elision) so LD_PRELOAD sees them all.
+            .args(["-std=gnu11", "-O2", "-g", "-fno-builtin", "-pthread", "-o"])
+            .arg(&exe)
+            .arg(&src)
+            .status()
+            .unwrap_or_else(|e| panic!("running the C compiler for {src}: {e}"));
+        assert!(status.success(), "compiling {src} failed");
+        println!(
+            "cargo:rustc-env=HZB_C_{}={}",
+            prog.to_uppercase(),
+            exe.display()
+        );
+    }
+
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let version = Command::new(rustc)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .unwrap_or_default();
+    println!("cargo:rustc-env=HZB_RUSTC_VERSION={}", version.trim());
+
+    // The mimalloc crate's version, read from the workspace lock file.
+    let lock = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.lock");
+    println!("cargo:rerun-if-changed={}", lock.display());
+    let text = std::fs::read_to_string(&lock).unwrap_or_default();
+    for krate in ["mimalloc", "libmimalloc-sys"] {
+        let needle = format!("name = \"{krate}\"\nversion = \"");
+        let v = text
+            .find(&needle)
+            .map(|i| &text[i + needle.len()..])
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or("unknown");
+        let key = krate.replace('-', "_").to_uppercase();
+        println!("cargo:rustc-env=HZB_{key}_VERSION={v}");
+    }
+}

@@ -1,0 +1,179 @@
+/* The T/R ring benchmark of hz-bench (hz-bench/src/matrix.rs), in C, for
+ * running unmodified under LD_PRELOAD=libhz.so / libmimalloc / libjemalloc /
+ * libtcmalloc, or plain glibc.
+ *
+ * usage: bench_matrix THREADS REMOTE_PCT MIN MAX ITERS_PER_THREAD WS RING_CAP SEED
+ * prints: HZB_RESULT allocs=.. local=.. sent=.. recv=.. fallback=.. cleanup=.. ns=.. maxrss_kib=..
+ *
+ * Same generator (xorshift64*), same reductions, same accounting as the Rust
+ * version. Rings are mmap'd so the allocator under test never sees them. */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <time.h>
+
+typedef struct {
+    _Alignas(128) atomic_size_t head; /* written by the consumer only */
+    _Alignas(128) atomic_size_t tail; /* written by the producer only */
+    _Alignas(128) void **buf;
+    size_t cap;
+} ring_t;
+
+typedef struct {
+    uint64_t allocs, local, sent, recv, fallback, cleanup;
+    struct timespec begin, end;
+} counts_t;
+
+static size_t T, WS, RING_CAP, MIN, MAX;
+static uint64_t REMOTE, ITERS, SEED;
+static ring_t *rings;
+static pthread_barrier_t barrier;
+static atomic_size_t done_threads;
+
+static inline uint64_t xs_next(uint64_t *s) {
+    uint64_t x = *s;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *s = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+static inline uint64_t xs_below(uint64_t *s, uint64_t n) { return ((xs_next(s) >> 32) * n) >> 32; }
+
+static int ts_less(const struct timespec *a, const struct timespec *b) {
+    return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
+}
+
+static int ring_push(ring_t *r, void *p) {
+    size_t t = atomic_load_explicit(&r->tail, memory_order_relaxed);
+    size_t h = atomic_load_explicit(&r->head, memory_order_acquire);
+    if (t - h >= r->cap) return 0;
+    r->buf[t & (r->cap - 1)] = p;
+    atomic_store_explicit(&r->tail, t + 1, memory_order_release);
+    return 1;
+}
+
+static inline void ring_drain(ring_t *r, counts_t *c) {
+    size_t h = atomic_load_explicit(&r->head, memory_order_relaxed);
+    size_t t = atomic_load_explicit(&r->tail, memory_order_acquire);
+    if (h == t) return;
+    for (size_t i = h; i != t; i++) {
+        free(r->buf[i & (r->cap - 1)]);
+        c->recv++;
+    }
+    atomic_store_explicit(&r->head, t, memory_order_release);
+}
+
+static void *worker(void *arg) {
+    size_t id = (size_t)arg;
+    ring_t *rx = &rings[id], *tx = &rings[(id + 1) % T];
+    uint64_t remote = T > 1 ? REMOTE : 0, span = MAX - MIN + 1;
+    void **slots = mmap(NULL, WS * sizeof(void *), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    counts_t *c = mmap(NULL, sizeof(counts_t), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (slots == MAP_FAILED || c == MAP_FAILED) abort();
+    uint64_t s = SEED ^ ((uint64_t)(id + 1) * 0x9E3779B97F4A7C15ULL);
+    if (s == 0) s = 0x2545F4914F6CDD1DULL;
+    pthread_barrier_wait(&barrier);
+    clock_gettime(CLOCK_MONOTONIC, &c->begin);
+    for (uint64_t it = 0; it < ITERS; it++) {
+        ring_drain(rx, c);
+        size_t k = (size_t)xs_below(&s, WS);
+        if (!slots[k]) {
+            size_t size = MIN + (size_t)xs_below(&s, span);
+            unsigned char *p = malloc(size);
+            if (!p) abort();
+            p[0] = (unsigned char)id;
+            p[size - 1] = (unsigned char)k;
+            slots[k] = p;
+            c->allocs++;
+        } else {
+            void *p = slots[k];
+            slots[k] = NULL;
+            if (remote && xs_below(&s, 100) < remote) {
+                if (ring_push(tx, p)) {
+                    c->sent++;
+                    continue;
+                }
+                c->fallback++;
+            }
+            free(p);
+            c->local++;
+        }
+    }
+    atomic_fetch_add_explicit(&done_threads, 1, memory_order_release);
+    for (;;) {
+        int all = atomic_load_explicit(&done_threads, memory_order_acquire) == T;
+        ring_drain(rx, c);
+        if (all) break;
+        sched_yield();
+    }
+    clock_gettime(CLOCK_MONOTONIC, &c->end);
+    for (size_t k = 0; k < WS; k++)
+        if (slots[k]) {
+            free(slots[k]);
+            c->cleanup++;
+        }
+    munmap(slots, WS * sizeof(void *));
+    return c;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 9) {
+        fprintf(stderr, "usage: %s THREADS REMOTE_PCT MIN MAX ITERS_PER_THREAD WS RING_CAP SEED\n", argv[0]);
+        return 2;
+    }
+    T = strtoull(argv[1], 0, 10);
+    REMOTE = strtoull(argv[2], 0, 10);
+    MIN = strtoull(argv[3], 0, 10);
+    MAX = strtoull(argv[4], 0, 10);
+    ITERS = strtoull(argv[5], 0, 10);
+    WS = strtoull(argv[6], 0, 10);
+    RING_CAP = strtoull(argv[7], 0, 10);
+    SEED = strtoull(argv[8], 0, 10);
+    if (T < 1 || MIN < 2 || MAX < MIN || WS < 1 || RING_CAP < 2) return 2;
+    size_t cap = 2;
+    while (cap < RING_CAP) cap <<= 1;
+    rings = mmap(NULL, T * sizeof(ring_t), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (rings == MAP_FAILED) abort();
+    for (size_t i = 0; i < T; i++) {
+        rings[i].cap = cap;
+        rings[i].buf = mmap(NULL, cap * sizeof(void *), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (rings[i].buf == MAP_FAILED) abort();
+    }
+    pthread_barrier_init(&barrier, NULL, (unsigned)T + 1);
+    pthread_t *th = mmap(NULL, T * sizeof(pthread_t), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    for (size_t i = 0; i < T; i++)
+        if (pthread_create(&th[i], NULL, worker, (void *)i)) abort();
+    pthread_barrier_wait(&barrier);
+    /* From the first thread's start to the last one's end: each thread reads
+     * the clock itself, as main may be descheduled when the barrier opens. */
+    counts_t tot = {0};
+    struct timespec start = {0}, end = {0};
+    for (size_t i = 0; i < T; i++) {
+        counts_t *c;
+        pthread_join(th[i], (void **)&c);
+        tot.allocs += c->allocs;
+        tot.local += c->local;
+        tot.sent += c->sent;
+        tot.recv += c->recv;
+        tot.fallback += c->fallback;
+        tot.cleanup += c->cleanup;
+        if (i == 0 || ts_less(&c->begin, &start)) start = c->begin;
+        if (i == 0 || ts_less(&end, &c->end)) end = c->end;
+    }
+    long long ns = (long long)(end.tv_sec - start.tv_sec) * 1000000000LL + (end.tv_nsec - start.tv_nsec);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("HZB_RESULT allocs=%llu local=%llu sent=%llu recv=%llu fallback=%llu cleanup=%llu ns=%lld maxrss_kib=%ld\n",
+           (unsigned long long)tot.allocs, (unsigned long long)tot.local, (unsigned long long)tot.sent,
+           (unsigned long long)tot.recv, (unsigned long long)tot.fallback, (unsigned long long)tot.cleanup, ns,
+           ru.ru_maxrss);
+    return 0;
+}

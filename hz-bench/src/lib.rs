@@ -1,0 +1,20 @@
+//! hz-bench: the T/R matrix and the workloads that compare hz with mimalloc,
+//! jemalloc, tcmalloc and glibc, in-process (generic over `GlobalAlloc`) and
+//! under LD_PRELOAD (C programs in `c/`). See docs/BENCHMARKS.md.
+//!
+//! Layers: `rng` and `spsc` (the benchmark's own machinery, which never calls
+//! the allocator under test), `matrix` and `workloads` (the measured code),
+//! `allocs` and `runner` (who runs a measurement, in a child process so peak
+//! RSS is per cell), `report` and `chart` (medians, ratios, tables, SVG),
+//! `suite` (command line and run plan), `machine` (what the header says).
+
+pub mod allocs;
+pub mod chart;
+pub mod machine;
+pub mod matrix;
+pub mod report;
+pub mod rng;
+pub mod runner;
+pub mod spsc;
+pub mod suite;
+pub mod workloads;

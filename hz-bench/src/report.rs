@@ -1,0 +1,513 @@
+//! Turning raw repetitions into medians, ratios, tables (markdown, CSV) and JSON.
+
+use crate::matrix::{Counts, FALLBACK_LIMIT_PCT};
+use std::fmt::Write as _;
+
+/// Which cell and allocator a measurement belongs to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cell {
+    /// "in-process" or "LD_PRELOAD".
+    pub mode: &'static str,
+    /// Lane name (matrix) or workload name.
+    pub group: String,
+    /// Human description of the group, e.g. "16..32768 B".
+    pub desc: String,
+    pub threads: usize,
+    /// R (matrix only).
+    pub remote: Option<u32>,
+    pub alloc: String,
+}
+
+impl Cell {
+    /// Same cell (any allocator).
+    fn same_cell(&self, o: &Cell) -> bool {
+        self.mode == o.mode
+            && self.group == o.group
+            && self.threads == o.threads
+            && self.remote == o.remote
+    }
+}
+
+/// One repetition of one allocator in one cell.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub cell: Cell,
+    pub rep: usize,
+    pub ns: u64,
+    pub ops: u64,
+    pub maxrss_kib: u64,
+    /// Ring accounting (matrix only).
+    pub counts: Option<Counts>,
+}
+
+/// Medians over the repetitions of one allocator in one cell.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    pub cell: Cell,
+    pub reps: usize,
+    pub ns: f64,
+    pub mops: f64,
+    pub remote_pct: Option<f64>,
+    /// Worst repetition's fallback %.
+    pub fallback_pct: Option<f64>,
+    pub maxrss_kib: f64,
+    /// hz's median time divided by this allocator's (None without hz).
+    pub hz_ratio: Option<f64>,
+}
+
+// Samples and summaries read as their cell (`s.threads`, `s.alloc`).
+impl std::ops::Deref for Sample {
+    type Target = Cell;
+    fn deref(&self) -> &Cell {
+        &self.cell
+    }
+}
+impl std::ops::Deref for Summary {
+    type Target = Cell;
+    fn deref(&self) -> &Cell {
+        &self.cell
+    }
+}
+
+impl Summary {
+    /// False when a ring overflowed too often for an honest comparison.
+    pub fn comparable(&self) -> bool {
+        self.fallback_pct.is_none_or(|f| f <= FALLBACK_LIMIT_PCT)
+    }
+}
+
+/// Median of a non-empty list (mean of the middle two for even lengths).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Groups samples by (mode, group, T, R, allocator), in first-seen order.
+pub fn summarize(samples: &[Sample]) -> Vec<Summary> {
+    let mut out: Vec<Summary> = Vec::new();
+    for s in samples {
+        if out.iter().any(|o| o.cell == s.cell) {
+            continue;
+        }
+        let reps: Vec<&Sample> = samples.iter().filter(|o| o.cell == s.cell).collect();
+        let counts: Vec<Counts> = reps.iter().filter_map(|r| r.counts).collect();
+        out.push(Summary {
+            cell: s.cell.clone(),
+            reps: reps.len(),
+            ns: median(reps.iter().map(|r| r.ns as f64).collect()),
+            mops: median(
+                reps.iter()
+                    .map(|r| r.ops as f64 / r.ns.max(1) as f64 * 1e3)
+                    .collect(),
+            ),
+            remote_pct: (!counts.is_empty())
+                .then(|| median(counts.iter().map(|c| c.remote_pct()).collect())),
+            fallback_pct: counts.iter().map(|c| c.fallback_pct()).reduce(f64::max),
+            maxrss_kib: median(reps.iter().map(|r| r.maxrss_kib as f64).collect()),
+            hz_ratio: None,
+        });
+    }
+    let hz: Vec<Summary> = out.iter().filter(|s| s.alloc == "hz").cloned().collect();
+    for s in &mut out {
+        s.hz_ratio = hz
+            .iter()
+            .find(|h| h.same_cell(&s.cell))
+            .map(|h| h.ns / s.ns);
+    }
+    out
+}
+
+/// hz against the fastest rival in one cell.
+#[derive(Clone, Debug)]
+pub struct Versus {
+    pub mode: &'static str,
+    pub group: String,
+    pub threads: usize,
+    pub remote: Option<u32>,
+    pub hz_mops: f64,
+    pub best: String,
+    pub best_mops: f64,
+    /// hz time ÷ best rival time: above 1 hz is slower.
+    pub ratio: f64,
+    /// (rival, hz time ÷ rival time) for every rival.
+    pub each: Vec<(String, f64)>,
+    pub comparable: bool,
+}
+
+/// One [`Versus`] per cell that has hz and at least one rival.
+pub fn versus(sums: &[Summary]) -> Vec<Versus> {
+    let mut out = Vec::new();
+    for hz in sums.iter().filter(|s| s.alloc == "hz") {
+        let rivals: Vec<&Summary> = sums
+            .iter()
+            .filter(|s| s.same_cell(hz) && s.alloc != "hz")
+            .collect();
+        let Some(best) = rivals.iter().min_by(|a, b| a.ns.total_cmp(&b.ns)) else {
+            continue;
+        };
+        out.push(Versus {
+            mode: hz.mode,
+            group: hz.group.clone(),
+            threads: hz.threads,
+            remote: hz.remote,
+            hz_mops: hz.mops,
+            best: best.alloc.clone(),
+            best_mops: best.mops,
+            ratio: hz.ns / best.ns,
+            each: rivals
+                .iter()
+                .map(|r| (r.alloc.clone(), hz.ns / r.ns))
+                .collect(),
+            comparable: hz.comparable() && best.comparable(),
+        });
+    }
+    out
+}
+
+fn mib(kib: f64) -> String {
+    format!("{:.1}", kib / 1024.0)
+}
+
+fn notes(s: &Summary, cores: usize) -> String {
+    let mut n = Vec::new();
+    if !s.comparable() {
+        n.push(format!(
+            "**not comparable** (fallback > {FALLBACK_LIMIT_PCT}%)"
+        ));
+    }
+    if s.threads > cores {
+        n.push("oversubscribed".to_string());
+    }
+    n.join(", ")
+}
+
+fn ratio_cell(s: &Summary, sums: &[Summary]) -> String {
+    if s.alloc == "hz" {
+        let v = versus(sums);
+        match v.iter().find(|v| {
+            (v.mode, &v.group, v.threads, v.remote) == (s.mode, &s.group, s.threads, s.remote)
+        }) {
+            Some(v) => format!("vs best: **{:.2}** ({})", v.ratio, v.best),
+            None => "—".into(),
+        }
+    } else {
+        s.hz_ratio
+            .map(|r| format!("{r:.2}"))
+            .unwrap_or_else(|| "—".into())
+    }
+}
+
+/// Markdown tables, one per (mode, group) for the matrix (`ring`), or one per
+/// mode for workloads.
+pub fn markdown(sums: &[Summary], cores: usize, ring: bool) -> String {
+    let mut md = String::new();
+    let mut tables: Vec<(&'static str, String, String)> = Vec::new();
+    for s in sums {
+        let t = if ring {
+            (s.mode, s.group.clone(), s.desc.clone())
+        } else {
+            (s.mode, String::new(), String::new())
+        };
+        if !tables.contains(&t) {
+            tables.push(t);
+        }
+    }
+    for (mode, group, desc) in tables {
+        if ring {
+            let _ = writeln!(md, "\n### {mode} · lane {group} ({desc})\n");
+            md.push_str("| T | R% | allocator | Mops/s | time ms | hz time ÷ this | remote % | fallback % | peak RSS MiB | note |\n");
+            md.push_str("|--:|--:|:--|--:|--:|:--|--:|--:|--:|:--|\n");
+        } else {
+            let _ = writeln!(md, "\n### workloads · {mode}\n");
+            md.push_str("| workload | T | allocator | Mops/s | time ms | hz time ÷ this | peak RSS MiB | note |\n");
+            md.push_str("|:--|--:|:--|--:|--:|:--|--:|:--|\n");
+        }
+        let mut last: Option<(String, usize, Option<u32>)> = None;
+        for s in sums
+            .iter()
+            .filter(|s| s.mode == mode && (!ring || s.group == group))
+        {
+            let cell = (s.group.clone(), s.threads, s.remote);
+            let first = last.as_ref() != Some(&cell);
+            last = Some(cell);
+            let show = |v: String| if first { v } else { String::new() };
+            let ratio = ratio_cell(s, sums);
+            let name = if s.alloc == "hz" {
+                "**hz**".to_string()
+            } else {
+                s.alloc.clone()
+            };
+            if ring {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {:.2} | {:.1} | {} | {:.1} | {:.3} | {} | {} |",
+                    show(s.threads.to_string()),
+                    show(s.remote.unwrap_or(0).to_string()),
+                    name,
+                    s.mops,
+                    s.ns / 1e6,
+                    ratio,
+                    s.remote_pct.unwrap_or(0.0),
+                    s.fallback_pct.unwrap_or(0.0),
+                    mib(s.maxrss_kib),
+                    notes(s, cores)
+                );
+            } else {
+                let mops = if s.mops > 0.0 {
+                    format!("{:.2}", s.mops)
+                } else {
+                    "—".into()
+                };
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {:.1} | {} | {} | {} |",
+                    show(format!("{} ({})", s.group, s.desc)),
+                    show(s.threads.to_string()),
+                    name,
+                    mops,
+                    s.ns / 1e6,
+                    ratio,
+                    mib(s.maxrss_kib),
+                    notes(s, cores)
+                );
+            }
+        }
+    }
+    md
+}
+
+/// The headline table: per cell, hz against the fastest rival and each rival.
+pub fn versus_markdown(sums: &[Summary], ring: bool) -> String {
+    let v = versus(sums);
+    if v.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from("\n### hz time ÷ rival time (below 1.00: hz faster)\n\n");
+    let rivals: Vec<String> = {
+        let mut r: Vec<String> = Vec::new();
+        for x in &v {
+            for (n, _) in &x.each {
+                if !r.contains(n) {
+                    r.push(n.clone());
+                }
+            }
+        }
+        r
+    };
+    let _ = write!(
+        md,
+        "| mode | {} | T |{} hz Mops/s | best rival | hz ÷ best |",
+        if ring { "lane" } else { "workload" },
+        if ring { " R% |" } else { "" }
+    );
+    for r in &rivals {
+        let _ = write!(md, " ÷ {r} |");
+    }
+    md.push('\n');
+    md.push_str(if ring {
+        "|:--|:--|--:|--:|--:|:--|--:|"
+    } else {
+        "|:--|:--|--:|--:|:--|--:|"
+    });
+    for _ in &rivals {
+        md.push_str("--:|");
+    }
+    md.push('\n');
+    for x in &v {
+        let r = if ring {
+            format!(" {} |", x.remote.unwrap_or(0))
+        } else {
+            String::new()
+        };
+        let flag = if x.comparable {
+            ""
+        } else {
+            " (not comparable)"
+        };
+        let _ = write!(
+            md,
+            "| {} | {} | {} |{} {:.2} | {} | **{:.2}**{} |",
+            x.mode, x.group, x.threads, r, x.hz_mops, x.best, x.ratio, flag
+        );
+        for r in &rivals {
+            match x.each.iter().find(|(n, _)| n == r) {
+                Some((_, q)) => {
+                    let _ = write!(md, " {q:.2} |");
+                }
+                None => md.push_str(" — |"),
+            }
+        }
+        md.push('\n');
+    }
+    md
+}
+
+/// CSV, one row per summary.
+pub fn csv(sums: &[Summary]) -> String {
+    let mut s = String::from(
+        "mode,group,desc,threads,remote_pct_asked,allocator,reps,median_ns,median_mops,remote_pct,fallback_pct,peak_rss_kib,hz_time_ratio,comparable\n",
+    );
+    for x in sums {
+        let opt = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "{},{},{},{},{},{},{},{:.0},{:.4},{},{},{:.0},{},{}",
+            x.mode,
+            x.group,
+            x.desc,
+            x.threads,
+            x.remote.map(|r| r.to_string()).unwrap_or_default(),
+            x.alloc,
+            x.reps,
+            x.ns,
+            x.mops,
+            opt(x.remote_pct),
+            opt(x.fallback_pct),
+            x.maxrss_kib,
+            opt(x.hz_ratio),
+            x.comparable()
+        );
+    }
+    s
+}
+
+/// A JSON string literal.
+pub fn js(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(o, "\\u{:04x}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+fn jf(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v}")
+    } else {
+        "null".into()
+    }
+}
+
+fn jo(v: Option<f64>) -> String {
+    v.map(jf).unwrap_or_else(|| "null".into())
+}
+
+/// JSON with the run's header fields, every summary and every raw sample.
+pub fn json(header: &[(&str, String)], sums: &[Summary], samples: &[Sample]) -> String {
+    let mut s = String::from("{\n");
+    for (k, v) in header {
+        let _ = writeln!(s, "  {}: {},", js(k), js(v));
+    }
+    s.push_str("  \"summaries\": [\n");
+    for (i, x) in sums.iter().enumerate() {
+        let _ = write!(
+            s,
+            "    {{\"mode\": {}, \"group\": {}, \"desc\": {}, \"threads\": {}, \"remote_pct_asked\": {}, \"allocator\": {}, \"reps\": {}, \"median_ns\": {}, \"median_mops\": {}, \"remote_pct\": {}, \"fallback_pct\": {}, \"peak_rss_kib\": {}, \"hz_time_ratio\": {}, \"comparable\": {}}}",
+            js(x.mode), js(&x.group), js(&x.desc), x.threads,
+            x.remote.map(|r| r.to_string()).unwrap_or_else(|| "null".into()),
+            js(&x.alloc), x.reps, jf(x.ns), jf(x.mops), jo(x.remote_pct), jo(x.fallback_pct),
+            jf(x.maxrss_kib), jo(x.hz_ratio), x.comparable()
+        );
+        s.push_str(if i + 1 < sums.len() { ",\n" } else { "\n" });
+    }
+    s.push_str("  ],\n  \"samples\": [\n");
+    for (i, x) in samples.iter().enumerate() {
+        let c = x.counts.map(|c| {
+            format!(
+                ", \"allocs\": {}, \"local_frees\": {}, \"remote_sent\": {}, \"remote_recv\": {}, \"fallbacks\": {}, \"cleanup_frees\": {}",
+                c.allocs, c.local_frees, c.remote_sent, c.remote_recv, c.fallbacks, c.cleanup_frees
+            )
+        });
+        let _ = write!(
+            s,
+            "    {{\"mode\": {}, \"group\": {}, \"threads\": {}, \"remote_pct_asked\": {}, \"allocator\": {}, \"rep\": {}, \"ns\": {}, \"ops\": {}, \"peak_rss_kib\": {}{}}}",
+            js(x.mode), js(&x.group), x.threads,
+            x.remote.map(|r| r.to_string()).unwrap_or_else(|| "null".into()),
+            js(&x.alloc), x.rep, x.ns, x.ops, x.maxrss_kib, c.unwrap_or_default()
+        );
+        s.push_str(if i + 1 < samples.len() { ",\n" } else { "\n" });
+    }
+    s.push_str("  ]\n}\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(alloc: &str, rep: usize, ns: u64) -> Sample {
+        Sample {
+            cell: Cell {
+                mode: "in-process",
+                group: "main".into(),
+                desc: "16..32768 B".into(),
+                threads: 4,
+                remote: Some(90),
+                alloc: alloc.into(),
+            },
+            rep,
+            ns,
+            ops: 1000,
+            maxrss_kib: 2048,
+            counts: Some(Counts {
+                allocs: 500,
+                local_frees: 50,
+                remote_sent: 220,
+                remote_recv: 220,
+                fallbacks: 1,
+                cleanup_frees: 0,
+            }),
+        }
+    }
+
+    #[test]
+    fn medians_and_ratios() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        let s = vec![
+            sample("hz", 0, 300),
+            sample("mimalloc", 0, 100),
+            sample("system", 0, 150),
+            sample("hz", 1, 200),
+            sample("mimalloc", 1, 100),
+            sample("system", 1, 150),
+            sample("hz", 2, 250),
+            sample("mimalloc", 2, 999),
+            sample("system", 2, 150),
+        ];
+        let sums = summarize(&s);
+        assert_eq!(sums.len(), 3);
+        assert_eq!(sums[0].ns, 250.0);
+        assert_eq!(sums[1].hz_ratio, Some(2.5));
+        let v = versus(&sums);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].best, "mimalloc");
+        assert!((v[0].ratio - 2.5).abs() < 1e-9);
+        // 1 fallback of 221 attempted remote frees: 0.45% > 0.1%.
+        assert!(!sums[0].comparable());
+        let md = markdown(&sums, 2, true);
+        assert!(
+            md.contains("not comparable") && md.contains("oversubscribed"),
+            "{md}"
+        );
+        assert!(csv(&sums).lines().count() == 4);
+        assert!(json(&[("k", "v".into())], &sums, &s).contains("\"summaries\""));
+    }
+}

@@ -1,0 +1,466 @@
+//! The command line and the runs it plans: which cells, which allocators, in
+//! what order (repetitions interleaved across allocators), with a progress
+//! bar, and what is written where.
+
+use crate::allocs::{preload_allocators, InProc};
+use crate::machine::Machine;
+use crate::matrix::{lane, Lane, RingConfig, FALLBACK_LIMIT_PCT, LANES};
+use crate::report::{self, Cell, Sample, Summary};
+use crate::runner::{run_cell, run_workload, Runner};
+use crate::workloads::WORKLOADS;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::path::PathBuf;
+
+/// Every allocator name `--allocators` knows.
+pub const ALL_ALLOCATORS: [&str; 6] = ["hz", "mimalloc", "system", "jemalloc", "tcmalloc", "glibc"];
+
+/// Parsed options.
+#[derive(Clone, Debug)]
+pub struct Opts {
+    pub full: bool,
+    pub threads: Vec<usize>,
+    pub remote: Vec<u32>,
+    pub lanes: Vec<Lane>,
+    pub reps: usize,
+    /// Matrix: iterations per cell, split evenly over its threads.
+    pub iters: u64,
+    pub allocators: Vec<String>,
+    pub inproc: bool,
+    pub preload: bool,
+    pub ws: usize,
+    pub ring: Option<usize>,
+    pub seed: u64,
+    pub out: Option<PathBuf>,
+    pub build_hz: bool,
+    pub workloads: Vec<String>,
+    pub wl_threads: usize,
+    pub scale: f64,
+}
+
+pub const USAGE: &str = "\
+usage: hz-bench <matrix|workloads|all> [options]
+
+  matrix     the T/R ring benchmark (quick subset by default, --full for all)
+  workloads  larson, pipeline, xmalloc, cache-scratch, cache-thrash, realloc, rust-collections
+  all        matrix, then workloads
+
+options (lists are comma-separated):
+  --full               T=1,2,4,8,16  R=0,50,90  lanes guard,main,cross128, 2M iterations per cell
+  --threads 1,4,16     thread counts T            (quick default: 1,4,16)
+  --remote 0,90        remote-free percentages R  (quick default: 0,90)
+  --lanes guard,main   size lanes: guard 16..2048, main 16..32768, cross128 16..131072
+  --reps 3             repetitions (interleaved across allocators; medians reported)
+  --iters N            matrix iterations per cell, split over its T threads (quick 400000)
+  --allocators LIST    hz,mimalloc,system,jemalloc,tcmalloc,glibc (default: all found)
+                       (system = Rust's System in-process; glibc = no LD_PRELOAD)
+  --modes LIST         inproc,preload (default: both)
+  --ws 400             slots per thread
+  --ring N             entries per SPSC ring (default: min(iterations per thread, 65536))
+  --seed S             RNG seed (default 1)
+  --out DIR            write CSV, JSON, markdown and SVG chart here (default bench-out/)
+  --no-out             write no files
+  --no-build           do not build libhz.so when it is missing
+  --workloads LIST     which workloads (default: all)
+  --wl-threads N       threads of the workloads (default 4)
+  --scale F            workload size factor (default 1.0)
+
+libhz.so is found at $HZ_LIB, else $CARGO_TARGET_DIR/release/libhz.so, else
+<repo>/target/release/libhz.so (built with `cargo build --release -p hz-ffi` if missing).";
+
+fn list<T: std::str::FromStr>(v: &str, what: &str) -> Result<Vec<T>, String> {
+    v.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.trim().parse().map_err(|_| format!("bad {what}: {s}")))
+        .collect()
+}
+
+impl Opts {
+    /// Parses the options after the subcommand.
+    pub fn parse(args: &[String]) -> Result<Opts, String> {
+        let full = args.iter().any(|a| a == "--full");
+        let mut o = Opts {
+            full,
+            threads: if full {
+                vec![1, 2, 4, 8, 16]
+            } else {
+                vec![1, 4, 16]
+            },
+            remote: if full { vec![0, 50, 90] } else { vec![0, 90] },
+            lanes: if full {
+                LANES.to_vec()
+            } else {
+                vec![LANES[0], LANES[1]]
+            },
+            reps: 3,
+            iters: if full { 2_000_000 } else { 400_000 },
+            allocators: ALL_ALLOCATORS.iter().map(|s| s.to_string()).collect(),
+            inproc: true,
+            preload: true,
+            ws: 400,
+            ring: None,
+            seed: 1,
+            out: Some(PathBuf::from("bench-out")),
+            build_hz: true,
+            workloads: WORKLOADS.iter().map(|s| s.to_string()).collect(),
+            wl_threads: 4,
+            scale: if full { 3.0 } else { 1.0 },
+        };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let (flag, inline) = match a.split_once('=') {
+                Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+                _ => (a.as_str(), None),
+            };
+            let mut val = || -> Result<String, String> {
+                inline
+                    .clone()
+                    .or_else(|| it.next().cloned())
+                    .ok_or_else(|| format!("{flag} needs a value"))
+            };
+            match flag {
+                "--full" => {}
+                "--no-out" => o.out = None,
+                "--no-build" => o.build_hz = false,
+                "--threads" => o.threads = list(&val()?, "thread count")?,
+                "--remote" => o.remote = list(&val()?, "remote percentage")?,
+                "--lanes" => {
+                    o.lanes = val()?
+                        .split(',')
+                        .map(|n| {
+                            lane(n)
+                                .ok_or_else(|| format!("unknown lane {n} (guard, main, cross128)"))
+                        })
+                        .collect::<Result<_, _>>()?
+                }
+                "--reps" => o.reps = val()?.parse().map_err(|_| "bad --reps")?,
+                "--iters" => o.iters = val()?.parse().map_err(|_| "bad --iters")?,
+                "--ws" => o.ws = val()?.parse().map_err(|_| "bad --ws")?,
+                "--ring" => o.ring = Some(val()?.parse().map_err(|_| "bad --ring")?),
+                "--seed" => o.seed = val()?.parse().map_err(|_| "bad --seed")?,
+                "--out" => o.out = Some(PathBuf::from(val()?)),
+                "--allocators" => {
+                    o.allocators = list(&val()?, "allocator")?;
+                    if let Some(bad) = o
+                        .allocators
+                        .iter()
+                        .find(|a| !ALL_ALLOCATORS.contains(&a.as_str()))
+                    {
+                        return Err(format!(
+                            "unknown allocator {bad} (known: {})",
+                            ALL_ALLOCATORS.join(",")
+                        ));
+                    }
+                }
+                "--modes" => {
+                    let m: Vec<String> = list(&val()?, "mode")?;
+                    o.inproc = m.iter().any(|x| x == "inproc");
+                    o.preload = m.iter().any(|x| x == "preload");
+                    if let Some(bad) = m.iter().find(|x| *x != "inproc" && *x != "preload") {
+                        return Err(format!("unknown mode {bad} (inproc, preload)"));
+                    }
+                }
+                "--workloads" => {
+                    o.workloads = list(&val()?, "workload")?;
+                    if let Some(bad) = o
+                        .workloads
+                        .iter()
+                        .find(|w| !WORKLOADS.contains(&w.as_str()))
+                    {
+                        return Err(format!(
+                            "unknown workload {bad} (known: {})",
+                            WORKLOADS.join(",")
+                        ));
+                    }
+                }
+                "--wl-threads" => o.wl_threads = val()?.parse().map_err(|_| "bad --wl-threads")?,
+                "--scale" => o.scale = val()?.parse().map_err(|_| "bad --scale")?,
+                "-h" | "--help" => return Err(USAGE.to_string()),
+                other => return Err(format!("unknown option {other}\n\n{USAGE}")),
+            }
+        }
+        if o.reps == 0 || o.threads.contains(&0) || o.ws == 0 || o.iters == 0 {
+            return Err("--reps, --threads, --ws and --iters must be positive".into());
+        }
+        if let Some(bad) = o.remote.iter().find(|r| **r > 100) {
+            return Err(format!("remote percentage {bad} > 100"));
+        }
+        Ok(o)
+    }
+
+    fn runners(&self, notes: &mut Vec<String>) -> Vec<Runner> {
+        let mut r = Vec::new();
+        if self.inproc {
+            for a in InProc::ALL {
+                if self.allocators.iter().any(|x| x == a.name()) {
+                    r.push(Runner::InProc(a));
+                }
+            }
+        }
+        if self.preload {
+            let (p, n) = preload_allocators(&self.allocators, self.build_hz);
+            notes.extend(n);
+            r.extend(p.into_iter().map(Runner::Preload));
+        }
+        r
+    }
+}
+
+fn progress(len: u64) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} runs, ETA {eta} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb
+}
+
+fn print_header(title: &str, m: &Machine, runners: &[Runner], notes: &[String]) {
+    println!("# hz-bench {title}\n");
+    print!("{}", m.header());
+    for r in runners {
+        match r {
+            Runner::InProc(a) => {
+                let what = match a {
+                    InProc::Hz => "hz_core::HzAlloc".to_string(),
+                    InProc::Mimalloc => format!("mimalloc::MiMalloc (crate {})", m.mimalloc_crate),
+                    InProc::System => "std::alloc::System (glibc malloc)".to_string(),
+                };
+                println!("- in-process {}: {what}", a.name());
+            }
+            Runner::Preload(p) => println!("- LD_PRELOAD {}: {}", p.name, p.origin),
+        }
+    }
+    for n in notes {
+        println!("- note: {n}");
+    }
+}
+
+/// The matrix cells of these options: (lane, T, R); T=1 runs R=0 only.
+pub fn cells(o: &Opts, notes: &mut Vec<String>) -> Vec<(Lane, usize, u32)> {
+    let mut v = Vec::new();
+    let mut skipped = false;
+    for l in &o.lanes {
+        for &t in &o.threads {
+            let mut rs: Vec<u32> = if t == 1 {
+                o.remote.iter().copied().filter(|&r| r == 0).collect()
+            } else {
+                o.remote.clone()
+            };
+            if t == 1 && rs.is_empty() {
+                rs.push(0);
+            }
+            skipped |= t == 1 && o.remote.iter().any(|&r| r > 0);
+            for r in rs {
+                v.push((*l, t, r));
+            }
+        }
+    }
+    if skipped {
+        notes.push("T=1 has no other thread to free to: only R=0 is run for T=1".into());
+    }
+    v
+}
+
+/// `hz-bench matrix`.
+pub fn matrix(o: &Opts) -> Vec<Summary> {
+    let m = Machine::probe();
+    let mut notes = Vec::new();
+    let runners = o.runners(&mut notes);
+    let cells = cells(o, &mut notes);
+    if o.threads.iter().any(|&t| t > m.cores) {
+        notes.push(format!(
+            "T > {} cores is oversubscribed: threads time-share the cores",
+            m.cores
+        ));
+    }
+    print_header("matrix: T threads × R% remote frees", &m, &runners, &notes);
+    println!(
+        "- {} iterations per cell (split over its threads), ws={}, {} repetition(s), medians; ops/s counts a remote free when sent and when freed",
+        o.iters, o.ws, o.reps
+    );
+    let total = (o.reps * cells.len() * runners.len()) as u64;
+    let pb = progress(total);
+    let mut samples = Vec::new();
+    for rep in 0..o.reps {
+        for &(l, t, r) in &cells {
+            let per_thread = (o.iters / t as u64).max(1);
+            let cfg = RingConfig {
+                threads: t,
+                remote_pct: r,
+                min: l.min,
+                max: l.max,
+                iters_per_thread: per_thread,
+                ws: o.ws,
+                ring_cap: o
+                    .ring
+                    .unwrap_or_else(|| RingConfig::default_ring_cap(per_thread)),
+                seed: o.seed,
+            };
+            for run in &runners {
+                pb.set_message(format!(
+                    "rep {} {} {} T={t} R={r} {}",
+                    rep + 1,
+                    run.mode(),
+                    l.name,
+                    run.name()
+                ));
+                match run_cell(run, &cfg) {
+                    Ok((res, rss)) => samples.push(Sample {
+                        cell: Cell {
+                            mode: run.mode(),
+                            group: l.name.to_string(),
+                            desc: format!("{}..{} B", l.min, l.max),
+                            threads: t,
+                            remote: Some(r),
+                            alloc: run.name().to_string(),
+                        },
+                        rep,
+                        ns: res.elapsed.as_nanos() as u64,
+                        ops: res.counts.ops(),
+                        maxrss_kib: rss,
+                        counts: Some(res.counts),
+                    }),
+                    Err(e) => pb.println(format!(
+                        "error: {} {} T={t} R={r} {}: {e}",
+                        run.mode(),
+                        l.name,
+                        run.name()
+                    )),
+                }
+                pb.inc(1);
+            }
+        }
+    }
+    pb.finish_and_clear();
+    let sums = report::summarize(&samples);
+    print!("{}", report::markdown(&sums, m.cores, true));
+    print!("{}", report::versus_markdown(&sums, true));
+    if sums.iter().any(|s| !s.comparable()) {
+        println!("\nCells marked **not comparable** had more than {FALLBACK_LIMIT_PCT}% of remote frees fall back to local frees (ring full): rerun with a larger --ring.");
+    }
+    write_out(o, "matrix", &m, &runners, &notes, &sums, &samples, true);
+    sums
+}
+
+/// `hz-bench workloads`.
+pub fn workloads(o: &Opts) -> Vec<Summary> {
+    let m = Machine::probe();
+    let mut notes = Vec::new();
+    let runners = o.runners(&mut notes);
+    if o.wl_threads > m.cores {
+        notes.push(format!(
+            "T={} > {} cores is oversubscribed",
+            o.wl_threads, m.cores
+        ));
+    }
+    notes.push("LD_PRELOAD runs use the C versions in hz-bench/c/bench_workloads.c (rust-collections has none)".into());
+    print_header("workloads", &m, &runners, &notes);
+    println!(
+        "- threads {}, scale {}, {} repetition(s), medians",
+        o.wl_threads, o.scale, o.reps
+    );
+    let jobs: Vec<(&str, &Runner)> = o
+        .workloads
+        .iter()
+        .flat_map(|w| runners.iter().map(move |r| (w.as_str(), r)))
+        .filter(|(w, r)| !(matches!(r, Runner::Preload(_)) && *w == "rust-collections"))
+        .collect();
+    let pb = progress((o.reps * jobs.len()) as u64);
+    let mut samples = Vec::new();
+    for rep in 0..o.reps {
+        for (w, run) in &jobs {
+            pb.set_message(format!("rep {} {} {w} {}", rep + 1, run.mode(), run.name()));
+            match run_workload(run, w, o.wl_threads, o.scale) {
+                Ok(res) => samples.push(Sample {
+                    cell: Cell {
+                        mode: run.mode(),
+                        group: w.to_string(),
+                        desc: crate::workloads::describe(w).to_string(),
+                        threads: o.wl_threads,
+                        remote: None,
+                        alloc: run.name().to_string(),
+                    },
+                    rep,
+                    ns: res.ns,
+                    ops: res.ops,
+                    maxrss_kib: res.maxrss_kib,
+                    counts: None,
+                }),
+                Err(e) => pb.println(format!("error: {} {w} {}: {e}", run.mode(), run.name())),
+            }
+            pb.inc(1);
+        }
+    }
+    pb.finish_and_clear();
+    let sums = report::summarize(&samples);
+    print!("{}", report::markdown(&sums, m.cores, false));
+    print!("{}", report::versus_markdown(&sums, false));
+    write_out(o, "workloads", &m, &runners, &notes, &sums, &samples, false);
+    sums
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_out(
+    o: &Opts,
+    name: &str,
+    m: &Machine,
+    runners: &[Runner],
+    notes: &[String],
+    sums: &[Summary],
+    samples: &[Sample],
+    ring: bool,
+) {
+    let Some(dir) = &o.out else { return };
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        eprintln!("cannot create {}: {e}", dir.display());
+        return;
+    }
+    let mut header: Vec<(&str, String)> = vec![
+        ("benchmark", name.to_string()),
+        ("cpu", m.cpu.clone()),
+        ("cores", m.cores.to_string()),
+        ("kernel", m.kernel.clone()),
+        ("date", m.date.clone()),
+        ("rustc", m.rustc.clone()),
+        ("mimalloc_crate", m.mimalloc_crate.clone()),
+        ("glibc", m.glibc.clone()),
+        ("options", format!("{o:?}")),
+        ("notes", notes.join("; ")),
+    ];
+    for r in runners {
+        if let Runner::Preload(p) = r {
+            header.push(("preload", format!("{}: {}", p.name, p.origin)));
+        }
+    }
+    let md = format!(
+        "# hz-bench {name}\n\n{}{}{}",
+        m.header(),
+        report::markdown(sums, m.cores, ring),
+        report::versus_markdown(sums, ring)
+    );
+    let files = [
+        (format!("{name}.csv"), report::csv(sums)),
+        (format!("{name}.json"), report::json(&header, sums, samples)),
+        (format!("{name}.md"), md),
+    ];
+    for (f, text) in files {
+        if let Err(e) = std::fs::write(dir.join(&f), text) {
+            eprintln!("cannot write {}: {e}", dir.join(&f).display());
+        }
+    }
+    let svg = dir.join(format!("{name}.svg"));
+    let title = format!(
+        "hz-bench {name} — {} ({} cores), {}",
+        m.cpu, m.cores, m.date
+    );
+    match crate::chart::draw(&svg, sums, &title) {
+        Ok(()) => println!(
+            "\nwrote {0}/{name}.csv, {0}/{name}.json, {0}/{name}.md, {0}/{name}.svg",
+            dir.display()
+        ),
+        Err(e) => eprintln!("chart {}: {e}", svg.display()),
+    }
+}
