@@ -34,7 +34,10 @@ fn check(p: *const u8, n: usize, seed: u8) {
     // SAFETY: callers pass a live block of at least n bytes.
     let s = unsafe { std::slice::from_raw_parts(p, n) };
     if let Some(i) = s.iter().position(|&b| b != seed) {
-        panic!("block {p:p} byte {i} of {n} is {:#x}, expected {seed:#x}", s[i]);
+        panic!(
+            "block {p:p} byte {i} of {n} is {:#x}, expected {seed:#x}",
+            s[i]
+        );
     }
 }
 
@@ -48,19 +51,33 @@ struct Block {
 impl Block {
     fn new(rng: &mut Rng, max: u64) -> Block {
         let n = 1 + rng.below(max) as usize;
-        let align = if rng.below(8) == 0 { 1usize << (4 + rng.below(9)) } else { 8 };
+        let align = if rng.below(8) == 0 {
+            1usize << (4 + rng.below(9))
+        } else {
+            8
+        };
         let seed = rng.next() as u8;
         // SAFETY: non-zero size, power-of-two align.
         let p = unsafe { A.alloc(Layout::from_size_align(n, align).unwrap()) };
         assert!(!p.is_null());
         assert_eq!(p as usize % align, 0, "alignment {align}");
         fill(p, n, seed);
-        Block { p: p as usize, n, align, seed }
+        Block {
+            p: p as usize,
+            n,
+            align,
+            seed,
+        }
     }
     fn free(self) {
         check(self.p as *const u8, self.n, self.seed);
         // SAFETY: allocated above with this layout.
-        unsafe { A.dealloc(self.p as *mut u8, Layout::from_size_align(self.n, self.align).unwrap()) };
+        unsafe {
+            A.dealloc(
+                self.p as *mut u8,
+                Layout::from_size_align(self.n, self.align).unwrap(),
+            )
+        };
     }
 }
 
@@ -111,7 +128,9 @@ fn blocks_freed_by_other_threads() {
                         b.free();
                     } else if let Err(e) = tx.try_send(b) {
                         match e {
-                            mpsc::TrySendError::Full(b) | mpsc::TrySendError::Disconnected(b) => b.free(),
+                            mpsc::TrySendError::Full(b) | mpsc::TrySendError::Disconnected(b) => {
+                                b.free()
+                            }
                         }
                     }
                     while let Ok(b) = rx.try_recv() {
@@ -131,7 +150,10 @@ fn blocks_freed_by_other_threads() {
         }
     }
     let s = hz_core::stats();
-    assert!(s.remote_frees_sent > 0, "remote frees were sent home: {s:?}");
+    assert!(
+        s.remote_frees_sent > 0,
+        "remote frees were sent home: {s:?}"
+    );
 }
 
 #[test]
@@ -167,7 +189,11 @@ fn short_lived_threads_blocks_outlive_them() {
         }
     }
     let s = hz_core::stats();
-    assert!(s.heaps_created < 16 * 20, "heaps are reused after thread exit: {} created", s.heaps_created);
+    assert!(
+        s.heaps_created < 16 * 20,
+        "heaps are reused after thread exit: {} created",
+        s.heaps_created
+    );
 }
 
 #[test]

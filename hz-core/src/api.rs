@@ -1,0 +1,595 @@
+//! The public API and the malloc/free fast paths (see the crate docs for
+//! the picture). Everything here is a thin layer over `heap` (small blocks)
+//! and `arena` (page runs for large blocks).
+
+use crate::arena::{self, tag_class, tag_kind, KIND_LARGE};
+use crate::class::{class_for, class_of, CLASS_SIZE, NUM_CLASSES, SMALL_MAX};
+use crate::stats as counters;
+use crate::sync::Ordering::Relaxed;
+use crate::{config, heap, os, tls, PAGE_SHIFT, PAGE_SIZE};
+use core::alloc::{GlobalAlloc, Layout};
+use core::ptr::{addr_of_mut, null_mut};
+
+/// Requests above this many bytes fail (`PTRDIFF_MAX` minus slack).
+const MAX_REQUEST: usize = (isize::MAX as usize) - 2 * PAGE_SIZE;
+/// Large blocks at least this big move by `mremap` instead of copying.
+const MREMAP_MIN: usize = 1 << 20;
+
+/// The global allocator:
+/// `#[global_allocator] static GLOBAL: hz_core::HzAlloc = hz_core::HzAlloc;`
+pub struct HzAlloc;
+
+// SAFETY: blocks are at least `layout.size()` bytes, aligned to
+// `layout.align()`, never overlap while live; null on failure; no unwinding.
+unsafe impl GlobalAlloc for HzAlloc {
+    #[inline(always)]
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        let c = class_for(l.size(), l.align());
+        if c != 0 {
+            alloc_small(c)
+        } else {
+            alloc_large(l.size(), l.align(), false)
+        }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        calloc_aligned(l.size(), l.align())
+    }
+
+    #[inline(always)]
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // The layout names the class (class_for is a pure function and
+        // blocks never change class), so no tag lookup is needed here.
+        let c = class_for(l.size(), l.align());
+        if c != 0 {
+            // SAFETY: p is a live block of class c.
+            unsafe { free_small(p, c) }
+        } else {
+            // SAFETY: p is a live large block.
+            unsafe { free_not_small(p) }
+        }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        // SAFETY: p is a live block allocated with alignment l.align().
+        unsafe { realloc_aligned(p, n, l.align()) }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Fast paths
+
+#[inline(always)]
+fn alloc_small(c: usize) -> *mut u8 {
+    let h = tls::get();
+    // SAFETY: h points at this thread's heap or at a static empty heap whose
+    // bins are both empty and full (top == base == end), so the pop below is
+    // taken only for a real heap. Raw places: no reference to a static.
+    unsafe {
+        let bin = addr_of_mut!((*h).b[c]);
+        let top = (*bin).top;
+        if top != (*bin).base {
+            let top = top.sub(1);
+            (*bin).top = top;
+            return *top;
+        }
+    }
+    alloc_small_slow(c)
+}
+
+#[cold]
+#[inline(never)]
+fn alloc_small_slow(c: usize) -> *mut u8 {
+    let h = heap::current_or_claim();
+    if h.is_null() {
+        return heap::shared_alloc(c);
+    }
+    // SAFETY: h is this thread's heap.
+    unsafe {
+        let bin = &mut (*h).bins.b[c];
+        if bin.top != bin.base {
+            bin.top = bin.top.sub(1);
+            return *bin.top;
+        }
+        heap::refill(h, c)
+    }
+}
+
+#[inline(always)]
+unsafe fn free_small(p: *mut u8, c: usize) {
+    let h = tls::get();
+    // SAFETY: as in alloc_small; p is a free block of class c.
+    unsafe {
+        let bin = addr_of_mut!((*h).b[c]);
+        let top = (*bin).top;
+        if top != (*bin).end {
+            *top = p;
+            (*bin).top = top.add(1);
+            return;
+        }
+        free_small_slow(p, c);
+    }
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn free_small_slow(p: *mut u8, c: usize) {
+    let h = heap::current_or_claim();
+    // SAFETY: p is a free block of class c; h is this thread's heap.
+    unsafe {
+        if h.is_null() {
+            heap::free_without_heap(p, arena::lookup(p as usize).0);
+            return;
+        }
+        let bin = &mut (*h).bins.b[c];
+        if bin.top != bin.end {
+            *bin.top = p;
+            bin.top = bin.top.add(1);
+            return;
+        }
+        heap::overflow(h, c, p);
+    }
+}
+
+/// Frees a block that is not (known to be) small: null, large, or foreign.
+#[cold]
+unsafe fn free_not_small(p: *mut u8) {
+    if p.is_null() {
+        return;
+    }
+    let (t, a) = arena::lookup(p as usize);
+    let c = tag_class(t);
+    if c != 0 {
+        // SAFETY: the tag says p is a small block of class c.
+        return unsafe { free_small(p, c) };
+    }
+    if tag_kind(t) == KIND_LARGE {
+        let m = arena::head_meta(p as usize, t, a);
+        // SAFETY: m is the head of p's run.
+        if unsafe { (*m).addr } == p as usize {
+            let pages = unsafe { (*m).pages } as u64;
+            counters::STATS
+                .large_allocated
+                .fetch_sub(pages << PAGE_SHIFT, Relaxed);
+            counters::STATS.large_count.fetch_sub(1, Relaxed);
+            // SAFETY: the caller gives up p, the whole run.
+            unsafe { arena::free_run(m) };
+            return;
+        }
+    }
+    foreign_free(p);
+}
+
+#[cold]
+fn foreign_free(p: *mut u8) {
+    counters::STATS.foreign_frees.fetch_add(1, Relaxed);
+    if config::verbose() {
+        let mut b = counters::Buf::<96>::new();
+        let _ = core::fmt::Write::write_fmt(
+            &mut b,
+            format_args!("hz: ignored free of {:p}: not a block of hz\n", p),
+        );
+        os::write_fd(2, b.as_bytes());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Large blocks: page runs
+
+#[cold]
+fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
+    if size > MAX_REQUEST || align > (1 << 40) || !align.is_power_of_two() {
+        counters::STATS.oom.fetch_add(1, Relaxed);
+        return null_mut();
+    }
+    let pages = size.max(1).div_ceil(PAGE_SIZE);
+    let align_pages = (align >> PAGE_SHIFT).max(1);
+    let Some(run) = arena::alloc_run(pages, align_pages) else {
+        counters::STATS.oom.fetch_add(1, Relaxed);
+        return null_mut();
+    };
+    counters::note_pages();
+    // SAFETY: the run is ours.
+    unsafe {
+        arena::set_tags(run.meta, 0, KIND_LARGE, 0);
+        (*run.meta).clean = run.clean;
+        if zero && !run.clean {
+            core::ptr::write_bytes(run.addr, 0, size);
+        }
+    }
+    counters::STATS
+        .large_allocated
+        .fetch_add((pages as u64) << PAGE_SHIFT, Relaxed);
+    counters::STATS.large_count.fetch_add(1, Relaxed);
+    run.addr
+}
+
+// ---------------------------------------------------------------------------
+// Public raw API
+
+/// Allocates `size` bytes aligned to 16. Null when out of memory (errno is
+/// left to the caller: hz-ffi sets `ENOMEM`).
+#[inline]
+pub fn malloc(size: usize) -> *mut u8 {
+    let c = class_of(size);
+    if c != 0 {
+        alloc_small(c)
+    } else {
+        alloc_large(size, 16, false)
+    }
+}
+
+/// Allocates `size` bytes aligned to `align` (a power of two; anything else
+/// gives null). Null when out of memory.
+#[inline]
+pub fn malloc_aligned(size: usize, align: usize) -> *mut u8 {
+    if !align.is_power_of_two() {
+        return null_mut();
+    }
+    let c = class_for(size, align);
+    if c != 0 {
+        alloc_small(c)
+    } else {
+        alloc_large(size, align, false)
+    }
+}
+
+/// Like [`malloc`], zero-filled.
+pub fn calloc(size: usize) -> *mut u8 {
+    calloc_aligned(size, 16)
+}
+
+/// Like [`malloc_aligned`], zero-filled. Fresh pages from the OS are not
+/// cleared a second time.
+pub fn calloc_aligned(size: usize, align: usize) -> *mut u8 {
+    if !align.is_power_of_two() {
+        return null_mut();
+    }
+    let c = class_for(size, align);
+    if c != 0 {
+        let p = alloc_small(c);
+        if !p.is_null() {
+            // SAFETY: p has at least `size` bytes.
+            unsafe { core::ptr::write_bytes(p, 0, size) };
+        }
+        p
+    } else {
+        alloc_large(size, align, true)
+    }
+}
+
+/// Frees a block. Null is ignored; a pointer hz never handed out is ignored
+/// and counted (`Stats::foreign_frees`).
+///
+/// # Safety
+/// `p` is null, a live block of hz, or an address hz does not manage.
+#[inline]
+pub unsafe fn free(p: *mut u8) {
+    let (t, _) = arena::lookup(p as usize);
+    let c = tag_class(t);
+    if c != 0 {
+        // SAFETY: the tag says p is a small block of class c.
+        unsafe { free_small(p, c) }
+    } else {
+        // SAFETY: forwarded contract.
+        unsafe { free_not_small(p) }
+    }
+}
+
+/// Frees a block whose size (as requested, with 16-byte alignment) is
+/// known; the size selects the class without a tag lookup when it agrees.
+///
+/// # Safety
+/// As [`free`]; `size` is the size it was allocated (or last reallocated) with.
+#[inline]
+pub unsafe fn free_sized(p: *mut u8, size: usize) {
+    let _ = size; // A wrong size from C must not corrupt a bin: use the tag.
+                  // SAFETY: forwarded contract.
+    unsafe { free(p) }
+}
+
+/// Usable size of a live block (every byte may be written); 0 for null or
+/// pointers hz does not manage.
+///
+/// # Safety
+/// `p` is null, a live block of hz, or an address hz does not manage.
+pub unsafe fn usable_size(p: *const u8) -> usize {
+    let (t, a) = arena::lookup(p as usize);
+    let c = tag_class(t);
+    if c != 0 {
+        return CLASS_SIZE[c] as usize;
+    }
+    if tag_kind(t) == KIND_LARGE {
+        let m = arena::head_meta(p as usize, t, a);
+        // SAFETY: m is the head meta of p's run.
+        unsafe {
+            if (*m).addr == p as usize {
+                return ((*m).pages as usize) << PAGE_SHIFT;
+            }
+        }
+    }
+    0
+}
+
+/// True when `p` lies in memory hz manages (without touching `p`).
+pub fn owns(p: *const u8) -> bool {
+    arena::lookup(p as usize).0 != 0
+}
+
+/// Resizes a live block (16-byte alignment). Null on failure, the old block
+/// intact. `new_size` 0 gives a minimal block.
+///
+/// # Safety
+/// `p` is a live block of hz.
+pub unsafe fn realloc(p: *mut u8, new_size: usize) -> *mut u8 {
+    // SAFETY: forwarded contract.
+    unsafe { realloc_aligned(p, new_size, 16) }
+}
+
+/// Resizes a live block keeping alignment `align`. Null on failure (or for
+/// a pointer hz does not manage), the old block intact.
+///
+/// # Safety
+/// `p` is a live block of hz allocated with alignment `align`.
+pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
+    if p.is_null() {
+        return malloc_aligned(new_size, align);
+    }
+    if !align.is_power_of_two() {
+        return null_mut();
+    }
+    let (t, a) = arena::lookup(p as usize);
+    let c = tag_class(t);
+    let new_c = class_for(new_size, align);
+    let old_usable;
+    if c != 0 {
+        if new_c == c {
+            return p;
+        }
+        old_usable = CLASS_SIZE[c] as usize;
+    } else if tag_kind(t) == KIND_LARGE {
+        let m = arena::head_meta(p as usize, t, a);
+        // SAFETY: m is the head meta of p's run.
+        let (addr, pages) = unsafe { ((*m).addr, (*m).pages as usize) };
+        if addr != p as usize {
+            return null_mut();
+        }
+        old_usable = pages << PAGE_SHIFT;
+        if new_c == 0 && new_size <= MAX_REQUEST {
+            let new_pages = new_size.max(1).div_ceil(PAGE_SIZE);
+            // In place: shrink, or grow into the free run that follows.
+            // SAFETY: the run is p's.
+            if unsafe { arena::resize_run(m, new_pages) } {
+                // SAFETY: m heads p's run, now new_pages long.
+                unsafe { arena::set_tags(m, 0, KIND_LARGE, 0) };
+                let delta = (new_pages as i64 - pages as i64) << PAGE_SHIFT;
+                counters::STATS
+                    .large_allocated
+                    .fetch_add(delta as u64, Relaxed);
+                counters::note_pages();
+                return p;
+            }
+            if old_usable >= MREMAP_MIN {
+                // Move the pages instead of copying them.
+                let q = alloc_large(new_size, align, false);
+                if q.is_null() {
+                    return null_mut();
+                }
+                // SAFETY: q is a fresh run of at least old_usable bytes; the
+                // old range is p's whole run, which we then free.
+                unsafe {
+                    if os::move_pages(p, q, old_usable) {
+                        free_not_small(p);
+                        return q;
+                    }
+                    core::ptr::copy_nonoverlapping(p, q, old_usable);
+                    free_not_small(p);
+                }
+                return q;
+            }
+        }
+    } else {
+        return null_mut();
+    }
+    let q = malloc_aligned(new_size, align);
+    if q.is_null() {
+        return null_mut();
+    }
+    // SAFETY: both blocks are live and distinct; copy what both can hold.
+    unsafe {
+        core::ptr::copy_nonoverlapping(p, q, old_usable.min(new_size));
+        free(p);
+    }
+    q
+}
+
+/// Returns free memory to the OS now: flushes this thread's caches, those
+/// of heaps whose threads have exited, and purges every free page.
+pub fn collect() {
+    let b = tls::get();
+    if b != tls::empty() && b != tls::dead() {
+        // SAFETY: b is this thread's heap.
+        unsafe { heap::flush_all(b as *mut heap::Heap, true) };
+    }
+    heap::collect_shared_and_abandoned();
+    arena::purge_all();
+}
+
+// ---------------------------------------------------------------------------
+// Statistics
+
+/// Per-class figures.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClassStats {
+    /// Block size of the class.
+    pub size: u32,
+    /// Blocks out of their spans (live, or cached in a thread's bin).
+    pub blocks: u64,
+    /// Spans of the class.
+    pub spans: u64,
+}
+
+/// Snapshot of allocator statistics (read without stopping other threads:
+/// figures are each exact but not mutually atomic).
+#[derive(Clone, Copy, Debug)]
+pub struct Stats {
+    /// Bytes in blocks handed out of spans and page runs (live, plus small
+    /// blocks cached in thread bins).
+    pub allocated: u64,
+    /// Bytes of pages taken from the page allocator (spans, large runs,
+    /// heap metadata): an upper bound of resident heap memory.
+    pub in_use: u64,
+    /// Highest `in_use` seen.
+    pub peak: u64,
+    /// `in_use` plus free pages not yet purged.
+    pub resident: u64,
+    /// Address space reserved.
+    pub mapped: u64,
+    pub purges: u64,
+    pub purged_bytes: u64,
+    pub remote_frees_sent: u64,
+    pub remote_frees_received: u64,
+    /// Frees of pointers hz never handed out (ignored).
+    pub foreign_frees: u64,
+    /// Large blocks live.
+    pub large_blocks: u64,
+    pub heaps_live: u64,
+    pub heaps_created: u64,
+    /// Allocation requests refused (out of memory or impossible size).
+    pub failed_allocations: u64,
+    pub classes: [ClassStats; NUM_CLASSES],
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            allocated: 0,
+            in_use: 0,
+            peak: 0,
+            resident: 0,
+            mapped: 0,
+            purges: 0,
+            purged_bytes: 0,
+            remote_frees_sent: 0,
+            remote_frees_received: 0,
+            foreign_frees: 0,
+            large_blocks: 0,
+            heaps_live: 0,
+            heaps_created: 0,
+            failed_allocations: 0,
+            classes: [ClassStats::default(); NUM_CLASSES],
+        }
+    }
+}
+
+/// Current statistics.
+pub fn stats() -> Stats {
+    let g = &counters::STATS;
+    let mut s = Stats {
+        in_use: g.pages_in_use.load(Relaxed) << PAGE_SHIFT,
+        peak: g
+            .peak_pages_in_use
+            .load(Relaxed)
+            .max(g.pages_in_use.load(Relaxed))
+            << PAGE_SHIFT,
+        mapped: g.mapped.load(Relaxed),
+        purges: g.purges.load(Relaxed),
+        purged_bytes: g.purged_bytes.load(Relaxed),
+        foreign_frees: g.foreign_frees.load(Relaxed),
+        large_blocks: g.large_count.load(Relaxed),
+        heaps_live: g.heaps_live.load(Relaxed),
+        heaps_created: g.heaps_created.load(Relaxed),
+        failed_allocations: g.oom.load(Relaxed),
+        ..Stats::default()
+    };
+    s.resident = s.in_use + ((arena::dirty_pages() as u64) << PAGE_SHIFT);
+    heap::sum_heaps(&mut s);
+    let mut small = 0;
+    for c in 1..NUM_CLASSES {
+        s.classes[c].size = CLASS_SIZE[c];
+        small += s.classes[c].blocks * CLASS_SIZE[c] as u64;
+    }
+    s.allocated = small + g.large_allocated.load(Relaxed);
+    s
+}
+
+/// Writes a readable statistics table to file descriptor `fd` (no allocation).
+pub fn write_stats(fd: i32) {
+    use core::fmt::Write;
+    let s = stats();
+    let mut b = counters::Buf::<8192>::new();
+    let mib = |x: u64| x as f64 / (1u64 << 20) as f64;
+    let _ = writeln!(b, "hz statistics");
+    let _ = writeln!(b, "  allocated      {:>12.2} MiB", mib(s.allocated));
+    let _ = writeln!(
+        b,
+        "  in use (pages) {:>12.2} MiB   peak {:.2} MiB",
+        mib(s.in_use),
+        mib(s.peak)
+    );
+    let _ = writeln!(b, "  resident (max) {:>12.2} MiB", mib(s.resident));
+    let _ = writeln!(b, "  mapped         {:>12.2} MiB", mib(s.mapped));
+    let _ = writeln!(
+        b,
+        "  purges         {:>12}   ({:.2} MiB)",
+        s.purges,
+        mib(s.purged_bytes)
+    );
+    let _ = writeln!(
+        b,
+        "  remote frees   {:>12} sent, {} received",
+        s.remote_frees_sent, s.remote_frees_received
+    );
+    let _ = writeln!(b, "  foreign frees  {:>12}", s.foreign_frees);
+    let _ = writeln!(b, "  large blocks   {:>12}", s.large_blocks);
+    let _ = writeln!(
+        b,
+        "  heaps          {:>12} live, {} created",
+        s.heaps_live, s.heaps_created
+    );
+    let _ = writeln!(b, "  failed allocs  {:>12}", s.failed_allocations);
+    let _ = writeln!(
+        b,
+        "  {:>8} {:>12} {:>8} {:>12}",
+        "class", "blocks", "spans", "KiB"
+    );
+    for c in &s.classes[1..] {
+        if c.blocks != 0 || c.spans != 0 {
+            let _ = writeln!(
+                b,
+                "  {:>8} {:>12} {:>8} {:>12}",
+                c.size,
+                c.blocks,
+                c.spans,
+                c.blocks * c.size as u64 / 1024
+            );
+        }
+    }
+    os::write_fd(fd, b.as_bytes());
+}
+
+// ---------------------------------------------------------------------------
+// fork
+
+/// fork() support: call from the prepare handler of `pthread_atfork` (hz-ffi
+/// registers it; Rust programs that fork while other threads allocate should
+/// too). Takes every global lock.
+pub fn fork_prepare() {
+    heap::fork_prepare();
+    arena::fork_prepare();
+}
+/// See [`fork_prepare`].
+pub fn fork_parent() {
+    arena::fork_parent();
+    heap::fork_parent();
+}
+/// See [`fork_prepare`].
+pub fn fork_child() {
+    arena::fork_child();
+    heap::fork_child();
+}
+
+/// Largest request served from size classes.
+pub const SMALL_LIMIT: usize = SMALL_MAX;

@@ -1,0 +1,1 @@
+//! loom models of hz's concurrent protocols (built only with `--cfg loom`).
