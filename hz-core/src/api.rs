@@ -591,5 +591,12 @@ pub fn fork_child() {
     heap::fork_child();
 }
 
+/// Testing hook: after `n` more successful address-space reservations, make
+/// every further one fail as if the OS refused it (`n < 0`: never fail, the
+/// default). Existing arenas keep serving; only growth is refused.
+pub fn fail_reservations(n: isize) {
+    os::FAIL_MAPS.store(n, Relaxed);
+}
+
 /// Largest request served from size classes.
 pub const SMALL_LIMIT: usize = SMALL_MAX;

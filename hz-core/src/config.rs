@@ -8,6 +8,7 @@
 //! | `HZ_SHOW_STATS` | 0 | 1: print the statistics table to stderr at exit |
 //! | `HZ_VERBOSE` | 0 | 1: print warnings (arena fallbacks, foreign frees) to stderr |
 //! | `HZ_ARENA_GB` | 64 | size of the first address-space reservation, in GiB |
+//! | `HZ_ARENA_MB` | — | the same in MiB (at least 16); wins over `HZ_ARENA_GB` |
 //! | `HZ_SECURE_FILL` | 0 | secure builds: 1 fills freed blocks with 0xdf |
 
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
@@ -82,6 +83,11 @@ pub fn load() {
     if let Some(v) = env(b"HZ_ARENA_GB\0") {
         if (1..=1024).contains(&v) {
             c.arena_bytes.store(v << 30, Ordering::Relaxed);
+        }
+    }
+    if let Some(v) = env(b"HZ_ARENA_MB\0") {
+        if (16..=1 << 20).contains(&v) {
+            c.arena_bytes.store(v << 20, Ordering::Relaxed);
         }
     }
     if let Some(v) = env(b"HZ_SECURE_FILL\0") {

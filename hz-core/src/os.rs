@@ -4,15 +4,14 @@
 //! mappings (`mremap`), the monotonic clock, writing to stderr, and aborting.
 //! Invariants: nothing here allocates; every failure is reported to the
 //! caller as `None`/`false`, never as a panic.
-//! Under `cfg(test)` or the `fault-injection` feature a countdown can make
-//! reservations fail, so out-of-memory paths can be tested.
+//! A countdown ([`FAIL_MAPS`], set through `hz_core::fail_reservations`)
+//! can make reservations fail, so out-of-memory paths can be tested; it
+//! costs one relaxed load per reservation, which is rare.
 
 use core::ptr::null_mut;
 
-#[cfg(any(test, feature = "fault-injection"))]
 pub static FAIL_MAPS: core::sync::atomic::AtomicIsize = core::sync::atomic::AtomicIsize::new(-1);
 
-#[cfg(any(test, feature = "fault-injection"))]
 fn injected_failure() -> bool {
     use core::sync::atomic::Ordering::Relaxed;
     // -1: off; 0: fail every map; n > 0: let n maps succeed, then fail.
@@ -24,11 +23,6 @@ fn injected_failure() -> bool {
         return true;
     }
     FAIL_MAPS.fetch_sub(1, Relaxed);
-    false
-}
-#[cfg(not(any(test, feature = "fault-injection")))]
-#[inline(always)]
-fn injected_failure() -> bool {
     false
 }
 
