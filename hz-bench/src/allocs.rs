@@ -247,42 +247,51 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Finds libhz.so, building it (`cargo build --release -p hz-ffi`) when it is
-/// missing and `build` is set. Err carries the note to print.
+/// Finds libhz.so. Unless `$HZ_LIB` names it, `build` first runs
+/// `cargo build --release -p hz-ffi` (quick when it is up to date), so a stale
+/// library is never measured. Err carries the note to print.
 pub fn find_libhz(build: bool) -> Result<PathBuf, String> {
     let found = || libhz_candidates().into_iter().find(|p| p.exists());
-    if let Some(p) = found() {
-        return Ok(p);
-    }
-    if std::env::var_os("HZ_LIB").is_some() {
-        return Err(format!(
-            "HZ_LIB={} does not exist",
-            libhz_candidates()[0].display()
-        ));
+    if let Some(p) = std::env::var_os("HZ_LIB") {
+        let p = PathBuf::from(p);
+        return if p.exists() {
+            Ok(p)
+        } else {
+            Err(format!("HZ_LIB={} does not exist", p.display()))
+        };
     }
     if build {
-        eprintln!("libhz.so not found; running `cargo build --release -p hz-ffi` ...");
+        eprintln!("building libhz.so: cargo build --release -p hz-ffi");
         let ok = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "-p", "hz-ffi"])
+            .args(["build", "--release", "-q", "-p", "hz-ffi"])
             .current_dir(repo_root())
             .status()
             .map(|s| s.success())
             .unwrap_or(false);
-        if let Some(p) = found() {
-            return Ok(p);
-        }
         if !ok {
-            return Err("`cargo build --release -p hz-ffi` failed".into());
+            eprintln!("warning: `cargo build --release -p hz-ffi` failed; using an existing libhz.so if any");
         }
     }
-    Err(format!(
-        "libhz.so not found (looked at {})",
-        libhz_candidates()
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    ))
+    found().ok_or_else(|| {
+        format!(
+            "libhz.so not found (looked at {})",
+            libhz_candidates()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
+/// "built <age> ago" for a file, so a stale library shows in the header.
+fn age(p: &Path) -> String {
+    std::fs::metadata(p)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .map(|d| format!("built {} min ago", d.as_secs() / 60))
+        .unwrap_or_default()
 }
 
 /// The LD_PRELOAD allocators among `wanted` that exist here; a note for each
@@ -327,7 +336,7 @@ pub fn preload_allocators(wanted: &[String], build_hz: bool) -> (Vec<Preload>, V
         };
         let origin = match (&lib, name) {
             (None, _) => format!("glibc {}", glibc_version()),
-            (Some(p), "hz") => p.display().to_string(),
+            (Some(p), "hz") => format!("{} ({})", p.display(), age(p)),
             (Some(p), _) => debian_origin(p),
         };
         out.push(Preload { name, lib, origin });

@@ -81,7 +81,7 @@ fn draw_inner(
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(50)
-            .build_cartesian_2d((0..v.len() as i32).into_segmented(), 0f64..ymax)?;
+            .build_cartesian_2d((0..v.len() as i32 - 1).into_segmented(), 0f64..ymax)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
@@ -161,7 +161,7 @@ fn draw_inner(
                 .x_label_area_size(40)
                 .y_label_area_size(55)
                 .build_cartesian_2d(
-                    (0..cells.len() as i32).into_segmented(),
+                    (0..cells.len() as i32 - 1).into_segmented(),
                     (lo / 1.5..hi * 1.5).log_scale(),
                 )?;
             chart

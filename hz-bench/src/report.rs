@@ -172,6 +172,22 @@ pub fn versus(sums: &[Summary]) -> Vec<Versus> {
     out
 }
 
+/// Three significant digits (throughputs span 0.001 to 100 Mops/s).
+pub fn sig(v: f64) -> String {
+    let a = v.abs();
+    if a >= 100.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
+    } else if a >= 0.01 {
+        format!("{v:.3}")
+    } else {
+        format!("{v:.5}")
+    }
+}
+
 fn mib(kib: f64) -> String {
     format!("{:.1}", kib / 1024.0)
 }
@@ -248,11 +264,11 @@ pub fn markdown(sums: &[Summary], cores: usize, ring: bool) -> String {
             if ring {
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {} | {:.2} | {:.1} | {} | {:.1} | {:.3} | {} | {} |",
+                    "| {} | {} | {} | {} | {:.1} | {} | {:.1} | {:.3} | {} | {} |",
                     show(s.threads.to_string()),
                     show(s.remote.unwrap_or(0).to_string()),
                     name,
-                    s.mops,
+                    sig(s.mops),
                     s.ns / 1e6,
                     ratio,
                     s.remote_pct.unwrap_or(0.0),
@@ -262,14 +278,14 @@ pub fn markdown(sums: &[Summary], cores: usize, ring: bool) -> String {
                 );
             } else {
                 let mops = if s.mops > 0.0 {
-                    format!("{:.2}", s.mops)
+                    sig(s.mops)
                 } else {
                     "—".into()
                 };
                 let _ = writeln!(
                     md,
                     "| {} | {} | {} | {} | {:.1} | {} | {} | {} |",
-                    show(format!("{} ({})", s.group, s.desc)),
+                    show(s.group.clone()),
                     show(s.threads.to_string()),
                     name,
                     mops,
@@ -278,6 +294,16 @@ pub fn markdown(sums: &[Summary], cores: usize, ring: bool) -> String {
                     mib(s.maxrss_kib),
                     notes(s, cores)
                 );
+            }
+        }
+    }
+    if !ring {
+        md.push('\n');
+        let mut seen: Vec<&str> = Vec::new();
+        for x in sums {
+            if !seen.contains(&x.group.as_str()) {
+                seen.push(&x.group);
+                let _ = writeln!(md, "- **{}**: {}", x.group, x.desc);
             }
         }
     }
@@ -334,8 +360,15 @@ pub fn versus_markdown(sums: &[Summary], ring: bool) -> String {
         };
         let _ = write!(
             md,
-            "| {} | {} | {} |{} {:.2} | {} | **{:.2}**{} |",
-            x.mode, x.group, x.threads, r, x.hz_mops, x.best, x.ratio, flag
+            "| {} | {} | {} |{} {} | {} | **{:.2}**{} |",
+            x.mode,
+            x.group,
+            x.threads,
+            r,
+            sig(x.hz_mops),
+            x.best,
+            x.ratio,
+            flag
         );
         for r in &rivals {
             match x.each.iter().find(|(n, _)| n == r) {
@@ -410,7 +443,7 @@ fn jo(v: Option<f64>) -> String {
 }
 
 /// JSON with the run's header fields, every summary and every raw sample.
-pub fn json(header: &[(&str, String)], sums: &[Summary], samples: &[Sample]) -> String {
+pub fn json(header: &[(String, String)], sums: &[Summary], samples: &[Sample]) -> String {
     let mut s = String::from("{\n");
     for (k, v) in header {
         let _ = writeln!(s, "  {}: {},", js(k), js(v));
@@ -508,6 +541,6 @@ mod tests {
             "{md}"
         );
         assert!(csv(&sums).lines().count() == 4);
-        assert!(json(&[("k", "v".into())], &sums, &s).contains("\"summaries\""));
+        assert!(json(&[("k".into(), "v".into())], &sums, &s).contains("\"summaries\""));
     }
 }

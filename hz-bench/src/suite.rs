@@ -217,25 +217,27 @@ fn progress(len: u64) -> ProgressBar {
     pb
 }
 
-fn print_header(title: &str, m: &Machine, runners: &[Runner], notes: &[String]) {
-    println!("# hz-bench {title}\n");
-    print!("{}", m.header());
+/// The report's header: machine, allocators and where they come from, notes.
+fn header_text(title: &str, m: &Machine, runners: &[Runner], notes: &[String]) -> String {
+    let mut h = format!("# hz-bench {title}\n\n{}", m.header());
     for r in runners {
-        match r {
+        let line = match r {
             Runner::InProc(a) => {
                 let what = match a {
                     InProc::Hz => "hz_core::HzAlloc".to_string(),
                     InProc::Mimalloc => format!("mimalloc::MiMalloc (crate {})", m.mimalloc_crate),
                     InProc::System => "std::alloc::System (glibc malloc)".to_string(),
                 };
-                println!("- in-process {}: {what}", a.name());
+                format!("- in-process {}: {what}\n", a.name())
             }
-            Runner::Preload(p) => println!("- LD_PRELOAD {}: {}", p.name, p.origin),
-        }
+            Runner::Preload(p) => format!("- LD_PRELOAD {}: {}\n", p.name, p.origin),
+        };
+        h.push_str(&line);
     }
     for n in notes {
-        println!("- note: {n}");
+        h.push_str(&format!("- note: {n}\n"));
     }
+    h
 }
 
 /// The matrix cells of these options: (lane, T, R); T=1 runs R=0 only.
@@ -276,11 +278,14 @@ pub fn matrix(o: &Opts) -> Vec<Summary> {
             m.cores
         ));
     }
-    print_header("matrix: T threads × R% remote frees", &m, &runners, &notes);
-    println!(
-        "- {} iterations per cell (split over its threads), ws={}, {} repetition(s), medians; ops/s counts a remote free when sent and when freed",
-        o.iters, o.ws, o.reps
+    let head = format!(
+        "{}- {} iterations per cell (split over its threads), ws={}, {} repetition(s), medians; ops/s counts a remote free when sent and when freed\n",
+        header_text("matrix: T threads × R% remote frees", &m, &runners, &notes),
+        o.iters,
+        o.ws,
+        o.reps
     );
+    print!("{head}");
     let total = (o.reps * cells.len() * runners.len()) as u64;
     let pb = progress(total);
     let mut samples = Vec::new();
@@ -341,7 +346,9 @@ pub fn matrix(o: &Opts) -> Vec<Summary> {
     if sums.iter().any(|s| !s.comparable()) {
         println!("\nCells marked **not comparable** had more than {FALLBACK_LIMIT_PCT}% of remote frees fall back to local frees (ring full): rerun with a larger --ring.");
     }
-    write_out(o, "matrix", &m, &runners, &notes, &sums, &samples, true);
+    write_out(
+        o, "matrix", &head, &m, &runners, &notes, &sums, &samples, true,
+    );
     sums
 }
 
@@ -357,11 +364,14 @@ pub fn workloads(o: &Opts) -> Vec<Summary> {
         ));
     }
     notes.push("LD_PRELOAD runs use the C versions in hz-bench/c/bench_workloads.c (rust-collections has none)".into());
-    print_header("workloads", &m, &runners, &notes);
-    println!(
-        "- threads {}, scale {}, {} repetition(s), medians",
-        o.wl_threads, o.scale, o.reps
+    let head = format!(
+        "{}- threads {}, scale {}, {} repetition(s), medians\n",
+        header_text("workloads", &m, &runners, &notes),
+        o.wl_threads,
+        o.scale,
+        o.reps
     );
+    print!("{head}");
     let jobs: Vec<(&str, &Runner)> = o
         .workloads
         .iter()
@@ -398,7 +408,17 @@ pub fn workloads(o: &Opts) -> Vec<Summary> {
     let sums = report::summarize(&samples);
     print!("{}", report::markdown(&sums, m.cores, false));
     print!("{}", report::versus_markdown(&sums, false));
-    write_out(o, "workloads", &m, &runners, &notes, &sums, &samples, false);
+    write_out(
+        o,
+        "workloads",
+        &head,
+        &m,
+        &runners,
+        &notes,
+        &sums,
+        &samples,
+        false,
+    );
     sums
 }
 
@@ -406,6 +426,7 @@ pub fn workloads(o: &Opts) -> Vec<Summary> {
 fn write_out(
     o: &Opts,
     name: &str,
+    head: &str,
     m: &Machine,
     runners: &[Runner],
     notes: &[String],
@@ -418,7 +439,7 @@ fn write_out(
         eprintln!("cannot create {}: {e}", dir.display());
         return;
     }
-    let mut header: Vec<(&str, String)> = vec![
+    let mut header: Vec<(String, String)> = [
         ("benchmark", name.to_string()),
         ("cpu", m.cpu.clone()),
         ("cores", m.cores.to_string()),
@@ -429,15 +450,17 @@ fn write_out(
         ("glibc", m.glibc.clone()),
         ("options", format!("{o:?}")),
         ("notes", notes.join("; ")),
-    ];
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
     for r in runners {
         if let Runner::Preload(p) = r {
-            header.push(("preload", format!("{}: {}", p.name, p.origin)));
+            header.push((format!("preload_{}", p.name), p.origin.clone()));
         }
     }
     let md = format!(
-        "# hz-bench {name}\n\n{}{}{}",
-        m.header(),
+        "{head}{}{}",
         report::markdown(sums, m.cores, ring),
         report::versus_markdown(sums, ring)
     );

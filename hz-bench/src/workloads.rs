@@ -82,7 +82,7 @@ pub fn run<A: GlobalAlloc + Sync>(
     let n = |base: f64| ((base * scale) as u64).max(1);
     let start = Instant::now();
     let ops = match name {
-        "larson" => larson(a, t, n(5.0) as usize, n(40_000.0)),
+        "larson" => larson(a, t, n(5.0) as usize, n(100_000.0)),
         "pipeline" => pipeline(a, t.max(2), n(200_000.0)),
         "xmalloc" => xmalloc(a, t.max(2), n(400_000.0)),
         "cache-scratch" => cache(a, t, n(20_000.0), true),
