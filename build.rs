@@ -42,10 +42,13 @@ fn main() {
         if shared {
             cmd.args(["-shared", "-fPIC"]);
         }
-        cmd.arg(&path)
-            .arg("-o")
-            .arg(&target)
-            .args(["-pthread", "-ldl", "-Wall", "-Wextra"]);
+        cmd.arg(&path).arg("-o").arg(&target).args([
+            "-pthread",
+            "-ldl",
+            "-Wall",
+            "-Wextra",
+            "-Wno-deprecated-declarations",
+        ]);
         let status = cmd
             .status()
             .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
