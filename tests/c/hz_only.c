@@ -2,7 +2,7 @@
  * free and has no free_sized). Usage:
  *   hz_only exports   every exported entry point exists and works
  *   hz_only foreign   free() of stack/static/mmap pointers is survived
- *   hz_only stats     mallinfo/mallinfo2/malloc_stats/malloc_trim report
+ *   hz_only stats     mallinfo/mallinfo2/malloc_trim/malloc_stats agree
  * Prints "FAIL ..." and exits 1 on a broken rule, "<mode>: ok" otherwise. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -119,6 +119,12 @@ static void stats(void) {
     for (int i = 0; i < N; i++) free(blocks[i]);
     struct mallinfo2 after = mallinfo2();
     CHECK(after.uordblks + (size_t)N * SZ / 2 <= during.uordblks);
+    /* keepcost is what malloc_trim can give back: it returns 1 exactly when
+     * there was some, leaves none, and a second trim has nothing to do. */
+    int trimmed = malloc_trim(0);
+    CHECK(trimmed == (after.keepcost > 0));
+    CHECK(mallinfo2().keepcost == 0);
+    CHECK(malloc_trim(0) == 0);
     malloc_stats();
 }
 
