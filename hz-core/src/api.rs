@@ -12,6 +12,11 @@ use core::ptr::{addr_of_mut, null_mut};
 
 /// Requests above this many bytes fail (`PTRDIFF_MAX` minus slack).
 const MAX_REQUEST: usize = (isize::MAX as usize) - 2 * PAGE_SIZE;
+/// Bytes at the end of each large run kept as a guard (`secure` only).
+#[cfg(feature = "secure")]
+const GUARD_BYTES: usize = crate::secure::GUARD;
+#[cfg(not(feature = "secure"))]
+const GUARD_BYTES: usize = 0;
 /// Large blocks at least this big move by `mremap` instead of copying.
 const MREMAP_MIN: usize = 1 << 20;
 
@@ -39,8 +44,18 @@ unsafe impl GlobalAlloc for HzAlloc {
 
     #[inline(always)]
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        #[cfg(feature = "secure")]
+        {
+            let (t, _) = arena::lookup(p as usize);
+            if tag_class(t) != class_for(l.size(), l.align()) {
+                crate::secure::fatal_ptr("dealloc with a layout that does not match the block", p);
+            }
+            // SAFETY: forwarded contract (checked).
+            return unsafe { free(p) };
+        }
         // The layout names the class (class_for is a pure function and
         // blocks never change class), so no tag lookup is needed here.
+        #[allow(unreachable_code)]
         let c = class_for(l.size(), l.align());
         if c != 0 {
             // SAFETY: p is a live block of class c.
@@ -63,6 +78,16 @@ unsafe impl GlobalAlloc for HzAlloc {
 
 #[inline(always)]
 fn alloc_small(c: usize) -> *mut u8 {
+    let p = alloc_small_cached(c);
+    #[cfg(feature = "secure")]
+    if !p.is_null() {
+        crate::secure::on_alloc(p, c);
+    }
+    p
+}
+
+#[inline(always)]
+fn alloc_small_cached(c: usize) -> *mut u8 {
     let h = tls::get();
     // SAFETY: h points at this thread's heap or at a static empty heap whose
     // bins are both empty and full (top == base == end), so the pop below is
@@ -149,17 +174,58 @@ unsafe fn free_not_small(p: *mut u8) {
         let m = arena::head_meta(p as usize, t, a);
         // SAFETY: m is the head of p's run.
         if unsafe { (*m).addr } == p as usize {
-            let pages = unsafe { (*m).pages } as u64;
-            counters::STATS
-                .large_allocated
-                .fetch_sub(pages << PAGE_SHIFT, Relaxed);
-            counters::STATS.large_count.fetch_sub(1, Relaxed);
             // SAFETY: the caller gives up p, the whole run.
-            unsafe { arena::free_run(m) };
+            unsafe { free_large(m) };
             return;
         }
     }
     foreign_free(p);
+}
+
+/// Returns a large block's run.
+unsafe fn free_large(m: *mut arena::PageMeta) {
+    // SAFETY: m heads a large run the caller gives up.
+    let pages = unsafe { (*m).pages } as u64;
+    counters::STATS
+        .large_allocated
+        .fetch_sub(pages << PAGE_SHIFT, Relaxed);
+    counters::STATS.large_count.fetch_sub(1, Relaxed);
+    #[cfg(feature = "secure")]
+    // SAFETY: as above.
+    crate::secure::unguard(
+        unsafe { (*m).addr } as *mut u8,
+        (pages as usize) << PAGE_SHIFT,
+    );
+    // SAFETY: as above.
+    unsafe { arena::free_run(m) };
+}
+
+/// `secure`: every free is validated against the page tags and the
+/// allocation bitmap; misuse aborts naming the pointer.
+#[cfg(feature = "secure")]
+unsafe fn secure_free(p: *mut u8) {
+    if p.is_null() {
+        return;
+    }
+    let (t, a) = arena::lookup(p as usize);
+    if tag_class(t) != 0 {
+        let c = crate::secure::on_free_small(p, t, a);
+        // SAFETY: validated: a live small block of class c.
+        return unsafe { free_small(p, c) };
+    }
+    if tag_kind(t) == KIND_LARGE {
+        let m = arena::head_meta(p as usize, t, a);
+        // SAFETY: m is the head meta of p's run.
+        if unsafe { (*m).addr } != p as usize {
+            crate::secure::fatal_ptr("free of an interior pointer", p);
+        }
+        // SAFETY: validated: a live large block.
+        return unsafe { free_large(m) };
+    }
+    crate::secure::fatal_ptr(
+        "free of a pointer hz never handed out (or already freed)",
+        p,
+    );
 }
 
 #[cold]
@@ -184,7 +250,10 @@ fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
         counters::STATS.oom.fetch_add(1, Relaxed);
         return null_mut();
     }
+    #[cfg(not(feature = "secure"))]
     let pages = size.max(1).div_ceil(PAGE_SIZE);
+    #[cfg(feature = "secure")]
+    let pages = (size + crate::secure::GUARD).div_ceil(PAGE_SIZE);
     let align_pages = (align >> PAGE_SHIFT).max(1);
     let Some(run) = arena::alloc_run(pages, align_pages) else {
         counters::STATS.oom.fetch_add(1, Relaxed);
@@ -195,6 +264,8 @@ fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
     unsafe {
         arena::set_tags(run.meta, 0, KIND_LARGE, 0);
         (*run.meta).clean = run.clean;
+        #[cfg(feature = "secure")]
+        crate::secure::guard(run.addr, pages << PAGE_SHIFT);
         if zero && !run.clean {
             core::ptr::write_bytes(run.addr, 0, size);
         }
@@ -267,6 +338,10 @@ pub fn calloc_aligned(size: usize, align: usize) -> *mut u8 {
 /// `p` is null, a live block of hz, or an address hz does not manage.
 #[inline]
 pub unsafe fn free(p: *mut u8) {
+    #[cfg(feature = "secure")]
+    // SAFETY: forwarded contract.
+    return unsafe { secure_free(p) };
+    #[allow(unreachable_code)]
     let (t, _) = arena::lookup(p as usize);
     let c = tag_class(t);
     if c != 0 {
@@ -306,7 +381,7 @@ pub unsafe fn usable_size(p: *const u8) -> usize {
         // SAFETY: m is the head meta of p's run.
         unsafe {
             if (*m).addr == p as usize {
-                return ((*m).pages as usize) << PAGE_SHIFT;
+                return (((*m).pages as usize) << PAGE_SHIFT) - GUARD_BYTES;
             }
         }
     }
@@ -344,6 +419,10 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
     let c = tag_class(t);
     let new_c = class_for(new_size, align);
     let old_usable;
+    #[cfg(feature = "secure")]
+    if c != 0 && !crate::secure::is_live(p, t, a) {
+        crate::secure::fatal_ptr("realloc of a freed block", p);
+    }
     if c != 0 {
         if new_c == c {
             return p;
@@ -356,8 +435,9 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
         if addr != p as usize {
             return null_mut();
         }
-        old_usable = pages << PAGE_SHIFT;
-        if new_c == 0 && new_size <= MAX_REQUEST {
+        old_usable = (pages << PAGE_SHIFT) - GUARD_BYTES;
+        // (secure builds keep their guard pages: no in-place resizing.)
+        if new_c == 0 && new_size <= MAX_REQUEST && !cfg!(feature = "secure") {
             let new_pages = new_size.max(1).div_ceil(PAGE_SIZE);
             // In place: shrink, or grow into the free run that follows.
             // SAFETY: the run is p's.

@@ -19,7 +19,7 @@
 
 use crate::os;
 use crate::stats::STATS;
-use crate::sync::{AtomicPtr, AtomicUsize, Mutex, Ordering::*};
+use crate::sync::{AtomicPtr, AtomicU64, AtomicUsize, Mutex, Ordering::*};
 use crate::{PAGE_SHIFT, PAGE_SIZE};
 use core::cell::UnsafeCell;
 use core::ptr::null_mut;
@@ -98,7 +98,14 @@ pub struct ArenaSlot {
     pub len: AtomicUsize,
     pub tags: AtomicPtr<u64>,
     pub metas: AtomicPtr<PageMeta>,
+    /// `secure` builds: allocation bitmaps, [`BITMAP_WORDS`] per page.
+    #[cfg_attr(not(feature = "secure"), allow(dead_code))]
+    pub bitmaps: AtomicPtr<AtomicU64>,
 }
+
+/// Bitmap words per page (4096 bits: the most blocks a span can hold).
+#[cfg_attr(not(feature = "secure"), allow(dead_code))]
+pub const BITMAP_WORDS: usize = 64;
 
 #[allow(clippy::declare_interior_mutable_const)]
 const EMPTY_SLOT: ArenaSlot = ArenaSlot {
@@ -106,6 +113,7 @@ const EMPTY_SLOT: ArenaSlot = ArenaSlot {
     len: AtomicUsize::new(0),
     tags: AtomicPtr::new(null_mut()),
     metas: AtomicPtr::new(null_mut()),
+    bitmaps: AtomicPtr::new(null_mut()),
 };
 pub static ARENAS: [ArenaSlot; MAX_ARENAS] = [EMPTY_SLOT; MAX_ARENAS];
 pub static NARENAS: AtomicUsize = AtomicUsize::new(0);
@@ -146,7 +154,10 @@ static PAGES: Pages = Pages {
     }),
 };
 
+#[cfg(not(feature = "secure"))]
 const META_BYTES: usize = core::mem::size_of::<PageMeta>() + 8;
+#[cfg(feature = "secure")]
+const META_BYTES: usize = core::mem::size_of::<PageMeta>() + 8 + BITMAP_WORDS * 8;
 const MIN_ARENA: usize = 16 << 20;
 
 // ---------------------------------------------------------------------------
@@ -651,9 +662,24 @@ fn new_arena(st: &mut PageState, min_pages: usize) -> Option<usize> {
             let a = &ARENAS[n];
             a.tags.store(tags, Relaxed);
             a.metas.store(metas, Relaxed);
+            #[cfg(feature = "secure")]
+            {
+                // SAFETY: the bitmaps follow the metas inside the meta region.
+                let bm = unsafe { metas.add(pages) } as usize;
+                a.bitmaps
+                    .store(bm.next_multiple_of(64) as *mut AtomicU64, Relaxed);
+            }
             a.base.store(base, Relaxed);
             a.len.store(size, Relaxed);
             st.top[n] = 0;
+            #[cfg(feature = "secure")]
+            {
+                // Page 0 is never handed out: a guard between the metadata
+                // and the first run.
+                st.top[n] = 1;
+                // SAFETY: page 0 of the new arena is ours and unused.
+                unsafe { os::protect_none(base as *mut u8, PAGE_SIZE) };
+            }
             NARENAS.store(n + 1, Release);
             if n > 0 && crate::config::verbose() {
                 os::write_fd(2, b"hz: reserved an additional arena\n");

@@ -100,6 +100,8 @@ pub struct Heap {
     pub spans: [AtomicU64; NUM_CLASSES],
     pub remote_sent: AtomicU64,
     pub remote_received: AtomicU64,
+    /// `secure` builds: state of the carving shuffle's RNG.
+    rng: u64,
     pub inbox: Inbox,
     slots: [*mut u8; BIN_SLOTS],
     spill: [*mut u8; SPILL_SLOTS],
@@ -189,6 +191,10 @@ fn create(reg: &mut Registry) -> *mut Heap {
         );
         (*h).id = id;
         (*h).state = AtomicU32::new(HEAP_FREE);
+        #[cfg(feature = "secure")]
+        {
+            (*h).rng = crate::secure::seed(id);
+        }
         core::ptr::addr_of_mut!((*h).inbox).write(Inbox::new());
         let slots = core::ptr::addr_of_mut!((*h).slots) as *mut *mut u8;
         let spill = core::ptr::addr_of_mut!((*h).spill) as *mut *mut u8;
@@ -237,6 +243,8 @@ fn init_once() {
     }
     if INIT.compare_exchange(0, 1, AcqRel, Acquire).is_ok() {
         crate::config::load();
+        #[cfg(feature = "secure")]
+        crate::secure::init();
         tls::init();
         let mut k: libc::pthread_key_t = 0;
         // SAFETY: valid out-pointer and an extern "C" destructor.
@@ -359,6 +367,8 @@ unsafe fn release_span(h: *mut Heap, c: usize, m: *mut PageMeta) {
     unsafe {
         partial_remove(h, c, m);
         (*h).spans[c].store((*h).spans[c].load(Relaxed) - 1, Relaxed);
+        #[cfg(feature = "secure")]
+        crate::secure::unguard((*m).addr as *mut u8, SPAN_PAGES[c] as usize * PAGE_SIZE);
         arena::free_run(m);
     }
 }
@@ -371,12 +381,21 @@ unsafe fn new_span(h: *mut Heap, c: usize) -> bool {
     crate::stats::note_pages();
     let m = run.meta;
     let size = CLASS_SIZE[c] as usize;
-    let n = (SPAN_PAGES[c] as usize * PAGE_SIZE) / size;
+    let span_bytes = SPAN_PAGES[c] as usize * PAGE_SIZE;
+    #[cfg(not(feature = "secure"))]
+    let n = span_bytes / size;
+    #[cfg(feature = "secure")]
+    let n = (span_bytes - crate::secure::GUARD) / size;
     // SAFETY: the run is ours.
     unsafe {
         (*m).free = null_mut();
         (*m).bump = run.addr;
         (*m).end = run.addr.add(n * size);
+        #[cfg(feature = "secure")]
+        {
+            crate::secure::guard(run.addr, span_bytes);
+            shuffle_into_free_list(h, m, run.addr, n, size);
+        }
         (*m).used = 0;
         (*m).class = c as u32;
         (*m).in_partial = false;
@@ -385,6 +404,37 @@ unsafe fn new_span(h: *mut Heap, c: usize) -> bool {
         (*h).spans[c].store((*h).spans[c].load(Relaxed) + 1, Relaxed);
     }
     true
+}
+
+/// `secure`: threads all `n` blocks of a fresh span onto its free list in a
+/// random order (Fisher–Yates), leaving nothing to bump-allocate.
+#[cfg(feature = "secure")]
+unsafe fn shuffle_into_free_list(
+    h: *mut Heap,
+    m: *mut PageMeta,
+    base: *mut u8,
+    n: usize,
+    size: usize,
+) {
+    let mut idx = [0u16; 4096];
+    for (i, v) in idx.iter_mut().enumerate().take(n) {
+        *v = i as u16;
+    }
+    // SAFETY: h and m are ours; every index is < n, inside the span.
+    unsafe {
+        for i in (1..n).rev() {
+            let j = (crate::secure::next_rand(&mut (*h).rng) % (i as u64 + 1)) as usize;
+            idx.swap(i, j);
+        }
+        let mut head: *mut u8 = null_mut();
+        for &i in idx[..n].iter() {
+            let b = base.add(i as usize * size);
+            inbox::set_next(b, head);
+            head = b;
+        }
+        (*m).free = head;
+        (*m).bump = (*m).end;
+    }
 }
 
 // ---------------------------------------------------------------------------

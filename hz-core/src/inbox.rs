@@ -25,25 +25,52 @@ use crate::sync::{AtomicPtr, Ordering::*};
 use crossbeam_utils::CachePadded;
 
 /// Reads/writes the two link words of a free block.
+/// In `secure` builds the words are stored encoded with a per-process
+/// secret and checked when read (see `secure`).
 #[inline(always)]
 pub unsafe fn next(b: *mut u8) -> *mut u8 {
     // SAFETY: b is a free block of at least 16 bytes, 16-aligned.
-    unsafe { *(b as *mut *mut u8) }
+    unsafe { load_link(b as *mut usize) }
 }
 #[inline(always)]
 pub unsafe fn set_next(b: *mut u8, n: *mut u8) {
     // SAFETY: as above.
-    unsafe { *(b as *mut *mut u8) = n }
+    unsafe { store_link(b as *mut usize, n) }
 }
 #[inline(always)]
 pub unsafe fn next_batch(b: *mut u8) -> *mut u8 {
     // SAFETY: as above (second word).
-    unsafe { *(b as *mut *mut u8).add(1) }
+    unsafe { load_link((b as *mut usize).add(1)) }
 }
 #[inline(always)]
 pub unsafe fn set_next_batch(b: *mut u8, n: *mut u8) {
     // SAFETY: as above (second word).
-    unsafe { *(b as *mut *mut u8).add(1) = n }
+    unsafe { store_link((b as *mut usize).add(1), n) }
+}
+
+#[cfg(any(not(feature = "secure"), loom))]
+#[inline(always)]
+unsafe fn load_link(w: *mut usize) -> *mut u8 {
+    // SAFETY: w is a link word of a free block.
+    unsafe { *w as *mut u8 }
+}
+#[cfg(any(not(feature = "secure"), loom))]
+#[inline(always)]
+unsafe fn store_link(w: *mut usize, n: *mut u8) {
+    // SAFETY: w is a link word of a free block.
+    unsafe { *w = n as usize }
+}
+#[cfg(all(feature = "secure", not(loom)))]
+#[inline(always)]
+unsafe fn load_link(w: *mut usize) -> *mut u8 {
+    // SAFETY: w is a link word of a free block.
+    crate::secure::decode(unsafe { *w }, w as *mut u8)
+}
+#[cfg(all(feature = "secure", not(loom)))]
+#[inline(always)]
+unsafe fn store_link(w: *mut usize, n: *mut u8) {
+    // SAFETY: w is a link word of a free block.
+    unsafe { *w = crate::secure::encode(n, w as *mut u8) }
 }
 
 pub struct Inbox {

@@ -40,6 +40,8 @@ mod inbox;
 mod loom_models;
 #[cfg(not(loom))]
 pub mod os;
+#[cfg(all(feature = "secure", not(loom)))]
+mod secure;
 #[cfg(not(loom))]
 mod stats;
 mod sync;
