@@ -94,7 +94,7 @@ fn bit_of(p: usize, t: u64, a: usize) -> Option<(&'static AtomicU64, u64)> {
     let head = ((p - base) >> crate::PAGE_SHIFT) - arena::tag_offset(t);
     let off = p - base - (head << crate::PAGE_SHIFT);
     let size = CLASS_SIZE[arena::tag_class(t)] as usize;
-    if off % size != 0 {
+    if !off.is_multiple_of(size) {
         return None;
     }
     let i = off / size;
