@@ -18,6 +18,8 @@ fn main() {
         .collect();
     sources.sort();
     for path in sources {
+        // Headers too: a change to check.h must rebuild the programs.
+        println!("cargo:rerun-if-changed={}", path.display());
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
         let cpp = match ext {
@@ -25,7 +27,6 @@ fn main() {
             "cc" => true,
             _ => continue,
         };
-        println!("cargo:rerun-if-changed={}", path.display());
         let shared = stem.starts_with("lib");
         let target = out.join(if shared {
             format!("{stem}.so")
