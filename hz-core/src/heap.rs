@@ -456,6 +456,7 @@ pub unsafe fn refill(h: *mut Heap, c: usize) -> *mut u8 {
         // reuse them, and return what is due to the OS.
         flush_spills(h);
         arena::purge_tick();
+        reclaim_tick();
         if new_span(h, c) && fill_from_spans(h, c, want) {
             return pop(h, c);
         }
@@ -828,6 +829,21 @@ pub fn heap_count() -> u32 {
 const _: () = assert!(PAGE_SHIFT == 16);
 const _: () = assert!(MAX_HEAPS <= arena::MAX_OWNER as usize + 1);
 
+static LAST_RECLAIM: AtomicU64 = AtomicU64::new(0);
+
+/// At most every 100 ms, from a slow path that is about to take fresh
+/// pages: drain the inboxes of abandoned heaps (their threads exited), so
+/// blocks freed into them return to their spans and their pages to the OS
+/// even when no new thread comes to adopt them.
+fn reclaim_tick() {
+    let now = os::now_ms();
+    let last = LAST_RECLAIM.load(Relaxed);
+    if now < last + 100 || LAST_RECLAIM.compare_exchange(last, now, Relaxed, Relaxed).is_err() {
+        return;
+    }
+    reclaim_abandoned();
+}
+
 /// Flushes the shared heap and every abandoned heap (their threads are
 /// gone; blocks other threads sent them wait in their inboxes).
 pub fn collect_shared_and_abandoned() {
@@ -838,6 +854,10 @@ pub fn collect_shared_and_abandoned() {
         unsafe { flush_all(s, true) };
     }
     SHARED_LOCK.unlock();
+    reclaim_abandoned();
+}
+
+fn reclaim_abandoned() {
     // Take the whole abandoned list, flush each heap, put them back.
     REGISTRY_LOCK.lock();
     // SAFETY: lock held.
