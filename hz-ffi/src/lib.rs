@@ -25,12 +25,6 @@ fn set_errno(e: c_int) {
     unsafe { *libc::__errno_location() = e }
 }
 
-/// Reads `errno`.
-fn errno() -> c_int {
-    // SAFETY: as in `set_errno`.
-    unsafe { *libc::__errno_location() }
-}
-
 /// The C contract for an allocation result: a null sets `ENOMEM`.
 #[inline]
 fn enomem_if_null(p: *mut u8) -> *mut c_void {
@@ -60,18 +54,24 @@ fn alloc_aligned(align: usize, size: usize) -> *mut c_void {
 ///
 /// # Safety
 /// `p` is null, a live block from this allocator, or not an hz address.
+#[inline(always)]
 unsafe fn free_keep_errno(p: *mut c_void, size: Option<usize>) {
     if p.is_null() {
         return;
     }
-    let saved = errno();
+    // One call to find errno: this is on every free.
+    // SAFETY: `__errno_location` returns this thread's errno slot, always valid.
+    let slot = unsafe { libc::__errno_location() };
+    // SAFETY: `slot` is this thread's errno.
+    let saved = unsafe { *slot };
     match size {
         // SAFETY: forwarded contract; `s` is the size the caller allocated with.
         Some(s) => unsafe { hz_core::free_sized(p.cast(), s) },
         // SAFETY: forwarded contract.
         None => unsafe { hz_core::free(p.cast()) },
     }
-    set_errno(saved);
+    // SAFETY: as above; the thread (and so its errno slot) is unchanged.
+    unsafe { *slot = saved };
 }
 
 /// `malloc(3)`: 16-byte aligned; `malloc(0)` is a unique non-null pointer.
