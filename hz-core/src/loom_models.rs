@@ -543,7 +543,10 @@ mod tests {
         purge_locked(&span, &mut pages.lock().unwrap());
         // SAFETY: every thread is done.
         assert_eq!(span.used.with(|u| unsafe { *u }), 0);
-        assert!(pages.lock().unwrap().purged, "an empty span was never purged");
+        assert!(
+            pages.lock().unwrap().purged,
+            "an empty span was never purged"
+        );
         for &b in &span.blocks {
             // SAFETY: every thread is done; the blocks are ours again.
             drop(unsafe { Box::from_raw(b as *mut Block) });

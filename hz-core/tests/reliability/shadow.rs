@@ -141,7 +141,10 @@ pub unsafe fn fill(p: usize, from: usize, to: usize, seed: u64) {
 
 /// Offsets to verify in a block of `n` bytes: all of them up to
 /// [`FULL_CHECK`], else both 4 KiB ends and one word per 4 KiB.
-fn check_ranges(n: usize, mut f: impl FnMut(usize, usize) -> Result<(), String>) -> Result<(), String> {
+fn check_ranges(
+    n: usize,
+    mut f: impl FnMut(usize, usize) -> Result<(), String>,
+) -> Result<(), String> {
     if n <= FULL_CHECK {
         return f(0, n);
     }
