@@ -87,7 +87,7 @@ fn inbox_delivers_every_block_once() {
         })
         .collect();
     let mut seen = std::collections::HashSet::new();
-    let mut drain = |seen: &mut std::collections::HashSet<usize>| {
+    let drain = |seen: &mut std::collections::HashSet<usize>| {
         let mut batch = inbox.take_all();
         while !batch.is_null() {
             // SAFETY: published batches are ours after take_all.
@@ -134,8 +134,14 @@ fn exited_heap_is_adopted_with_its_inbox() {
     // Another thread frees A's block remotely: it waits in A's inbox.
     let t = arena::lookup(p).0;
     assert_eq!(tag_owner(t), id);
-    // SAFETY: p is live; a one-block batch to its owner.
-    unsafe { heap::free_without_heap(p as *mut u8, t) };
+    // A thread past its teardown frees it: a one-block batch to the owner.
+    std::thread::spawn(move || {
+        crate::tls::set(crate::tls::dead());
+        // SAFETY: p is live.
+        unsafe { crate::free(p as *mut u8) };
+    })
+    .join()
+    .unwrap();
     // SAFETY: as above.
     assert!(!unsafe { (*h).inbox.is_empty() });
     // Thread B adopts A's heap (last abandoned, first adopted), with a new
@@ -165,8 +171,7 @@ fn thread_after_teardown_still_allocates_and_frees() {
         let p = crate::malloc(64);
         let me = crate::tls::get() as *mut heap::Heap;
         // Simulate the pthread-key destructor having run.
-        // SAFETY: the thread's heap; afterwards the thread uses DEAD.
-        unsafe { crate::tls::set(crate::tls::dead()) };
+        crate::tls::set(crate::tls::dead());
         let q = crate::malloc(64);
         assert!(!q.is_null());
         // SAFETY: both live; frees from a dead thread go to inboxes.
