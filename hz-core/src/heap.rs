@@ -838,7 +838,11 @@ static LAST_RECLAIM: AtomicU64 = AtomicU64::new(0);
 fn reclaim_tick() {
     let now = os::now_ms();
     let last = LAST_RECLAIM.load(Relaxed);
-    if now < last + 100 || LAST_RECLAIM.compare_exchange(last, now, Relaxed, Relaxed).is_err() {
+    if now < last + 100
+        || LAST_RECLAIM
+            .compare_exchange(last, now, Relaxed, Relaxed)
+            .is_err()
+    {
         return;
     }
     reclaim_abandoned();
