@@ -1,0 +1,244 @@
+//! Differential randomized testing of hz against a shadow model
+//! (`tests/reliability/shadow.rs`): seeded, reproducible sequences of
+//! malloc / calloc / malloc_aligned / calloc_aligned / GlobalAlloc
+//! alloc, alloc_zeroed, realloc, dealloc / realloc / realloc_aligned /
+//! free / free_sized / usable_size, on one thread and on several threads
+//! that pass blocks to each other (so most frees and reallocs of passed
+//! blocks are remote), in rounds whose threads exit while the next round
+//! still holds and frees their blocks (abandoned heaps, adoption). Every
+//! block is checked for overlap with every other live block in the process,
+//! alignment, usable size, zeroing and intact contents (see the shadow
+//! model's docs).
+//!
+//! The test binary's own allocator is the system one; only the blocks
+//! under test come from hz.
+//!
+//! * CI: `cargo test -p hz-core --release --test differential` — a few
+//!   million operations over fixed seeds, well under a minute.
+//! * Replay a failure: every failure message names its seed; run
+//!   `HZ_SEED=<seed> cargo test -p hz-core --release --test differential`
+//!   (decimal or 0x-hex) to run exactly that seed.
+//! * Soak: `HZ_SOAK_SECS=3600 cargo test -p hz-core --release --test
+//!   differential -- --nocapture` runs fresh seeds (printed as it goes)
+//!   until the time is up; for hours, e.g. `HZ_SOAK_SECS=28800` under
+//!   `nohup`, and keep the log: the last seed printed before a failure is
+//!   the one to replay.
+
+#[path = "reliability/shadow.rs"]
+mod shadow;
+
+use shadow::{pick_size, Alloc, Block, Free, Model, Realloc, Rng};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn env_u64(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    let v = v.trim();
+    match v.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None => v.parse().ok(),
+    }
+}
+
+/// The seeds to run: `HZ_SEED` alone, or the fixed CI seeds, or (soak)
+/// fresh ones until `HZ_SOAK_SECS` have passed.
+fn for_seeds(name: &str, ci_seeds: &[u64], mut run: impl FnMut(u64)) {
+    let replay = "cargo test -p hz-core --release --test differential";
+    if let Some(s) = env_u64("HZ_SEED") {
+        eprintln!("{name}: seed {s:#x} (from HZ_SEED)");
+        return run(s);
+    }
+    if let Some(secs) = env_u64("HZ_SOAK_SECS") {
+        let end = Instant::now() + Duration::from_secs(secs);
+        let mut s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        let mut n = 0u64;
+        while Instant::now() < end {
+            eprintln!("{name}: soak seed {s:#x} (replay: HZ_SEED={s:#x} {replay})");
+            run(s);
+            n += 1;
+            s = Rng(s).next();
+        }
+        eprintln!("{name}: soak done, {n} seeds");
+        return;
+    }
+    for &s in ci_seeds {
+        eprintln!("{name}: seed {s:#x} (replay: HZ_SEED={s:#x} {replay})");
+        run(s);
+    }
+}
+
+fn pick_align_log(rng: &mut Rng) -> u32 {
+    match rng.below(100) {
+        0..=79 => rng.below(9) as u32,      // up to 256
+        80..=97 => 9 + rng.below(8) as u32, // up to 64 KiB (small classes)
+        _ => 17 + rng.below(4) as u32,      // up to 1 MiB (page runs)
+    }
+}
+
+/// Upper end of large requests.
+const MAX_LARGE: usize = 2 << 20;
+/// Live blocks a thread keeps before it prefers freeing.
+const LIVE_CAP: usize = 600;
+
+/// One random operation on `m`. Returns a block to send elsewhere, if the
+/// dice say so and `can_send`.
+fn step(m: &mut Model, rng: &mut Rng, can_send: bool) -> Option<Block> {
+    let n = m.live.len();
+    let alloc_pct = if n < 16 {
+        90
+    } else if n > LIVE_CAP {
+        20
+    } else {
+        45
+    };
+    let r = rng.below(100);
+    if r < alloc_pct {
+        let api = match rng.below(10) {
+            0..=4 => Alloc::Malloc,
+            5 => Alloc::Calloc,
+            6 => Alloc::MallocAligned,
+            7 => Alloc::CallocAligned,
+            8 => Alloc::Global,
+            _ => Alloc::GlobalZeroed,
+        };
+        let size = pick_size(rng, MAX_LARGE);
+        let al = pick_align_log(rng);
+        let seed = rng.next();
+        m.alloc(api, size, al, seed);
+        return None;
+    }
+    let i = rng.below(n as u64) as usize;
+    let r = rng.below(100);
+    if r < 60 {
+        let api = [Free::Free, Free::FreeSized, Free::Dealloc][rng.below(3) as usize];
+        m.free(i, api);
+    } else if r < 80 {
+        let api =
+            [Realloc::Realloc, Realloc::ReallocAligned, Realloc::Global][rng.below(3) as usize];
+        // Grow, shrink, or a size of its own.
+        let old = m.live[i].size;
+        let size = match rng.below(4) {
+            0 => old + rng.below(64) as usize,
+            1 => old / 2,
+            2 => old.saturating_mul(2).min(MAX_LARGE),
+            _ => pick_size(rng, MAX_LARGE),
+        };
+        let al = pick_align_log(rng);
+        m.realloc(i, api, size, al);
+    } else if r < 90 && can_send {
+        return Some(m.take(i));
+    } else {
+        m.check(i);
+    }
+    None
+}
+
+fn single_thread(seed: u64, ops: u64) {
+    let ext = shadow::new_extents();
+    let mut m = Model::new(ext.clone(), format!("single-thread seed {seed:#x}"));
+    let mut rng = Rng(seed);
+    for k in 0..ops {
+        step(&mut m, &mut rng, false);
+        if k % 200_000 == 199_999 {
+            // A full drain now and then: collect must not disturb live blocks.
+            hz_core::collect();
+            for i in 0..m.live.len() {
+                m.check(i);
+            }
+        }
+    }
+    m.free_all();
+    assert_eq!(ext.lock().unwrap().len(), 0);
+}
+
+/// `threads` threads per round, `rounds` rounds, `ops` operations per
+/// thread per round. Each thread sends blocks to random others; at the end
+/// of a round each thread frees some of its blocks and hands the rest to
+/// the next round's threads (its own heap is abandoned when it exits).
+fn threaded(seed: u64, threads: usize, rounds: usize, ops: u64) {
+    let ext = shadow::new_extents();
+    let mut carry: Vec<Block> = Vec::new();
+    let mut top = Rng(seed);
+    for round in 0..rounds {
+        let last = round + 1 == rounds;
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..threads).map(|_| mpsc::channel::<Block>()).unzip();
+        let mut hs = Vec::new();
+        for (t, rx) in rxs.into_iter().enumerate() {
+            let txs = txs.clone();
+            let ext = ext.clone();
+            let tseed = top.next();
+            let share: Vec<Block> = carry.iter().skip(t).step_by(threads).copied().collect();
+            hs.push(std::thread::spawn(move || {
+                let mut m = Model::new(
+                    ext,
+                    format!("threaded seed {seed:#x} round {round} thread {t}"),
+                );
+                let mut rng = Rng(tseed);
+                for b in share {
+                    m.give(b);
+                }
+                for _ in 0..ops {
+                    while let Ok(b) = rx.try_recv() {
+                        m.give(b);
+                    }
+                    if let Some(b) = step(&mut m, &mut rng, true) {
+                        let to = (t + 1 + rng.below(threads as u64 - 1) as usize) % threads;
+                        txs[to].send(b).unwrap();
+                    }
+                }
+                // Stop sending; take what the others still send until
+                // they are done too (a panicking thread drops its senders).
+                drop(txs);
+                for b in rx.iter() {
+                    m.give(b);
+                }
+                // Free a part (remote frees of blocks from other heaps),
+                // keep the rest for the next round.
+                let keep = if last { 0 } else { m.live.len() / 2 };
+                while m.live.len() > keep {
+                    let i = rng.below(m.live.len() as u64) as usize;
+                    m.free(i, Free::Free);
+                }
+                std::mem::take(&mut m.live)
+            }));
+        }
+        drop(txs);
+        carry.clear();
+        for (t, h) in hs.into_iter().enumerate() {
+            match h.join() {
+                Ok(v) => carry.extend(v),
+                Err(_) => panic!(
+                    "threaded seed {seed:#x} round {round}: thread {t} failed (see its message above)"
+                ),
+            }
+        }
+    }
+    assert!(carry.is_empty());
+    assert_eq!(
+        ext.lock().unwrap().len(),
+        0,
+        "threaded seed {seed:#x}: blocks left"
+    );
+}
+
+/// ~1.2 M operations on one thread.
+#[test]
+fn differential_single_thread() {
+    for_seeds(
+        "differential_single_thread",
+        &[0x1, 0xdecaf, 0x5eed_0003],
+        |s| single_thread(s, 400_000),
+    );
+}
+
+/// ~2.4 M operations on 4 threads passing blocks to each other, over 4
+/// rounds of thread exits and adoptions.
+#[test]
+fn differential_threads() {
+    for_seeds("differential_threads", &[0x2, 0xbeef], |s| {
+        threaded(s, 4, 4, 75_000)
+    });
+}
