@@ -16,7 +16,7 @@ use libfuzzer_sys::fuzz_target;
 #[path = "../../hz-core/tests/reliability/shadow.rs"]
 mod shadow;
 
-use shadow::{Alloc, Free, Model, Realloc};
+use shadow::{AllocApi, FreeApi, Model, ReallocApi};
 
 /// Reads the input a byte at a time; zeros once it runs out.
 struct Cursor<'a>(&'a [u8]);
@@ -79,39 +79,43 @@ fn run(data: &[u8]) {
         match op {
             0..=2 => {
                 let s = c.size();
-                m.alloc(Alloc::Malloc, s, 4, seed)
+                m.alloc(AllocApi::Malloc, s, 4, seed)
             }
             3 => {
                 let s = c.size();
-                m.alloc(Alloc::Calloc, s, 4, seed)
+                m.alloc(AllocApi::Calloc, s, 4, seed)
             }
             4 => {
                 let (s, a) = (c.size(), c.align_log());
-                m.alloc(Alloc::MallocAligned, s, a, seed)
+                m.alloc(AllocApi::MallocAligned, s, a, seed)
             }
             5 => {
                 let (s, a) = (c.size(), c.align_log());
-                m.alloc(Alloc::CallocAligned, s, a, seed)
+                m.alloc(AllocApi::CallocAligned, s, a, seed)
             }
             6 => {
                 let (s, a) = (c.size(), c.align_log());
                 let api = if c.byte() & 1 == 0 {
-                    Alloc::Global
+                    AllocApi::Global
                 } else {
-                    Alloc::GlobalZeroed
+                    AllocApi::GlobalZeroed
                 };
                 m.alloc(api, s, a, seed)
             }
             7..=9 => {
                 if let Some(i) = pick(&m, &mut c) {
-                    let api = [Free::Free, Free::FreeSized, Free::Dealloc][c.byte() as usize % 3];
+                    let api = [FreeApi::Free, FreeApi::FreeSized, FreeApi::Dealloc]
+                        [c.byte() as usize % 3];
                     m.free(i, api);
                 }
             }
             10 | 11 => {
                 if let Some(i) = pick(&m, &mut c) {
-                    let api = [Realloc::Realloc, Realloc::ReallocAligned, Realloc::Global]
-                        [c.byte() as usize % 3];
+                    let api = [
+                        ReallocApi::Realloc,
+                        ReallocApi::ReallocAligned,
+                        ReallocApi::Global,
+                    ][c.byte() as usize % 3];
                     let (s, a) = (c.size(), c.align_log());
                     m.realloc(i, api, s, a);
                 }
@@ -142,13 +146,13 @@ fn run(data: &[u8]) {
                         match s % 4 {
                             0 if !t.live.is_empty() => {
                                 let i = s as usize % t.live.len();
-                                t.free(i, Free::Free)
+                                t.free(i, FreeApi::Free)
                             }
                             1 if !t.live.is_empty() => {
                                 let i = s as usize % t.live.len();
-                                t.realloc(i, Realloc::Realloc, (s as usize) << (k % 10), 4)
+                                t.realloc(i, ReallocApi::Realloc, (s as usize) << (k % 10), 4)
                             }
-                            _ => t.alloc(Alloc::Malloc, (s as usize) << (k % 8), 4, s as u64),
+                            _ => t.alloc(AllocApi::Malloc, (s as usize) << (k % 8), 4, s as u64),
                         }
                     }
                     std::mem::take(&mut t.live)

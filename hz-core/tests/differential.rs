@@ -27,7 +27,7 @@
 #[path = "reliability/shadow.rs"]
 mod shadow;
 
-use shadow::{pick_size, Alloc, Block, Free, Model, Realloc, Rng};
+use shadow::{pick_size, AllocApi, Block, FreeApi, Model, ReallocApi, Rng};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -97,12 +97,12 @@ fn step(m: &mut Model, rng: &mut Rng, can_send: bool) -> Option<Block> {
     let r = rng.below(100);
     if r < alloc_pct {
         let api = match rng.below(10) {
-            0..=4 => Alloc::Malloc,
-            5 => Alloc::Calloc,
-            6 => Alloc::MallocAligned,
-            7 => Alloc::CallocAligned,
-            8 => Alloc::Global,
-            _ => Alloc::GlobalZeroed,
+            0..=4 => AllocApi::Malloc,
+            5 => AllocApi::Calloc,
+            6 => AllocApi::MallocAligned,
+            7 => AllocApi::CallocAligned,
+            8 => AllocApi::Global,
+            _ => AllocApi::GlobalZeroed,
         };
         let size = pick_size(rng, MAX_LARGE);
         let al = pick_align_log(rng);
@@ -113,11 +113,14 @@ fn step(m: &mut Model, rng: &mut Rng, can_send: bool) -> Option<Block> {
     let i = rng.below(n as u64) as usize;
     let r = rng.below(100);
     if r < 60 {
-        let api = [Free::Free, Free::FreeSized, Free::Dealloc][rng.below(3) as usize];
+        let api = [FreeApi::Free, FreeApi::FreeSized, FreeApi::Dealloc][rng.below(3) as usize];
         m.free(i, api);
     } else if r < 80 {
-        let api =
-            [Realloc::Realloc, Realloc::ReallocAligned, Realloc::Global][rng.below(3) as usize];
+        let api = [
+            ReallocApi::Realloc,
+            ReallocApi::ReallocAligned,
+            ReallocApi::Global,
+        ][rng.below(3) as usize];
         // Grow, shrink, or a size of its own.
         let old = m.live[i].size;
         let size = match rng.below(4) {
@@ -200,7 +203,7 @@ fn threaded(seed: u64, threads: usize, rounds: usize, ops: u64) {
                 let keep = if last { 0 } else { m.live.len() / 2 };
                 while m.live.len() > keep {
                     let i = rng.below(m.live.len() as u64) as usize;
-                    m.free(i, Free::Free);
+                    m.free(i, FreeApi::Free);
                 }
                 std::mem::take(&mut m.live)
             }));

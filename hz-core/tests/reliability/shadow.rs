@@ -122,7 +122,7 @@ pub fn pattern_byte(seed: u64, i: usize) -> u8 {
 /// `[p + from, p + to)` is writable memory of a live block.
 pub unsafe fn fill(p: usize, from: usize, to: usize, seed: u64) {
     let mut i = from;
-    while i < to && i % 8 != 0 {
+    while i < to && i & 7 != 0 {
         // SAFETY: i < to, inside the block.
         unsafe { *((p + i) as *mut u8) = pattern_byte(seed, i) };
         i += 1;
@@ -206,7 +206,7 @@ pub fn expected_usable(size: usize, align: usize) -> usize {
 
 /// Allocation entry points.
 #[derive(Clone, Copy, Debug)]
-pub enum Alloc {
+pub enum AllocApi {
     Malloc,
     Calloc,
     MallocAligned,
@@ -217,7 +217,7 @@ pub enum Alloc {
 
 /// Free entry points.
 #[derive(Clone, Copy, Debug)]
-pub enum Free {
+pub enum FreeApi {
     Free,
     FreeSized,
     /// `GlobalAlloc::dealloc` for Global blocks, `free` otherwise.
@@ -226,7 +226,7 @@ pub enum Free {
 
 /// Realloc entry points.
 #[derive(Clone, Copy, Debug)]
-pub enum Realloc {
+pub enum ReallocApi {
     Realloc,
     ReallocAligned,
     /// `GlobalAlloc::realloc` for Global blocks, `realloc_aligned` otherwise.
@@ -265,7 +265,7 @@ impl Model {
 
     /// Records a fresh block: checks it, fills it, registers its extent.
     fn adopt_new(&mut self, b: Block, zeroed: bool, keep_prefix: usize) {
-        if b.p % b.align.max(16) != 0 {
+        if b.p & (b.align.max(16) - 1) != 0 {
             self.fail(format!(
                 "block {:#x} of {} bytes is not aligned to {}",
                 b.p,
@@ -298,30 +298,30 @@ impl Model {
     }
 
     /// Allocates a block; `align_log` is used by the aligned entry points.
-    pub fn alloc(&mut self, api: Alloc, size: usize, align_log: u32, seed: u64) {
+    pub fn alloc(&mut self, api: AllocApi, size: usize, align_log: u32, seed: u64) {
         self.ops += 1;
         let align = 1usize << align_log;
         let (p, how, align, zeroed, size) = match api {
-            Alloc::Malloc => (hz_core::malloc(size), How::Raw, 16, false, size),
-            Alloc::Calloc => (hz_core::calloc(size), How::Raw, 16, true, size),
-            Alloc::MallocAligned => (
+            AllocApi::Malloc => (hz_core::malloc(size), How::Raw, 16, false, size),
+            AllocApi::Calloc => (hz_core::calloc(size), How::Raw, 16, true, size),
+            AllocApi::MallocAligned => (
                 hz_core::malloc_aligned(size, align),
                 How::Raw,
                 align,
                 false,
                 size,
             ),
-            Alloc::CallocAligned => (
+            AllocApi::CallocAligned => (
                 hz_core::calloc_aligned(size, align),
                 How::Raw,
                 align,
                 true,
                 size,
             ),
-            Alloc::Global | Alloc::GlobalZeroed => {
+            AllocApi::Global | AllocApi::GlobalZeroed => {
                 let size = size.max(1);
                 let l = Layout::from_size_align(size, align).unwrap();
-                let zero = matches!(api, Alloc::GlobalZeroed);
+                let zero = matches!(api, AllocApi::GlobalZeroed);
                 // SAFETY: non-zero size.
                 let p = unsafe {
                     if zero {
@@ -386,42 +386,42 @@ impl Model {
         self.ok(r);
     }
 
-    pub fn free(&mut self, i: usize, api: Free) {
+    pub fn free(&mut self, i: usize, api: FreeApi) {
         let b = self.take(i);
         self.unregister(b.p);
         let p = b.p as *mut u8;
         // SAFETY: b is a live block we own; the layout matches a Global one.
         unsafe {
             match (api, b.how) {
-                (Free::Dealloc, How::Global) => {
+                (FreeApi::Dealloc, How::Global) => {
                     HzAlloc.dealloc(p, Layout::from_size_align(b.size, b.align).unwrap())
                 }
-                (Free::FreeSized, _) => hz_core::free_sized(p, b.size),
+                (FreeApi::FreeSized, _) => hz_core::free_sized(p, b.size),
                 _ => hz_core::free(p),
             }
         }
     }
 
-    pub fn realloc(&mut self, i: usize, api: Realloc, new_size: usize, align_log: u32) {
+    pub fn realloc(&mut self, i: usize, api: ReallocApi, new_size: usize, align_log: u32) {
         let b = self.take(i);
         // Unregister first: hz may return the same address (in place).
         self.unregister(b.p);
         let p = b.p as *mut u8;
         let (q, how, align, new_size) = match (api, b.how) {
-            (Realloc::Realloc, _) => (
+            (ReallocApi::Realloc, _) => (
                 // SAFETY: live block of ours.
                 unsafe { hz_core::realloc(p, new_size) },
                 How::Raw,
                 16,
                 new_size,
             ),
-            (Realloc::Global, How::Global) => {
+            (ReallocApi::Global, How::Global) => {
                 let n = new_size.max(1);
                 let l = Layout::from_size_align(b.size, b.align).unwrap();
                 // SAFETY: live block allocated with layout l; n > 0.
                 (unsafe { HzAlloc.realloc(p, l, n) }, How::Global, b.align, n)
             }
-            (Realloc::ReallocAligned, _) | (Realloc::Global, How::Raw) => {
+            (ReallocApi::ReallocAligned, _) | (ReallocApi::Global, How::Raw) => {
                 // The alignment must be the block's own (realloc_aligned's
                 // contract), unless we pick a smaller one.
                 let align = (1usize << align_log).min(b.align.max(16));
@@ -461,7 +461,7 @@ impl Model {
     pub fn free_all(&mut self) {
         while !self.live.is_empty() {
             let n = self.live.len();
-            self.free(n - 1, Free::Free);
+            self.free(n - 1, FreeApi::Free);
         }
     }
 }
