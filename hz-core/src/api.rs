@@ -141,6 +141,14 @@ unsafe fn free_small(p: *mut u8, c: usize) {
 #[cold]
 #[inline(never)]
 unsafe fn free_small_slow(p: *mut u8, c: usize) {
+    // Slow paths may make system calls: free never changes errno.
+    let e = os::errno();
+    // SAFETY: forwarded contract.
+    unsafe { free_small_slow_inner(p, c) };
+    os::set_errno(e);
+}
+
+unsafe fn free_small_slow_inner(p: *mut u8, c: usize) {
     let h = heap::current_or_claim();
     // SAFETY: p is a free block of class c; h is this thread's heap.
     unsafe {
@@ -164,6 +172,13 @@ unsafe fn free_not_small(p: *mut u8) {
     if p.is_null() {
         return;
     }
+    let e = os::errno();
+    // SAFETY: forwarded contract.
+    unsafe { free_not_small_inner(p) };
+    os::set_errno(e);
+}
+
+unsafe fn free_not_small_inner(p: *mut u8) {
     let (t, a) = arena::lookup(p as usize);
     let c = tag_class(t);
     if c != 0 {
@@ -219,8 +234,8 @@ unsafe fn secure_free(p: *mut u8) {
         if unsafe { (*m).addr } != p as usize {
             crate::secure::fatal_ptr("free of an interior pointer", p);
         }
-        // SAFETY: validated: a live large block.
-        return unsafe { free_large(m) };
+        // SAFETY: validated: a live large block (this path keeps errno).
+        return unsafe { free_not_small(p) };
     }
     crate::secure::fatal_ptr(
         "free of a pointer hz never handed out (or already freed)",
@@ -332,7 +347,7 @@ pub fn calloc_aligned(size: usize, align: usize) -> *mut u8 {
 }
 
 /// Frees a block. Null is ignored; a pointer hz never handed out is ignored
-/// and counted (`Stats::foreign_frees`).
+/// and counted (`Stats::foreign_frees`). Never changes `errno`.
 ///
 /// # Safety
 /// `p` is null, a live block of hz, or an address hz does not manage.

@@ -1,8 +1,8 @@
 //! libhz.so: the hz allocator as a drop-in replacement for glibc's malloc.
 //!
 //! A thin skin of `extern "C"` functions over `hz_core`. This layer owns the
-//! C contract only: `errno` (hz-core never touches it; every null from an
-//! allocation sets `ENOMEM` here, and the free family keeps it unchanged),
+//! C contract only: `errno` (every null from an allocation sets `ENOMEM`
+//! here; hz-core's free never changes it),
 //! overflow checks on `nmemb * size`, the alignment rules of the memalign
 //! family, and `pthread_atfork` registration. Semantics follow the glibc
 //! version this project is measured on (2.36); where glibc's behaviour was
@@ -50,28 +50,19 @@ fn alloc_aligned(align: usize, size: usize) -> *mut c_void {
     }
 }
 
-/// Frees `p` without disturbing `errno`.
+/// Frees `p`. hz-core's free never changes `errno` (its slow paths save and
+/// restore it around system calls), as `free(3)` requires.
 ///
 /// # Safety
 /// `p` is null, a live block from this allocator, or not an hz address.
 #[inline(always)]
 unsafe fn free_keep_errno(p: *mut c_void, size: Option<usize>) {
-    if p.is_null() {
-        return;
-    }
-    // One call to find errno: this is on every free.
-    // SAFETY: `__errno_location` returns this thread's errno slot, always valid.
-    let slot = unsafe { libc::__errno_location() };
-    // SAFETY: `slot` is this thread's errno.
-    let saved = unsafe { *slot };
     match size {
         // SAFETY: forwarded contract; `s` is the size the caller allocated with.
         Some(s) => unsafe { hz_core::free_sized(p.cast(), s) },
         // SAFETY: forwarded contract.
         None => unsafe { hz_core::free(p.cast()) },
     }
-    // SAFETY: as above; the thread (and so its errno slot) is unchanged.
-    unsafe { *slot = saved };
 }
 
 /// `malloc(3)`: 16-byte aligned; `malloc(0)` is a unique non-null pointer.
