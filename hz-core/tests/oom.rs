@@ -1,0 +1,418 @@
+//! Out of memory: every entry point returns null when memory runs out, the
+//! blocks that exist keep their contents, and once memory is freed hz
+//! serves again. Each test re-executes this test binary as a child
+//! (`current_exe() <name> --exact --nocapture`, with `HZ_OOM_CHILD=<name>`
+//! selecting the child's part), so the child starts with a fresh allocator
+//! and its address-space limit cannot hurt the other tests.
+//!
+//! * `oom_rlimit`: the child lowers `RLIMIT_AS` to its current size plus
+//!   384 MiB before hz has reserved anything (`HZ_ARENA_MB=64`, so the
+//!   first arena fits and later ones are refused by the kernel).
+//! * `oom_fail_reservations`: the first 64 MiB arena exists, then
+//!   `hz_core::fail_reservations(0)` refuses every further reservation.
+//! * `oom_before_first_use`: no reservation ever succeeds: no heap can be
+//!   created; every entry point returns null, on any thread; after
+//!   `fail_reservations(-1)` hz works.
+//! * `huge_requests`: 1 TiB (under the rlimit), `usize::MAX / 2`,
+//!   `isize::MAX`, `usize::MAX`, overflowing alignments: null, nothing
+//!   reserved or in use afterwards, live blocks untouched.
+//!
+//! The test binary's own allocator is the system one (preallocated before
+//! the limit is set); only the blocks under test come from hz.
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::process::Command;
+
+use hz_core::HzAlloc;
+
+const CHILD: &str = "HZ_OOM_CHILD";
+const MIB: usize = 1 << 20;
+
+/// Runs test `name` in a fresh child process; true when we *are* the child
+/// (the caller then runs the child part).
+fn in_child(name: &str, env: &[(&str, &str)]) -> bool {
+    if std::env::var(CHILD).as_deref() == Ok(name) {
+        return true;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD, name)
+        .envs(env.iter().copied())
+        .output()
+        .expect("cannot run the test binary as a child");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "child {name} failed ({}):\n{text}",
+        out.status
+    );
+    assert!(
+        text.contains("1 passed"),
+        "child {name} did not run its test:\n{text}"
+    );
+    print!("{text}");
+    false
+}
+
+fn vm_bytes() -> usize {
+    let s = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: usize = s.split_whitespace().next().unwrap().parse().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
+}
+
+fn limit_address_space(bytes: usize) {
+    let r = libc::rlimit {
+        rlim_cur: bytes as libc::rlim_t,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid rlimit struct.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &r) }, 0);
+}
+
+/// A block with a pattern, to check that running out of memory leaves
+/// existing blocks alone.
+struct Sentinel {
+    p: *mut u8,
+    n: usize,
+    seed: u8,
+}
+
+impl Sentinel {
+    fn new(p: *mut u8, n: usize, seed: u8) -> Sentinel {
+        assert!(!p.is_null(), "sentinel allocation of {n} bytes failed");
+        for i in 0..n {
+            // SAFETY: p has n bytes.
+            unsafe { *p.add(i) = seed.wrapping_add(i as u8) };
+        }
+        Sentinel { p, n, seed }
+    }
+    fn check(&self, when: &str) {
+        for i in 0..self.n {
+            // SAFETY: p has n bytes.
+            let v = unsafe { *self.p.add(i) };
+            assert_eq!(
+                v,
+                self.seed.wrapping_add(i as u8),
+                "{when}: sentinel {:p} ({} bytes) byte {i} changed",
+                self.p,
+                self.n
+            );
+        }
+    }
+}
+
+/// Blocks held while exhausting memory (capacity reserved up front: the
+/// system allocator may be out of memory too).
+struct Held(Vec<usize>);
+
+impl Held {
+    /// Calls `f` until it returns null; returns how many it took. The
+    /// entry point must give up within `max` calls.
+    fn until_null(&mut self, what: &str, max: usize, mut f: impl FnMut() -> *mut u8) -> usize {
+        for i in 0..max {
+            let p = f();
+            if p.is_null() {
+                return i;
+            }
+            assert!(self.0.len() < self.0.capacity(), "{what}: too many blocks");
+            self.0.push(p as usize);
+        }
+        panic!("{what}: still not null after {max} calls");
+    }
+    fn free_all(&mut self) {
+        for p in self.0.drain(..) {
+            // SAFETY: live blocks of hz.
+            unsafe { hz_core::free(p as *mut u8) };
+        }
+    }
+}
+
+/// The part both limits share: memory is (about to be) limited.
+fn exhaust_and_recover() {
+    let mut held = Held(Vec::with_capacity(1 << 20));
+    let small = Sentinel::new(hz_core::malloc(100), 100, 1);
+    let medium = Sentinel::new(hz_core::malloc(20_000), 20_000, 2);
+    let large = Sentinel::new(hz_core::malloc(3 * MIB), 3 * MIB, 3);
+    let glayout = Layout::from_size_align(200, 64).unwrap();
+    // SAFETY: non-zero size.
+    let global = Sentinel::new(unsafe { HzAlloc.alloc(glayout) }, 200, 4);
+    let check_all = |when: &str| {
+        for s in [&small, &medium, &large, &global] {
+            s.check(when);
+        }
+    };
+    let failed0 = hz_core::stats().failed_allocations;
+
+    // Run out: big runs first, then pages, then every small path.
+    let n16 = held.until_null("malloc(16 MiB)", 1 << 16, || hz_core::malloc(16 * MIB));
+    let n1 = held.until_null("malloc(1 MiB)", 1 << 16, || hz_core::malloc(MIB));
+    held.until_null("malloc(64 KiB)", 1 << 18, || hz_core::malloc(64 << 10));
+    let total = n16 * 16 * MIB + n1 * MIB;
+    println!("exhausted after {} MiB in large blocks", total / MIB);
+    assert!(total >= 16 * MIB, "ran out after only {} MiB", total / MIB);
+    check_all("after exhausting large blocks");
+
+    // Every entry point, small and large, must now give up with null.
+    for size in [16, 100, 1000, 5000, 40_000, 131_072] {
+        held.until_null("malloc (small)", 1 << 20, || hz_core::malloc(size));
+        held.until_null("calloc (small)", 1 << 20, || hz_core::calloc(size));
+        held.until_null("malloc_aligned (small)", 1 << 20, || {
+            hz_core::malloc_aligned(size, 256)
+        });
+        held.until_null("calloc_aligned (small)", 1 << 20, || {
+            hz_core::calloc_aligned(size, 4096)
+        });
+        let l = Layout::from_size_align(size, 32).unwrap();
+        // SAFETY: non-zero sizes.
+        held.until_null("GlobalAlloc::alloc (small)", 1 << 20, || unsafe {
+            HzAlloc.alloc(l)
+        });
+        // SAFETY: as above.
+        held.until_null("GlobalAlloc::alloc_zeroed (small)", 1 << 20, || unsafe {
+            HzAlloc.alloc_zeroed(l)
+        });
+    }
+    let big = Layout::from_size_align(2 * MIB, 16).unwrap();
+    let big_aligned = Layout::from_size_align(MIB, MIB).unwrap();
+    assert!(hz_core::malloc(200_000).is_null(), "malloc (large)");
+    assert!(hz_core::calloc(200_000).is_null(), "calloc (large)");
+    assert!(
+        hz_core::malloc_aligned(200_000, MIB).is_null(),
+        "malloc_aligned (large)"
+    );
+    assert!(
+        hz_core::calloc_aligned(MIB, 2 * MIB).is_null(),
+        "calloc_aligned (large)"
+    );
+    // SAFETY: non-zero sizes.
+    unsafe {
+        assert!(HzAlloc.alloc(big).is_null(), "GlobalAlloc::alloc (large)");
+        assert!(
+            HzAlloc.alloc(big_aligned).is_null(),
+            "GlobalAlloc::alloc (aligned)"
+        );
+        assert!(
+            HzAlloc.alloc_zeroed(big).is_null(),
+            "GlobalAlloc::alloc_zeroed (large)"
+        );
+    }
+    // Growth by realloc fails and leaves the block where it was.
+    // SAFETY: live blocks of hz (the global one with its layout).
+    unsafe {
+        assert!(
+            hz_core::realloc(small.p, 8 * MIB).is_null(),
+            "realloc small → large"
+        );
+        assert!(
+            hz_core::realloc(medium.p, 100_000).is_null(),
+            "realloc small → bigger class"
+        );
+        assert!(
+            hz_core::realloc(large.p, 64 * MIB).is_null(),
+            "realloc large growth"
+        );
+        assert!(
+            hz_core::realloc_aligned(medium.p, 4 * MIB, 16).is_null(),
+            "realloc_aligned growth"
+        );
+        assert!(
+            HzAlloc.realloc(global.p, glayout, 4 * MIB).is_null(),
+            "GlobalAlloc::realloc growth"
+        );
+    }
+    check_all("after failed allocations");
+    assert!(hz_core::stats().failed_allocations > failed0);
+
+    // A thread started now has no heap to get: null, not a crash.
+    let t = std::thread::spawn(|| hz_core::malloc(64) as usize)
+        .join()
+        .unwrap();
+    if t != 0 {
+        held.0.push(t);
+    }
+
+    // Free everything: hz serves again, as much as before.
+    held.free_all();
+    check_all("after freeing");
+    let again = held.until_null("malloc(1 MiB) after freeing", 1 << 16, || {
+        hz_core::malloc(MIB)
+    });
+    println!("served {again} MiB again after freeing");
+    assert!(
+        again * MIB + 24 * MIB >= total,
+        "only {again} MiB could be allocated again (had {} MiB)",
+        total / MIB
+    );
+    held.free_all();
+    // Every entry point works again, growth included.
+    for p in [
+        hz_core::malloc(64),
+        hz_core::calloc(5000),
+        hz_core::malloc_aligned(300, 4096),
+        hz_core::calloc_aligned(MIB, MIB),
+        hz_core::malloc(5 * MIB),
+    ] {
+        assert!(!p.is_null(), "allocation failed after memory was freed");
+        held.0.push(p as usize);
+    }
+    // SAFETY: live blocks of hz; the global one with its layout.
+    unsafe {
+        let p = hz_core::realloc(small.p, 8 * MIB);
+        assert!(!p.is_null(), "realloc growth after freeing");
+        Sentinel { p, ..small }.check("after realloc growth");
+        hz_core::free(p);
+        let q = HzAlloc.realloc(global.p, glayout, 4 * MIB);
+        assert!(!q.is_null(), "GlobalAlloc::realloc after freeing");
+        Sentinel { p: q, ..global }.check("after GlobalAlloc::realloc growth");
+        hz_core::free(q);
+        let t = std::thread::spawn(|| hz_core::malloc(64) as usize)
+            .join()
+            .unwrap();
+        assert_ne!(t, 0, "a new thread cannot allocate after memory was freed");
+        hz_core::free(t as *mut u8);
+        hz_core::free(medium.p);
+        hz_core::free(large.p);
+    }
+    held.free_all();
+}
+
+#[test]
+fn oom_rlimit() {
+    if !in_child("oom_rlimit", &[("HZ_ARENA_MB", "64")]) {
+        return;
+    }
+    limit_address_space(vm_bytes() + 384 * MIB);
+    exhaust_and_recover();
+}
+
+#[test]
+fn oom_fail_reservations() {
+    if !in_child("oom_fail_reservations", &[("HZ_ARENA_MB", "64")]) {
+        return;
+    }
+    // The first arena is made by the first allocation; no other one after.
+    // SAFETY: a live block.
+    unsafe { hz_core::free(hz_core::malloc(16)) };
+    hz_core::fail_reservations(0);
+    exhaust_and_recover();
+}
+
+#[test]
+fn oom_before_first_use() {
+    if !in_child("oom_before_first_use", &[]) {
+        return;
+    }
+    hz_core::fail_reservations(0);
+    let l = Layout::from_size_align(64, 16).unwrap();
+    for _ in 0..3 {
+        assert!(hz_core::malloc(16).is_null());
+        assert!(hz_core::malloc(MIB).is_null());
+        assert!(hz_core::calloc(100).is_null());
+        assert!(hz_core::malloc_aligned(100, 4096).is_null());
+        assert!(hz_core::calloc_aligned(100, 64).is_null());
+        // SAFETY: non-zero size; null pointer realloc is malloc.
+        unsafe {
+            assert!(HzAlloc.alloc(l).is_null());
+            assert!(HzAlloc.alloc_zeroed(l).is_null());
+            assert!(hz_core::realloc(std::ptr::null_mut(), 100).is_null());
+        }
+        let t = std::thread::spawn(|| hz_core::malloc(64).is_null());
+        assert!(
+            t.join().unwrap(),
+            "a thread allocated with no memory at all"
+        );
+    }
+    assert_eq!(hz_core::stats().mapped, 0);
+    hz_core::fail_reservations(-1);
+    let p = hz_core::malloc(100);
+    assert!(
+        !p.is_null(),
+        "hz does not recover once reservations succeed"
+    );
+    let t = std::thread::spawn(|| {
+        let q = hz_core::calloc(1000);
+        assert!(!q.is_null());
+        // SAFETY: live block.
+        unsafe { hz_core::free(q) };
+    });
+    t.join().unwrap();
+    // SAFETY: live block.
+    unsafe { hz_core::free(p) };
+}
+
+#[test]
+fn huge_requests() {
+    if !in_child("huge_requests", &[("HZ_ARENA_MB", "64")]) {
+        return;
+    }
+    limit_address_space(vm_bytes() + 512 * MIB);
+    let keep = Sentinel::new(hz_core::malloc(1000), 1000, 9);
+    let keep_large = Sentinel::new(hz_core::malloc(MIB), MIB, 10);
+    let before = hz_core::stats();
+    let tib = 1usize << 40;
+    let sizes = [
+        tib,
+        usize::MAX / 2,
+        isize::MAX as usize,
+        usize::MAX - 4095,
+        usize::MAX,
+    ];
+    for &n in &sizes {
+        assert!(hz_core::malloc(n).is_null(), "malloc({n:#x})");
+        assert!(hz_core::calloc(n).is_null(), "calloc({n:#x})");
+        assert!(
+            hz_core::malloc_aligned(n, 4096).is_null(),
+            "malloc_aligned({n:#x})"
+        );
+        assert!(
+            hz_core::calloc_aligned(n, 64).is_null(),
+            "calloc_aligned({n:#x})"
+        );
+        // SAFETY: live blocks of hz.
+        unsafe {
+            assert!(
+                hz_core::realloc(keep.p, n).is_null(),
+                "realloc small to {n:#x}"
+            );
+            assert!(
+                hz_core::realloc(keep_large.p, n).is_null(),
+                "realloc large to {n:#x}"
+            );
+        }
+        if let Ok(l) = Layout::from_size_align(n, 16) {
+            // SAFETY: non-zero size.
+            unsafe {
+                assert!(HzAlloc.alloc(l).is_null(), "GlobalAlloc::alloc({n:#x})");
+                assert!(HzAlloc.alloc_zeroed(l).is_null(), "alloc_zeroed({n:#x})");
+            }
+        }
+    }
+    // Absurd alignments.
+    assert!(hz_core::malloc_aligned(64, 1 << 62).is_null());
+    assert!(hz_core::malloc_aligned(64, 3).is_null());
+    assert!(hz_core::calloc_aligned(64, 1 << 45).is_null());
+    let after = hz_core::stats();
+    assert_eq!(
+        after.mapped, before.mapped,
+        "a failed request reserved memory"
+    );
+    assert_eq!(after.in_use, before.in_use, "a failed request kept pages");
+    assert_eq!(after.large_blocks, before.large_blocks);
+    assert!(after.failed_allocations > before.failed_allocations);
+    keep.check("after huge requests");
+    keep_large.check("after huge requests");
+    // Still serving, including a fresh arena-sized request.
+    let p = hz_core::malloc(100 * MIB);
+    assert!(!p.is_null(), "hz no longer serves after huge requests");
+    // SAFETY: live blocks.
+    unsafe {
+        hz_core::free(p);
+        hz_core::free(keep.p);
+        hz_core::free(keep_large.p);
+    }
+}
