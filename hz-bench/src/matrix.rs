@@ -67,12 +67,13 @@ pub struct RingConfig {
 }
 
 impl RingConfig {
-    /// The ring capacity used when none is given: enough that a consumer
-    /// descheduled for a whole time slice does not overflow it, and never more
-    /// than the sends a thread can make.
+    /// The ring capacity used when none is given: one entry per iteration of
+    /// a thread (it sends at most one block per iteration, so the ring cannot
+    /// overflow), up to 2^20 entries (16 MiB of address space; only the
+    /// entries used are ever touched).
     pub fn default_ring_cap(iters_per_thread: u64) -> usize {
         (iters_per_thread as usize)
-            .clamp(64, 1 << 16)
+            .clamp(64, 1 << 20)
             .next_power_of_two()
     }
 }

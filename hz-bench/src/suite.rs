@@ -50,12 +50,12 @@ options (lists are comma-separated):
   --remote 0,90        remote-free percentages R  (quick default: 0,90)
   --lanes guard,main   size lanes: guard 16..2048, main 16..32768, cross128 16..131072
   --reps 3             repetitions (interleaved across allocators; medians reported)
-  --iters N            matrix iterations per cell, split over its T threads (quick 400000)
+  --iters N            matrix iterations per cell, split over its T threads (quick 1000000)
   --allocators LIST    hz,mimalloc,system,jemalloc,tcmalloc,glibc (default: all found)
                        (system = Rust's System in-process; glibc = no LD_PRELOAD)
   --modes LIST         inproc,preload (default: both)
   --ws 400             slots per thread
-  --ring N             entries per SPSC ring (default: min(iterations per thread, 65536))
+  --ring N             entries per SPSC ring (default: iterations per thread, at most 2^20)
   --seed S             RNG seed (default 1)
   --out DIR            write CSV, JSON, markdown and SVG chart here (default bench-out/)
   --no-out             write no files
@@ -92,7 +92,7 @@ impl Opts {
                 vec![LANES[0], LANES[1]]
             },
             reps: 3,
-            iters: if full { 2_000_000 } else { 400_000 },
+            iters: if full { 2_000_000 } else { 1_000_000 },
             allocators: ALL_ALLOCATORS.iter().map(|s| s.to_string()).collect(),
             inproc: true,
             preload: true,
