@@ -41,7 +41,113 @@ fn cell_label(threads: usize, remote: Option<u32>) -> String {
 
 /// Draws the chart for matrix summaries (`ring`) or workload summaries.
 pub fn draw(path: &std::path::Path, sums: &[Summary], title: &str) -> Result<(), String> {
-    draw_inner(path, sums, title).map_err(|e| e.to_string())
+    if sums.iter().all(|s| s.remote.is_none()) {
+        draw_workloads(path, sums, title).map_err(|e| e.to_string())
+    } else {
+        draw_inner(path, sums, title).map_err(|e| e.to_string())
+    }
+}
+
+/// A segmented axis over `n` categories (plotters adds one past the end).
+fn segments(
+    n: usize,
+) -> plotters::coord::ranged1d::SegmentedCoord<plotters::coord::types::RangedCoordi32> {
+    (0..(n as i32 - 1).max(1)).into_segmented()
+}
+
+/// Workloads: one panel per mode, a group of bars per workload, one bar per
+/// allocator, height = its time ÷ the fastest allocator's time on that
+/// workload (1.0 = fastest; hz in red).
+fn draw_workloads(
+    path: &std::path::Path,
+    sums: &[Summary],
+    title: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let modes = uniq(sums.iter().map(|s| s.mode));
+    let works = uniq(sums.iter().map(|s| s.group.clone()));
+    let mut allocs = uniq(sums.iter().map(|s| s.alloc.clone()));
+    allocs.sort_by_key(|n| n != "hz");
+    let w = (140 * works.len() as u32).clamp(900, 1600);
+    let root = SVGBackend::new(path, (w, 40 + 420 * modes.len().max(1) as u32)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let root = root.titled(title, ("sans-serif", 22))?;
+    for (area, mode) in root
+        .split_evenly((modes.len().max(1), 1))
+        .iter()
+        .zip(&modes)
+    {
+        let g: Vec<&Summary> = sums.iter().filter(|s| s.mode == *mode).collect();
+        let best = |wk: &str| {
+            g.iter()
+                .filter(|s| s.group == wk)
+                .map(|s| s.ns)
+                .fold(f64::MAX, f64::min)
+        };
+        let rel = |s: &Summary| s.ns / best(&s.group);
+        let ymax = g.iter().map(|s| rel(s)).fold(1.0f64, f64::max).min(20.0) * 1.1;
+        let n = works.len() as f64;
+        let mut chart = ChartBuilder::on(area)
+            .caption(
+                format!("{mode}: time ÷ fastest allocator per workload (lower is better)"),
+                ("sans-serif", 16),
+            )
+            .margin(12)
+            .x_label_area_size(10)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..n, -0.12 * ymax..ymax)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(0)
+            .y_desc("time ÷ fastest")
+            .draw()?;
+        let k = allocs.len().max(1) as f64;
+        for (ai, alloc) in allocs.iter().enumerate() {
+            let color = ALLOC_COLORS[ai % ALLOC_COLORS.len()];
+            let bars: Vec<Rectangle<(f64, f64)>> = works
+                .iter()
+                .enumerate()
+                .filter_map(|(wi, wk)| {
+                    let s = g.iter().find(|s| &s.group == wk && &s.alloc == alloc)?;
+                    let x0 = wi as f64 + 0.1 + ai as f64 * 0.8 / k;
+                    Some(Rectangle::new(
+                        [(x0, 0.0), (x0 + 0.8 / k, rel(s).min(ymax))],
+                        color.filled(),
+                    ))
+                })
+                .collect();
+            if bars.is_empty() {
+                continue;
+            }
+            chart
+                .draw_series(bars)?
+                .label(alloc.clone())
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
+                });
+        }
+        chart.draw_series(LineSeries::new(
+            vec![(0.0, 1.0), (n, 1.0)],
+            BLACK.stroke_width(1),
+        ))?;
+        let label = ("sans-serif", 14).into_font().color(&BLACK).pos(
+            plotters::style::text_anchor::Pos::new(
+                plotters::style::text_anchor::HPos::Center,
+                plotters::style::text_anchor::VPos::Center,
+            ),
+        );
+        chart.draw_series(works.iter().enumerate().map(|(wi, wk)| {
+            Text::new(wk.clone(), (wi as f64 + 0.5, -0.06 * ymax), label.clone())
+        }))?;
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
 }
 
 fn draw_inner(
@@ -81,7 +187,7 @@ fn draw_inner(
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(50)
-            .build_cartesian_2d((0..v.len() as i32 - 1).into_segmented(), 0f64..ymax)?;
+            .build_cartesian_2d(segments(v.len()), 0f64..ymax)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
@@ -160,10 +266,7 @@ fn draw_inner(
                 .margin(12)
                 .x_label_area_size(40)
                 .y_label_area_size(55)
-                .build_cartesian_2d(
-                    (0..cells.len() as i32 - 1).into_segmented(),
-                    (lo / 1.5..hi * 1.5).log_scale(),
-                )?;
+                .build_cartesian_2d(segments(cells.len()), (lo / 1.5..hi * 1.5).log_scale())?;
             chart
                 .configure_mesh()
                 .x_labels(cells.len().max(1))
@@ -173,7 +276,8 @@ fn draw_inner(
                     }
                     _ => String::new(),
                 })
-                .y_label_formatter(&|y| format!("{y:.2}"))
+                .y_labels(6)
+                .y_label_formatter(&|y| crate::report::sig(*y))
                 .x_desc(if g[0].remote.is_some() { "T/R%" } else { "T" })
                 .y_desc("Mops/s (log)")
                 .draw()?;

@@ -175,7 +175,9 @@ pub fn versus(sums: &[Summary]) -> Vec<Versus> {
 /// Three significant digits (throughputs span 0.001 to 100 Mops/s).
 pub fn sig(v: f64) -> String {
     let a = v.abs();
-    if a >= 100.0 {
+    if a == 0.0 {
+        "—".into()
+    } else if a >= 100.0 {
         format!("{v:.0}")
     } else if a >= 10.0 {
         format!("{v:.1}")
@@ -277,11 +279,7 @@ pub fn markdown(sums: &[Summary], cores: usize, ring: bool) -> String {
                     notes(s, cores)
                 );
             } else {
-                let mops = if s.mops > 0.0 {
-                    sig(s.mops)
-                } else {
-                    "—".into()
-                };
+                let mops = sig(s.mops);
                 let _ = writeln!(
                     md,
                     "| {} | {} | {} | {} | {:.1} | {} | {} | {} |",
