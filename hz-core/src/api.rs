@@ -149,6 +149,9 @@ unsafe fn free_small_slow(p: *mut u8, c: usize) {
 }
 
 unsafe fn free_small_slow_inner(p: *mut u8, c: usize) {
+    if c >= NUM_CLASSES {
+        os::fatal("page tag names a size class that does not exist (corruption)");
+    }
     let h = heap::current_or_claim();
     // SAFETY: p is a free block of class c; h is this thread's heap.
     unsafe {

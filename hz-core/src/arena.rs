@@ -32,7 +32,9 @@ pub const KIND_META: u64 = 3;
 
 #[inline(always)]
 pub const fn tag_class(t: u64) -> usize {
-    (t & 0xff) as usize
+    // Classes are < 64 (see `heap::BIN_SLOTS_PER_HEAP`): the mask lets the
+    // fast path index a heap's 64 bins without a bounds check.
+    (t & 0x3f) as usize
 }
 #[inline(always)]
 pub const fn tag_kind(t: u64) -> u64 {

@@ -38,10 +38,17 @@ pub struct Bin {
     pub end: *mut *mut u8,
 }
 
+/// Bins per heap: a power of two above the class count, so that a class
+/// read from a page tag (masked to 6 bits) indexes without a bounds check.
+/// Entries past the last class stay empty and full: only a corrupted tag
+/// could reach one, and the slow path aborts on it.
+pub const BIN_ENTRIES: usize = 64;
+const _: () = assert!(NUM_CLASSES <= BIN_ENTRIES);
+
 /// The hot part of a heap, and what the TLS slot points at.
 #[repr(C)]
 pub struct Bins {
-    pub b: [Bin; NUM_CLASSES],
+    pub b: [Bin; BIN_ENTRIES],
 }
 
 // SAFETY: the static EMPTY/DEAD bins are never written (all their bins are
@@ -56,7 +63,7 @@ impl Bins {
             end: null_mut(),
         };
         Bins {
-            b: [B; NUM_CLASSES],
+            b: [B; BIN_ENTRIES],
         }
     };
 }
