@@ -452,6 +452,7 @@ unsafe fn shuffle_into_free_list(
 pub unsafe fn refill(h: *mut Heap, c: usize) -> *mut u8 {
     // SAFETY: h is held by the caller; bin c is empty.
     unsafe {
+        reclaim_tick();
         let want = (BIN_CAP[c] as usize).div_ceil(2);
         if fill_from_chains(h, c, want)
             || fill_from_inbox(h, c, want)
@@ -463,7 +464,6 @@ pub unsafe fn refill(h: *mut Heap, c: usize) -> *mut u8 {
         // reuse them, and return what is due to the OS.
         flush_spills(h);
         arena::purge_tick();
-        reclaim_tick();
         if new_span(h, c) && fill_from_spans(h, c, want) {
             return pop(h, c);
         }
@@ -634,6 +634,7 @@ unsafe fn release_block(h: *mut Heap, c: usize, b: *mut u8) {
 /// Sends spill array `c` home: grouped by owner, one CAS per owner.
 unsafe fn flush_spill(h: *mut Heap, c: usize) {
     // SAFETY: h is held; the spill array holds free blocks of other heaps.
+    let mut orphan_fed = false;
     unsafe {
         let s = (*h).spill_base[c];
         let mut n = (*h).spill_len[c] as usize;
@@ -668,10 +669,17 @@ unsafe fn flush_spill(h: *mut Heap, c: usize) {
                 os::fatal("freed block names an owner heap that does not exist");
             }
             (*dest).inbox.publish(head);
+            orphan_fed |= (*dest).state.load(Relaxed) == HEAP_ABANDONED;
         }
         (*h).spill_len[c] = 0;
         (*h).remote_sent
             .store((*h).remote_sent.load(Relaxed) + sent, Relaxed);
+    }
+    // Blocks went to a heap whose thread has exited: nobody will drain
+    // that inbox unless a thread is adopted into it, so drain it (at most
+    // every 100 ms) and let its spans and pages go back.
+    if orphan_fed {
+        reclaim_tick();
     }
 }
 
@@ -784,6 +792,9 @@ pub unsafe fn free_without_heap(p: *mut u8, t: u64) {
     unsafe {
         inbox::set_next(p, null_mut());
         (*dest).inbox.publish(p);
+        if (*dest).state.load(Relaxed) == HEAP_ABANDONED {
+            reclaim_tick();
+        }
     }
 }
 
@@ -842,7 +853,7 @@ static LAST_RECLAIM: AtomicU64 = AtomicU64::new(0);
 /// pages: drain the inboxes of abandoned heaps (their threads exited), so
 /// blocks freed into them return to their spans and their pages to the OS
 /// even when no new thread comes to adopt them.
-fn reclaim_tick() {
+pub fn reclaim_tick() {
     let now = os::now_ms();
     let last = LAST_RECLAIM.load(Relaxed);
     if now < last + 100

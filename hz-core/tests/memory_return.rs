@@ -229,7 +229,6 @@ fn memory_returns_with_collect() {
 /// abandoned), and freed on another: they travel back through the
 /// abandoned heap's inbox; without collect the memory still comes back.
 #[test]
-#[ignore = "bug: /work/bugs/abandoned-inbox-rss.md"]
 fn memory_returns_after_cross_thread_free() {
     if !in_child("memory_returns_after_cross_thread_free") {
         return;
