@@ -6,6 +6,7 @@ use std::process::Command;
 
 fn main() {
     let out = std::env::var("OUT_DIR").expect("OUT_DIR");
+    println!("cargo:rerun-if-changed=c/hzb_common.h");
     for prog in ["bench_matrix", "bench_workloads"] {
         let src = format!("c/{prog}.c");
         println!("cargo:rerun-if-changed={src}");

@@ -19,12 +19,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
-typedef struct {
-    _Alignas(128) atomic_size_t head; /* written by the consumer only */
-    _Alignas(128) atomic_size_t tail; /* written by the producer only */
-    _Alignas(128) void **buf;
-    size_t cap;
-} ring_t;
+#include "hzb_common.h"
 
 typedef struct {
     uint64_t allocs, local, sent, recv, fallback, cleanup;
@@ -37,27 +32,8 @@ static ring_t *rings;
 static pthread_barrier_t barrier;
 static atomic_size_t done_threads;
 
-static inline uint64_t xs_next(uint64_t *s) {
-    uint64_t x = *s;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *s = x;
-    return x * 0x2545F4914F6CDD1DULL;
-}
-static inline uint64_t xs_below(uint64_t *s, uint64_t n) { return ((xs_next(s) >> 32) * n) >> 32; }
-
 static int ts_less(const struct timespec *a, const struct timespec *b) {
     return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
-}
-
-static int ring_push(ring_t *r, void *p) {
-    size_t t = atomic_load_explicit(&r->tail, memory_order_relaxed);
-    size_t h = atomic_load_explicit(&r->head, memory_order_acquire);
-    if (t - h >= r->cap) return 0;
-    r->buf[t & (r->cap - 1)] = p;
-    atomic_store_explicit(&r->tail, t + 1, memory_order_release);
-    return 1;
 }
 
 static inline void ring_drain(ring_t *r, counts_t *c) {
@@ -75,11 +51,9 @@ static void *worker(void *arg) {
     size_t id = (size_t)arg;
     ring_t *rx = &rings[id], *tx = &rings[(id + 1) % T];
     uint64_t remote = T > 1 ? REMOTE : 0, span = MAX - MIN + 1;
-    void **slots = mmap(NULL, WS * sizeof(void *), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    counts_t *c = mmap(NULL, sizeof(counts_t), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (slots == MAP_FAILED || c == MAP_FAILED) abort();
-    uint64_t s = SEED ^ ((uint64_t)(id + 1) * 0x9E3779B97F4A7C15ULL);
-    if (s == 0) s = 0x2545F4914F6CDD1DULL;
+    void **slots = map(WS * sizeof(void *));
+    counts_t *c = map(sizeof(counts_t));
+    uint64_t s = xs_seed(SEED, id);
     pthread_barrier_wait(&barrier);
     clock_gettime(CLOCK_MONOTONIC, &c->begin);
     for (uint64_t it = 0; it < ITERS; it++) {
@@ -140,15 +114,9 @@ int main(int argc, char **argv) {
     if (T < 1 || MIN < 2 || MAX < MIN || WS < 1 || RING_CAP < 2) return 2;
     size_t cap = 2;
     while (cap < RING_CAP) cap <<= 1;
-    rings = mmap(NULL, T * sizeof(ring_t), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (rings == MAP_FAILED) abort();
-    for (size_t i = 0; i < T; i++) {
-        rings[i].cap = cap;
-        rings[i].buf = mmap(NULL, cap * sizeof(void *), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (rings[i].buf == MAP_FAILED) abort();
-    }
+    rings = rings_new(T, cap);
     pthread_barrier_init(&barrier, NULL, (unsigned)T + 1);
-    pthread_t *th = mmap(NULL, T * sizeof(pthread_t), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    pthread_t *th = map(T * sizeof(pthread_t));
     for (size_t i = 0; i < T; i++)
         if (pthread_create(&th[i], NULL, worker, (void *)i)) abort();
     pthread_barrier_wait(&barrier);
