@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The one test command (README and CI): installs what the tests need on a
-# fresh Debian machine (only what is missing), then runs formatting, lints,
-# the libhz.so build (both TLS variants) and the whole test suite in
-# release mode. Run from anywhere; it works in the repository root.
+# fresh Debian machine (only what is missing), then runs formatting, lints
+# (default and `secure` features), the libhz.so build (both TLS variants)
+# and libhz-secure.so, the whole test suite in release mode (the end-to-end
+# tests include tests/secure.rs, under libhz-secure.so), hz-core's tests with
+# `--features secure`, and the loom model checks (scripts/loom.sh). Run from
+# anywhere; it works in the repository root. Prints the time it took.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -75,6 +78,10 @@ cargo fmt --all -- --check
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+# hz-core's hardened build has code of its own (cfg(feature = "secure")).
+step "cargo clippy -p hz-core --all-targets --features secure -- -D warnings"
+cargo clippy -p hz-core --all-targets --features secure -- -D warnings
+
 # The thread_local! fallback must build and pass the allocator tests too.
 # It goes into its own target dir so it never replaces target/release/libhz.so.
 step "libhz.so with dynamic TLS (fallback feature)"
@@ -86,7 +93,21 @@ HZ_LIB="$dyn_target/release/libhz.so" cargo test --release -p hz-e2e --test api 
 step "cargo build --release -p hz-ffi"
 cargo build --release -p hz-ffi
 
+# The hardened libhz-secure.so (its own target dir): tests/secure.rs runs
+# heap misuse and the API/thread tests under it.
+step "scripts/build-secure.sh"
+scripts/build-secure.sh
+
 step "cargo test --workspace --release"
 cargo test --workspace --release
 
-step "all tests passed"
+step "cargo test -p hz-core --release --features secure"
+cargo test -p hz-core --release --features secure
+
+# loom model checking of the concurrent protocols (its own target dir).
+if [ -f scripts/loom.sh ]; then
+    step "scripts/loom.sh"
+    bash scripts/loom.sh
+fi
+
+step "all tests passed ($(( SECONDS / 60 ))m $(( SECONDS % 60 ))s)"

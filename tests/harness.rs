@@ -81,6 +81,56 @@ pub fn libhz() -> &'static Path {
     })
 }
 
+/// Path of the hardened `libhz-secure.so` (hz-ffi built with
+/// `--features secure` by `scripts/build-secure.sh`): `$HZ_SECURE_LIB` if set
+/// (used as is), else `$CARGO_TARGET_DIR/release/libhz-secure.so`, else
+/// `<repo>/target/release/libhz-secure.so`. Without `$HZ_SECURE_LIB`, the
+/// script runs once per test process when the library is missing or older
+/// than the sources of hz-core and hz-ffi.
+pub fn libhz_secure() -> &'static Path {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        if let Some(p) = std::env::var_os("HZ_SECURE_LIB") {
+            return std::fs::canonicalize(&p)
+                .unwrap_or_else(|e| panic!("HZ_SECURE_LIB={}: {e}", p.to_string_lossy()));
+        }
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target"));
+        // Absolute: the script runs in the repository root.
+        let target = if target.is_absolute() {
+            target
+        } else {
+            std::env::current_dir().expect("current dir").join(target)
+        };
+        let lib = target.join("release").join("libhz-secure.so");
+        let built = std::fs::metadata(&lib).and_then(|m| m.modified()).ok();
+        let sources = ["hz-core", "hz-ffi"]
+            .iter()
+            .filter_map(|d| newest_mtime(&repo_root().join(d)))
+            .max();
+        if built.is_none() || sources > built {
+            eprintln!("harness: building {}", lib.display());
+            let status = Command::new("bash")
+                .arg(repo_root().join("scripts").join("build-secure.sh"))
+                .current_dir(repo_root())
+                .env("CARGO_TARGET_DIR", &target)
+                .status()
+                .expect("run scripts/build-secure.sh");
+            assert!(status.success(), "scripts/build-secure.sh failed");
+        }
+        assert!(lib.exists(), "{} missing after build", lib.display());
+        lib
+    })
+}
+
+/// A command for `prog` with `LD_PRELOAD=libhz-secure.so` set.
+pub fn secure_command(prog: impl AsRef<OsStr>) -> Command {
+    let mut cmd = Command::new(prog);
+    cmd.env("LD_PRELOAD", libhz_secure());
+    cmd
+}
+
 /// What a finished program left behind.
 #[derive(Debug)]
 pub struct Output {
