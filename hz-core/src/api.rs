@@ -673,9 +673,38 @@ pub fn write_stats(fd: i32) {
 // ---------------------------------------------------------------------------
 // fork
 
-/// fork() support: call from the prepare handler of `pthread_atfork` (hz-ffi
-/// registers it; Rust programs that fork while other threads allocate should
-/// too). Takes every global lock.
+static FORK_HANDLERS: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_fork_prepare() {
+    fork_prepare();
+}
+extern "C" fn on_fork_parent() {
+    fork_parent();
+}
+extern "C" fn on_fork_child() {
+    fork_child();
+}
+
+/// Registers [`fork_prepare`], [`fork_parent`] and [`fork_child`] with
+/// `pthread_atfork`, once per process (later calls do nothing). hz calls it
+/// on the first allocation of every thread, and libhz.so from its
+/// constructor, so programs need not.
+pub fn register_fork_handlers() {
+    if FORK_HANDLERS.load(Relaxed) || FORK_HANDLERS.swap(true, Relaxed) {
+        return;
+    }
+    // SAFETY: plain extern "C" functions valid for the life of the process.
+    unsafe {
+        libc::pthread_atfork(
+            Some(on_fork_prepare),
+            Some(on_fork_parent),
+            Some(on_fork_child),
+        )
+    };
+}
+
+/// fork() support, registered automatically (see
+/// [`register_fork_handlers`]): takes every global lock before `fork`.
 pub fn fork_prepare() {
     heap::fork_prepare();
     arena::fork_prepare();

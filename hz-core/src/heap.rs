@@ -292,6 +292,9 @@ pub fn current_or_claim() -> *mut Heap {
         return null_mut();
     }
     tls::set(h as *mut Bins);
+    // With the TLS slot set, calls that allocate (pthread_atfork,
+    // pthread_setspecific) re-enter malloc safely.
+    crate::register_fork_handlers();
     let k = EXIT_KEY.load(Acquire);
     if k != u32::MAX {
         // SAFETY: the key exists; setspecific may allocate (keys >= 32),

@@ -362,3 +362,51 @@ fn raw_api_usable_size_is_writable() {
     assert!(hz_core::malloc(isize::MAX as usize).is_null());
     assert!(hz_core::malloc_aligned(64, 3).is_null());
 }
+
+#[test]
+fn fork_while_other_threads_allocate() {
+    // hz registers its fork handlers itself: a Rust program needs nothing.
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let stop = Arc::new(AtomicBool::new(false));
+    let hs: Vec<_> = (0..3)
+        .map(|t| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut rng = Rng(t + 99);
+                let mut v: Vec<Block> = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    v.push(Block::new(&mut rng, 200_000));
+                    if v.len() > 300 {
+                        v.swap_remove(rng.below(300) as usize).free();
+                    }
+                }
+                v.into_iter().for_each(Block::free);
+            })
+        })
+        .collect();
+    for i in 0..20 {
+        // SAFETY: fork in a test; the child only allocates, checks and _exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let mut rng = Rng(i + 1);
+            let bs: Vec<Block> = (0..500).map(|_| Block::new(&mut rng, 100_000)).collect();
+            let ok = bs.len() == 500;
+            bs.into_iter().for_each(Block::free);
+            // SAFETY: leave the child without running the parent's atexit work.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut st = 0;
+        // SAFETY: waiting for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut st, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+            "child {i} status {st:#x}"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in hs {
+        h.join().unwrap();
+    }
+}

@@ -346,32 +346,10 @@ pub extern "C" fn __libc_pvalloc(size: usize) -> *mut c_void {
     pvalloc(size)
 }
 
-// fork() support: hz-core takes every global lock in prepare and releases
-// (parent) or reinitialises (child) them afterwards.
-
-extern "C" fn atfork_prepare() {
-    hz_core::fork_prepare();
-}
-
-extern "C" fn atfork_parent() {
-    hz_core::fork_parent();
-}
-
-extern "C" fn atfork_child() {
-    hz_core::fork_child();
-}
-
-/// Runs when ld.so loads libhz.so (it may allocate: `pthread_atfork` does).
+/// Runs when ld.so loads libhz.so: registers hz's fork handlers (hz-core
+/// does it too on a thread's first allocation; registration happens once).
 extern "C" fn hz_ffi_init() {
-    // SAFETY: the three handlers are plain functions valid for the life of
-    // the process (libhz.so is never unloaded when preloaded).
-    unsafe {
-        libc::pthread_atfork(
-            Some(atfork_prepare),
-            Some(atfork_parent),
-            Some(atfork_child),
-        );
-    }
+    hz_core::register_fork_handlers();
 }
 
 #[used]
