@@ -25,9 +25,9 @@
 //!    owner's inbox), while another thread keeps publishing into that heap's
 //!    inbox and a new thread claims a heap (pops the abandoned list under
 //!    the lock, or creates a fresh heap when it is empty). A second model
-//!    races the adoption against `collect` (which takes the whole abandoned
-//!    list under the lock, flushes the heaps outside it, and puts them
-//!    back). The heap's owner-private state (what `flush_all`/`drain_inbox`
+//!    races the adoption against `collect` and the periodic reclaim of
+//!    abandoned heaps (`reclaim_abandoned`: take the whole abandoned list
+//!    under the lock, flush the heaps outside it, put them back). The heap's owner-private state (what `flush_all`/`drain_inbox`
 //!    touch: bins, chains, spans) is a loom `UnsafeCell`, so two threads
 //!    holding the heap at once, or a hand-over without happens-before, is a
 //!    reported race; a holder counter asserts "no double adoption"; nothing
