@@ -95,7 +95,7 @@ fn step(m: &mut Model, rng: &mut Rng, can_send: bool) -> Option<Block> {
         45
     };
     let r = rng.below(100);
-    if r < alloc_pct {
+    if n == 0 || r < alloc_pct {
         let api = match rng.below(10) {
             0..=4 => AllocApi::Malloc,
             5 => AllocApi::Calloc,
