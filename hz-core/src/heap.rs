@@ -491,6 +491,7 @@ unsafe fn fill_from_chains(h: *mut Heap, c: usize, want: usize) -> bool {
         if ch.is_null() {
             return false;
         }
+        let cap = inbox::carrier_cap(CLASS_SIZE[c] as usize);
         let bin = &mut (*h).bins.b[c];
         let target = bin.base.add(want);
         let mut got = 0u64;
@@ -498,6 +499,21 @@ unsafe fn fill_from_chains(h: *mut Heap, c: usize, want: usize) -> bool {
             let next_chain = inbox::next_batch(ch);
             let mut b = ch;
             while !b.is_null() && bin.top < target {
+                // Copy the carried addresses (without touching those
+                // blocks), last first, then the carrier itself.
+                let mut k = if cap > 0 { inbox::carried(b, cap) } else { 0 };
+                while k > 0 && bin.top < target {
+                    k -= 1;
+                    *bin.top = inbox::carried_block(b, k);
+                    bin.top = bin.top.add(1);
+                    got += 1;
+                }
+                if k > 0 || bin.top == target {
+                    if cap > 0 {
+                        inbox::set_carried(b, k);
+                    }
+                    break;
+                }
                 let n = inbox::next(b);
                 *bin.top = b;
                 bin.top = bin.top.add(1);
@@ -645,28 +661,29 @@ unsafe fn flush_spill(h: *mut Heap, c: usize) {
         for (i, o) in owners.iter_mut().enumerate().take(n) {
             *o = arena::tag_owner(arena::lookup(*s.add(i) as usize).0);
         }
+        let cap = inbox::carrier_cap(CLASS_SIZE[c] as usize);
+        let mut group = [null_mut::<u8>(); 128];
         let mut sent = 0u64;
         while n > 0 {
+            // Gather every block bound for the owner of the last one.
             n -= 1;
             let o = owners[n];
-            let head = *s.add(n);
-            let mut tail = head;
+            group[0] = *s.add(n);
+            let mut k = 1;
             let mut i = 0;
             while i < n {
                 if owners[i] == o {
-                    let b = *s.add(i);
-                    inbox::set_next(tail, b);
-                    tail = b;
+                    group[k] = *s.add(i);
+                    k += 1;
                     n -= 1;
                     *s.add(i) = *s.add(n);
                     owners[i] = owners[n];
-                    sent += 1;
                 } else {
                     i += 1;
                 }
             }
-            inbox::set_next(tail, null_mut());
-            sent += 1;
+            sent += k as u64;
+            let head = build_carriers(&group[..k], cap);
             let dest = heap_of(o);
             if dest.is_null() {
                 os::fatal("freed block names an owner heap that does not exist");
@@ -684,6 +701,27 @@ unsafe fn flush_spill(h: *mut Heap, c: usize) {
     if orphan_fed {
         reclaim_tick();
     }
+}
+
+/// Links `blocks` into one batch of carriers (see `inbox`); returns its
+/// head. Only the carriers are written to.
+unsafe fn build_carriers(blocks: &[*mut u8], cap: usize) -> *mut u8 {
+    let mut head: *mut u8 = null_mut();
+    for chunk in blocks.chunks(cap + 1) {
+        let carrier = chunk[0];
+        // SAFETY: every block is free and ours to send; chunk.len() - 1 <= cap.
+        unsafe {
+            if cap > 0 {
+                for (i, &b) in chunk[1..].iter().enumerate() {
+                    inbox::set_carried_block(carrier, i, b);
+                }
+                inbox::set_carried(carrier, chunk.len() - 1);
+            }
+            inbox::set_next(carrier, head);
+        }
+        head = carrier;
+    }
+    head
 }
 
 unsafe fn flush_spills(h: *mut Heap) {
@@ -720,15 +758,22 @@ pub unsafe fn flush_all(h: *mut Heap, release_empty: bool) {
         for c in 1..NUM_CLASSES {
             let mut ch = (*h).chains[c];
             (*h).chains[c] = null_mut();
+            let cap = inbox::carrier_cap(CLASS_SIZE[c] as usize);
             while !ch.is_null() {
                 let nc = inbox::next_batch(ch);
                 let mut b = ch;
                 let mut k = 0;
                 while !b.is_null() {
                     let n = inbox::next(b);
+                    let carried = if cap > 0 { inbox::carried(b, cap) } else { 0 };
+                    for i in 0..carried {
+                        let x = inbox::carried_block(b, i);
+                        let (t, a) = arena::lookup(x as usize);
+                        span_free(h, arena::head_meta(x as usize, t, a), x);
+                    }
                     let (t, a) = arena::lookup(b as usize);
                     span_free(h, arena::head_meta(b as usize, t, a), b);
-                    k += 1;
+                    k += 1 + carried as u64;
                     b = n;
                 }
                 let bo = &(*h).blocks_out[c];
@@ -794,6 +839,9 @@ pub unsafe fn free_without_heap(p: *mut u8, t: u64) {
     // SAFETY: p is a free block; a chain of one.
     unsafe {
         inbox::set_next(p, null_mut());
+        if inbox::carrier_cap(CLASS_SIZE[arena::tag_class(t)] as usize) > 0 {
+            inbox::set_carried(p, 0);
+        }
         (*dest).inbox.publish(p);
         if (*dest).state.load(Relaxed) == HEAP_ABANDONED {
             reclaim_tick();

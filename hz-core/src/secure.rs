@@ -78,6 +78,12 @@ pub fn decode(v: usize, slot: *mut u8) -> *mut u8 {
     p
 }
 
+/// Decodes a plain word (a count), without the pointer check.
+#[inline(always)]
+pub fn decode_word(v: usize, slot: *mut u8) -> usize {
+    v ^ KEY.load(Relaxed) ^ (slot as usize).rotate_left(23)
+}
+
 #[cold]
 pub fn fatal_ptr(what: &str, p: *const u8) -> ! {
     let mut b = crate::stats::Buf::<160>::new();
