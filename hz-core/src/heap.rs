@@ -930,32 +930,28 @@ pub fn collect_shared_and_abandoned() {
     reclaim_abandoned();
 }
 
+static RECLAIMING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Flushes every abandoned heap in place, holding REGISTRY_LOCK so that a
+/// thread claiming a heap meanwhile waits and adopts one (instead of
+/// finding the list empty and creating a heap: a leak under thread churn).
+/// Lock order REGISTRY_LOCK → PAGES, as in `create`. A nested call (a
+/// flush that feeds another abandoned heap) returns at once.
 fn reclaim_abandoned() {
-    // Take the whole abandoned list, flush each heap, put them back.
+    if RECLAIMING.swap(true, Acquire) {
+        return;
+    }
     REGISTRY_LOCK.lock();
-    // SAFETY: lock held.
-    let mut list = unsafe { core::mem::replace(&mut (*REGISTRY.0.get()).abandoned, null_mut()) };
+    // SAFETY: REGISTRY_LOCK held: the abandoned heaps are nobody's.
+    unsafe {
+        let mut h = (*REGISTRY.0.get()).abandoned;
+        while !h.is_null() {
+            flush_all(h, true);
+            h = (*h).next_abandoned;
+        }
+    }
     REGISTRY_LOCK.unlock();
-    let mut last: *mut Heap = null_mut();
-    let first = list;
-    while !list.is_null() {
-        // SAFETY: heaps taken off the abandoned list are ours.
-        unsafe {
-            flush_all(list, true);
-            last = list;
-            list = (*list).next_abandoned;
-        }
-    }
-    if !last.is_null() {
-        REGISTRY_LOCK.lock();
-        // SAFETY: lock held; [first..last] is our private list.
-        unsafe {
-            let reg = &mut *REGISTRY.0.get();
-            (*last).next_abandoned = reg.abandoned;
-            reg.abandoned = first;
-        }
-        REGISTRY_LOCK.unlock();
-    }
+    RECLAIMING.store(false, Release);
 }
 
 /// Adds every heap's counters into `s`.

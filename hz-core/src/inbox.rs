@@ -64,6 +64,14 @@ pub const fn carrier_cap(size: usize) -> usize {
     size.saturating_sub(24) / 8
 }
 
+#[cold]
+fn corrupt_carrier() -> ! {
+    #[cfg(not(loom))]
+    crate::os::fatal("remote batch carrier holds an impossible count (heap corruption)");
+    #[cfg(loom)]
+    panic!("remote batch carrier holds an impossible count");
+}
+
 /// Number of blocks carried by `b` (a carrier of a class with
 /// `carrier_cap > 0`). Aborts if the count is impossible (corruption).
 #[inline(always)]
@@ -71,7 +79,7 @@ pub unsafe fn carried(b: *mut u8, cap: usize) -> usize {
     // SAFETY: b is a free block with a word 2.
     let n = unsafe { load_count((b as *mut usize).add(2)) };
     if n > cap {
-        crate::os::fatal("remote batch carrier holds an impossible count (heap corruption)");
+        corrupt_carrier();
     }
     n
 }

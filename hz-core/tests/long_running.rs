@@ -316,7 +316,6 @@ fn thread_churn() {
 /// Heaps of exited threads are adopted: the number created stays near the
 /// number of threads alive at once (6 workers, +1 finishing, the freer).
 #[test]
-#[ignore = "bug: /work/bugs/reclaim-empties-abandoned-list.md"]
 fn thread_churn_reuses_heaps() {
     if !in_child("thread_churn_reuses_heaps") {
         return;

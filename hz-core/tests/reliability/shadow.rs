@@ -199,6 +199,9 @@ pub fn expected_usable(size: usize, align: usize) -> usize {
     let c = class_for(size, align.max(1));
     if c != 0 {
         CLASS_SIZE[c] as usize
+    } else if cfg!(feature = "secure") {
+        // The secure build keeps the last 4 KiB of a large run as a guard.
+        (size.max(1) + 4096).next_multiple_of(PAGE_SIZE) - 4096
     } else {
         size.max(1).next_multiple_of(PAGE_SIZE)
     }
