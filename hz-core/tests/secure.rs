@@ -88,18 +88,27 @@ fn child_entry() {
                 hz_core::realloc(p, 100);
             }
             "overflow_link" => {
-                // Free a neighbour, then overflow into it from p: its encoded
-                // link is clobbered. Reuse must catch it.
-                let blocks: Vec<*mut u8> = (0..64).map(|_| hz_core::malloc(48)).collect();
-                for &b in blocks.iter().rev() {
-                    hz_core::free(b);
+                // Fill whole spans, keep one block x whose neighbour x+48 is
+                // in the same span, free everything else and flush the
+                // thread cache: x+48 now sits on its span's free list with
+                // an encoded link. Overflow from x into it, then allocate
+                // enough to walk every free list: the clobbered link must
+                // be caught when it is read.
+                let blocks: Vec<*mut u8> = (0..5000).map(|_| hz_core::malloc(48)).collect();
+                let set: std::collections::HashSet<usize> =
+                    blocks.iter().map(|&b| b as usize).collect();
+                let x = *blocks
+                    .iter()
+                    .find(|&&b| set.contains(&(b as usize + 48)) && (b as usize + 96) % 65536 >= 96)
+                    .expect("a block with an allocated neighbour");
+                for &b in &blocks {
+                    if b != x {
+                        hz_core::free(b);
+                    }
                 }
-                // Flush the thread cache so the blocks sit on a span free list.
                 hz_core::collect();
-                let q = hz_core::malloc(48);
-                std::ptr::write_bytes(q, 0x41, 48 + 64);
-                // Allocating the whole span walks every free-list link.
-                for _ in 0..5000 {
+                std::ptr::write_bytes(x, 0x41, 48 + 16);
+                for _ in 0..20_000 {
                     hz_core::malloc(48);
                 }
             }
