@@ -161,6 +161,7 @@ const META_BYTES: usize = core::mem::size_of::<PageMeta>() + 8;
 #[cfg(feature = "secure")]
 const META_BYTES: usize = core::mem::size_of::<PageMeta>() + 8 + BITMAP_WORDS * 8;
 const MIN_ARENA: usize = 16 << 20;
+const HUGE_PAGE: usize = 2 << 20;
 
 // ---------------------------------------------------------------------------
 // Lookups (lock-free)
@@ -656,11 +657,17 @@ fn new_arena(st: &mut PageState, min_pages: usize) -> Option<usize> {
     loop {
         let pages = size >> PAGE_SHIFT;
         let meta = (pages * META_BYTES).next_multiple_of(PAGE_SIZE);
-        let total = meta + size + PAGE_SIZE;
+        let total = meta + size + HUGE_PAGE;
         if let Some(map) = os::reserve(total) {
             let tags = map as *mut u64;
             let metas = (map as usize + pages * 8).next_multiple_of(64) as *mut PageMeta;
-            let base = (map as usize + meta).next_multiple_of(PAGE_SIZE);
+            // Data starts on a 2 MiB boundary so transparent huge pages can
+            // back it (when HZ_THP asks for them).
+            let base = (map as usize + meta).next_multiple_of(HUGE_PAGE);
+            if crate::config::CONFIG.thp.load(Relaxed) != 0 {
+                // SAFETY: the data range lies inside our new mapping.
+                unsafe { os::advise_huge(base as *mut u8, size) };
+            }
             let a = &ARENAS[n];
             a.tags.store(tags, Relaxed);
             a.metas.store(metas, Relaxed);

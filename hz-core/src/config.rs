@@ -10,6 +10,7 @@
 //! | `HZ_ARENA_GB` | 64 | size of the first address-space reservation, in GiB |
 //! | `HZ_ARENA_MB` | — | the same in MiB (at least 16); wins over `HZ_ARENA_GB` |
 //! | `HZ_SECURE_FILL` | 0 | secure builds: 1 fills freed blocks with 0xdf |
+//! | `HZ_THP` | 0 | 1: ask for transparent huge pages on the arena (`MADV_HUGEPAGE`) |
 
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
@@ -20,6 +21,7 @@ pub struct Config {
     pub verbose: AtomicU32,
     pub arena_bytes: AtomicU64,
     pub secure_fill: AtomicU32,
+    pub thp: AtomicU32,
 }
 
 #[cfg(not(loom))]
@@ -30,6 +32,7 @@ pub static CONFIG: Config = Config {
     verbose: AtomicU32::new(0),
     arena_bytes: AtomicU64::new(64 << 30),
     secure_fill: AtomicU32::new(0),
+    thp: AtomicU32::new(0),
 };
 
 /// Parses a decimal number from a NUL-terminated C string.
@@ -89,6 +92,9 @@ pub fn load() {
         if (16..=1 << 20).contains(&v) {
             c.arena_bytes.store(v << 20, Ordering::Relaxed);
         }
+    }
+    if let Some(v) = env(b"HZ_THP\0") {
+        c.thp.store(v as u32, Ordering::Relaxed);
     }
     if let Some(v) = env(b"HZ_SECURE_FILL\0") {
         c.secure_fill.store(v as u32, Ordering::Relaxed);

@@ -73,6 +73,15 @@ pub unsafe fn purge(p: *mut u8, len: usize) -> bool {
     unsafe { libc::madvise(p as *mut libc::c_void, len, libc::MADV_DONTNEED) == 0 }
 }
 
+/// Asks for transparent huge pages on a range; a refusal is harmless.
+///
+/// # Safety
+/// The range lies in a mapping of ours.
+pub unsafe fn advise_huge(p: *mut u8, len: usize) {
+    // SAFETY: caller guarantees the range is ours.
+    unsafe { libc::madvise(p as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
+}
+
 /// Makes a range inaccessible (guard pages).
 ///
 /// # Safety
