@@ -45,12 +45,12 @@ usage: hz-bench <matrix|workloads|all> [options]
   all        matrix, then workloads
 
 options (lists are comma-separated):
-  --full               T=1,2,4,8,16  R=0,50,90  lanes guard,main,cross128, 2M iterations per cell
+  --full               T=1,2,4,8,16  R=0,50,90  lanes guard,main,cross128, 3M iterations per cell
   --threads 1,4,16     thread counts T            (quick default: 1,4,16)
   --remote 0,90        remote-free percentages R  (quick default: 0,90)
   --lanes guard,main   size lanes: guard 16..2048, main 16..32768, cross128 16..131072
   --reps 3             repetitions (interleaved across allocators; medians reported)
-  --iters N            matrix iterations per cell, split over its T threads (quick 1000000)
+  --iters N            matrix iterations per cell, split over its T threads (default 3000000)
   --allocators LIST    hz,mimalloc,system,jemalloc,tcmalloc,glibc (default: all found)
                        (system = Rust's System in-process; glibc = no LD_PRELOAD)
   --modes LIST         inproc,preload (default: both)
@@ -92,7 +92,7 @@ impl Opts {
                 vec![LANES[0], LANES[1]]
             },
             reps: 3,
-            iters: if full { 2_000_000 } else { 1_000_000 },
+            iters: 3_000_000,
             allocators: ALL_ALLOCATORS.iter().map(|s| s.to_string()).collect(),
             inproc: true,
             preload: true,
