@@ -200,6 +200,22 @@ unsafe fn free_not_small_inner(p: *mut u8) {
     foreign_free(p);
 }
 
+/// Resizes large run `m` (now `pages` long) in place to `new_pages`.
+unsafe fn resize_large(m: *mut arena::PageMeta, pages: usize, new_pages: usize) -> bool {
+    // SAFETY: the caller owns the run.
+    if !unsafe { arena::resize_run(m, new_pages) } {
+        return false;
+    }
+    // SAFETY: m heads the run, now new_pages long.
+    unsafe { arena::set_tags(m, 0, KIND_LARGE, 0) };
+    let delta = (new_pages as i64 - pages as i64) << PAGE_SHIFT;
+    counters::STATS
+        .large_allocated
+        .fetch_add(delta as u64, Relaxed);
+    counters::note_pages();
+    true
+}
+
 /// Returns a large block's run.
 unsafe fn free_large(m: *mut arena::PageMeta) {
     // SAFETY: m heads a large run the caller gives up.
@@ -459,36 +475,46 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
         // (secure builds keep their guard pages: no in-place resizing.)
         if new_c == 0 && new_size <= MAX_REQUEST && !cfg!(feature = "secure") {
             let new_pages = new_size.max(1).div_ceil(PAGE_SIZE);
-            // In place: shrink, or grow into the free run that follows.
-            // SAFETY: the run is p's.
-            if unsafe { arena::resize_run(m, new_pages) } {
-                // SAFETY: m heads p's run, now new_pages long.
-                unsafe { arena::set_tags(m, 0, KIND_LARGE, 0) };
-                let delta = (new_pages as i64 - pages as i64) << PAGE_SHIFT;
-                counters::STATS
-                    .large_allocated
-                    .fetch_add(delta as u64, Relaxed);
-                counters::note_pages();
+            if new_pages <= pages {
+                // Shrinking: give the tail back only when it is most of the
+                // run; otherwise keep it as room to grow again in place.
+                if new_pages * 2 < pages {
+                    // SAFETY: the run is p's. (A refusal leaves it whole.)
+                    unsafe { resize_large(m, pages, new_pages) };
+                }
                 return p;
             }
-            if old_usable >= MREMAP_MIN {
-                // Move the pages instead of copying them.
-                let q = alloc_large(new_size, align, false);
-                if q.is_null() {
-                    return null_mut();
-                }
-                // SAFETY: q is a fresh run of at least old_usable bytes; the
-                // old range is p's whole run, which we then free.
-                unsafe {
-                    if os::move_pages(p, q, old_usable) {
-                        free_not_small(p);
-                        return q;
-                    }
-                    core::ptr::copy_nonoverlapping(p, q, old_usable);
-                    free_not_small(p);
-                }
-                return q;
+            // Growing: into the free run that follows, with 50% headroom if
+            // there is room (untouched pages cost address space, not memory),
+            // else exactly.
+            let roomy = new_pages + new_pages / 2;
+            // SAFETY: the run is p's.
+            if unsafe { resize_large(m, pages, roomy) || resize_large(m, pages, new_pages) } {
+                return p;
             }
+            // Moving: to a run with the same headroom, so the next growth
+            // happens in place (the doubling that makes glibc's mremap'd
+            // chunks cheap to grow), moving the pages by mremap when they
+            // are many.
+            let q = alloc_large(roomy << PAGE_SHIFT, align, false);
+            if q.is_null() {
+                return null_mut();
+            }
+            // A clean target (never touched, or purged) takes the old pages
+            // by mremap; a resident one is copied into, since discarding its
+            // pages and faulting others in later costs more than the copy.
+            let (tq, aq) = arena::lookup(q as usize);
+            // SAFETY: q heads its own fresh run.
+            let clean = unsafe { (*arena::head_meta(q as usize, tq, aq)).clean };
+            // SAFETY: q is a fresh run of at least old_usable bytes; the old
+            // range is p's whole run, which we then free.
+            unsafe {
+                if !(clean && old_usable >= MREMAP_MIN && os::move_pages(p, q, old_usable)) {
+                    core::ptr::copy_nonoverlapping(p, q, old_usable);
+                }
+                free_not_small(p);
+            }
+            return q;
         }
     } else {
         return null_mut();
