@@ -15,14 +15,39 @@ pub enum InProc {
     System,
 }
 
+/// Whether this binary was built with hz-bench's `secure` feature (hz-core
+/// and mimalloc hardened).
+pub const SECURE: bool = cfg!(feature = "secure");
+
+/// The in-process name of hz in this binary: `hz-secure` when built with the
+/// `secure` feature, so a table never calls the hardened build `hz`.
+pub const HZ_NAME: &str = if SECURE { "hz-secure" } else { "hz" };
+/// The in-process name of the mimalloc crate in this binary.
+pub const MIMALLOC_NAME: &str = if SECURE {
+    "mimalloc-secure"
+} else {
+    "mimalloc"
+};
+
 impl InProc {
     pub const ALL: [InProc; 3] = [InProc::Hz, InProc::Mimalloc, InProc::System];
 
     pub fn name(self) -> &'static str {
         match self {
-            InProc::Hz => "hz",
-            InProc::Mimalloc => "mimalloc",
+            InProc::Hz => HZ_NAME,
+            InProc::Mimalloc => MIMALLOC_NAME,
             InProc::System => "system",
+        }
+    }
+
+    /// What the report's header says this allocator is.
+    pub fn describe(self, mimalloc_crate: &str) -> String {
+        let feat = if SECURE { ", feature secure" } else { "" };
+        match self {
+            InProc::Hz if SECURE => "hz_core::HzAlloc (hz-core feature secure)".to_string(),
+            InProc::Hz => "hz_core::HzAlloc".to_string(),
+            InProc::Mimalloc => format!("mimalloc::MiMalloc (crate {mimalloc_crate}{feat})"),
+            InProc::System => "std::alloc::System (glibc malloc)".to_string(),
         }
     }
 
@@ -58,7 +83,7 @@ macro_rules! with_inproc {
 pub const GLOBAL_ENV: &str = "HZ_BENCH_GLOBAL";
 
 /// A `#[global_allocator]` that forwards to the allocator named by
-/// `HZ_BENCH_GLOBAL` (hz, mimalloc; anything else: System). The choice is
+/// `HZ_BENCH_GLOBAL` ([`HZ_NAME`], [`MIMALLOC_NAME`]; anything else: System). The choice is
 /// made at the process's first allocation and never changes, so every block
 /// is freed by the allocator that made it. Used by workloads that exercise
 /// std collections, which cannot take an allocator parameter on stable Rust.
@@ -80,10 +105,13 @@ fn choice() -> u8 {
         if v.is_null() {
             1
         } else {
-            match std::ffi::CStr::from_ptr(v).to_bytes() {
-                b"hz" => 2,
-                b"mimalloc" => 3,
-                _ => 1,
+            let v = std::ffi::CStr::from_ptr(v).to_bytes();
+            if v == HZ_NAME.as_bytes() {
+                2
+            } else if v == MIMALLOC_NAME.as_bytes() {
+                3
+            } else {
+                1
             }
         }
     };
@@ -94,8 +122,8 @@ fn choice() -> u8 {
 /// Which allocator [`Switch`] forwards to in this process.
 pub fn global_choice() -> &'static str {
     match choice() {
-        2 => "hz",
-        3 => "mimalloc",
+        2 => HZ_NAME,
+        3 => MIMALLOC_NAME,
         _ => "system",
     }
 }
@@ -158,8 +186,16 @@ pub struct Preload {
     pub origin: String,
 }
 
-/// The names `--allocators` accepts for LD_PRELOAD runs.
-pub const PRELOAD_NAMES: [&str; 5] = ["hz", "mimalloc", "jemalloc", "tcmalloc", "glibc"];
+/// The names `--allocators` accepts for LD_PRELOAD runs. `hz-secure` is
+/// libhz-secure.so (scripts/build-secure.sh).
+pub const PRELOAD_NAMES: [&str; 6] = [
+    "hz",
+    "hz-secure",
+    "mimalloc",
+    "jemalloc",
+    "tcmalloc",
+    "glibc",
+];
 
 const LIBDIRS: [&str; 3] = [
     "/usr/lib/x86_64-linux-gnu",
@@ -224,19 +260,107 @@ fn debian_origin(lib: &Path) -> String {
     }
 }
 
+/// One of hz's shared objects: the default `libhz.so` or the hardened
+/// `libhz-secure.so`, how to find it and how to (re)build it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HzLib {
+    /// File name under `<target>/release/`.
+    pub file: &'static str,
+    /// Environment variable that names the file directly (no build).
+    pub env: &'static str,
+    /// The build command, as the notes print it.
+    pub build_cmd: &'static str,
+}
+
+/// `libhz.so`: `cargo build --release -p hz-ffi`.
+pub const LIBHZ: HzLib = HzLib {
+    file: "libhz.so",
+    env: "HZ_LIB",
+    build_cmd: "cargo build --release -p hz-ffi",
+};
+
+/// `libhz-secure.so`: hz-ffi with `--features secure`, built by
+/// scripts/build-secure.sh in its own target dir.
+pub const LIBHZ_SECURE: HzLib = HzLib {
+    file: "libhz-secure.so",
+    env: "HZ_SECURE_LIB",
+    build_cmd: "scripts/build-secure.sh",
+};
+
+impl HzLib {
+    /// Where it is: `$ENV`, else `$CARGO_TARGET_DIR/release/FILE`, else
+    /// `<repo>/target/release/FILE`.
+    pub fn candidates(&self) -> Vec<PathBuf> {
+        let mut v = Vec::new();
+        if let Some(p) = std::env::var_os(self.env) {
+            v.push(PathBuf::from(p));
+            return v;
+        }
+        if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+            v.push(Path::new(&t).join("release").join(self.file));
+        }
+        v.push(repo_root().join("target/release").join(self.file));
+        v
+    }
+
+    /// Finds the library. Unless `$ENV` names it, `build` first runs its
+    /// build command (quick when it is up to date), so a stale library is
+    /// never measured. Err carries the note to print.
+    pub fn find(&self, build: bool) -> Result<PathBuf, String> {
+        let found = || self.candidates().into_iter().find(|p| p.exists());
+        if let Some(p) = std::env::var_os(self.env) {
+            let p = PathBuf::from(p);
+            return if p.exists() {
+                Ok(p)
+            } else {
+                Err(format!("{}={} does not exist", self.env, p.display()))
+            };
+        }
+        if build {
+            eprintln!("building {}: {}", self.file, self.build_cmd);
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = if *self == LIBHZ_SECURE {
+                let mut c = Command::new("bash");
+                c.arg(repo_root().join("scripts/build-secure.sh")).arg("-q");
+                c
+            } else {
+                let mut c = Command::new(&cargo);
+                c.args(["build", "--release", "-q", "-p", "hz-ffi"]);
+                c
+            };
+            // build-secure.sh prints where it installed the library: keep
+            // stdout for the report.
+            let ok = cmd
+                .current_dir(repo_root())
+                .stdout(std::process::Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if !ok {
+                eprintln!(
+                    "warning: `{}` failed; using an existing {} if any",
+                    self.build_cmd, self.file
+                );
+            }
+        }
+        found().ok_or_else(|| {
+            format!(
+                "{} not found (looked at {})",
+                self.file,
+                self.candidates()
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    }
+}
+
 /// Where libhz.so is: `$HZ_LIB`, else `$CARGO_TARGET_DIR/release/libhz.so`,
 /// else `<repo>/target/release/libhz.so`.
 pub fn libhz_candidates() -> Vec<PathBuf> {
-    let mut v = Vec::new();
-    if let Some(p) = std::env::var_os("HZ_LIB") {
-        v.push(PathBuf::from(p));
-        return v;
-    }
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-        v.push(Path::new(&t).join("release/libhz.so"));
-    }
-    v.push(repo_root().join("target/release/libhz.so"));
-    v
+    LIBHZ.candidates()
 }
 
 /// The workspace root (hz-bench's parent directory).
@@ -247,41 +371,9 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Finds libhz.so. Unless `$HZ_LIB` names it, `build` first runs
-/// `cargo build --release -p hz-ffi` (quick when it is up to date), so a stale
-/// library is never measured. Err carries the note to print.
+/// Finds libhz.so (see [`HzLib::find`]).
 pub fn find_libhz(build: bool) -> Result<PathBuf, String> {
-    let found = || libhz_candidates().into_iter().find(|p| p.exists());
-    if let Some(p) = std::env::var_os("HZ_LIB") {
-        let p = PathBuf::from(p);
-        return if p.exists() {
-            Ok(p)
-        } else {
-            Err(format!("HZ_LIB={} does not exist", p.display()))
-        };
-    }
-    if build {
-        eprintln!("building libhz.so: cargo build --release -p hz-ffi");
-        let ok = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "-q", "-p", "hz-ffi"])
-            .current_dir(repo_root())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !ok {
-            eprintln!("warning: `cargo build --release -p hz-ffi` failed; using an existing libhz.so if any");
-        }
-    }
-    found().ok_or_else(|| {
-        format!(
-            "libhz.so not found (looked at {})",
-            libhz_candidates()
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    })
+    LIBHZ.find(build)
 }
 
 /// "built <age> ago" for a file, so a stale library shows in the header.
@@ -304,13 +396,16 @@ pub fn preload_allocators(wanted: &[String], build_hz: bool) -> (Vec<Preload>, V
             continue;
         }
         let lib = match name {
-            "hz" => match find_libhz(build_hz) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    notes.push(format!("skipped hz (LD_PRELOAD): {e}"));
-                    continue;
+            "hz" | "hz-secure" => {
+                let which = if name == "hz" { LIBHZ } else { LIBHZ_SECURE };
+                match which.find(build_hz) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        notes.push(format!("skipped {name} (LD_PRELOAD): {e}"));
+                        continue;
+                    }
                 }
-            },
+            }
             "glibc" => None,
             _ => {
                 let names: &[&str] = match name {
@@ -336,7 +431,7 @@ pub fn preload_allocators(wanted: &[String], build_hz: bool) -> (Vec<Preload>, V
         };
         let origin = match (&lib, name) {
             (None, _) => format!("glibc {}", glibc_version()),
-            (Some(p), "hz") => format!("{} ({})", p.display(), age(p)),
+            (Some(p), "hz" | "hz-secure") => format!("{} ({})", p.display(), age(p)),
             (Some(p), _) => debian_origin(p),
         };
         out.push(Preload { name, lib, origin });
@@ -354,5 +449,36 @@ pub fn glibc_version() -> String {
         std::ffi::CStr::from_ptr(gnu_get_libc_version())
             .to_string_lossy()
             .into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_say_which_build() {
+        let names: Vec<&str> = InProc::ALL.iter().map(|a| a.name()).collect();
+        let (mine, other) = if SECURE {
+            (
+                ["hz-secure", "mimalloc-secure", "system"],
+                ["hz", "mimalloc"],
+            )
+        } else {
+            (
+                ["hz", "mimalloc", "system"],
+                ["hz-secure", "mimalloc-secure"],
+            )
+        };
+        assert_eq!(names, mine);
+        for a in InProc::ALL {
+            assert_eq!(InProc::from_name(a.name()), Some(a));
+        }
+        // A build never answers to the other build's names.
+        for n in other {
+            assert_eq!(InProc::from_name(n), None, "{n}");
+        }
+        assert!(PRELOAD_NAMES.contains(&"hz-secure"));
+        assert_ne!(LIBHZ.file, LIBHZ_SECURE.file);
     }
 }

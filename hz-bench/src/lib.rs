@@ -6,7 +6,8 @@
 //! the allocator under test), `matrix` and `workloads` (the measured code),
 //! `allocs` and `runner` (who runs a measurement, in a child process so peak
 //! RSS is per cell), `report` and `chart` (medians, ratios, tables, SVG),
-//! `suite` (command line and run plan), `machine` (what the header says).
+//! `suite` (command line and run plan), `machine` (what the header says),
+//! `secure` (hardened builds against default builds, two binaries).
 
 pub mod allocs;
 pub mod chart;
@@ -15,6 +16,7 @@ pub mod matrix;
 pub mod report;
 pub mod rng;
 pub mod runner;
+pub mod secure;
 pub mod spsc;
 pub mod suite;
 pub mod workloads;

@@ -1,6 +1,7 @@
-//! `cargo run --release -p hz-bench -- matrix|workloads|all [options]`.
+//! `cargo run --release -p hz-bench -- matrix|workloads|all|secure [options]`.
 //! Hidden subcommands `__cell` and `__workload` run one measurement in a
-//! child process (so that peak RSS is per cell) and print one result line.
+//! child process (so that peak RSS is per cell) and print one result line;
+//! `__names` prints this build's in-process allocator names.
 
 use hz_bench::allocs::{InProc, Switch};
 use hz_bench::matrix::{result_line, run_ring, self_maxrss_kib};
@@ -58,6 +59,18 @@ fn main() {
                 }
                 suite::workloads(&o);
             }
+        }
+        "secure" => {
+            let o = Opts::parse(rest).unwrap_or_else(|e| die(&e));
+            if let Err(e) = hz_bench::secure::run(&o) {
+                die(&format!("secure: {e}"))
+            }
+        }
+        // The in-process allocator names of this build (`secure` checks the
+        // other binary with it).
+        "__names" => {
+            let names: Vec<&str> = InProc::ALL.iter().map(|a| a.name()).collect();
+            println!("{}", names.join(" "));
         }
         "-h" | "--help" | "help" => println!("{USAGE}"),
         other => die(&format!("unknown command {other}\n\n{USAGE}")),

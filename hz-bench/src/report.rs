@@ -381,6 +381,193 @@ pub fn versus_markdown(sums: &[Summary], ring: bool) -> String {
     md
 }
 
+/// One cell of `hz-bench secure`: each hardened build against its default.
+#[derive(Clone, Debug)]
+pub struct SecureRow {
+    pub mode: &'static str,
+    pub group: String,
+    pub threads: usize,
+    pub remote: Option<u32>,
+    /// (default, hardened) summaries of hz and of mimalloc, where measured.
+    pub hz: (Option<Summary>, Option<Summary>),
+    pub mi: (Option<Summary>, Option<Summary>),
+}
+
+/// Hardened time ÷ default time (above 1: the hardened build is slower).
+fn slowdown(pair: &(Option<Summary>, Option<Summary>)) -> Option<f64> {
+    match pair {
+        (Some(d), Some(s)) => Some(s.ns / d.ns),
+        _ => None,
+    }
+}
+
+impl SecureRow {
+    /// hz-secure time ÷ hz time.
+    pub fn hz_ratio(&self) -> Option<f64> {
+        slowdown(&self.hz)
+    }
+    /// mimalloc-secure time ÷ mimalloc time.
+    pub fn mi_ratio(&self) -> Option<f64> {
+        slowdown(&self.mi)
+    }
+}
+
+/// Allocator names of the hardened builds and their defaults.
+pub const SECURE_PAIRS: [(&str, &str); 2] = [("hz", "hz-secure"), ("mimalloc", "mimalloc-secure")];
+
+/// One [`SecureRow`] per cell, in first-seen order, grouped by mode.
+pub fn secure_rows(sums: &[Summary]) -> Vec<SecureRow> {
+    let mut modes: Vec<&str> = Vec::new();
+    for s in sums {
+        if !modes.contains(&s.mode) {
+            modes.push(s.mode);
+        }
+    }
+    let mut rows = secure_rows_unsorted(sums);
+    rows.sort_by_key(|r| modes.iter().position(|m| *m == r.mode));
+    rows
+}
+
+fn secure_rows_unsorted(sums: &[Summary]) -> Vec<SecureRow> {
+    let mut out: Vec<SecureRow> = Vec::new();
+    for s in sums {
+        if out.iter().any(|r| {
+            (r.mode, &r.group, r.threads, r.remote) == (s.mode, &s.group, s.threads, s.remote)
+        }) {
+            continue;
+        }
+        let find = |name: &str| {
+            sums.iter()
+                .find(|o| o.same_cell(s) && o.alloc == name)
+                .cloned()
+        };
+        let [(hz, hzs), (mi, mis)] = SECURE_PAIRS;
+        out.push(SecureRow {
+            mode: s.mode,
+            group: s.group.clone(),
+            threads: s.threads,
+            remote: s.remote,
+            hz: (find(hz), find(hzs)),
+            mi: (find(mi), find(mis)),
+        });
+    }
+    out
+}
+
+/// Geometric mean of positive values (NaN when empty).
+pub fn geomean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    (v.iter().map(|x| x.ln()).sum::<f64>() / v.len() as f64).exp()
+}
+
+/// Over the rows of `mode` (all when None) that have the ratio `pick`: its
+/// geometric mean, its worst (largest) value, that row's index, how many rows.
+pub fn ratio_stats(
+    rows: &[SecureRow],
+    pick: fn(&SecureRow) -> Option<f64>,
+    mode: Option<&str>,
+) -> Option<(f64, f64, usize, usize)> {
+    let v: Vec<(f64, usize)> = rows
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| mode.is_none_or(|m| r.mode == m))
+        .filter_map(|(i, r)| pick(r).map(|x| (x, i)))
+        .collect();
+    let &(worst, i) = v.iter().max_by(|a, b| a.0.total_cmp(&b.0))?;
+    let g = geomean(&v.iter().map(|x| x.0).collect::<Vec<_>>());
+    Some((g, worst, i, v.len()))
+}
+
+/// The `hz-bench secure` table and its summary lines: per cell the
+/// throughput of each build and hardened time ÷ default time, then the
+/// geometric mean and worst cell of hz-secure ÷ hz (all cells and per mode),
+/// and the cells over `limit` (e.g. 1.10).
+pub fn secure_markdown(rows: &[SecureRow], limit: f64) -> String {
+    let mut md = String::from(
+        "\n### hardened ÷ default time (above 1.00: the hardened build is slower)\n\n",
+    );
+    md.push_str("| mode | lane | T | R% | hz Mops/s | hz-secure Mops/s | **hz-secure ÷ hz** | mimalloc Mops/s | mimalloc-secure Mops/s | mimalloc-secure ÷ mimalloc | peak RSS MiB hz → hz-secure |\n");
+    md.push_str("|:--|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+    let mops = |s: &Option<Summary>| s.as_ref().map(|s| sig(s.mops)).unwrap_or("—".into());
+    let ratio = |r: Option<f64>, bold: bool| match r {
+        Some(r) if bold => format!("**{r:.2}**"),
+        Some(r) => format!("{r:.2}"),
+        None => "—".into(),
+    };
+    for r in rows {
+        let rss = match &r.hz {
+            (Some(d), Some(s)) => format!("{} → {}", mib(d.maxrss_kib), mib(s.maxrss_kib)),
+            _ => "—".into(),
+        };
+        let flag = [&r.hz.0, &r.hz.1, &r.mi.0, &r.mi.1]
+            .iter()
+            .any(|s| s.as_ref().is_some_and(|s| !s.comparable()));
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {}{} | {} | {} | {} | {} |",
+            r.mode,
+            r.group,
+            r.threads,
+            r.remote.unwrap_or(0),
+            mops(&r.hz.0),
+            mops(&r.hz.1),
+            ratio(r.hz_ratio(), true),
+            if flag { " (not comparable)" } else { "" },
+            mops(&r.mi.0),
+            mops(&r.mi.1),
+            ratio(r.mi_ratio(), false),
+            rss
+        );
+    }
+    let cell = |r: &SecureRow| {
+        format!(
+            "{} {} T={} R={}",
+            r.mode,
+            r.group,
+            r.threads,
+            r.remote.unwrap_or(0)
+        )
+    };
+    md.push('\n');
+    let mut summary = |label: &str, pick: fn(&SecureRow) -> Option<f64>, mode: Option<&str>| {
+        if let Some((g, worst, i, n)) = ratio_stats(rows, pick, mode) {
+            let _ = writeln!(
+                md,
+                "- {label}{}: geometric mean **{g:.3}**, worst **{worst:.2}** ({}), {n} cells",
+                mode.map(|m| format!(" ({m})")).unwrap_or_default(),
+                cell(&rows[i]),
+            );
+        }
+    };
+    summary("hz-secure ÷ hz", SecureRow::hz_ratio, None);
+    summary("hz-secure ÷ hz", SecureRow::hz_ratio, Some("in-process"));
+    summary("hz-secure ÷ hz", SecureRow::hz_ratio, Some("LD_PRELOAD"));
+    summary("mimalloc-secure ÷ mimalloc", SecureRow::mi_ratio, None);
+    let over: Vec<String> = rows
+        .iter()
+        .filter_map(|r| {
+            r.hz_ratio()
+                .filter(|&x| x > limit)
+                .map(|x| format!("{} ({x:.2})", cell(r)))
+        })
+        .collect();
+    let pct = ((limit - 1.0) * 100.0).round();
+    if over.is_empty() {
+        let _ = writeln!(md, "- every cell of hz-secure is within {pct}% of hz");
+    } else {
+        let _ = writeln!(
+            md,
+            "- hz-secure more than {pct}% slower than hz in {} of {} cells: {}",
+            over.len(),
+            rows.iter().filter(|r| r.hz_ratio().is_some()).count(),
+            over.join(", ")
+        );
+    }
+    md
+}
+
 /// CSV, one row per summary.
 pub fn csv(sums: &[Summary]) -> String {
     let mut s = String::from(
@@ -540,5 +727,38 @@ mod tests {
         );
         assert!(csv(&sums).lines().count() == 4);
         assert!(json(&[("k".into(), "v".into())], &sums, &s).contains("\"summaries\""));
+    }
+
+    #[test]
+    fn secure_ratios() {
+        let mut s = vec![
+            sample("hz", 0, 100),
+            sample("hz-secure", 0, 105),
+            sample("mimalloc", 0, 200),
+            sample("mimalloc-secure", 0, 300),
+        ];
+        let mut other = s.clone();
+        for x in &mut other {
+            x.cell.threads = 16;
+            x.cell.mode = "LD_PRELOAD";
+        }
+        other[1].ns = 120; // hz-secure 20% slower in this cell
+        other.pop(); // no mimalloc-secure under LD_PRELOAD
+        s.extend(other);
+        let rows = secure_rows(&summarize(&s));
+        assert_eq!(rows.len(), 2);
+        assert!((rows[0].hz_ratio().unwrap() - 1.05).abs() < 1e-9);
+        assert!((rows[0].mi_ratio().unwrap() - 1.5).abs() < 1e-9);
+        assert_eq!(rows[1].mi_ratio(), None);
+        let (g, worst, i, n) = ratio_stats(&rows, SecureRow::hz_ratio, None).unwrap();
+        assert!((g - (1.05f64 * 1.2).sqrt()).abs() < 1e-9);
+        assert!((worst - 1.2).abs() < 1e-9);
+        assert_eq!((i, n), (1, 2));
+        let md = secure_markdown(&rows, 1.10);
+        assert!(
+            md.contains("**1.05**") && md.contains("1.50") && md.contains("1 of 2 cells"),
+            "{md}"
+        );
+        assert!(md.contains("LD_PRELOAD main T=16 R=90 (1.20)"), "{md}");
     }
 }

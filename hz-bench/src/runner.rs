@@ -4,6 +4,7 @@
 
 use crate::allocs::{InProc, Preload};
 use crate::matrix::{parse_result_line, RingConfig, RingResult};
+use std::path::PathBuf;
 use std::process::Command;
 
 /// The C programs built by build.rs.
@@ -13,7 +14,17 @@ pub const C_WORKLOADS: &str = env!("HZB_C_BENCH_WORKLOADS");
 /// Who runs a measurement.
 #[derive(Clone, Debug)]
 pub enum Runner {
+    /// An allocator linked into this hz-bench (it re-executes itself).
     InProc(InProc),
+    /// An allocator linked into another hz-bench binary, e.g. one built with
+    /// the `secure` feature: `exe __cell NAME ...`. `name` is that binary's
+    /// own name for it (it refuses names it does not have).
+    Exe {
+        name: String,
+        exe: PathBuf,
+        /// What the header says it is.
+        what: String,
+    },
     Preload(Preload),
 }
 
@@ -21,14 +32,30 @@ impl Runner {
     pub fn name(&self) -> &str {
         match self {
             Runner::InProc(a) => a.name(),
+            Runner::Exe { name, .. } => name,
             Runner::Preload(p) => p.name,
         }
     }
     pub fn mode(&self) -> &'static str {
         match self {
-            Runner::InProc(_) => "in-process",
+            Runner::InProc(_) | Runner::Exe { .. } => "in-process",
             Runner::Preload(_) => "LD_PRELOAD",
         }
+    }
+
+    /// `EXE SUBCOMMAND NAME`: an in-process runner's child (Err for LD_PRELOAD).
+    fn self_command(&self, sub: &str) -> Result<Command, String> {
+        let (exe, name) = match self {
+            Runner::InProc(a) => (
+                std::env::current_exe().map_err(|e| e.to_string())?,
+                a.name(),
+            ),
+            Runner::Exe { name, exe, .. } => (exe.clone(), name.as_str()),
+            Runner::Preload(p) => return Err(format!("{} is not in-process", p.name)),
+        };
+        let mut c = Command::new(exe);
+        c.arg(sub).arg(name);
+        Ok(c)
     }
 }
 
@@ -78,15 +105,15 @@ fn run_child(mut cmd: Command) -> Result<String, String> {
 /// Runs one matrix cell; returns the result and the child's peak RSS (KiB).
 pub fn run_cell(r: &Runner, cfg: &RingConfig) -> Result<(RingResult, u64), String> {
     let cmd = match r {
-        Runner::InProc(a) => {
-            let mut c = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
-            c.arg("__cell").arg(a.name()).args(cell_args(cfg));
-            c
-        }
         Runner::Preload(p) => {
             let mut c = Command::new(C_MATRIX);
             c.args(cell_args(cfg));
             preload_env(&mut c, p);
+            c
+        }
+        _ => {
+            let mut c = r.self_command("__cell")?;
+            c.args(cell_args(cfg));
             c
         }
     };
@@ -141,21 +168,17 @@ pub fn run_workload(
     scale: f64,
 ) -> Result<WorkResult, String> {
     let cmd = match r {
-        Runner::InProc(a) => {
-            let mut c = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
-            c.arg("__workload")
-                .arg(a.name())
-                .arg(name)
-                .arg(threads.to_string())
-                .arg(scale.to_string());
-            // Workloads built on std collections use the global allocator.
-            c.env(crate::allocs::GLOBAL_ENV, a.name());
-            c
-        }
         Runner::Preload(p) => {
             let mut c = Command::new(C_WORKLOADS);
             c.arg(name).arg(threads.to_string()).arg(scale.to_string());
             preload_env(&mut c, p);
+            c
+        }
+        _ => {
+            let mut c = r.self_command("__workload")?;
+            c.arg(name).arg(threads.to_string()).arg(scale.to_string());
+            // Workloads built on std collections use the global allocator.
+            c.env(crate::allocs::GLOBAL_ENV, r.name());
             c
         }
     };

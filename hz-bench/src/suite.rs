@@ -11,8 +11,30 @@ use crate::workloads::WORKLOADS;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::path::PathBuf;
 
-/// Every allocator name `--allocators` knows.
-pub const ALL_ALLOCATORS: [&str; 6] = ["hz", "mimalloc", "system", "jemalloc", "tcmalloc", "glibc"];
+/// Every allocator name `--allocators` knows. In a binary built with the
+/// `secure` feature the in-process hz and mimalloc are `hz-secure` and
+/// `mimalloc-secure`; `hz-secure` is also LD_PRELOAD libhz-secure.so.
+pub const ALL_ALLOCATORS: [&str; 8] = [
+    "hz",
+    "hz-secure",
+    "mimalloc",
+    "mimalloc-secure",
+    "system",
+    "jemalloc",
+    "tcmalloc",
+    "glibc",
+];
+
+/// The allocators run when `--allocators` is not given: everything but the
+/// hardened builds (`hz-bench secure` compares those), except in a binary
+/// built with the `secure` feature, whose in-process allocators are them.
+pub fn default_allocators() -> Vec<String> {
+    ALL_ALLOCATORS
+        .iter()
+        .filter(|a| crate::allocs::SECURE || !a.ends_with("-secure"))
+        .map(|s| s.to_string())
+        .collect()
+}
 
 /// Parsed options.
 #[derive(Clone, Debug)]
@@ -38,11 +60,14 @@ pub struct Opts {
 }
 
 pub const USAGE: &str = "\
-usage: hz-bench <matrix|workloads|all> [options]
+usage: hz-bench <matrix|workloads|all|secure> [options]
 
   matrix     the T/R ring benchmark (quick subset by default, --full for all)
   workloads  larson, pipeline, xmalloc, cache-scratch, cache-thrash, realloc, rust-collections
   all        matrix, then workloads
+  secure     the matrix for hz vs hz-secure and mimalloc vs mimalloc-secure
+             (in-process: runs a second hz-bench built with --features secure;
+             LD_PRELOAD: libhz.so, libhz-secure.so, Debian mimalloc), one table
 
 options (lists are comma-separated):
   --full               T=1,2,4,8,16  R=0,50,90  lanes guard,main,cross128, 3M iterations per cell
@@ -53,6 +78,7 @@ options (lists are comma-separated):
   --iters N            matrix iterations per cell, split over its T threads (default 3000000)
   --allocators LIST    hz,mimalloc,system,jemalloc,tcmalloc,glibc (default: all found)
                        (system = Rust's System in-process; glibc = no LD_PRELOAD)
+                       hz-secure: LD_PRELOAD libhz-secure.so (not run by default)
   --modes LIST         inproc,preload (default: both)
   --ws 400             slots per thread
   --ring N             entries per SPSC ring (default: iterations per thread, at most 2^20)
@@ -65,7 +91,11 @@ options (lists are comma-separated):
   --scale F            workload size factor (default 1.0)
 
 libhz.so is found at $HZ_LIB, else $CARGO_TARGET_DIR/release/libhz.so, else
-<repo>/target/release/libhz.so (built with `cargo build --release -p hz-ffi` if missing).";
+<repo>/target/release/libhz.so (built with `cargo build --release -p hz-ffi` if missing);
+libhz-secure.so likewise at $HZ_SECURE_LIB, else .../release/libhz-secure.so
+(built with scripts/build-secure.sh). `secure` runs the hz-bench at
+$HZ_BENCH_SECURE_EXE, else builds it: cargo build --release -p hz-bench
+--features secure --target-dir ${CARGO_TARGET_DIR:-<repo>/target}/bench-secure.";
 
 fn list<T: std::str::FromStr>(v: &str, what: &str) -> Result<Vec<T>, String> {
     v.split(',')
@@ -93,7 +123,7 @@ impl Opts {
             },
             reps: 3,
             iters: 3_000_000,
-            allocators: ALL_ALLOCATORS.iter().map(|s| s.to_string()).collect(),
+            allocators: default_allocators(),
             inproc: true,
             preload: true,
             ws: 400,
@@ -205,7 +235,7 @@ impl Opts {
     }
 }
 
-fn progress(len: u64) -> ProgressBar {
+pub(crate) fn progress(len: u64) -> ProgressBar {
     let pb = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
     pb.set_style(
         ProgressStyle::with_template(
@@ -218,17 +248,24 @@ fn progress(len: u64) -> ProgressBar {
 }
 
 /// The report's header: machine, allocators and where they come from, notes.
-fn header_text(title: &str, m: &Machine, runners: &[Runner], notes: &[String]) -> String {
+pub(crate) fn header_text(
+    title: &str,
+    m: &Machine,
+    runners: &[Runner],
+    notes: &[String],
+) -> String {
     let mut h = format!("# hz-bench {title}\n\n{}", m.header());
     for r in runners {
         let line = match r {
             Runner::InProc(a) => {
-                let what = match a {
-                    InProc::Hz => "hz_core::HzAlloc".to_string(),
-                    InProc::Mimalloc => format!("mimalloc::MiMalloc (crate {})", m.mimalloc_crate),
-                    InProc::System => "std::alloc::System (glibc malloc)".to_string(),
-                };
-                format!("- in-process {}: {what}\n", a.name())
+                format!(
+                    "- in-process {}: {}\n",
+                    a.name(),
+                    a.describe(&m.mimalloc_crate)
+                )
+            }
+            Runner::Exe { name, exe, what } => {
+                format!("- in-process {name}: {what}, run by {}\n", exe.display())
             }
             Runner::Preload(p) => format!("- LD_PRELOAD {}: {}\n", p.name, p.origin),
         };
@@ -266,31 +303,26 @@ pub fn cells(o: &Opts, notes: &mut Vec<String>) -> Vec<(Lane, usize, u32)> {
     v
 }
 
-/// `hz-bench matrix`.
-pub fn matrix(o: &Opts) -> Vec<Summary> {
-    let m = Machine::probe();
-    let mut notes = Vec::new();
-    let runners = o.runners(&mut notes);
-    let cells = cells(o, &mut notes);
+/// [`cells`], and a note when T oversubscribes the cores.
+pub fn matrix_cells(o: &Opts, m: &Machine, notes: &mut Vec<String>) -> Vec<(Lane, usize, u32)> {
+    let c = cells(o, notes);
     if o.threads.iter().any(|&t| t > m.cores) {
         notes.push(format!(
             "T > {} cores is oversubscribed: threads time-share the cores",
             m.cores
         ));
     }
-    let head = format!(
-        "{}- {} iterations per cell (split over its threads), ws={}, {} repetition(s), medians; ops/s counts a remote free when sent and when freed\n",
-        header_text("matrix: T threads × R% remote frees", &m, &runners, &notes),
-        o.iters,
-        o.ws,
-        o.reps
-    );
-    print!("{head}");
+    c
+}
+
+/// Runs every (repetition, cell, runner) of the matrix, repetitions outermost
+/// and runners innermost (interleaved), with a progress bar.
+pub fn measure_matrix(o: &Opts, cells: &[(Lane, usize, u32)], runners: &[Runner]) -> Vec<Sample> {
     let total = (o.reps * cells.len() * runners.len()) as u64;
     let pb = progress(total);
     let mut samples = Vec::new();
     for rep in 0..o.reps {
-        for &(l, t, r) in &cells {
+        for &(l, t, r) in cells {
             let per_thread = (o.iters / t as u64).max(1);
             let cfg = RingConfig {
                 threads: t,
@@ -304,7 +336,7 @@ pub fn matrix(o: &Opts) -> Vec<Summary> {
                     .unwrap_or_else(|| RingConfig::default_ring_cap(per_thread)),
                 seed: o.seed,
             };
-            for run in &runners {
+            for run in runners {
                 pb.set_message(format!(
                     "rep {} {} {} T={t} R={r} {}",
                     rep + 1,
@@ -340,6 +372,44 @@ pub fn matrix(o: &Opts) -> Vec<Summary> {
         }
     }
     pb.finish_and_clear();
+    samples
+}
+
+/// The header of a matrix report: [`header_text`] and a line on iterations
+/// and `reps` (followed by `reps_what`).
+pub fn matrix_head(
+    title: &str,
+    reps_what: &str,
+    o: &Opts,
+    m: &Machine,
+    runners: &[Runner],
+    notes: &[String],
+) -> String {
+    format!(
+        "{}- {} iterations per cell (split over its threads), ws={}, {} {reps_what}\n",
+        header_text(title, m, runners, notes),
+        o.iters,
+        o.ws,
+        o.reps
+    )
+}
+
+/// `hz-bench matrix`.
+pub fn matrix(o: &Opts) -> Vec<Summary> {
+    let m = Machine::probe();
+    let mut notes = Vec::new();
+    let runners = o.runners(&mut notes);
+    let cells = matrix_cells(o, &m, &mut notes);
+    let head = matrix_head(
+        "matrix: T threads × R% remote frees",
+        "repetition(s), medians; ops/s counts a remote free when sent and when freed",
+        o,
+        &m,
+        &runners,
+        &notes,
+    );
+    print!("{head}");
+    let samples = measure_matrix(o, &cells, &runners);
     let sums = report::summarize(&samples);
     print!("{}", report::markdown(&sums, m.cores, true));
     print!("{}", report::versus_markdown(&sums, true));
@@ -422,23 +492,14 @@ pub fn workloads(o: &Opts) -> Vec<Summary> {
     sums
 }
 
-#[allow(clippy::too_many_arguments)]
-fn write_out(
-    o: &Opts,
+/// The JSON header of a run: machine, options, notes, LD_PRELOAD origins.
+pub(crate) fn json_header(
     name: &str,
-    head: &str,
+    o: &Opts,
     m: &Machine,
     runners: &[Runner],
     notes: &[String],
-    sums: &[Summary],
-    samples: &[Sample],
-    ring: bool,
-) {
-    let Some(dir) = &o.out else { return };
-    if let Err(e) = std::fs::create_dir_all(dir) {
-        eprintln!("cannot create {}: {e}", dir.display());
-        return;
-    }
+) -> Vec<(String, String)> {
     let mut header: Vec<(String, String)> = [
         ("benchmark", name.to_string()),
         ("cpu", m.cpu.clone()),
@@ -459,6 +520,27 @@ fn write_out(
             header.push((format!("preload_{}", p.name), p.origin.clone()));
         }
     }
+    header
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_out(
+    o: &Opts,
+    name: &str,
+    head: &str,
+    m: &Machine,
+    runners: &[Runner],
+    notes: &[String],
+    sums: &[Summary],
+    samples: &[Sample],
+    ring: bool,
+) {
+    let Some(dir) = &o.out else { return };
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        eprintln!("cannot create {}: {e}", dir.display());
+        return;
+    }
+    let header = json_header(name, o, m, runners, notes);
     let md = format!(
         "{head}{}{}",
         report::markdown(sums, m.cores, ring),
@@ -485,5 +567,24 @@ fn write_out(
             dir.display()
         ),
         Err(e) => eprintln!("chart {}: {e}", svg.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hardened_builds_are_opt_in() {
+        let o = Opts::parse(&[]).unwrap();
+        let secure = crate::allocs::SECURE;
+        assert_eq!(o.allocators.iter().any(|a| a == "hz-secure"), secure);
+        assert_eq!(o.allocators.iter().any(|a| a == "mimalloc-secure"), secure);
+        let args: Vec<String> = ["--allocators", "hz,hz-secure,mimalloc"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let o = Opts::parse(&args).unwrap();
+        assert_eq!(o.allocators, ["hz", "hz-secure", "mimalloc"]);
     }
 }
