@@ -421,10 +421,11 @@ unsafe fn take_from_free(st: &mut PageState, m: *mut PageMeta, pages: usize, ali
         let idx = page_index(m);
         let n = (*m).pages as usize;
         let base_idx = ARENAS[a].base.load(Relaxed) >> PAGE_SHIFT;
-        // Take from the end of the run, aligned down, so a remainder at the
-        // front keeps its place.
+        // Take from the front of the run (aligned up): a large block that
+        // later grows by realloc extends in place into the rest of the same
+        // run, whose pages are likely still resident.
         let end = idx + n;
-        let start = ((base_idx + end - pages) / align * align) - base_idx;
+        let start = (base_idx + idx).next_multiple_of(align) - base_idx;
         let freed_at = (*m).freed_at;
         if start > idx {
             let f = set_run(a, idx, start - idx, STATE_FREE);
