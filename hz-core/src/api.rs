@@ -46,12 +46,12 @@ unsafe impl GlobalAlloc for HzAlloc {
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         #[cfg(feature = "secure")]
         {
-            let (t, _) = arena::lookup(p as usize);
+            let (t, a) = arena::lookup(p as usize);
             if tag_class(t) != class_for(l.size(), l.align()) {
                 crate::secure::fatal_ptr("dealloc with a layout that does not match the block", p);
             }
             // SAFETY: forwarded contract (checked).
-            return unsafe { free(p) };
+            return unsafe { secure_free_tagged(p, t, a) };
         }
         // The layout names the class (class_for is a pure function and
         // blocks never change class), so no tag lookup is needed here.
@@ -243,6 +243,13 @@ unsafe fn secure_free(p: *mut u8) {
         return;
     }
     let (t, a) = arena::lookup(p as usize);
+    // SAFETY: forwarded contract; (t, a) is p's tag.
+    unsafe { secure_free_tagged(p, t, a) }
+}
+
+#[cfg(feature = "secure")]
+#[inline(always)]
+unsafe fn secure_free_tagged(p: *mut u8, t: u64, a: usize) {
     if tag_class(t) != 0 {
         let c = crate::secure::on_free_small(p, t, a);
         // SAFETY: validated: a live small block of class c.

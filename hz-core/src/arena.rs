@@ -19,10 +19,11 @@
 
 use crate::os;
 use crate::stats::STATS;
-use crate::sync::{AtomicPtr, AtomicU64, AtomicUsize, Mutex, Ordering::*};
+use crate::sync::{AtomicPtr, AtomicUsize, Mutex, Ordering::*};
 use crate::{PAGE_SHIFT, PAGE_SIZE};
 use core::cell::UnsafeCell;
 use core::ptr::null_mut;
+use core::sync::atomic::AtomicU8;
 
 /// Tag kinds.
 pub const KIND_FREE: u64 = 0;
@@ -100,14 +101,15 @@ pub struct ArenaSlot {
     pub len: AtomicUsize,
     pub tags: AtomicPtr<u64>,
     pub metas: AtomicPtr<PageMeta>,
-    /// `secure` builds: allocation bitmaps, [`BITMAP_WORDS`] per page.
+    /// `secure` builds: allocation state, one byte per block, [`STATE_BYTES`]
+    /// per page.
     #[cfg_attr(not(feature = "secure"), allow(dead_code))]
-    pub bitmaps: AtomicPtr<AtomicU64>,
+    pub bitmaps: AtomicPtr<AtomicU8>,
 }
 
-/// Bitmap words per page (4096 bits: the most blocks a span can hold).
+/// Block-state bytes per page (the most blocks a span can hold).
 #[cfg_attr(not(feature = "secure"), allow(dead_code))]
-pub const BITMAP_WORDS: usize = 64;
+pub const STATE_BYTES: usize = 4096;
 
 #[allow(clippy::declare_interior_mutable_const)]
 const EMPTY_SLOT: ArenaSlot = ArenaSlot {
@@ -159,7 +161,7 @@ static PAGES: Pages = Pages {
 #[cfg(not(feature = "secure"))]
 const META_BYTES: usize = core::mem::size_of::<PageMeta>() + 8;
 #[cfg(feature = "secure")]
-const META_BYTES: usize = core::mem::size_of::<PageMeta>() + 8 + BITMAP_WORDS * 8;
+const META_BYTES: usize = core::mem::size_of::<PageMeta>() + 8 + STATE_BYTES;
 const MIN_ARENA: usize = 16 << 20;
 const HUGE_PAGE: usize = 2 << 20;
 
@@ -677,7 +679,7 @@ fn new_arena(st: &mut PageState, min_pages: usize) -> Option<usize> {
                 // SAFETY: the bitmaps follow the metas inside the meta region.
                 let bm = unsafe { metas.add(pages) } as usize;
                 a.bitmaps
-                    .store(bm.next_multiple_of(64) as *mut AtomicU64, Relaxed);
+                    .store(bm.next_multiple_of(64) as *mut AtomicU8, Relaxed);
             }
             a.base.store(base, Relaxed);
             a.len.store(size, Relaxed);

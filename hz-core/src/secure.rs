@@ -1,15 +1,17 @@
 //! Hardened mode (cargo feature `secure`): turns heap misuse into a clean
 //! abort with one line naming the pointer and the check that failed.
 //!
-//! Owns: the per-process secret, the allocation bitmaps' protocol, link
+//! Owns: the per-process secret, the allocation-state protocol, link
 //! encoding, guard pages, randomised carving and the free fill.
-//! May touch: `arena` (tags, bitmaps), `os`.
+//! May touch: `arena` (tags, block-state bytes), `os`.
 //!
-//! * **Allocation bitmap** (out of band, one bit per block of every small
-//!   span, in a per-arena region): set by an atomic OR when a block is handed
-//!   to the program, cleared by an atomic AND when it is freed. A free whose
-//!   bit is already clear is a double free (or a free of a block never
-//!   handed out); `realloc` checks the bit too.
+//! * **Allocation state** (out of band, one byte per block of every small
+//!   span, in a per-arena region): set when a block is handed to the
+//!   program, cleared when it is freed, with plain (relaxed) loads and
+//!   stores — no locked instruction on the fast path. A free whose byte is
+//!   already clear is a double free (or a free of a block never handed out);
+//!   `realloc` checks it too. Two threads freeing the same block at the very
+//!   same moment may both pass; sequential double frees are always caught.
 //! * **Pointer validation** on free: the page tag must say "small block" or
 //!   "large block"; a small pointer must sit at a block boundary (else:
 //!   interior pointer), a large one at its run's start.
@@ -30,7 +32,8 @@
 use crate::arena;
 use crate::class::CLASS_SIZE;
 use crate::os;
-use crate::sync::{AtomicU64, AtomicUsize, Ordering::*};
+use crate::sync::{AtomicUsize, Ordering::*};
+use core::sync::atomic::AtomicU8;
 
 /// Bytes of guard at the end of every run.
 pub const GUARD: usize = 4096;
@@ -92,23 +95,46 @@ pub fn fatal_ptr(what: &str, p: *const u8) -> ! {
     os::fatal(unsafe { core::str::from_utf8_unchecked(b.as_bytes()) })
 }
 
-/// The bitmap word and bit of small block `p` (tag `t`, arena `a`), or None
+/// The state byte of small block `p` (tag `t`, arena `a`), or None
 /// when `p` is not at a block boundary.
-fn bit_of(p: usize, t: u64, a: usize) -> Option<(&'static AtomicU64, u64)> {
+fn state_of(p: usize, t: u64, a: usize) -> Option<&'static AtomicU8> {
     let slot = &arena::ARENAS[a];
     let base = slot.base.load(Relaxed);
     let head = ((p - base) >> crate::PAGE_SHIFT) - arena::tag_offset(t);
     let off = p - base - (head << crate::PAGE_SHIFT);
-    let size = CLASS_SIZE[arena::tag_class(t)] as usize;
-    if !off.is_multiple_of(size) {
+    let c = arena::tag_class(t); // < 64
+                                 // Block index by multiplication with a reciprocal (a division was the
+                                 // largest cost of this mode): exact for offsets below 2 MiB.
+    let i = ((off as u64 * RECIP[c]) >> 40) as usize;
+    if SIZE[c] == 0 || i * SIZE[c] as usize != off || off >= 1 << 21 {
         return None;
     }
-    let i = off / size;
-    let words = slot.bitmaps.load(Relaxed);
-    // SAFETY: each head page owns BITMAP_WORDS words; i < 4096 blocks.
-    let w = unsafe { &*words.add(head * arena::BITMAP_WORDS + i / 64) };
-    Some((w, 1u64 << (i % 64)))
+    let states = slot.bitmaps.load(Relaxed);
+    // SAFETY: each head page owns STATE_BYTES bytes; i < 4096 blocks.
+    Some(unsafe { &*states.add(head * arena::STATE_BYTES + i) })
 }
+
+/// Class sizes and their reciprocals `ceil(2^40 / size)`, over all 64 values
+/// a tag's class field can take (0 past the last class). For `off < 2^21`
+/// and sizes below 2^19, `(off * RECIP) >> 40 == off / size`.
+static SIZE: [u32; 64] = {
+    let mut t = [0u32; 64];
+    let mut c = 1;
+    while c < crate::class::NUM_CLASSES {
+        t[c] = CLASS_SIZE[c];
+        c += 1;
+    }
+    t
+};
+static RECIP: [u64; 64] = {
+    let mut t = [0u64; 64];
+    let mut c = 1;
+    while c < crate::class::NUM_CLASSES {
+        t[c] = (1u64 << 40).div_ceil(CLASS_SIZE[c] as u64);
+        c += 1;
+    }
+    t
+};
 
 /// A small block of class `c` is being handed to the program.
 #[inline]
@@ -120,11 +146,15 @@ pub fn on_alloc(p: *mut u8, c: usize) {
             p,
         );
     }
-    match bit_of(p as usize, t, a) {
-        Some((w, m)) => {
-            if w.fetch_or(m, AcqRel) & m != 0 {
+    match state_of(p as usize, t, a) {
+        Some(st) => {
+            // A byte per block: a plain load and store, no locked
+            // instruction. (The program's own hand-off of the pointer
+            // orders a free after the allocation it undoes.)
+            if st.load(Relaxed) != 0 {
                 fatal_ptr("block handed out twice (free list corrupted)", p);
             }
+            st.store(1, Relaxed);
         }
         None => fatal_ptr("thread cache holds a misaligned block (corruption)", p),
     }
@@ -135,12 +165,13 @@ pub fn on_alloc(p: *mut u8, c: usize) {
 #[inline]
 pub fn on_free_small(p: *mut u8, t: u64, a: usize) -> usize {
     let c = arena::tag_class(t);
-    match bit_of(p as usize, t, a) {
+    match state_of(p as usize, t, a) {
         None => fatal_ptr("free of an interior pointer", p),
-        Some((w, m)) => {
-            if w.fetch_and(!m, AcqRel) & m == 0 {
+        Some(st) => {
+            if st.load(Relaxed) == 0 {
                 fatal_ptr("double free (block already free)", p);
             }
+            st.store(0, Relaxed);
         }
     }
     if crate::config::CONFIG.secure_fill.load(Relaxed) != 0 {
@@ -152,9 +183,9 @@ pub fn on_free_small(p: *mut u8, t: u64, a: usize) -> usize {
 
 /// True when small block `p` is currently handed out.
 pub fn is_live(p: *mut u8, t: u64, a: usize) -> bool {
-    match bit_of(p as usize, t, a) {
+    match state_of(p as usize, t, a) {
         None => false,
-        Some((w, m)) => w.load(Acquire) & m != 0,
+        Some(st) => st.load(Relaxed) != 0,
     }
 }
 
@@ -180,4 +211,23 @@ pub fn next_rand(s: &mut u64) -> u64 {
     x ^= x >> 27;
     *s = x;
     x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{RECIP, SIZE};
+    use crate::class::{NUM_CLASSES, SPAN_PAGES};
+
+    #[test]
+    fn reciprocal_division_is_exact_over_every_span() {
+        for c in 1..NUM_CLASSES {
+            let size = SIZE[c] as u64;
+            let span = SPAN_PAGES[c] as u64 * crate::PAGE_SIZE as u64;
+            let mut off = 0;
+            while off < span {
+                assert_eq!((off * RECIP[c]) >> 40, off / size, "class {c} offset {off}");
+                off += 16;
+            }
+        }
+    }
 }
