@@ -68,6 +68,23 @@ impl Bins {
     };
 }
 
+/// Empty spans a heap keeps per class before returning them: one. The
+/// secure build keeps up to 128 KiB of them per class (at least one): each
+/// carve and release costs it two `mprotect` calls (the span's guard page).
+#[cfg(not(feature = "secure"))]
+const fn keep_empty_spans(_c: usize) -> u32 {
+    1
+}
+#[cfg(feature = "secure")]
+const fn keep_empty_spans(c: usize) -> u32 {
+    let n = (128 << 10) / (SPAN_PAGES[c] as usize * PAGE_SIZE);
+    if n == 0 {
+        1
+    } else {
+        n as u32
+    }
+}
+
 const fn spill_cap(c: usize) -> usize {
     (BIN_CAP[c] / 2) as usize
 }
@@ -101,6 +118,8 @@ pub struct Heap {
     /// Spans with free blocks, per class.
     partial: [*mut PageMeta; NUM_CLASSES],
     spill_len: [u32; NUM_CLASSES],
+    /// Spans in `partial[c]` with no block out (`used == 0`).
+    empty_kept: [u32; NUM_CLASSES],
     spill_base: [*mut *mut u8; NUM_CLASSES],
     /// Blocks out of this heap's spans, per class (statistics).
     pub blocks_out: [AtomicU64; NUM_CLASSES],
@@ -364,8 +383,12 @@ unsafe fn span_free(h: *mut Heap, m: *mut PageMeta, b: *mut u8) {
             partial_push(h, c, m);
         }
         if (*m).used == 0 {
-            // Keep one empty span per class; return the others.
-            if (*h).partial[c] != m || !(*m).snext.is_null() {
+            // Keep a few empty spans per class (a class whose live count
+            // hovers around a span boundary would otherwise carve and
+            // release a span again and again); return the others.
+            if (*h).empty_kept[c] < keep_empty_spans(c) {
+                (*h).empty_kept[c] += 1;
+            } else {
                 release_span(h, c, m);
             }
         }
@@ -411,6 +434,7 @@ unsafe fn new_span(h: *mut Heap, c: usize) -> bool {
         (*m).in_partial = false;
         arena::set_tags(m, c, KIND_SMALL, (*h).id);
         partial_push(h, c, m);
+        (*h).empty_kept[c] += 1;
         (*h).spans[c].store((*h).spans[c].load(Relaxed) + 1, Relaxed);
     }
     true
@@ -574,6 +598,10 @@ unsafe fn fill_from_spans(h: *mut Heap, c: usize, want: usize) -> bool {
         let mut got = 0u64;
         while !m.is_null() && bin.top < target {
             let next = (*m).snext;
+            if (*m).used == 0 {
+                // An empty span (kept or fresh) is about to be used.
+                (*h).empty_kept[c] -= 1;
+            }
             let mut taken = 0u32;
             let mut f = (*m).free;
             while !f.is_null() && bin.top < target {
@@ -787,6 +815,7 @@ pub unsafe fn flush_all(h: *mut Heap, release_empty: bool) {
                 while !m.is_null() {
                     let next = (*m).snext;
                     if (*m).used == 0 {
+                        (*h).empty_kept[c] -= 1;
                         release_span(h, c, m);
                     }
                     m = next;
