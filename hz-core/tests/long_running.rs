@@ -21,13 +21,19 @@
 //! `nohup`), printing an RSS line every few seconds.
 
 use std::collections::VecDeque;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+#[path = "reliability/child.rs"]
+mod child;
+use child::{mib, rss, MIB};
+
 const CHILD: &str = "HZ_LR_CHILD";
-const MIB: usize = 1 << 20;
+
+fn in_child(name: &str) -> bool {
+    child::in_child(CHILD, name, &[], &[])
+}
 const CI_SECS: u64 = 12;
 
 fn secs() -> u64 {
@@ -35,50 +41,6 @@ fn secs() -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(CI_SECS)
-}
-
-fn in_child(name: &str) -> bool {
-    if std::env::var(CHILD).as_deref() == Ok(name) {
-        return true;
-    }
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            name,
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-            "--include-ignored",
-        ])
-        .env(CHILD, name)
-        .output()
-        .expect("cannot run the test binary as a child");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "child {name} failed ({}):\n{text}",
-        out.status
-    );
-    assert!(
-        text.contains("1 passed"),
-        "child {name} did not run:\n{text}"
-    );
-    print!("{text}");
-    false
-}
-
-fn rss() -> usize {
-    let s = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: usize = s.split_whitespace().nth(1).unwrap().parse().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
-}
-
-fn mib(x: usize) -> f64 {
-    x as f64 / MIB as f64
 }
 
 struct Rng(u64);

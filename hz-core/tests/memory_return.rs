@@ -20,50 +20,21 @@
 //! keep their spans (~16 MiB here after 512 MiB of mixed sizes) until
 //! `collect()`; the free pages themselves must all be purged.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+#[path = "reliability/child.rs"]
+mod child;
+use child::{mib, rss, MIB};
+
 const CHILD: &str = "HZ_MR_CHILD";
-const MIB: usize = 1 << 20;
 
 fn in_child(name: &str) -> bool {
-    if std::env::var(CHILD).as_deref() == Ok(name) {
-        return true;
-    }
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD, name)
-        .env("HZ_PURGE_DELAY_MS", "50")
-        .env_remove("HZ_PURGE_MAX_DIRTY_MB")
-        .output()
-        .expect("cannot run the test binary as a child");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "child {name} failed ({}):\n{text}",
-        out.status
-    );
-    assert!(
-        text.contains("1 passed"),
-        "child {name} did not run:\n{text}"
-    );
-    print!("{text}");
-    false
-}
-
-fn rss() -> usize {
-    let s = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: usize = s.split_whitespace().nth(1).unwrap().parse().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
-}
-
-fn mib(x: usize) -> f64 {
-    x as f64 / MIB as f64
+    child::in_child(
+        CHILD,
+        name,
+        &[("HZ_PURGE_DELAY_MS", "50")],
+        &["HZ_PURGE_MAX_DIRTY_MB"],
+    )
 }
 
 /// xorshift: reproducible sizes.

@@ -21,9 +21,11 @@
 //! the limit is set); only the blocks under test come from hz.
 
 use std::alloc::{GlobalAlloc, Layout};
-use std::process::Command;
 
 use hz_core::HzAlloc;
+
+#[path = "reliability/child.rs"]
+mod child;
 
 const CHILD: &str = "HZ_OOM_CHILD";
 const MIB: usize = 1 << 20;
@@ -31,38 +33,11 @@ const MIB: usize = 1 << 20;
 /// Runs test `name` in a fresh child process; true when we *are* the child
 /// (the caller then runs the child part).
 fn in_child(name: &str, env: &[(&str, &str)]) -> bool {
-    if std::env::var(CHILD).as_deref() == Ok(name) {
-        return true;
-    }
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD, name)
-        .envs(env.iter().copied())
-        .output()
-        .expect("cannot run the test binary as a child");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "child {name} failed ({}):\n{text}",
-        out.status
-    );
-    assert!(
-        text.contains("1 passed"),
-        "child {name} did not run its test:\n{text}"
-    );
-    print!("{text}");
-    false
+    child::in_child(CHILD, name, env, &[])
 }
 
 fn vm_bytes() -> usize {
-    let s = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: usize = s.split_whitespace().next().unwrap().parse().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
+    child::statm_bytes(0)
 }
 
 fn limit_address_space(bytes: usize) {

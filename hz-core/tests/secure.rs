@@ -12,8 +12,8 @@ use std::process::Command;
 #[global_allocator]
 static A: hz_core::HzAlloc = hz_core::HzAlloc;
 
-/// Runs `case` in a child; returns (signal, stderr).
-fn run_case(case: &str, extra_env: &[(&str, &str)]) -> (Option<i32>, String) {
+/// Runs `case` in a child (this binary, test `child_entry`).
+fn child(case: &str, extra_env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([
         "--exact",
@@ -26,7 +26,12 @@ fn run_case(case: &str, extra_env: &[(&str, &str)]) -> (Option<i32>, String) {
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
-    let out = cmd.output().unwrap();
+    cmd.output().unwrap()
+}
+
+/// Runs `case` in a child; returns (signal, stderr).
+fn run_case(case: &str, extra_env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = child(case, extra_env);
     (
         out.status.signal(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -195,19 +200,7 @@ fn fresh_span_order_is_randomised() {
 }
 
 fn exit_code(case: &str, env: &[(&str, &str)]) -> Option<i32> {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "child_entry",
-        "--nocapture",
-        "--test-threads",
-        "1",
-    ]);
-    cmd.env("HZ_SECURE_CASE", case);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap().status.code()
+    child(case, env).status.code()
 }
 
 #[test]

@@ -1,0 +1,66 @@
+//! Helpers shared by the reliability tests that must run in a fresh
+//! process (RSS, address-space limits): re-executing the test binary as a
+//! child, and reading the process's memory figures.
+#![allow(dead_code)] // each test file uses a subset
+
+use std::process::Command;
+
+pub const MIB: usize = 1 << 20;
+
+/// Runs test `name` of this binary in a fresh child process, with `env`
+/// set and `unset` removed from its environment, and asserts that it ran
+/// and passed. Returns true when we *are* that child (the caller then runs
+/// the child part). `marker` is the environment variable that tells them
+/// apart (one per test file).
+pub fn in_child(marker: &str, name: &str, env: &[(&str, &str)], unset: &[&str]) -> bool {
+    if std::env::var(marker).as_deref() == Ok(name) {
+        return true;
+    }
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        name,
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+        "--include-ignored",
+    ])
+    .env(marker, name)
+    .envs(env.iter().copied());
+    for k in unset {
+        cmd.env_remove(k);
+    }
+    let out = cmd.output().expect("cannot run the test binary as a child");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "child {name} failed ({}):\n{text}",
+        out.status
+    );
+    assert!(
+        text.contains("1 passed"),
+        "child {name} did not run its test:\n{text}"
+    );
+    print!("{text}");
+    false
+}
+
+/// Field `field` of /proc/self/statm, in bytes (0: size, 1: resident).
+pub fn statm_bytes(field: usize) -> usize {
+    let s = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: usize = s.split_whitespace().nth(field).unwrap().parse().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
+}
+
+/// Resident set size in bytes.
+pub fn rss() -> usize {
+    statm_bytes(1)
+}
+
+pub fn mib(x: usize) -> f64 {
+    x as f64 / MIB as f64
+}
