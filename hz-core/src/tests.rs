@@ -185,10 +185,3 @@ fn thread_after_teardown_still_allocates_and_frees() {
     .join()
     .unwrap();
 }
-
-#[test]
-fn heap_fits_one_page() {
-    // The heap is carved as one 64 KiB arena page; the docs state its size.
-    println!("size_of::<Heap>() = {}", heap::HEAP_BYTES);
-    assert!(heap::HEAP_BYTES <= crate::PAGE_SIZE);
-}
