@@ -43,84 +43,70 @@ fn newest_mtime(dir: &Path) -> Option<SystemTime> {
     newest
 }
 
-/// Path of `libhz.so`: `$HZ_LIB` if set (used as is), else
-/// `$CARGO_TARGET_DIR/release/libhz.so`, else `<repo>/target/release/libhz.so`.
-/// Without `$HZ_LIB`, the library is built once per test process
-/// (`cargo build --release -p hz-ffi`) when it is missing or older than the
-/// sources of hz-core and hz-ffi.
+/// A library of this repository: `$env_var` if set (used as is, made
+/// absolute), else `<target>/release/<file>` where `<target>` is
+/// `$CARGO_TARGET_DIR` or `<repo>/target`. In the second case `build` runs
+/// (with `CARGO_TARGET_DIR` set to that absolute target dir) when the file is
+/// missing or older than the sources of hz-core and hz-ffi.
+fn repo_lib(env_var: &str, file: &str, build: impl FnOnce(&Path) -> Command) -> PathBuf {
+    if let Some(p) = std::env::var_os(env_var) {
+        // Absolute, so tests that change directory still find it.
+        return std::fs::canonicalize(&p)
+            .unwrap_or_else(|e| panic!("{env_var}={}: {e}", p.to_string_lossy()));
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let target = if target.is_absolute() {
+        target
+    } else {
+        std::env::current_dir().expect("current dir").join(target)
+    };
+    let lib = target.join("release").join(file);
+    let built = std::fs::metadata(&lib).and_then(|m| m.modified()).ok();
+    let sources = ["hz-core", "hz-ffi"]
+        .iter()
+        .filter_map(|d| newest_mtime(&repo_root().join(d)))
+        .max();
+    if built.is_none() || sources > built {
+        eprintln!("harness: building {}", lib.display());
+        let mut cmd = build(&target);
+        let status = cmd
+            .current_dir(repo_root())
+            .env("CARGO_TARGET_DIR", &target)
+            .status()
+            .unwrap_or_else(|e| panic!("building {file}: {e}"));
+        assert!(status.success(), "building {file} failed: {cmd:?}");
+    }
+    assert!(lib.exists(), "{} missing after build", lib.display());
+    lib
+}
+
+/// Path of `libhz.so`: `$HZ_LIB` if set, else built by
+/// `cargo build --release -p hz-ffi` into the target dir when stale (see
+/// [`repo_lib`]); once per test process.
 pub fn libhz() -> &'static Path {
     static LIB: OnceLock<PathBuf> = OnceLock::new();
     LIB.get_or_init(|| {
-        if let Some(p) = std::env::var_os("HZ_LIB") {
-            // Absolute, so tests that change directory still find it.
-            return std::fs::canonicalize(&p)
-                .unwrap_or_else(|e| panic!("HZ_LIB={}: {e}", p.to_string_lossy()));
-        }
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo_root().join("target"));
-        let lib = target.join("release").join("libhz.so");
-        let built = std::fs::metadata(&lib).and_then(|m| m.modified()).ok();
-        let sources = ["hz-core", "hz-ffi"]
-            .iter()
-            .filter_map(|d| newest_mtime(&repo_root().join(d)))
-            .max();
-        if built.is_none() || sources > built {
-            eprintln!("harness: building {}", lib.display());
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "--release", "-p", "hz-ffi"])
-                .current_dir(repo_root())
-                .env("CARGO_TARGET_DIR", &target)
-                .status()
-                .expect("run cargo build -p hz-ffi");
-            assert!(status.success(), "cargo build --release -p hz-ffi failed");
-        }
-        assert!(lib.exists(), "{} missing after build", lib.display());
-        lib
+        repo_lib("HZ_LIB", "libhz.so", |_| {
+            let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+            c.args(["build", "--release", "-p", "hz-ffi"]);
+            c
+        })
     })
 }
 
 /// Path of the hardened `libhz-secure.so` (hz-ffi built with
-/// `--features secure` by `scripts/build-secure.sh`): `$HZ_SECURE_LIB` if set
-/// (used as is), else `$CARGO_TARGET_DIR/release/libhz-secure.so`, else
-/// `<repo>/target/release/libhz-secure.so`. Without `$HZ_SECURE_LIB`, the
-/// script runs once per test process when the library is missing or older
-/// than the sources of hz-core and hz-ffi.
+/// `--features secure`): `$HZ_SECURE_LIB` if set, else built by
+/// `scripts/build-secure.sh` when stale (see [`repo_lib`]).
 pub fn libhz_secure() -> &'static Path {
     static LIB: OnceLock<PathBuf> = OnceLock::new();
     LIB.get_or_init(|| {
-        if let Some(p) = std::env::var_os("HZ_SECURE_LIB") {
-            return std::fs::canonicalize(&p)
-                .unwrap_or_else(|e| panic!("HZ_SECURE_LIB={}: {e}", p.to_string_lossy()));
-        }
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo_root().join("target"));
-        // Absolute: the script runs in the repository root.
-        let target = if target.is_absolute() {
-            target
-        } else {
-            std::env::current_dir().expect("current dir").join(target)
-        };
-        let lib = target.join("release").join("libhz-secure.so");
-        let built = std::fs::metadata(&lib).and_then(|m| m.modified()).ok();
-        let sources = ["hz-core", "hz-ffi"]
-            .iter()
-            .filter_map(|d| newest_mtime(&repo_root().join(d)))
-            .max();
-        if built.is_none() || sources > built {
-            eprintln!("harness: building {}", lib.display());
-            let status = Command::new("bash")
-                .arg(repo_root().join("scripts").join("build-secure.sh"))
-                .current_dir(repo_root())
-                .env("CARGO_TARGET_DIR", &target)
-                .status()
-                .expect("run scripts/build-secure.sh");
-            assert!(status.success(), "scripts/build-secure.sh failed");
-        }
-        assert!(lib.exists(), "{} missing after build", lib.display());
-        lib
+        repo_lib("HZ_SECURE_LIB", "libhz-secure.so", |_| {
+            let mut c = Command::new("bash");
+            c.arg(repo_root().join("scripts").join("build-secure.sh"));
+            c
+        })
     })
 }
 

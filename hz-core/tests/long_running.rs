@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 #[path = "reliability/child.rs"]
 mod child;
-use child::{mib, rss, MIB};
+use child::{mib, rss, Rng, MIB};
 
 const CHILD: &str = "HZ_LR_CHILD";
 
@@ -41,16 +41,6 @@ fn secs() -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(CI_SECS)
-}
-
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 /// Mostly small, some medium, a few large.

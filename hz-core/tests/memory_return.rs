@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 #[path = "reliability/child.rs"]
 mod child;
-use child::{mib, rss, MIB};
+use child::{mib, rss, Rng, MIB};
 
 const CHILD: &str = "HZ_MR_CHILD";
 
@@ -35,17 +35,6 @@ fn in_child(name: &str) -> bool {
         &[("HZ_PURGE_DELAY_MS", "50")],
         &["HZ_PURGE_MAX_DIRTY_MB"],
     )
-}
-
-/// xorshift: reproducible sizes.
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 /// ~`total` bytes in mixed sizes: half small blocks (16 B .. 32 KiB), half

@@ -64,3 +64,14 @@ pub fn rss() -> usize {
 pub fn mib(x: usize) -> f64 {
     x as f64 / MIB as f64
 }
+
+/// xorshift: reproducible sizes.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
