@@ -235,10 +235,88 @@ unsafe fn free_large(m: *mut arena::PageMeta) {
     heap::reclaim_tick();
 }
 
-/// `secure`: every free is validated against the page tags and the
-/// allocation bitmap; misuse aborts naming the pointer.
+/// `secure`: every free is validated against the page tags, the span and
+/// the block's free marker (see `secure`); misuse aborts naming the pointer.
 #[cfg(feature = "secure")]
+#[inline(always)]
 unsafe fn secure_free(p: *mut u8) {
+    let a0 = &arena::ARENAS[0];
+    let off = (p as usize).wrapping_sub(a0.base.load(Relaxed));
+    if off >= a0.len.load(Relaxed) {
+        // SAFETY: forwarded contract.
+        return unsafe { secure_free_elsewhere(p) };
+    }
+    let pg = off >> PAGE_SHIFT;
+    // SAFETY: off < len: pg is a page of arena 0.
+    let t = unsafe { *a0.tags.load(Relaxed).add(pg) };
+    if tag_class(t) != 0 {
+        // SAFETY: pg minus the tag's offset is the head page of p's span.
+        let m = unsafe { a0.metas.load(Relaxed).add(pg - arena::tag_offset(t)) };
+        // SAFETY: forwarded contract; m heads p's span.
+        return unsafe { secure_free_small(p, t, m) };
+    }
+    // SAFETY: forwarded contract; t is p's tag in arena 0.
+    unsafe { secure_free_not_small(p, t, 0) }
+}
+
+/// `secure`: the free of small block `p` (tag `t`, `m` its span's head
+/// meta), checked (see `secure::check_free_small`). Shaped so that every
+/// call on the common path is a tail call (no registers to save).
+#[cfg(feature = "secure")]
+#[inline(always)]
+unsafe fn secure_free_small(p: *mut u8, t: u64, m: *mut arena::PageMeta) {
+    let c = tag_class(t);
+    if !crate::secure::on_boundary(p as usize, t) {
+        crate::secure::interior(p);
+    }
+    let k = crate::secure::mask0(p);
+    // SAFETY: p is on a block boundary of a small span: 16 bytes at least.
+    let v = unsafe { (p as *const usize).read_volatile() } ^ k;
+    if v >> 47 == 0 {
+        // SAFETY: forwarded contract.
+        return unsafe { secure_free_suspect(p, t, m) };
+    }
+    // SAFETY: m heads p's span (see `secure::check_free_small` for `bump`).
+    if p >= unsafe { (*m).bump.load(Relaxed) } {
+        crate::secure::never_carved(p);
+    }
+    if config::CONFIG.secure_fill.load(Relaxed) != 0 {
+        // SAFETY: forwarded contract.
+        return unsafe { secure_free_filled(p, c, k) };
+    }
+    // SAFETY: a live block of class c, ours again: marked free, then cached.
+    unsafe {
+        (p as *mut usize).write_volatile(k ^ c);
+        free_small(p, c)
+    }
+}
+
+/// `secure`: word 0 of the freed block decodes to a small value: the exact
+/// check (is it free already?), then the rest of the free.
+#[cfg(feature = "secure")]
+#[cold]
+#[inline(never)]
+unsafe fn secure_free_suspect(p: *mut u8, t: u64, m: *mut arena::PageMeta) {
+    let (c, k) = crate::secure::check_free_small(p, t, m);
+    crate::secure::mark_free(p, c, k);
+    // SAFETY: validated: a live small block of class c, now marked free.
+    unsafe { free_small(p, c) }
+}
+
+/// `secure` with `HZ_SECURE_FILL`: fill, mark, cache.
+#[cfg(feature = "secure")]
+#[cold]
+#[inline(never)]
+unsafe fn secure_free_filled(p: *mut u8, c: usize, k: usize) {
+    crate::secure::mark_free(p, c, k);
+    // SAFETY: validated by the caller: a live small block of class c.
+    unsafe { free_small(p, c) }
+}
+
+/// `secure`: a free outside arena 0 (null, another arena, or foreign).
+#[cfg(feature = "secure")]
+#[cold]
+unsafe fn secure_free_elsewhere(p: *mut u8) {
     if p.is_null() {
         return;
     }
@@ -251,10 +329,19 @@ unsafe fn secure_free(p: *mut u8) {
 #[inline(always)]
 unsafe fn secure_free_tagged(p: *mut u8, t: u64, a: usize) {
     if tag_class(t) != 0 {
-        let c = crate::secure::on_free_small(p, t, a);
-        // SAFETY: validated: a live small block of class c.
-        return unsafe { free_small(p, c) };
+        let m = arena::head_meta(p as usize, t, a);
+        // SAFETY: forwarded contract; m heads p's span.
+        return unsafe { secure_free_small(p, t, m) };
     }
+    // SAFETY: forwarded contract.
+    unsafe { secure_free_not_small(p, t, a) }
+}
+
+/// `secure`: a free whose tag is not a small block's: a large block (its
+/// run's start) or an abort.
+#[cfg(feature = "secure")]
+#[cold]
+unsafe fn secure_free_not_small(p: *mut u8, t: u64, a: usize) {
     if tag_kind(t) == KIND_LARGE {
         let m = arena::head_meta(p as usize, t, a);
         // SAFETY: m is the head meta of p's run.
@@ -463,7 +550,7 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
     let new_c = class_for(new_size, align);
     let old_usable;
     #[cfg(feature = "secure")]
-    if c != 0 && !crate::secure::is_live(p, t, a) {
+    if c != 0 && !crate::secure::is_live(p, t) {
         crate::secure::fatal_ptr("realloc of a freed block", p);
     }
     if c != 0 {

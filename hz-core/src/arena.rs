@@ -23,7 +23,6 @@ use crate::sync::{AtomicPtr, AtomicUsize, Mutex, Ordering::*};
 use crate::{PAGE_SHIFT, PAGE_SIZE};
 use core::cell::UnsafeCell;
 use core::ptr::null_mut;
-use core::sync::atomic::AtomicU8;
 
 /// Tag kinds.
 pub const KIND_FREE: u64 = 0;
@@ -81,7 +80,9 @@ pub struct PageMeta {
     pub dprev: *mut PageMeta,
     // ---- small span: only by the owning heap ----
     pub free: *mut u8,
-    pub bump: *mut u8,
+    /// Start of the span's never-carved tail (atomic: `secure` builds read
+    /// it from other threads to reject frees of blocks never handed out).
+    pub bump: AtomicPtr<u8>,
     pub end: *mut u8,
     pub used: u32,
     pub class: u32,
@@ -101,15 +102,7 @@ pub struct ArenaSlot {
     pub len: AtomicUsize,
     pub tags: AtomicPtr<u64>,
     pub metas: AtomicPtr<PageMeta>,
-    /// `secure` builds: allocation state, one byte per block, [`STATE_BYTES`]
-    /// per page.
-    #[cfg_attr(not(feature = "secure"), allow(dead_code))]
-    pub bitmaps: AtomicPtr<AtomicU8>,
 }
-
-/// Block-state bytes per page (the most blocks a span can hold).
-#[cfg_attr(not(feature = "secure"), allow(dead_code))]
-pub const STATE_BYTES: usize = 4096;
 
 #[allow(clippy::declare_interior_mutable_const)]
 const EMPTY_SLOT: ArenaSlot = ArenaSlot {
@@ -117,7 +110,6 @@ const EMPTY_SLOT: ArenaSlot = ArenaSlot {
     len: AtomicUsize::new(0),
     tags: AtomicPtr::new(null_mut()),
     metas: AtomicPtr::new(null_mut()),
-    bitmaps: AtomicPtr::new(null_mut()),
 };
 pub static ARENAS: [ArenaSlot; MAX_ARENAS] = [EMPTY_SLOT; MAX_ARENAS];
 pub static NARENAS: AtomicUsize = AtomicUsize::new(0);
@@ -158,10 +150,7 @@ static PAGES: Pages = Pages {
     }),
 };
 
-#[cfg(not(feature = "secure"))]
 const META_BYTES: usize = core::mem::size_of::<PageMeta>() + 8;
-#[cfg(feature = "secure")]
-const META_BYTES: usize = core::mem::size_of::<PageMeta>() + 8 + STATE_BYTES;
 const MIN_ARENA: usize = 16 << 20;
 const HUGE_PAGE: usize = 2 << 20;
 
@@ -674,13 +663,6 @@ fn new_arena(st: &mut PageState, min_pages: usize) -> Option<usize> {
             let a = &ARENAS[n];
             a.tags.store(tags, Relaxed);
             a.metas.store(metas, Relaxed);
-            #[cfg(feature = "secure")]
-            {
-                // SAFETY: the bitmaps follow the metas inside the meta region.
-                let bm = unsafe { metas.add(pages) } as usize;
-                a.bitmaps
-                    .store(bm.next_multiple_of(64) as *mut AtomicU8, Relaxed);
-            }
             a.base.store(base, Relaxed);
             a.len.store(size, Relaxed);
             st.top[n] = 0;

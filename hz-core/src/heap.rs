@@ -422,13 +422,10 @@ unsafe fn new_span(h: *mut Heap, c: usize) -> bool {
     // SAFETY: the run is ours.
     unsafe {
         (*m).free = null_mut();
-        (*m).bump = run.addr;
+        (*m).bump.store(run.addr, Relaxed);
         (*m).end = run.addr.add(n * size);
         #[cfg(feature = "secure")]
-        {
-            crate::secure::guard(run.addr, span_bytes);
-            shuffle_into_free_list(h, m, run.addr, n, size);
-        }
+        crate::secure::guard(run.addr, span_bytes);
         (*m).used = 0;
         (*m).class = c as u32;
         (*m).in_partial = false;
@@ -438,37 +435,6 @@ unsafe fn new_span(h: *mut Heap, c: usize) -> bool {
         (*h).spans[c].store((*h).spans[c].load(Relaxed) + 1, Relaxed);
     }
     true
-}
-
-/// `secure`: threads all `n` blocks of a fresh span onto its free list in a
-/// random order (Fisher–Yates), leaving nothing to bump-allocate.
-#[cfg(feature = "secure")]
-unsafe fn shuffle_into_free_list(
-    h: *mut Heap,
-    m: *mut PageMeta,
-    base: *mut u8,
-    n: usize,
-    size: usize,
-) {
-    let mut idx = [0u16; 4096];
-    for (i, v) in idx.iter_mut().enumerate().take(n) {
-        *v = i as u16;
-    }
-    // SAFETY: h and m are ours; every index is < n, inside the span.
-    unsafe {
-        for i in (1..n).rev() {
-            let j = (crate::secure::next_rand(&mut (*h).rng) % (i as u64 + 1)) as usize;
-            idx.swap(i, j);
-        }
-        let mut head: *mut u8 = null_mut();
-        for &i in idx[..n].iter() {
-            let b = base.add(i as usize * size);
-            inbox::set_next(b, head);
-            head = b;
-        }
-        (*m).free = head;
-        (*m).bump = (*m).end;
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -539,6 +505,8 @@ unsafe fn fill_from_chains(h: *mut Heap, c: usize, want: usize) -> bool {
                     break;
                 }
                 let n = inbox::next(b);
+                #[cfg(feature = "secure")]
+                (b as *mut usize).write(crate::secure::mark(b, c));
                 *bin.top = b;
                 bin.top = bin.top.add(1);
                 got += 1;
@@ -596,6 +564,8 @@ unsafe fn fill_from_spans(h: *mut Heap, c: usize, want: usize) -> bool {
         let target = bin.base.add(want);
         let mut m = (*h).partial[c];
         let mut got = 0u64;
+        #[cfg(feature = "secure")]
+        let start = bin.top;
         while !m.is_null() && bin.top < target {
             let next = (*m).snext;
             if (*m).used == 0 {
@@ -607,11 +577,18 @@ unsafe fn fill_from_spans(h: *mut Heap, c: usize, want: usize) -> bool {
             while !f.is_null() && bin.top < target {
                 *bin.top = f;
                 bin.top = bin.top.add(1);
-                f = inbox::next(f);
+                #[cfg(not(feature = "secure"))]
+                {
+                    f = inbox::next(f);
+                }
+                #[cfg(feature = "secure")]
+                {
+                    f = crate::secure::next_in_span(f, m);
+                }
                 taken += 1;
             }
             (*m).free = f;
-            let mut p = (*m).bump;
+            let mut p = (*m).bump.load(Relaxed);
             let end = (*m).end;
             while p < end && bin.top < target {
                 *bin.top = p;
@@ -619,7 +596,7 @@ unsafe fn fill_from_spans(h: *mut Heap, c: usize, want: usize) -> bool {
                 p = p.add(size);
                 taken += 1;
             }
-            (*m).bump = p;
+            (*m).bump.store(p, Relaxed);
             (*m).used += taken;
             got += taken as u64;
             if f.is_null() && p >= end {
@@ -629,6 +606,16 @@ unsafe fn fill_from_spans(h: *mut Heap, c: usize, want: usize) -> bool {
         }
         let bo = &(*h).blocks_out[c];
         bo.store(bo.load(Relaxed) + got, Relaxed);
+        #[cfg(feature = "secure")]
+        {
+            // Hand the new blocks out in a random order, each marked free.
+            let n = bin.top.offset_from(start) as usize;
+            crate::secure::shuffle(&mut (*h).rng, start, n);
+            for i in 0..n {
+                let b = *start.add(i);
+                (b as *mut usize).write(crate::secure::mark(b, c));
+            }
+        }
         got > 0
     }
 }

@@ -33,7 +33,6 @@ use crate::arena;
 use crate::class::CLASS_SIZE;
 use crate::os;
 use crate::sync::{AtomicUsize, Ordering::*};
-use core::sync::atomic::AtomicU8;
 
 /// Bytes of guard at the end of every run.
 pub const GUARD: usize = 4096;
@@ -81,6 +80,32 @@ pub fn decode(v: usize, slot: *mut u8) -> *mut u8 {
     p
 }
 
+/// The next block on span `m`'s free list after `b`: the decoded link must
+/// lie on a block of the span's carved part (or be null), or the process
+/// aborts (a heap overflow clobbered it).
+///
+/// # Safety
+/// `b` is a block on `m`'s free list; `m` is a span the caller holds.
+#[inline(always)]
+pub unsafe fn next_in_span(b: *mut u8, m: *mut arena::PageMeta) -> *mut u8 {
+    // SAFETY: b is a free block (16 bytes at least); m is a live span.
+    unsafe {
+        let n = decode_word((b as *const usize).read(), b);
+        let base = (*m).addr;
+        let off = n.wrapping_sub(base);
+        if n != 0
+            && (off >= (*m).bump.load(Relaxed) as usize - base
+                || !multiple_of_class(off, (*m).class as usize & 63))
+        {
+            fatal_ptr(
+                "corrupted free-list link (heap overflow into a free block?) at",
+                b,
+            );
+        }
+        n as *mut u8
+    }
+}
+
 /// Decodes a plain word (a count), without the pointer check.
 #[inline(always)]
 pub fn decode_word(v: usize, slot: *mut u8) -> usize {
@@ -95,23 +120,14 @@ pub fn fatal_ptr(what: &str, p: *const u8) -> ! {
     os::fatal(unsafe { core::str::from_utf8_unchecked(b.as_bytes()) })
 }
 
-/// The state byte of small block `p` (tag `t`, arena `a`), or None
-/// when `p` is not at a block boundary.
-fn state_of(p: usize, t: u64, a: usize) -> Option<&'static AtomicU8> {
-    let slot = &arena::ARENAS[a];
-    let base = slot.base.load(Relaxed);
-    let head = ((p - base) >> crate::PAGE_SHIFT) - arena::tag_offset(t);
-    let off = p - base - (head << crate::PAGE_SHIFT);
-    let c = arena::tag_class(t); // < 64
-                                 // Block index by multiplication with a reciprocal (a division was the
-                                 // largest cost of this mode): exact for offsets below 2 MiB.
-    let i = ((off as u64 * RECIP[c]) >> 40) as usize;
-    if SIZE[c] == 0 || i * SIZE[c] as usize != off || off >= 1 << 21 {
-        return None;
-    }
-    let states = slot.bitmaps.load(Relaxed);
-    // SAFETY: each head page owns STATE_BYTES bytes; i < 4096 blocks.
-    Some(unsafe { &*states.add(head * arena::STATE_BYTES + i) })
+/// The free marker of small block `p` of class `c`: what word 0 of a free
+/// block in a thread cache (bin, spill array, carried by a carrier) holds.
+/// It is the link encoding of the value `c` (never a valid pointer), so one
+/// decode of word 0 tells "free, cached" (`c`), "free, end of a list" (0),
+/// "free, linked" (a block of the same class) and "live" (anything else).
+#[inline(always)]
+pub fn mark(p: *mut u8, c: usize) -> usize {
+    encode(c as *mut u8, p)
 }
 
 /// Class sizes and their reciprocals `ceil(2^40 / size)`, over all 64 values
@@ -136,56 +152,178 @@ static RECIP: [u64; 64] = {
     t
 };
 
-/// A small block of class `c` is being handed to the program.
-#[inline]
-pub fn on_alloc(p: *mut u8, c: usize) {
-    let (t, a) = arena::lookup(p as usize);
-    if arena::tag_class(t) != c {
-        fatal_ptr(
-            "thread cache returned a block of the wrong class (corruption)",
-            p,
-        );
-    }
-    match state_of(p as usize, t, a) {
-        Some(st) => {
-            // A byte per block: a plain load and store, no locked
-            // instruction. (The program's own hand-off of the pointer
-            // orders a free after the allocation it undoes.)
-            if st.load(Relaxed) != 0 {
-                fatal_ptr("block handed out twice (free list corrupted)", p);
-            }
-            st.store(1, Relaxed);
-        }
-        None => fatal_ptr("thread cache holds a misaligned block (corruption)", p),
-    }
+/// True when `off` (below 2 MiB) is a multiple of class `c`'s size.
+#[inline(always)]
+fn multiple_of_class(off: usize, c: usize) -> bool {
+    let i = (off as u64 * RECIP[c]) >> 40;
+    i * SIZE[c] as u64 == off as u64 && off < 1 << 21
 }
 
-/// Validates a free of small block `p` (tag `t`) and marks it free; returns
-/// its class.
-#[inline]
-pub fn on_free_small(p: *mut u8, t: u64, a: usize) -> usize {
+/// True when `p` (tag `t`, a small-block tag) sits on a block boundary
+/// of its span. A span starts on a page boundary and is at most 2 MiB
+/// (`SPAN_PAGES` ≤ 32, checked at compile time), so the offset in the span
+/// comes from the tag alone and stays in the reciprocal's exact range; the
+/// block index is a multiplication by a reciprocal (a division was this
+/// mode's largest cost).
+#[inline(always)]
+pub fn on_boundary(p: usize, t: u64) -> bool {
+    let off = (p & (crate::PAGE_SIZE - 1)) + (arena::tag_offset(t) << crate::PAGE_SHIFT);
     let c = arena::tag_class(t);
-    match state_of(p as usize, t, a) {
-        None => fatal_ptr("free of an interior pointer", p),
-        Some(st) => {
-            if st.load(Relaxed) == 0 {
-                fatal_ptr("double free (block already free)", p);
-            }
-            st.store(0, Relaxed);
-        }
-    }
-    if crate::config::CONFIG.secure_fill.load(Relaxed) != 0 {
-        // SAFETY: the block is ours again and CLASS_SIZE[c] bytes long.
-        unsafe { core::ptr::write_bytes(p, 0xdf, CLASS_SIZE[c] as usize) };
-    }
-    c
+    ((off as u64 * RECIP[c]) >> 40) * SIZE[c] as u64 == off as u64
 }
 
-/// True when small block `p` is currently handed out.
-pub fn is_live(p: *mut u8, t: u64, a: usize) -> bool {
-    match state_of(p as usize, t, a) {
-        None => false,
-        Some(st) => st.load(Relaxed) != 0,
+const _: () = {
+    let mut c = 1;
+    while c < crate::class::NUM_CLASSES {
+        assert!(crate::class::SPAN_PAGES[c] as usize * crate::PAGE_SIZE <= 1 << 21);
+        c += 1;
+    }
+};
+
+/// Word 0 of block `p`, decoded as a link.
+#[inline(always)]
+fn word0(p: *mut u8) -> usize {
+    // SAFETY: p is a block of hz (its tag says so), at least 16 bytes.
+    decode_word(unsafe { (p as *const usize).read_volatile() }, p)
+}
+
+/// True when small block `p` of class `c` is free (see [`mark`]): word 0
+/// decodes to the marker, to the end of a list, or to a block of the same
+/// class and owner (a link). A live block passes for free only if the
+/// program stored, by chance, a word that decodes so with the secret key:
+/// 2 values in 2^64 for the first two cases; for the third, a value that
+/// lands on a span of this class and owner in a 2^47 address space.
+fn looks_free(p: *mut u8, c: usize, t: u64) -> bool {
+    let v = word0(p);
+    v >> 47 == 0 && looks_free_slow(v, c, t)
+}
+
+#[cold]
+#[inline(never)]
+pub fn looks_free_slow(v: usize, c: usize, t: u64) -> bool {
+    if v == c || v == 0 {
+        return true;
+    }
+    if v & 15 != 0 {
+        return false;
+    }
+    let (tv, _) = arena::lookup(v);
+    arena::tag_class(tv) == c && arena::tag_owner(tv) == arena::tag_owner(t)
+}
+
+/// A small block of class `c` leaves a thread cache for the program: word
+/// 0 must still hold its free marker (else the block was written after
+/// it was freed, or the cache was corrupted), and is cleared.
+#[inline(always)]
+pub fn on_alloc(p: *mut u8, c: usize) {
+    // SAFETY: p came out of a bin of class c: a block of at least 16 bytes.
+    unsafe {
+        let w = p as *mut usize;
+        if w.read_volatile() != mark(p, c) {
+            bad_pop(p);
+        }
+        // Volatile: compilers treat a block's contents as dead when it is
+        // freed and may drop the program's stores before a free (fat LTO
+        // inlines this into Rust callers), so the marker must be cleared by
+        // a store that cannot be removed — else a live block whose stores
+        // were dropped would still carry the marker when freed.
+        w.write_volatile(0);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn bad_pop(p: *mut u8) -> ! {
+    fatal_ptr(
+        "free block modified after free (use after free, or thread cache corrupted) at",
+        p,
+    )
+}
+
+/// `KEY ^ rotl(p, 23)`: the mask that [`mark`] and link encoding use for
+/// word 0 of block `p`.
+#[inline(always)]
+pub fn mask0(p: *mut u8) -> usize {
+    KEY.load(Relaxed) ^ (p as usize).rotate_left(23)
+}
+
+/// The checks of a free of small block `p` (tag `t`, `m` the head meta of
+/// its span), in the order the fast path runs them. Returns the class when
+/// the block may be freed and its word 0 mask; aborts on misuse. Every
+/// value that can mean "free" decodes below 2^47, so one test keeps the
+/// common case (a live block: a random-looking word) off the exact check.
+#[inline(always)]
+pub fn check_free_small(p: *mut u8, t: u64, m: *mut arena::PageMeta) -> (usize, usize) {
+    let c = arena::tag_class(t);
+    if !on_boundary(p as usize, t) {
+        interior(p);
+    }
+    let k = mask0(p);
+    // SAFETY: p is on a block boundary of a small span: 16 bytes at least.
+    let v = unsafe { (p as *const usize).read_volatile() } ^ k;
+    if v >> 47 == 0 && looks_free_slow(v, c, t) {
+        double_free(p);
+    }
+    // SAFETY: m heads p's span. `bump` only grows while the span lives; p
+    // was carved (its bump store) before the program could hand it to this
+    // thread, so a live p always lies below the value read here.
+    if p >= unsafe { (*m).bump.load(Relaxed) } {
+        never_carved(p);
+    }
+    (c, k)
+}
+
+/// Marks block `p` (class `c`, word 0 mask `k`) free, filling it first
+/// when `HZ_SECURE_FILL` asks.
+#[inline(always)]
+pub fn mark_free(p: *mut u8, c: usize, k: usize) {
+    if crate::config::CONFIG.secure_fill.load(Relaxed) != 0 {
+        fill(p, c);
+    }
+    // SAFETY: the block is ours again, at least 16 bytes.
+    unsafe { (p as *mut usize).write_volatile(k ^ c) };
+}
+
+#[cold]
+#[inline(never)]
+pub fn never_carved(p: *mut u8) -> ! {
+    fatal_ptr("free of a pointer hz never handed out (not yet carved)", p)
+}
+
+#[cold]
+#[inline(never)]
+pub fn interior(p: *mut u8) -> ! {
+    fatal_ptr("free of an interior pointer", p)
+}
+
+#[cold]
+#[inline(never)]
+fn double_free(p: *mut u8) -> ! {
+    fatal_ptr("double free (block already free)", p)
+}
+
+#[cold]
+#[inline(never)]
+fn fill(p: *mut u8, c: usize) {
+    // SAFETY: the block is ours again and CLASS_SIZE[c] bytes long.
+    unsafe { core::ptr::write_bytes(p, 0xdf, CLASS_SIZE[c & 63] as usize) };
+}
+
+/// True when small block `p` (tag `t`) is currently handed out.
+pub fn is_live(p: *mut u8, t: u64) -> bool {
+    on_boundary(p as usize, t) && !looks_free(p, arena::tag_class(t), t)
+}
+
+/// Shuffles the blocks a refill just put in a bin (Fisher–Yates), so the
+/// order in which a span's blocks are handed out is not predictable.
+///
+/// # Safety
+/// `s` points at `n` initialised slots.
+pub unsafe fn shuffle(rng: &mut u64, s: *mut *mut u8, n: usize) {
+    for i in (1..n).rev() {
+        let j = (((next_rand(rng) >> 32) * (i as u64 + 1)) >> 32) as usize;
+        // SAFETY: i, j < n.
+        unsafe { core::ptr::swap(s.add(i), s.add(j)) };
     }
 }
 
