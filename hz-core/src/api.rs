@@ -224,12 +224,6 @@ unsafe fn free_large(m: *mut arena::PageMeta) {
         .large_allocated
         .fetch_sub(pages << PAGE_SHIFT, Relaxed);
     counters::STATS.large_count.fetch_sub(1, Relaxed);
-    #[cfg(feature = "secure")]
-    // SAFETY: as above.
-    crate::secure::unguard(
-        unsafe { (*m).addr } as *mut u8,
-        (pages as usize) << PAGE_SHIFT,
-    );
     // SAFETY: as above.
     unsafe { arena::free_run(m) };
     heap::reclaim_tick();
@@ -395,7 +389,7 @@ fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
         arena::set_tags(run.meta, 0, KIND_LARGE, 0);
         (*run.meta).clean = run.clean;
         #[cfg(feature = "secure")]
-        crate::secure::guard(run.addr, pages << PAGE_SHIFT);
+        crate::secure::take_run(&run, pages, true);
         if zero && !run.clean {
             core::ptr::write_bytes(run.addr, 0, size);
         }

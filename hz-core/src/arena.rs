@@ -91,6 +91,12 @@ pub struct PageMeta {
     pub in_partial: bool,
     /// Large blocks: the run's pages were zero when handed out (for calloc).
     pub clean: bool,
+    /// `secure` builds, any page: the last `secure::GUARD` bytes of this
+    /// page are a guard (`os::GUARD_MARKER` or `os::GUARD_PROTECT`; 0: none). Guards stay when a run is freed (so a span
+    /// carved again at the same place needs no system call); a run taken
+    /// from the page allocator lifts the guards inside it (see
+    /// `secure::take_run`). Only the run's owner touches it.
+    pub guarded: u8,
 }
 
 pub const MAX_ARENAS: usize = 64;

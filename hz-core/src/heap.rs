@@ -201,6 +201,11 @@ fn create(reg: &mut Registry) -> *mut Heap {
     let Some(run) = arena::alloc_run(HEAP_PAGES, 1) else {
         return null_mut();
     };
+    #[cfg(feature = "secure")]
+    // SAFETY: the run was just taken.
+    unsafe {
+        crate::secure::take_run(&run, HEAP_PAGES, false)
+    };
     let id = reg.next_id;
     reg.next_id += 1;
     // SAFETY: the run is ours; its pages are zero (fresh or purged is not
@@ -400,8 +405,6 @@ unsafe fn release_span(h: *mut Heap, c: usize, m: *mut PageMeta) {
     unsafe {
         partial_remove(h, c, m);
         (*h).spans[c].store((*h).spans[c].load(Relaxed) - 1, Relaxed);
-        #[cfg(feature = "secure")]
-        crate::secure::unguard((*m).addr as *mut u8, SPAN_PAGES[c] as usize * PAGE_SIZE);
         arena::free_run(m);
     }
 }
@@ -425,7 +428,7 @@ unsafe fn new_span(h: *mut Heap, c: usize) -> bool {
         (*m).bump.store(run.addr, Relaxed);
         (*m).end = run.addr.add(n * size);
         #[cfg(feature = "secure")]
-        crate::secure::guard(run.addr, span_bytes);
+        crate::secure::take_run(&run, SPAN_PAGES[c] as usize, true);
         (*m).used = 0;
         (*m).class = c as u32;
         (*m).in_partial = false;

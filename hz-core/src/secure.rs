@@ -327,17 +327,35 @@ pub unsafe fn shuffle(rng: &mut u64, s: *mut *mut u8, n: usize) {
     }
 }
 
-/// Makes the last GUARD bytes of `[addr, addr+len)` inaccessible.
-pub fn guard(addr: *mut u8, len: usize) {
-    // SAFETY: the range is a run we own; its last GUARD bytes hold no data.
-    unsafe { os::protect_none(addr.add(len - GUARD), GUARD) };
-}
-
-/// Undoes [`guard`] before the run goes back to the page allocator.
-pub fn unguard(addr: *mut u8, len: usize) {
-    // SAFETY: the range is a run we own.
-    if !unsafe { os::protect_rw(addr.add(len - GUARD), GUARD) } {
-        fatal_ptr("could not lift a guard page at", addr);
+/// Prepares a run fresh from the page allocator: lifts the guards that
+/// earlier runs left inside it and, when `guard` is set, puts one in its
+/// last 4 KiB (unless one is already there: a span carved again where a
+/// span of the same length was). Guards are not lifted when a run is freed,
+/// so reusing a run costs no system call; only runs that are cut
+/// differently pay one `mprotect` per moved guard. If the kernel refuses
+/// the guard (map-count limit), the run goes without one.
+///
+/// # Safety
+/// `run` was just taken from the page allocator, `pages` long.
+pub unsafe fn take_run(run: &arena::Run, pages: usize, guard: bool) {
+    for i in 0..pages {
+        // SAFETY: the run's metas are consecutive and ours.
+        let m = unsafe { &mut *run.meta.add(i) };
+        let want = guard && i == pages - 1;
+        if (m.guarded != 0) != want {
+            // SAFETY: page i of the run is ours.
+            let g = unsafe { run.addr.add(((i + 1) << crate::PAGE_SHIFT) - GUARD) };
+            if want {
+                // SAFETY: as above; the run's last GUARD bytes hold no data.
+                m.guarded = unsafe { os::guard_install(g, GUARD) };
+            } else {
+                // SAFETY: as above.
+                if !unsafe { os::guard_remove(g, GUARD, m.guarded) } {
+                    fatal_ptr("could not lift a guard page at", g);
+                }
+                m.guarded = 0;
+            }
+        }
     }
 }
 
