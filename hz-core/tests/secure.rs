@@ -122,6 +122,23 @@ fn child_entry() {
                 let u = hz_core::usable_size(q);
                 std::ptr::write_volatile(q.add(u), 1); // one past the end
             }
+            "write_after_free" => {
+                // The freed block goes to the top of its bin and is the next
+                // one handed out: its first word no longer holds the marker.
+                hz_core::free(p);
+                std::ptr::write_volatile(p as *mut u64, 0x4141_4141_4141_4141);
+                let q = hz_core::malloc(48);
+                eprintln!("malloc returned {q:p}");
+            }
+            "never_carved" => {
+                // A fresh 3 KiB class: one refill carves about half of the
+                // span, so the span's last block has never been handed out.
+                let q = hz_core::malloc(3000);
+                let size = hz_core::usable_size(q);
+                let base = q as usize & !0xffff;
+                let last = base + ((65536 - 4096) / size - 1) * size;
+                hz_core::free(last as *mut u8);
+            }
             "fill_check" => {
                 std::ptr::write_bytes(p, 0x11, 48);
                 hz_core::free(p);
@@ -161,6 +178,16 @@ fn interior_pointer_aborts() {
 #[test]
 fn foreign_pointer_aborts() {
     expect_abort("foreign", "never handed out");
+}
+
+#[test]
+fn write_after_free_is_caught_when_the_block_is_reused() {
+    expect_abort("write_after_free", "modified after free");
+}
+
+#[test]
+fn free_of_a_block_never_carved_aborts() {
+    expect_abort("never_carved", "never handed out");
 }
 
 #[test]
