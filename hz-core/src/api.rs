@@ -226,7 +226,7 @@ unsafe fn free_large(m: *mut arena::PageMeta) {
     counters::STATS.large_count.fetch_sub(1, Relaxed);
     // SAFETY: as above.
     unsafe { arena::free_run(m) };
-    heap::reclaim_tick();
+    heap::tick_current();
 }
 
 /// `secure`: every free is validated against the page tags, the span and
@@ -378,7 +378,7 @@ fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
     #[cfg(feature = "secure")]
     let pages = (size + crate::secure::GUARD).div_ceil(PAGE_SIZE);
     let align_pages = (align >> PAGE_SHIFT).max(1);
-    heap::reclaim_tick();
+    heap::tick_current();
     let Some(run) = arena::alloc_run(pages, align_pages) else {
         counters::STATS.oom.fetch_add(1, Relaxed);
         return null_mut();

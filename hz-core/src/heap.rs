@@ -126,6 +126,13 @@ pub struct Heap {
     pub spans: [AtomicU64; NUM_CLASSES],
     pub remote_sent: AtomicU64,
     pub remote_received: AtomicU64,
+    /// Bin GC (see [`gc`]): when this heap's next GC is due (coarse ms).
+    gc_at: u64,
+    /// Bin GC: classes refilled since the last GC (bit c), i.e. whose bin
+    /// ran empty.
+    gc_refilled: u64,
+    /// Bin GC: each bin's fill right after the last GC.
+    gc_mark: [u16; NUM_CLASSES],
     /// `secure` builds: state of the carving shuffle's RNG.
     rng: u64,
     pub inbox: Inbox,
@@ -448,7 +455,9 @@ unsafe fn new_span(h: *mut Heap, c: usize) -> bool {
 pub unsafe fn refill(h: *mut Heap, c: usize) -> *mut u8 {
     // SAFETY: h is held by the caller; bin c is empty.
     unsafe {
-        reclaim_tick();
+        tick(h);
+        // The bin ran empty: its low-water mark for this GC period is 0.
+        (*h).gc_refilled |= 1 << c;
         let want = (BIN_CAP[c] as usize).div_ceil(2);
         if fill_from_chains(h, c, want)
             || fill_from_inbox(h, c, want)
@@ -641,6 +650,85 @@ pub unsafe fn overflow(h: *mut Heap, c: usize, p: *mut u8) {
         bin.top = bin.base.add(cap - half);
         *bin.top = p;
         bin.top = bin.top.add(1);
+        tick(h);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Bin GC: bins shrink on their own
+
+/// How often a heap's bins are looked at (per heap, in coarse ms).
+const GC_INTERVAL_MS: u64 = 100;
+
+/// Slow-path tick of heap `h` (null: no heap): reclaims abandoned heaps
+/// (globally, every 100 ms) and runs this heap's bin GC when it is due.
+///
+/// # Safety
+/// `h` is null or held by the caller, and not in the middle of changing a
+/// bin or spill array.
+pub unsafe fn tick(h: *mut Heap) {
+    let now = os::now_ms();
+    reclaim_at(now);
+    // SAFETY: h is held (caller's contract).
+    unsafe {
+        if !h.is_null() && now >= (*h).gc_at {
+            gc(h, now);
+        }
+    }
+}
+
+/// [`tick`] for the calling thread's heap, from paths that hold no heap
+/// (large blocks).
+pub fn tick_current() {
+    let b = tls::get();
+    let h = if b == tls::empty() || b == tls::dead() {
+        null_mut()
+    } else {
+        b as *mut Heap
+    };
+    // SAFETY: the thread's own heap, used by no one else; the large-block
+    // paths that call this are not inside a heap operation.
+    unsafe { tick(h) };
+}
+
+/// The bin GC (jemalloc's tcache GC, without its fast-path bookkeeping):
+/// every bin whose low-water mark since the last GC was above zero gives
+/// back half of that many blocks, the oldest first (own blocks to their
+/// spans, so that spans can empty and their pages go back; others towards
+/// their owners). The fast paths keep no count, so the low-water mark is
+/// estimated from slow-path facts: 0 if the bin was refilled (it ran empty),
+/// else at most the smaller of its fill after the last GC and its fill now.
+/// A bin left alone halves every period and is empty after a few; a bin in
+/// use loses at most half its blocks per period, which costs it one refill.
+/// Spill arrays are flushed too, so foreign blocks do not wait for a fill.
+unsafe fn gc(h: *mut Heap, now: u64) {
+    // SAFETY: h is held; no bin or spill array is mid-update.
+    unsafe {
+        (*h).gc_at = now + GC_INTERVAL_MS;
+        let refilled = (*h).gc_refilled;
+        (*h).gc_refilled = 0;
+        for c in 1..NUM_CLASSES {
+            let bin = &(*h).bins.b[c];
+            let fill = bin.top.offset_from(bin.base) as usize;
+            let low = if refilled & (1 << c) != 0 {
+                0
+            } else {
+                fill.min((*h).gc_mark[c] as usize)
+            };
+            let n = low.div_ceil(2);
+            if n > 0 {
+                for i in 0..n {
+                    release_block(h, c, *(*h).bins.b[c].base.add(i));
+                }
+                let bin = &mut (*h).bins.b[c];
+                core::ptr::copy(bin.base.add(n), bin.base, fill - n);
+                bin.top = bin.base.add(fill - n);
+            }
+            (*h).gc_mark[c] = (fill - n) as u16;
+            if (*h).spill_len[c] != 0 {
+                flush_spill(h, c);
+            }
+        }
     }
 }
 
@@ -916,7 +1004,7 @@ pub fn heap_count() -> u32 {
 
 const _: () = assert!(PAGE_SHIFT == 16);
 const _: () = assert!(MAX_HEAPS <= arena::MAX_OWNER as usize + 1);
-// A heap is one arena page (57,600 bytes on x86_64).
+// A heap is one arena page (59,520 bytes on x86_64).
 const _: () = assert!(HEAP_BYTES <= PAGE_SIZE);
 
 static LAST_RECLAIM: AtomicU64 = AtomicU64::new(0);
@@ -926,7 +1014,10 @@ static LAST_RECLAIM: AtomicU64 = AtomicU64::new(0);
 /// blocks freed into them return to their spans and their pages to the OS
 /// even when no new thread comes to adopt them.
 pub fn reclaim_tick() {
-    let now = os::now_ms();
+    reclaim_at(os::now_ms());
+}
+
+fn reclaim_at(now: u64) {
     let last = LAST_RECLAIM.load(Relaxed);
     if now < last + 100
         || LAST_RECLAIM

@@ -17,8 +17,10 @@
 //! * `collect()`: back near the baseline at once.
 //!
 //! "Near" is 24 MiB over the baseline: blocks cached in the thread's bins
-//! keep their spans (~16 MiB here after 512 MiB of mixed sizes) until
-//! `collect()`; the free pages themselves must all be purged.
+//! keep their spans (~28 MiB here right after 512 MiB of mixed sizes, with
+//! bins of at least 16 blocks) until the bin GC has halved the idle bins a
+//! few times (100 ms periods; ~4 MiB over the baseline after ~1 s) or
+//! `collect()` empties them; the free pages themselves must all be purged.
 
 use std::time::{Duration, Instant};
 
@@ -212,4 +214,56 @@ fn memory_returns_after_cross_thread_free() {
     hz_core::collect();
     report("after collect", base);
     assert!(rss() <= base + NEAR);
+}
+
+/// The bin GC: blocks of the big classes left in a thread's bins go back
+/// to their spans on their own (a few 100 ms GC periods), while the thread
+/// only does unrelated work (`some_work` uses none of these classes).
+#[test]
+fn idle_bins_shrink_without_collect() {
+    if !in_child("idle_bins_shrink_without_collect") {
+        return;
+    }
+    some_work();
+    // Classes of 40..128 KiB: 16 blocks each fill their bins.
+    let sizes = [40 << 10, 48 << 10, 64 << 10, 96 << 10, 128 << 10];
+    let cached = || -> u64 {
+        let s = hz_core::stats();
+        sizes
+            .iter()
+            .map(|&n| {
+                let c = s.classes.iter().position(|k| k.size as usize == n).unwrap();
+                s.classes[c].blocks * n as u64
+            })
+            .sum()
+    };
+    let mut v = Vec::new();
+    for &n in &sizes {
+        for _ in 0..16 {
+            let p = hz_core::malloc(n);
+            assert!(!p.is_null());
+            v.push(p);
+        }
+    }
+    for p in v {
+        // SAFETY: live blocks of hz.
+        unsafe { hz_core::free(p) };
+    }
+    let before = cached();
+    println!(
+        "freed, still out of their spans: {:.1} MiB",
+        mib(before as usize)
+    );
+    assert!(before > 0, "the freed blocks were not cached");
+    let t0 = Instant::now();
+    while cached() != 0 {
+        assert!(
+            t0.elapsed() < Duration::from_millis(1500),
+            "{:.1} MiB still cached in bins 1.5 s after the last free",
+            mib(cached() as usize)
+        );
+        some_work();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("bins emptied by the GC after {:?}", t0.elapsed());
 }
