@@ -45,14 +45,8 @@ unsafe impl GlobalAlloc for HzAlloc {
     #[inline(always)]
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         #[cfg(feature = "secure")]
-        {
-            let (t, a) = arena::lookup(p as usize);
-            if tag_class(t) != class_for(l.size(), l.align()) {
-                crate::secure::fatal_ptr("dealloc with a layout that does not match the block", p);
-            }
-            // SAFETY: forwarded contract (checked).
-            return unsafe { secure_free_tagged(p, t, a) };
-        }
+        // SAFETY: forwarded contract; the layout is checked against the tag.
+        return unsafe { secure_free(p, Some(class_for(l.size(), l.align()))) };
         // The layout names the class (class_for is a pure function and
         // blocks never change class), so no tag lookup is needed here.
         #[allow(unreachable_code)]
@@ -233,16 +227,21 @@ unsafe fn free_large(m: *mut arena::PageMeta) {
 /// the block's free marker (see `secure`); misuse aborts naming the pointer.
 #[cfg(feature = "secure")]
 #[inline(always)]
-unsafe fn secure_free(p: *mut u8) {
+unsafe fn secure_free(p: *mut u8, layout_class: Option<usize>) {
     let a0 = &arena::ARENAS[0];
     let off = (p as usize).wrapping_sub(a0.base.load(Relaxed));
     if off >= a0.len.load(Relaxed) {
         // SAFETY: forwarded contract.
-        return unsafe { secure_free_elsewhere(p) };
+        return unsafe { secure_free_elsewhere(p, layout_class) };
     }
     let pg = off >> PAGE_SHIFT;
     // SAFETY: off < len: pg is a page of arena 0.
     let t = unsafe { *a0.tags.load(Relaxed).add(pg) };
+    if let Some(lc) = layout_class {
+        if tag_class(t) != lc {
+            layout_mismatch(p);
+        }
+    }
     if tag_class(t) != 0 {
         // SAFETY: pg minus the tag's offset is the head page of p's span.
         let m = unsafe { a0.metas.load(Relaxed).add(pg - arena::tag_offset(t)) };
@@ -251,6 +250,13 @@ unsafe fn secure_free(p: *mut u8) {
     }
     // SAFETY: forwarded contract; t is p's tag in arena 0.
     unsafe { secure_free_not_small(p, t, 0) }
+}
+
+#[cfg(feature = "secure")]
+#[cold]
+#[inline(never)]
+fn layout_mismatch(p: *mut u8) -> ! {
+    crate::secure::fatal_ptr("dealloc with a layout that does not match the block", p)
 }
 
 /// `secure`: the free of small block `p` (tag `t`, `m` its span's head
@@ -310,11 +316,14 @@ unsafe fn secure_free_filled(p: *mut u8, c: usize, k: usize) {
 /// `secure`: a free outside arena 0 (null, another arena, or foreign).
 #[cfg(feature = "secure")]
 #[cold]
-unsafe fn secure_free_elsewhere(p: *mut u8) {
+unsafe fn secure_free_elsewhere(p: *mut u8, layout_class: Option<usize>) {
     if p.is_null() {
         return;
     }
     let (t, a) = arena::lookup(p as usize);
+    if layout_class.is_some_and(|lc| lc != tag_class(t)) {
+        layout_mismatch(p);
+    }
     // SAFETY: forwarded contract; (t, a) is p's tag.
     unsafe { secure_free_tagged(p, t, a) }
 }
@@ -464,7 +473,7 @@ pub fn calloc_aligned(size: usize, align: usize) -> *mut u8 {
 pub unsafe fn free(p: *mut u8) {
     #[cfg(feature = "secure")]
     // SAFETY: forwarded contract.
-    return unsafe { secure_free(p) };
+    return unsafe { secure_free(p, None) };
     #[allow(unreachable_code)]
     let (t, _) = arena::lookup(p as usize);
     let c = tag_class(t);
