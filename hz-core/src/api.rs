@@ -260,8 +260,11 @@ fn layout_mismatch(p: *mut u8) -> ! {
 }
 
 /// `secure`: the free of small block `p` (tag `t`, `m` its span's head
-/// meta), checked (see `secure::check_free_small`). Shaped so that every
-/// call on the common path is a tail call (no registers to save).
+/// meta), checked: block boundary, free marker (see `secure::mark`), then
+/// [`secure_free_rest`]. Every value of word 0 that can mean "free" decodes
+/// below 2^47, so one test keeps the common case (a live block: a
+/// random-looking word) off the exact check. Shaped so that every call on
+/// the common path is a tail call (no registers to save).
 #[cfg(feature = "secure")]
 #[inline(always)]
 unsafe fn secure_free_small(p: *mut u8, t: u64, m: *mut arena::PageMeta) {
@@ -274,9 +277,35 @@ unsafe fn secure_free_small(p: *mut u8, t: u64, m: *mut arena::PageMeta) {
     let v = unsafe { (p as *const usize).read_volatile() } ^ k;
     if v >> 47 == 0 {
         // SAFETY: forwarded contract.
-        return unsafe { secure_free_suspect(p, t, m) };
+        return unsafe { secure_free_suspect(p, t, m, v) };
     }
-    // SAFETY: m heads p's span (see `secure::check_free_small` for `bump`).
+    // SAFETY: forwarded contract.
+    unsafe { secure_free_rest(p, c, k, m) }
+}
+
+/// `secure`: word 0 of the freed block decodes to a small value: the exact
+/// check (is it free already?), then the rest of the free.
+#[cfg(feature = "secure")]
+#[cold]
+#[inline(never)]
+unsafe fn secure_free_suspect(p: *mut u8, t: u64, m: *mut arena::PageMeta, v: usize) {
+    let c = tag_class(t);
+    if crate::secure::looks_free_slow(v, c, t) {
+        crate::secure::double_free(p);
+    }
+    // SAFETY: forwarded contract.
+    unsafe { secure_free_rest(p, c, crate::secure::mask0(p), m) }
+}
+
+/// `secure`: the end of a checked free of block `p` (class `c`, word 0 mask
+/// `k`, span head meta `m`): the carving-point check, the marker (after the
+/// fill, when asked), and the thread cache.
+#[cfg(feature = "secure")]
+#[inline(always)]
+unsafe fn secure_free_rest(p: *mut u8, c: usize, k: usize, m: *mut arena::PageMeta) {
+    // SAFETY: m heads p's span. `bump` only grows while the span lives; p
+    // was carved (its bump store) before the program could hand it to this
+    // thread, so a live p always lies below the value read here.
     if p >= unsafe { (*m).bump.load(Relaxed) } {
         crate::secure::never_carved(p);
     }
@@ -291,26 +320,17 @@ unsafe fn secure_free_small(p: *mut u8, t: u64, m: *mut arena::PageMeta) {
     }
 }
 
-/// `secure`: word 0 of the freed block decodes to a small value: the exact
-/// check (is it free already?), then the rest of the free.
-#[cfg(feature = "secure")]
-#[cold]
-#[inline(never)]
-unsafe fn secure_free_suspect(p: *mut u8, t: u64, m: *mut arena::PageMeta) {
-    let (c, k) = crate::secure::check_free_small(p, t, m);
-    crate::secure::mark_free(p, c, k);
-    // SAFETY: validated: a live small block of class c, now marked free.
-    unsafe { free_small(p, c) }
-}
-
 /// `secure` with `HZ_SECURE_FILL`: fill, mark, cache.
 #[cfg(feature = "secure")]
 #[cold]
 #[inline(never)]
 unsafe fn secure_free_filled(p: *mut u8, c: usize, k: usize) {
-    crate::secure::mark_free(p, c, k);
+    crate::secure::fill(p, c);
     // SAFETY: validated by the caller: a live small block of class c.
-    unsafe { free_small(p, c) }
+    unsafe {
+        (p as *mut usize).write_volatile(k ^ c);
+        free_small(p, c)
+    }
 }
 
 /// `secure`: a free outside arena 0 (null, another arena, or foreign).

@@ -247,43 +247,6 @@ pub fn mask0(p: *mut u8) -> usize {
     KEY.load(Relaxed) ^ (p as usize).rotate_left(23)
 }
 
-/// The checks of a free of small block `p` (tag `t`, `m` the head meta of
-/// its span), in the order the fast path runs them. Returns the class when
-/// the block may be freed and its word 0 mask; aborts on misuse. Every
-/// value that can mean "free" decodes below 2^47, so one test keeps the
-/// common case (a live block: a random-looking word) off the exact check.
-#[inline(always)]
-pub fn check_free_small(p: *mut u8, t: u64, m: *mut arena::PageMeta) -> (usize, usize) {
-    let c = arena::tag_class(t);
-    if !on_boundary(p as usize, t) {
-        interior(p);
-    }
-    let k = mask0(p);
-    // SAFETY: p is on a block boundary of a small span: 16 bytes at least.
-    let v = unsafe { (p as *const usize).read_volatile() } ^ k;
-    if v >> 47 == 0 && looks_free_slow(v, c, t) {
-        double_free(p);
-    }
-    // SAFETY: m heads p's span. `bump` only grows while the span lives; p
-    // was carved (its bump store) before the program could hand it to this
-    // thread, so a live p always lies below the value read here.
-    if p >= unsafe { (*m).bump.load(Relaxed) } {
-        never_carved(p);
-    }
-    (c, k)
-}
-
-/// Marks block `p` (class `c`, word 0 mask `k`) free, filling it first
-/// when `HZ_SECURE_FILL` asks.
-#[inline(always)]
-pub fn mark_free(p: *mut u8, c: usize, k: usize) {
-    if crate::config::CONFIG.secure_fill.load(Relaxed) != 0 {
-        fill(p, c);
-    }
-    // SAFETY: the block is ours again, at least 16 bytes.
-    unsafe { (p as *mut usize).write_volatile(k ^ c) };
-}
-
 #[cold]
 #[inline(never)]
 pub fn never_carved(p: *mut u8) -> ! {
@@ -298,13 +261,13 @@ pub fn interior(p: *mut u8) -> ! {
 
 #[cold]
 #[inline(never)]
-fn double_free(p: *mut u8) -> ! {
+pub fn double_free(p: *mut u8) -> ! {
     fatal_ptr("double free (block already free)", p)
 }
 
 #[cold]
 #[inline(never)]
-fn fill(p: *mut u8, c: usize) {
+pub fn fill(p: *mut u8, c: usize) {
     // SAFETY: the block is ours again and CLASS_SIZE[c] bytes long.
     unsafe { core::ptr::write_bytes(p, 0xdf, CLASS_SIZE[c & 63] as usize) };
 }
