@@ -18,15 +18,8 @@ packages=(
     valgrind libmimalloc-dev libjemalloc-dev libgoogle-perftools-dev
 )
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo "$@"
-    else
-        return 1
-    fi
-}
+# shellcheck source=scripts/common.sh
+. scripts/common.sh
 
 apt_install() {
     if ! as_root env DEBIAN_FRONTEND=noninteractive \
