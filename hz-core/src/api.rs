@@ -243,10 +243,10 @@ unsafe fn secure_free(p: *mut u8, layout_class: Option<usize>) {
         }
     }
     if tag_class(t) != 0 {
-        // SAFETY: pg minus the tag's offset is the head page of p's span.
-        let m = unsafe { a0.metas.load(Relaxed).add(pg - arena::tag_offset(t)) };
-        // SAFETY: forwarded contract; m heads p's span.
-        return unsafe { secure_free_small(p, t, m) };
+        // SAFETY: pg is a page of arena 0: its meta.
+        let pm = unsafe { a0.metas.load(Relaxed).add(pg) };
+        // SAFETY: forwarded contract; t is p's tag, pm its page's meta.
+        return unsafe { secure_free_small(p, t, pm) };
     }
     // SAFETY: forwarded contract; t is p's tag in arena 0.
     unsafe { secure_free_not_small(p, t, 0) }
@@ -259,15 +259,15 @@ fn layout_mismatch(p: *mut u8) -> ! {
     crate::secure::fatal_ptr("dealloc with a layout that does not match the block", p)
 }
 
-/// `secure`: the free of small block `p` (tag `t`, `m` its span's head
-/// meta), checked: block boundary, free marker (see `secure::mark`), then
+/// `secure`: the free of small block `p` (tag `t`, `pm` the meta of its
+/// page), checked: block boundary, free marker (see `secure::mark`), then
 /// [`secure_free_rest`]. Every value of word 0 that can mean "free" decodes
 /// below 2^47, so one test keeps the common case (a live block: a
 /// random-looking word) off the exact check. Shaped so that every call on
 /// the common path is a tail call (no registers to save).
 #[cfg(feature = "secure")]
 #[inline(always)]
-unsafe fn secure_free_small(p: *mut u8, t: u64, m: *mut arena::PageMeta) {
+unsafe fn secure_free_small(p: *mut u8, t: u64, pm: *mut arena::PageMeta) {
     let c = tag_class(t);
     if !crate::secure::on_boundary(p as usize, t) {
         crate::secure::interior(p);
@@ -277,10 +277,10 @@ unsafe fn secure_free_small(p: *mut u8, t: u64, m: *mut arena::PageMeta) {
     let v = unsafe { (p as *const usize).read_volatile() } ^ k;
     if v >> 47 == 0 {
         // SAFETY: forwarded contract.
-        return unsafe { secure_free_suspect(p, t, m, v) };
+        return unsafe { secure_free_suspect(p, t, pm, v) };
     }
     // SAFETY: forwarded contract.
-    unsafe { secure_free_rest(p, c, k, m) }
+    unsafe { secure_free_rest(p, c, k, pm) }
 }
 
 /// `secure`: word 0 of the freed block decodes to a small value: the exact
@@ -288,25 +288,26 @@ unsafe fn secure_free_small(p: *mut u8, t: u64, m: *mut arena::PageMeta) {
 #[cfg(feature = "secure")]
 #[cold]
 #[inline(never)]
-unsafe fn secure_free_suspect(p: *mut u8, t: u64, m: *mut arena::PageMeta, v: usize) {
+unsafe fn secure_free_suspect(p: *mut u8, t: u64, pm: *mut arena::PageMeta, v: usize) {
     let c = tag_class(t);
     if crate::secure::looks_free_slow(v, c, t) {
         crate::secure::double_free(p);
     }
     // SAFETY: forwarded contract.
-    unsafe { secure_free_rest(p, c, crate::secure::mask0(p), m) }
+    unsafe { secure_free_rest(p, c, crate::secure::mask0(p), pm) }
 }
 
 /// `secure`: the end of a checked free of block `p` (class `c`, word 0 mask
-/// `k`, span head meta `m`): the carving-point check, the marker (after the
-/// fill, when asked), and the thread cache.
+/// `k`, `pm` the meta of its page): the carving-point check, the marker
+/// (after the fill, when asked), and the thread cache.
 #[cfg(feature = "secure")]
 #[inline(always)]
-unsafe fn secure_free_rest(p: *mut u8, c: usize, k: usize, m: *mut arena::PageMeta) {
-    // SAFETY: m heads p's span. `bump` only grows while the span lives; p
-    // was carved (its bump store) before the program could hand it to this
-    // thread, so a live p always lies below the value read here.
-    if p >= unsafe { (*m).bump.load(Relaxed) } {
+unsafe fn secure_free_rest(p: *mut u8, c: usize, k: usize, pm: *mut arena::PageMeta) {
+    // SAFETY: pm is the meta of p's page, in a live span: its `bump` is the
+    // span's carving point (`secure::set_carved`), which only grows while
+    // the span lives; p was carved (that store) before the program could
+    // hand it to this thread, so a live p always lies below it.
+    if p >= unsafe { (*pm).bump.load(Relaxed) } {
         crate::secure::never_carved(p);
     }
     if config::CONFIG.secure_fill.load(Relaxed) != 0 {
@@ -352,9 +353,9 @@ unsafe fn secure_free_elsewhere(p: *mut u8, layout_class: Option<usize>) {
 #[inline(always)]
 unsafe fn secure_free_tagged(p: *mut u8, t: u64, a: usize) {
     if tag_class(t) != 0 {
-        let m = arena::head_meta(p as usize, t, a);
-        // SAFETY: forwarded contract; m heads p's span.
-        return unsafe { secure_free_small(p, t, m) };
+        let pm = arena::page_meta(p as usize, a);
+        // SAFETY: forwarded contract; (t, a) is p's tag, pm its page's meta.
+        return unsafe { secure_free_small(p, t, pm) };
     }
     // SAFETY: forwarded contract.
     unsafe { secure_free_not_small(p, t, a) }

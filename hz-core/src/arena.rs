@@ -81,7 +81,8 @@ pub struct PageMeta {
     // ---- small span: only by the owning heap ----
     pub free: *mut u8,
     /// Start of the span's never-carved tail (atomic: `secure` builds read
-    /// it from other threads to reject frees of blocks never handed out).
+    /// it from other threads to reject frees of blocks never handed out;
+    /// there every page of a span holds a copy, see `secure::set_carved`).
     pub bump: AtomicPtr<u8>,
     pub end: *mut u8,
     pub used: u32,
@@ -198,6 +199,15 @@ pub fn head_meta(p: usize, t: u64, arena: usize) -> *mut PageMeta {
     let a = &ARENAS[arena];
     let idx = ((p - a.base.load(Relaxed)) >> PAGE_SHIFT) - tag_offset(t);
     // SAFETY: idx is a page of this arena (tags only name in-arena heads).
+    unsafe { a.metas.load(Relaxed).add(idx) }
+}
+
+/// The meta of the page holding `p`, in arena `arena` (which holds `p`).
+#[inline]
+pub fn page_meta(p: usize, arena: usize) -> *mut PageMeta {
+    let a = &ARENAS[arena];
+    let idx = (p - a.base.load(Relaxed)) >> PAGE_SHIFT;
+    // SAFETY: p lies in this arena, so idx is one of its pages.
     unsafe { a.metas.load(Relaxed).add(idx) }
 }
 

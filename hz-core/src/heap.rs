@@ -436,6 +436,8 @@ unsafe fn new_span(h: *mut Heap, c: usize) -> bool {
         (*m).end = run.addr.add(n * size);
         #[cfg(feature = "secure")]
         crate::secure::take_run(&run, SPAN_PAGES[c] as usize, true);
+        #[cfg(feature = "secure")]
+        crate::secure::set_carved(m, c, run.addr);
         (*m).used = 0;
         (*m).class = c as u32;
         (*m).in_partial = false;
@@ -607,6 +609,10 @@ unsafe fn fill_from_spans(h: *mut Heap, c: usize, want: usize) -> bool {
                 bin.top = bin.top.add(1);
                 p = p.add(size);
                 taken += 1;
+            }
+            #[cfg(feature = "secure")]
+            if p != (*m).bump.load(Relaxed) {
+                crate::secure::set_carved(m, c, p);
             }
             (*m).bump.store(p, Relaxed);
             (*m).used += taken;

@@ -1,33 +1,35 @@
 //! Hardened mode (cargo feature `secure`): turns heap misuse into a clean
 //! abort with one line naming the pointer and the check that failed.
 //!
-//! Owns: the per-process secret, the allocation-state protocol, link
-//! encoding, guard pages, randomised carving and the free fill.
-//! May touch: `arena` (tags, block-state bytes), `os`.
+//! Owns: the per-process secret, the free marker, link encoding, the block
+//! boundary test, guard pages, randomised carving and the free fill.
+//! May touch: `arena` (tags, span metas), `os`.
 //!
-//! * **Allocation state** (out of band, one byte per block of every small
-//!   span, in a per-arena region): set when a block is handed to the
-//!   program, cleared when it is freed, with plain (relaxed) loads and
-//!   stores — no locked instruction on the fast path. A free whose byte is
-//!   already clear is a double free (or a free of a block never handed out);
-//!   `realloc` checks it too. Two threads freeing the same block at the very
-//!   same moment may both pass; sequential double frees are always caught.
+//! * **Free marker** (in band, checked against a secret): word 0 of every
+//!   block in a thread cache holds [`mark`]`(p, class)`, the link encoding
+//!   of the class number, so one decode of word 0 tells "free, cached",
+//!   "free, end of a list", "free, linked" and "live" apart. `free` aborts
+//!   on a block that already decodes as free (double free); `malloc` checks
+//!   the marker of the block it hands out (a write after free is caught)
+//!   and clears it.
 //! * **Pointer validation** on free: the page tag must say "small block" or
-//!   "large block"; a small pointer must sit at a block boundary (else:
-//!   interior pointer), a large one at its run's start.
-//! * **Encoded links**: the two link words a free block carries (free list /
-//!   batch chain, next batch) are stored XOR-ed with a per-process secret
-//!   and the slot address; every decoded link must name a small block of hz,
-//!   or the process aborts ("corrupted free-list link").
-//! * **Guard pages**: the last 4 KiB of every span and large run is
-//!   `PROT_NONE` (and the first page of each arena), so a linear overflow
-//!   off the end of a span or a large block faults. If the kernel refuses
-//!   (map-count limit), the run goes without a guard rather than failing.
-//! * **Randomised carving**: a fresh span's blocks are threaded onto its free
-//!   list in a random order (Fisher–Yates), so heap layout is not
-//!   predictable.
+//!   "large block"; a small pointer must sit on a block boundary of its span
+//!   ([`on_boundary`]: one multiplication), a large one at its run's start;
+//!   a small block must lie below its span's carving point (every page of
+//!   a span carries the carving point in its own meta, so the check needs
+//!   no walk to the span's head).
+//! * **Encoded links**: the link words a free block carries (span free list,
+//!   batch chain, next batch, carried blocks and their count) are stored
+//!   XOR-ed with the secret and the slot address; every decoded link is
+//!   checked (a block of the span's carved part, or a small block of hz) or
+//!   the process aborts ("corrupted free-list link").
+//! * **Guard pages**: the last 4 KiB of every span and large run is a guard
+//!   (`MADV_GUARD_INSTALL`, or `PROT_NONE`), so a linear overflow off the
+//!   end of a span or a large block faults. Guards stay when a run is freed.
+//! * **Randomised carving**: each batch of blocks a refill puts in a thread
+//!   cache is shuffled (Fisher–Yates), so heap layout is not predictable.
 //! * **Fill on free** (`HZ_SECURE_FILL=1`): freed blocks are overwritten with
-//!   0xdf, so use-after-free reads see garbage instead of old data.
+//!   0xdf (after word 0), so use-after-free reads see garbage.
 
 use crate::arena;
 use crate::class::CLASS_SIZE;
@@ -130,23 +132,16 @@ pub fn mark(p: *mut u8, c: usize) -> usize {
     encode(c as *mut u8, p)
 }
 
-/// Class sizes and their reciprocals `ceil(2^40 / size)`, over all 64 values
-/// a tag's class field can take (0 past the last class). For `off < 2^21`
-/// and sizes below 2^19, `(off * RECIP) >> 40 == off / size`.
-static SIZE: [u32; 64] = {
-    let mut t = [0u32; 64];
-    let mut c = 1;
-    while c < crate::class::NUM_CLASSES {
-        t[c] = CLASS_SIZE[c];
-        c += 1;
-    }
-    t
-};
-static RECIP: [u64; 64] = {
+/// `DIV[c] = floor((2^64 - 1) / size) + 1` for every class `c` (0 for the
+/// values of a tag's 6-bit class field that name no class, so they never
+/// pass). For `off < 2^32`, `size` divides `off` exactly when
+/// `off * DIV[c] (mod 2^64) < DIV[c]` (Lemire, Kaser & Kurz, "Faster
+/// remainder by direct computation", 2019): one multiplication, no division.
+static DIV: [u64; 64] = {
     let mut t = [0u64; 64];
     let mut c = 1;
     while c < crate::class::NUM_CLASSES {
-        t[c] = (1u64 << 40).div_ceil(CLASS_SIZE[c] as u64);
+        t[c] = u64::MAX / CLASS_SIZE[c] as u64 + 1;
         c += 1;
     }
     t
@@ -155,21 +150,19 @@ static RECIP: [u64; 64] = {
 /// True when `off` (below 2 MiB) is a multiple of class `c`'s size.
 #[inline(always)]
 fn multiple_of_class(off: usize, c: usize) -> bool {
-    let i = (off as u64 * RECIP[c]) >> 40;
-    i * SIZE[c] as u64 == off as u64 && off < 1 << 21
+    let d = DIV[c & 63];
+    (off as u64).wrapping_mul(d) < d && off < 1 << 21
 }
 
 /// True when `p` (tag `t`, a small-block tag) sits on a block boundary
 /// of its span. A span starts on a page boundary and is at most 2 MiB
 /// (`SPAN_PAGES` ≤ 32, checked at compile time), so the offset in the span
-/// comes from the tag alone and stays in the reciprocal's exact range; the
-/// block index is a multiplication by a reciprocal (a division was this
-/// mode's largest cost).
+/// comes from the tag alone and stays in the exact range of [`DIV`].
 #[inline(always)]
 pub fn on_boundary(p: usize, t: u64) -> bool {
     let off = (p & (crate::PAGE_SIZE - 1)) + (arena::tag_offset(t) << crate::PAGE_SHIFT);
-    let c = arena::tag_class(t);
-    ((off as u64 * RECIP[c]) >> 40) * SIZE[c] as u64 == off as u64
+    let d = DIV[arena::tag_class(t)];
+    (off as u64).wrapping_mul(d) < d
 }
 
 const _: () = {
@@ -322,6 +315,20 @@ pub unsafe fn take_run(run: &arena::Run, pages: usize, guard: bool) {
     }
 }
 
+/// Span `m` (class `c`) has been carved up to `p`: every page of the span
+/// records it in its own meta's `bump` (the head's is the span's carving
+/// point), so a free checks the page it lands on without finding the head.
+///
+/// # Safety
+/// `m` heads a span of class `c` that the caller owns.
+pub unsafe fn set_carved(m: *mut arena::PageMeta, c: usize, p: *mut u8) {
+    for i in 1..crate::class::SPAN_PAGES[c] as usize {
+        // SAFETY: the span's pages have consecutive metas, owned by the
+        // caller; only the span's owner writes them, others read them.
+        unsafe { (*m.add(i)).bump.store(p, Relaxed) };
+    }
+}
+
 /// xorshift64*.
 pub fn next_rand(s: &mut u64) -> u64 {
     let mut x = *s;
@@ -334,19 +341,50 @@ pub fn next_rand(s: &mut u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{RECIP, SIZE};
-    use crate::class::{NUM_CLASSES, SPAN_PAGES};
+    use super::{multiple_of_class, on_boundary, DIV};
+    use crate::arena::{make_tag, KIND_SMALL};
+    use crate::class::{CLASS_SIZE, NUM_CLASSES, SPAN_PAGES};
+    use crate::{PAGE_SHIFT, PAGE_SIZE};
 
     #[test]
-    fn reciprocal_division_is_exact_over_every_span() {
+    fn divisibility_test_is_exact_over_every_span() {
         for c in 1..NUM_CLASSES {
-            let size = SIZE[c] as u64;
-            let span = SPAN_PAGES[c] as u64 * crate::PAGE_SIZE as u64;
+            let size = CLASS_SIZE[c] as usize;
+            let span = SPAN_PAGES[c] as usize * PAGE_SIZE;
+            // Every byte offset of the first 64 KiB and of the span's last
+            // 64 KiB, and every 8th offset between.
             let mut off = 0;
             while off < span {
-                assert_eq!((off * RECIP[c]) >> 40, off / size, "class {c} offset {off}");
-                off += 16;
+                assert_eq!(
+                    multiple_of_class(off, c),
+                    off % size == 0,
+                    "class {c} offset {off}"
+                );
+                off += if off < PAGE_SIZE || off + PAGE_SIZE >= span {
+                    1
+                } else {
+                    8
+                };
             }
+            // Through the tag: page offset plus the page's offset in its span.
+            let base = 1usize << 40;
+            for page in 0..SPAN_PAGES[c] as usize {
+                let t = make_tag(c, KIND_SMALL, 7, page);
+                for within in [0, 8, 16, size % PAGE_SIZE, PAGE_SIZE - 16] {
+                    let off = (page << PAGE_SHIFT) + within;
+                    let p = base + off;
+                    assert_eq!(
+                        on_boundary(p, t),
+                        off.is_multiple_of(size),
+                        "class {c} off {off}"
+                    );
+                }
+            }
+        }
+        // Tag class values that name no class never pass.
+        for c in NUM_CLASSES..64 {
+            assert_eq!(DIV[c], 0);
+            assert!(!multiple_of_class(0, c));
         }
     }
 }

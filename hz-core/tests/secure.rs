@@ -139,6 +139,24 @@ fn child_entry() {
                 let last = base + ((65536 - 4096) / size - 1) * size;
                 hz_core::free(last as *mut u8);
             }
+            "never_carved_reused" => {
+                // The same, on pages that held data before: a large block
+                // written with junk and freed leaves its run resident
+                // (dirty); the span of a fresh class carved there must
+                // still know which of its blocks were never handed out.
+                let big = hz_core::malloc(200_000);
+                std::ptr::write_bytes(big, 0x41, 200_000);
+                hz_core::free(big);
+                let q = hz_core::malloc(5000);
+                let base = q as usize & !0xffff;
+                if base < big as usize || base >= big as usize + 200_000 {
+                    eprintln!("span {base:#x} not carved on the freed run {big:p}");
+                    std::process::exit(4);
+                }
+                let size = hz_core::usable_size(q);
+                let last = base + ((65536 - 4096) / size - 1) * size;
+                hz_core::free(last as *mut u8);
+            }
             "fill_check" => {
                 std::ptr::write_bytes(p, 0x11, 48);
                 hz_core::free(p);
@@ -188,6 +206,11 @@ fn write_after_free_is_caught_when_the_block_is_reused() {
 #[test]
 fn free_of_a_block_never_carved_aborts() {
     expect_abort("never_carved", "never handed out");
+}
+
+#[test]
+fn free_of_a_block_never_carved_on_reused_pages_aborts() {
+    expect_abort("never_carved_reused", "never handed out");
 }
 
 #[test]
