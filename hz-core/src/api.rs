@@ -243,10 +243,9 @@ unsafe fn secure_free(p: *mut u8, layout_class: Option<usize>) {
         }
     }
     if tag_class(t) != 0 {
-        // SAFETY: pg is a page of arena 0: its meta.
-        let pm = unsafe { a0.metas.load(Relaxed).add(pg) };
-        // SAFETY: forwarded contract; t is p's tag, pm its page's meta.
-        return unsafe { secure_free_small(p, t, pm) };
+        let cw = arena::carved_word(0, pg);
+        // SAFETY: forwarded contract; t is p's tag, cw its page's word.
+        return unsafe { secure_free_small(p, t, cw) };
     }
     // SAFETY: forwarded contract; t is p's tag in arena 0.
     unsafe { secure_free_not_small(p, t, 0) }
@@ -259,15 +258,15 @@ fn layout_mismatch(p: *mut u8) -> ! {
     crate::secure::fatal_ptr("dealloc with a layout that does not match the block", p)
 }
 
-/// `secure`: the free of small block `p` (tag `t`, `pm` the meta of its
-/// page), checked: block boundary, free marker (see `secure::mark`), then
+/// `secure`: the free of small block `p` (tag `t`, `cw` the carving-point
+/// word of its page), checked: block boundary, free marker (see `secure::mark`), then
 /// [`secure_free_rest`]. Every value of word 0 that can mean "free" decodes
 /// below 2^47, so one test keeps the common case (a live block: a
 /// random-looking word) off the exact check. Shaped so that every call on
 /// the common path is a tail call (no registers to save).
 #[cfg(feature = "secure")]
 #[inline(always)]
-unsafe fn secure_free_small(p: *mut u8, t: u64, pm: *mut arena::PageMeta) {
+unsafe fn secure_free_small(p: *mut u8, t: u64, cw: *const core::sync::atomic::AtomicUsize) {
     let c = tag_class(t);
     if !crate::secure::on_boundary(p as usize, t) {
         crate::secure::interior(p);
@@ -277,10 +276,10 @@ unsafe fn secure_free_small(p: *mut u8, t: u64, pm: *mut arena::PageMeta) {
     let v = unsafe { (p as *const usize).read_volatile() } ^ k;
     if v >> 47 == 0 {
         // SAFETY: forwarded contract.
-        return unsafe { secure_free_suspect(p, t, pm, v) };
+        return unsafe { secure_free_suspect(p, t, cw, v) };
     }
     // SAFETY: forwarded contract.
-    unsafe { secure_free_rest(p, c, k, pm) }
+    unsafe { secure_free_rest(p, c, k, cw) }
 }
 
 /// `secure`: word 0 of the freed block decodes to a small value: the exact
@@ -288,26 +287,36 @@ unsafe fn secure_free_small(p: *mut u8, t: u64, pm: *mut arena::PageMeta) {
 #[cfg(feature = "secure")]
 #[cold]
 #[inline(never)]
-unsafe fn secure_free_suspect(p: *mut u8, t: u64, pm: *mut arena::PageMeta, v: usize) {
+unsafe fn secure_free_suspect(
+    p: *mut u8,
+    t: u64,
+    cw: *const core::sync::atomic::AtomicUsize,
+    v: usize,
+) {
     let c = tag_class(t);
     if crate::secure::looks_free_slow(v, c, t) {
         crate::secure::double_free(p);
     }
     // SAFETY: forwarded contract.
-    unsafe { secure_free_rest(p, c, crate::secure::mask0(p), pm) }
+    unsafe { secure_free_rest(p, c, crate::secure::mask0(p), cw) }
 }
 
 /// `secure`: the end of a checked free of block `p` (class `c`, word 0 mask
-/// `k`, `pm` the meta of its page): the carving-point check, the marker
+/// `k`, `cw` the carving-point word of its page): the carving-point check, the marker
 /// (after the fill, when asked), and the thread cache.
 #[cfg(feature = "secure")]
 #[inline(always)]
-unsafe fn secure_free_rest(p: *mut u8, c: usize, k: usize, pm: *mut arena::PageMeta) {
-    // SAFETY: pm is the meta of p's page, in a live span: its `bump` is the
-    // span's carving point (`secure::set_carved`), which only grows while
-    // the span lives; p was carved (that store) before the program could
-    // hand it to this thread, so a live p always lies below it.
-    if p >= unsafe { (*pm).bump.load(Relaxed) } {
+unsafe fn secure_free_rest(
+    p: *mut u8,
+    c: usize,
+    k: usize,
+    cw: *const core::sync::atomic::AtomicUsize,
+) {
+    // SAFETY: cw is the carving-point word of p's page, in a live span
+    // (`secure::set_carved`): it only grows while the span lives; p was
+    // carved (that store) before the program could hand it to this thread,
+    // so a live p always lies below it.
+    if p as usize >= unsafe { (*cw).load(Relaxed) } {
         crate::secure::never_carved(p);
     }
     if config::CONFIG.secure_fill.load(Relaxed) != 0 {
@@ -353,9 +362,10 @@ unsafe fn secure_free_elsewhere(p: *mut u8, layout_class: Option<usize>) {
 #[inline(always)]
 unsafe fn secure_free_tagged(p: *mut u8, t: u64, a: usize) {
     if tag_class(t) != 0 {
-        let pm = arena::page_meta(p as usize, a);
-        // SAFETY: forwarded contract; (t, a) is p's tag, pm its page's meta.
-        return unsafe { secure_free_small(p, t, pm) };
+        let base = arena::ARENAS[a].base.load(Relaxed);
+        let cw = arena::carved_word(a, (p as usize - base) >> PAGE_SHIFT);
+        // SAFETY: forwarded contract; (t, a) is p's tag, cw its page's word.
+        return unsafe { secure_free_small(p, t, cw) };
     }
     // SAFETY: forwarded contract.
     unsafe { secure_free_not_small(p, t, a) }

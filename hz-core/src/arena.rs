@@ -80,9 +80,8 @@ pub struct PageMeta {
     pub dprev: *mut PageMeta,
     // ---- small span: only by the owning heap ----
     pub free: *mut u8,
-    /// Start of the span's never-carved tail (atomic: `secure` builds read
-    /// it from other threads to reject frees of blocks never handed out;
-    /// there every page of a span holds a copy, see `secure::set_carved`).
+    /// Start of the span's never-carved tail (`secure` builds copy it to
+    /// `ArenaSlot::carved` for other threads to read).
     pub bump: AtomicPtr<u8>,
     pub end: *mut u8,
     pub used: u32,
@@ -109,6 +108,12 @@ pub struct ArenaSlot {
     pub len: AtomicUsize,
     pub tags: AtomicPtr<u64>,
     pub metas: AtomicPtr<PageMeta>,
+    /// `secure` builds: one word per page, the carving point of the small
+    /// span holding the page (see `secure::set_carved`). Apart from the
+    /// page metas, whose lines the owner writes on every refill, so a
+    /// remote free reads a line that stays shared.
+    #[cfg(feature = "secure")]
+    pub carved: AtomicPtr<core::sync::atomic::AtomicUsize>,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -117,6 +122,8 @@ const EMPTY_SLOT: ArenaSlot = ArenaSlot {
     len: AtomicUsize::new(0),
     tags: AtomicPtr::new(null_mut()),
     metas: AtomicPtr::new(null_mut()),
+    #[cfg(feature = "secure")]
+    carved: AtomicPtr::new(null_mut()),
 };
 pub static ARENAS: [ArenaSlot; MAX_ARENAS] = [EMPTY_SLOT; MAX_ARENAS];
 pub static NARENAS: AtomicUsize = AtomicUsize::new(0);
@@ -157,7 +164,10 @@ static PAGES: Pages = Pages {
     }),
 };
 
+#[cfg(not(feature = "secure"))]
 const META_BYTES: usize = core::mem::size_of::<PageMeta>() + 8;
+#[cfg(feature = "secure")]
+const META_BYTES: usize = core::mem::size_of::<PageMeta>() + 16;
 const MIN_ARENA: usize = 16 << 20;
 const HUGE_PAGE: usize = 2 << 20;
 
@@ -202,13 +212,19 @@ pub fn head_meta(p: usize, t: u64, arena: usize) -> *mut PageMeta {
     unsafe { a.metas.load(Relaxed).add(idx) }
 }
 
-/// The meta of the page holding `p`, in arena `arena` (which holds `p`).
-#[inline]
-pub fn page_meta(p: usize, arena: usize) -> *mut PageMeta {
-    let a = &ARENAS[arena];
-    let idx = (p - a.base.load(Relaxed)) >> PAGE_SHIFT;
-    // SAFETY: p lies in this arena, so idx is one of its pages.
-    unsafe { a.metas.load(Relaxed).add(idx) }
+/// `secure`: the carving-point word of page `idx` of arena `arena`.
+#[cfg(feature = "secure")]
+#[inline(always)]
+pub fn carved_word(arena: usize, idx: usize) -> *const core::sync::atomic::AtomicUsize {
+    // SAFETY: callers pass a page of the arena.
+    unsafe { ARENAS[arena].carved.load(Relaxed).add(idx) }
+}
+
+/// `secure`: page index of head meta `m` in its arena, and the arena.
+#[cfg(feature = "secure")]
+pub fn page_of(m: *mut PageMeta) -> (usize, usize) {
+    // SAFETY: m is a meta of an arena.
+    (page_index(m), unsafe { (*m).arena } as usize)
 }
 
 /// Writes the tags of a run.
@@ -664,7 +680,7 @@ fn new_arena(st: &mut PageState, min_pages: usize) -> Option<usize> {
     let mut size = st.next_reserve.max(need.next_multiple_of(MIN_ARENA));
     loop {
         let pages = size >> PAGE_SHIFT;
-        let meta = (pages * META_BYTES).next_multiple_of(PAGE_SIZE);
+        let meta = (pages * META_BYTES + 128).next_multiple_of(PAGE_SIZE);
         let total = meta + size + HUGE_PAGE;
         if let Some(map) = os::reserve(total) {
             let tags = map as *mut u64;
@@ -679,6 +695,14 @@ fn new_arena(st: &mut PageState, min_pages: usize) -> Option<usize> {
             let a = &ARENAS[n];
             a.tags.store(tags, Relaxed);
             a.metas.store(metas, Relaxed);
+            #[cfg(feature = "secure")]
+            {
+                // SAFETY: the tables fit in `meta` bytes (META_BYTES per
+                // page, plus alignment slack).
+                let carved = unsafe { metas.add(pages) } as usize;
+                a.carved
+                    .store(carved.next_multiple_of(64) as *mut _, Relaxed);
+            }
             a.base.store(base, Relaxed);
             a.len.store(size, Relaxed);
             st.top[n] = 0;

@@ -16,8 +16,8 @@
 //!   "large block"; a small pointer must sit on a block boundary of its span
 //!   ([`on_boundary`]: one multiplication), a large one at its run's start;
 //!   a small block must lie below its span's carving point (every page of
-//!   a span carries the carving point in its own meta, so the check needs
-//!   no walk to the span's head).
+//!   a span has a copy of it in a per-arena table, so the check needs no
+//!   walk to the span's head).
 //! * **Encoded links**: the link words a free block carries (span free list,
 //!   batch chain, next batch, carried blocks and their count) are stored
 //!   XOR-ed with the secret and the slot address; every decoded link is
@@ -316,16 +316,17 @@ pub unsafe fn take_run(run: &arena::Run, pages: usize, guard: bool) {
 }
 
 /// Span `m` (class `c`) has been carved up to `p`: every page of the span
-/// records it in its own meta's `bump` (the head's is the span's carving
-/// point), so a free checks the page it lands on without finding the head.
+/// records it in its word of `ArenaSlot::carved`, which a free reads for
+/// the page it lands on (no walk to the span's head, and no read of a meta
+/// line the owner keeps writing).
 ///
 /// # Safety
 /// `m` heads a span of class `c` that the caller owns.
 pub unsafe fn set_carved(m: *mut arena::PageMeta, c: usize, p: *mut u8) {
-    for i in 1..crate::class::SPAN_PAGES[c] as usize {
-        // SAFETY: the span's pages have consecutive metas, owned by the
-        // caller; only the span's owner writes them, others read them.
-        unsafe { (*m.add(i)).bump.store(p, Relaxed) };
+    let (idx, a) = arena::page_of(m);
+    for i in 0..crate::class::SPAN_PAGES[c] as usize {
+        // SAFETY: pages of the caller's span; only the owner writes them.
+        unsafe { (*arena::carved_word(a, idx + i)).store(p as usize, Relaxed) };
     }
 }
 
