@@ -9,9 +9,9 @@
 //!   block in a thread cache holds [`mark`]`(p, class)`, the link encoding
 //!   of the class number, so one decode of word 0 tells "free, cached",
 //!   "free, end of a list", "free, linked" and "live" apart. `free` aborts
-//!   on a block that already decodes as free (double free); `malloc` checks
-//!   the marker of the block it hands out (a write after free is caught)
-//!   and clears it.
+//!   on a block that already decodes as free (double free); `malloc` clears
+//!   the marker of the block it hands out (and, with `HZ_SECURE_FILL=1`,
+//!   first checks it: a write after free is caught).
 //! * **Pointer validation** on free: the page tag must say "small block" or
 //!   "large block"; a small pointer must sit on a block boundary of its span
 //!   ([`on_boundary`]: one multiplication), a large one at its run's start;
@@ -28,8 +28,10 @@
 //!   end of a span or a large block faults. Guards stay when a run is freed.
 //! * **Randomised carving**: each batch of blocks a refill puts in a thread
 //!   cache is shuffled (Fisher–Yates), so heap layout is not predictable.
-//! * **Fill on free** (`HZ_SECURE_FILL=1`): freed blocks are overwritten with
-//!   0xdf (after word 0), so use-after-free reads see garbage.
+//! * **Use-after-free mode** (`HZ_SECURE_FILL=1`): freed blocks are
+//!   overwritten with 0xdf (after word 0), so use-after-free reads see
+//!   garbage, and a block's marker is checked when it is handed out again,
+//!   so a write after free into its first word aborts.
 
 use crate::arena;
 use crate::class::CLASS_SIZE;
@@ -204,23 +206,35 @@ pub fn looks_free_slow(v: usize, c: usize, t: u64) -> bool {
     arena::tag_class(tv) == c && arena::tag_owner(tv) == arena::tag_owner(t)
 }
 
-/// A small block of class `c` leaves a thread cache for the program: word
-/// 0 must still hold its free marker (else the block was written after
-/// it was freed, or the cache was corrupted), and is cleared.
+/// A small block of class `c` leaves a thread cache for the program: its
+/// free marker is cleared. With `HZ_SECURE_FILL=1` (the use-after-free
+/// mode) word 0 must still hold the marker, else the block was written
+/// after it was freed. That check is not on by default: the block was
+/// often freed on another core, and reading it before handing it out
+/// waits for its cache line (a quarter of the time of the remote cells),
+/// where the program's own first store does not.
 #[inline(always)]
 pub fn on_alloc(p: *mut u8, c: usize) {
+    if crate::config::CONFIG.secure_fill.load(Relaxed) != 0 {
+        check_reuse(p, c);
+    }
+    // Volatile: compilers treat a block's contents as dead when it is
+    // freed and may drop the program's stores before a free (fat LTO
+    // inlines this into Rust callers), so the marker must be cleared by a
+    // store that cannot be removed — else a live block whose stores were
+    // dropped would still carry the marker when freed.
     // SAFETY: p came out of a bin of class c: a block of at least 16 bytes.
-    unsafe {
-        let w = p as *mut usize;
-        if w.read_volatile() != mark(p, c) {
-            bad_pop(p);
-        }
-        // Volatile: compilers treat a block's contents as dead when it is
-        // freed and may drop the program's stores before a free (fat LTO
-        // inlines this into Rust callers), so the marker must be cleared by
-        // a store that cannot be removed — else a live block whose stores
-        // were dropped would still carry the marker when freed.
-        w.write_volatile(0);
+    unsafe { (p as *mut usize).write_volatile(0) };
+}
+
+/// `HZ_SECURE_FILL=1`: block `p` of class `c`, about to be handed out,
+/// must still carry its free marker.
+#[cold]
+#[inline(never)]
+fn check_reuse(p: *mut u8, c: usize) {
+    // SAFETY: p came out of a bin of class c: a block of at least 16 bytes.
+    if unsafe { (p as *const usize).read_volatile() } != mark(p, c) {
+        bad_pop(p);
     }
 }
 
