@@ -9,7 +9,7 @@
 //! | `HZ_VERBOSE` | 0 | 1: print warnings (arena fallbacks, foreign frees) to stderr |
 //! | `HZ_ARENA_GB` | 64 | size of the first address-space reservation, in GiB |
 //! | `HZ_ARENA_MB` | — | the same in MiB (at least 16); wins over `HZ_ARENA_GB` |
-//! | `HZ_SECURE_FILL` | 0 | secure builds: 1 fills freed blocks with 0xdf |
+//! | `HZ_SECURE_FILL` | 0 | secure builds: 1 fills freed blocks with 0xdf and checks their first word when they are handed out again |
 //! | `HZ_THP` | 0 | 1: ask for transparent huge pages on the arena (`MADV_HUGEPAGE`) |
 
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
