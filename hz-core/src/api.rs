@@ -456,6 +456,55 @@ pub fn malloc(size: usize) -> *mut u8 {
     }
 }
 
+/// [`malloc`] for C callers: a null result also sets `errno` to `ENOMEM`.
+/// Every path that can fail is a tail call, so the fast path saves no
+/// register and tests no result (libhz.so's `malloc`).
+#[inline]
+pub fn malloc_errno(size: usize) -> *mut u8 {
+    let c = class_of(size);
+    if c == 0 {
+        return alloc_large_errno(size);
+    }
+    let h = tls::get();
+    // SAFETY: as in `alloc_small_cached`.
+    unsafe {
+        let bin = addr_of_mut!((*h).b[c]);
+        let top = (*bin).top;
+        if top != (*bin).base {
+            let top = top.sub(1);
+            (*bin).top = top;
+            let p = *top;
+            #[cfg(feature = "secure")]
+            crate::secure::on_alloc(p, c);
+            return p;
+        }
+    }
+    alloc_small_slow_errno(c)
+}
+
+#[cold]
+#[inline(never)]
+fn alloc_small_slow_errno(c: usize) -> *mut u8 {
+    let p = alloc_small_slow(c);
+    if p.is_null() {
+        os::set_errno(libc::ENOMEM);
+    } else {
+        #[cfg(feature = "secure")]
+        crate::secure::on_alloc(p, c);
+    }
+    p
+}
+
+#[cold]
+#[inline(never)]
+fn alloc_large_errno(size: usize) -> *mut u8 {
+    let p = alloc_large(size, 16, false);
+    if p.is_null() {
+        os::set_errno(libc::ENOMEM);
+    }
+    p
+}
+
 /// Allocates `size` bytes aligned to `align` (a power of two; anything else
 /// gives null). Null when out of memory.
 #[inline]
@@ -506,7 +555,16 @@ pub unsafe fn free(p: *mut u8) {
     // SAFETY: forwarded contract.
     return unsafe { secure_free(p, None) };
     #[allow(unreachable_code)]
-    let (t, _) = arena::lookup(p as usize);
+    let a0 = &arena::ARENAS[0];
+    let off = (p as usize).wrapping_sub(a0.base.load(Relaxed));
+    if off >= a0.len.load(Relaxed) {
+        // Null, another arena, or foreign: a tail call, so the fast path
+        // below keeps `p` in its argument register and saves nothing.
+        // SAFETY: forwarded contract.
+        return unsafe { free_not_small(p) };
+    }
+    // SAFETY: off < len: a page of arena 0.
+    let t = unsafe { *a0.tags.load(Relaxed).add(off >> PAGE_SHIFT) };
     let c = tag_class(t);
     if c != 0 {
         // SAFETY: the tag says p is a small block of class c.

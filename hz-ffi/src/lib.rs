@@ -68,7 +68,7 @@ unsafe fn free_keep_errno(p: *mut c_void, size: Option<usize>) {
 /// `malloc(3)`: 16-byte aligned; `malloc(0)` is a unique non-null pointer.
 #[no_mangle]
 pub extern "C" fn malloc(size: usize) -> *mut c_void {
-    enomem_if_null(hz_core::malloc(size))
+    hz_core::malloc_errno(size).cast()
 }
 
 /// `free(3)`: keeps `errno`; a foreign pointer is ignored by hz-core.
