@@ -72,7 +72,14 @@ unsafe impl GlobalAlloc for HzAlloc {
 
 #[inline(always)]
 fn alloc_small(c: usize) -> *mut u8 {
-    let p = alloc_small_cached(c);
+    alloc_small_with(c, alloc_small_slow)
+}
+
+/// A block of class `c` from this thread's bin, or `slow(c)` when the bin
+/// is empty (a tail call: the fast path saves no register).
+#[inline(always)]
+fn alloc_small_with(c: usize, slow: fn(usize) -> *mut u8) -> *mut u8 {
+    let p = alloc_small_cached(c, slow);
     #[cfg(feature = "secure")]
     if !p.is_null() {
         crate::secure::on_alloc(p, c);
@@ -81,7 +88,7 @@ fn alloc_small(c: usize) -> *mut u8 {
 }
 
 #[inline(always)]
-fn alloc_small_cached(c: usize) -> *mut u8 {
+fn alloc_small_cached(c: usize, slow: fn(usize) -> *mut u8) -> *mut u8 {
     let h = tls::get();
     // SAFETY: h points at this thread's heap or at a static empty heap whose
     // bins are both empty and full (top == base == end), so the pop below is
@@ -95,7 +102,7 @@ fn alloc_small_cached(c: usize) -> *mut u8 {
             return *top;
         }
     }
-    alloc_small_slow(c)
+    slow(c)
 }
 
 #[cold]
@@ -458,28 +465,15 @@ pub fn malloc(size: usize) -> *mut u8 {
 
 /// [`malloc`] for C callers: a null result also sets `errno` to `ENOMEM`.
 /// Every path that can fail is a tail call, so the fast path saves no
-/// register and tests no result (libhz.so's `malloc`).
+/// register and tests no result (libhz.so's `malloc`; E11 in
+/// docs/PERFORMANCE.md).
 #[inline]
 pub fn malloc_errno(size: usize) -> *mut u8 {
     let c = class_of(size);
     if c == 0 {
         return alloc_large_errno(size);
     }
-    let h = tls::get();
-    // SAFETY: as in `alloc_small_cached`.
-    unsafe {
-        let bin = addr_of_mut!((*h).b[c]);
-        let top = (*bin).top;
-        if top != (*bin).base {
-            let top = top.sub(1);
-            (*bin).top = top;
-            let p = *top;
-            #[cfg(feature = "secure")]
-            crate::secure::on_alloc(p, c);
-            return p;
-        }
-    }
-    alloc_small_slow_errno(c)
+    alloc_small_with(c, alloc_small_slow_errno)
 }
 
 #[cold]
@@ -488,9 +482,6 @@ fn alloc_small_slow_errno(c: usize) -> *mut u8 {
     let p = alloc_small_slow(c);
     if p.is_null() {
         os::set_errno(libc::ENOMEM);
-    } else {
-        #[cfg(feature = "secure")]
-        crate::secure::on_alloc(p, c);
     }
     p
 }
