@@ -64,6 +64,7 @@ const fn gen_small_table() -> [u8; TABLE_LEN] {
         while (sizes[c] as usize) < size {
             c += 1;
         }
+        assert!(c < NUM_CLASSES);
         t[i] = c as u8;
         i += 1;
     }
@@ -75,24 +76,50 @@ static SMALL_TABLE: [u8; TABLE_LEN] = gen_small_table();
 /// than [`SMALL_MAX`].
 #[inline(always)]
 pub fn class_of(size: usize) -> usize {
-    if size <= TABLE_MAX {
+    let c = if size <= TABLE_MAX {
         // SAFETY: (size + 15) >> 4 <= TABLE_MAX / 16 < TABLE_LEN.
         unsafe { *SMALL_TABLE.get_unchecked((size + 15) >> 4) as usize }
+    } else if size <= SMALL_MAX {
+        // SAFETY: TABLE_MAX < size <= SMALL_MAX, so the index is < STEP_LEN.
+        unsafe { *STEP_TABLE.get_unchecked((size - TABLE_MAX - 1) >> 9) as usize }
     } else {
-        class_of_large(size)
-    }
+        return 0;
+    };
+    // SAFETY: both tables hold classes only (their generators assert
+    // 1 <= c < NUM_CLASSES at compile time). Said here so that the
+    // compiler drops the "is it 0" and bounds tests its users would make.
+    unsafe { core::hint::assert_unchecked(c != 0 && c < NUM_CLASSES) };
+    c
 }
 
-#[inline]
-fn class_of_large(size: usize) -> usize {
-    if size > SMALL_MAX {
-        return 0;
+/// Above [`TABLE_MAX`] every class size is a multiple of 512, so sizes in
+/// one 512-byte step share a class: a second table, one byte per step up
+/// to [`SMALL_MAX`] (252 entries), replaces the `bsr` formula (E13 in
+/// docs/PERFORMANCE.md).
+const STEP_LEN: usize = (SMALL_MAX - TABLE_MAX) / 512;
+
+const fn gen_step_table() -> [u16; STEP_LEN] {
+    let sizes = gen_sizes();
+    let mut t = [0u16; STEP_LEN];
+    let mut k = 0;
+    while k < STEP_LEN {
+        let top = TABLE_MAX + 512 * (k + 1);
+        let mut c = 1;
+        while (sizes[c] as usize) < top {
+            c += 1;
+        }
+        // Every size of the step fits the class, and none fits the one below.
+        assert!(c < NUM_CLASSES && sizes[c - 1] as usize <= top - 512);
+        t[k] = c as u16;
+        k += 1;
     }
-    let s = size - 1;
-    let b = (usize::BITS - 1 - s.leading_zeros()) as usize; // 2^b <= s < 2^(b+1)
-    let k = ((s >> (b - 2)) & 3) + 1;
-    8 + (b - 7) * 4 + k
+    t
 }
+/// `u16` entries, not `u8`: with two loads of the same shape the compiler
+/// merges both lookups into one with a variable shift, which lengthens the
+/// path of the sizes up to 2 KiB (measured: 43 → 49 instructions per
+/// in-process pair).
+static STEP_TABLE: [u16; STEP_LEN] = gen_step_table();
 
 /// Class for `size` bytes aligned to `align` (a power of two), or 0 when
 /// the request must be served as a page run. A pure function of its
