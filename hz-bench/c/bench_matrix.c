@@ -3,7 +3,7 @@
  * libtcmalloc, or plain glibc.
  *
  * usage: bench_matrix THREADS REMOTE_PCT MIN MAX ITERS_PER_THREAD WS RING_CAP SEED
- * prints: HZB_RESULT allocs=.. local=.. sent=.. recv=.. fallback=.. cleanup=.. ns=.. maxrss_kib=..
+ * prints: HZB_RESULT allocs=.. local=.. sent=.. recv=.. fallback=.. cleanup=.. ns=.. maxrss_kib=.. backlog=..
  *
  * Same generator (xorshift64*), same reductions, same accounting as the Rust
  * version. Rings are mmap'd so the allocator under test never sees them. */
@@ -23,6 +23,9 @@
 
 typedef struct {
     uint64_t allocs, local, sent, recv, fallback, cleanup;
+    /* The most blocks one drain of this thread's ring found queued: the
+     * benchmark's own backlog, which peak RSS includes (not the allocator's). */
+    uint64_t backlog;
     struct timespec begin, end;
 } counts_t;
 
@@ -40,6 +43,7 @@ static inline void ring_drain(ring_t *r, counts_t *c) {
     size_t h = atomic_load_explicit(&r->head, memory_order_relaxed);
     size_t t = atomic_load_explicit(&r->tail, memory_order_acquire);
     if (h == t) return;
+    if (t - h > c->backlog) c->backlog = t - h;
     for (size_t i = h; i != t; i++) {
         free(r->buf[i & (r->cap - 1)]);
         c->recv++;
@@ -133,15 +137,18 @@ int main(int argc, char **argv) {
         tot.recv += c->recv;
         tot.fallback += c->fallback;
         tot.cleanup += c->cleanup;
+        tot.backlog += c->backlog;
         if (i == 0 || ts_less(&c->begin, &start)) start = c->begin;
         if (i == 0 || ts_less(&end, &c->end)) end = c->end;
     }
     long long ns = (long long)(end.tv_sec - start.tv_sec) * 1000000000LL + (end.tv_nsec - start.tv_nsec);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    printf("HZB_RESULT allocs=%llu local=%llu sent=%llu recv=%llu fallback=%llu cleanup=%llu ns=%lld maxrss_kib=%ld\n",
+    /* backlog: the sum over rings of the most blocks one drain found. */
+    printf("HZB_RESULT allocs=%llu local=%llu sent=%llu recv=%llu fallback=%llu cleanup=%llu ns=%lld maxrss_kib=%ld "
+           "backlog=%llu\n",
            (unsigned long long)tot.allocs, (unsigned long long)tot.local, (unsigned long long)tot.sent,
            (unsigned long long)tot.recv, (unsigned long long)tot.fallback, (unsigned long long)tot.cleanup, ns,
-           ru.ru_maxrss);
+           ru.ru_maxrss, (unsigned long long)tot.backlog);
     return 0;
 }
