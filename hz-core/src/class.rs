@@ -48,8 +48,8 @@ pub static CLASS_SIZE: [u32; NUM_CLASSES] = gen_sizes();
 /// Requests up to this many bytes find their class in one table lookup.
 /// 2 KiB: a program whose sizes straddle the cut-off pays a mispredicted
 /// branch on about every call where they do (the guard lane, 16..2048 B
-/// uniform, straddled 1 KiB half the time); above 2 KiB the formula
-/// follows.
+/// uniform, straddled 1 KiB half the time); above 2 KiB a second table
+/// with 512-byte steps follows ([`STEP_TABLE`]).
 const TABLE_MAX: usize = 2048;
 const TABLE_LEN: usize = TABLE_MAX / 16 + 1;
 
