@@ -93,7 +93,7 @@ pub fn class_of(size: usize) -> usize {
 }
 
 /// Above [`TABLE_MAX`] every class size is a multiple of 512, so sizes in
-/// one 512-byte step share a class: a second table, one byte per step up
+/// one 512-byte step share a class: a second table, one entry per step up
 /// to [`SMALL_MAX`] (252 entries), replaces the `bsr` formula (E13 in
 /// docs/PERFORMANCE.md).
 const STEP_LEN: usize = (SMALL_MAX - TABLE_MAX) / 512;
