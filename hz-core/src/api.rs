@@ -246,7 +246,10 @@ unsafe fn secure_free(p: *mut u8, layout_class: Option<usize>) {
     let t = unsafe { *a0.tags.load(Relaxed).add(pg) };
     if let Some(lc) = layout_class {
         if tag_class(t) != lc {
-            layout_mismatch(p);
+            // A tail call (the checks there abort), so that this path
+            // needs no stack frame.
+            // SAFETY: forwarded contract.
+            return unsafe { secure_free_elsewhere(p, layout_class) };
         }
     }
     if tag_class(t) != 0 {
@@ -266,14 +269,42 @@ fn layout_mismatch(p: *mut u8) -> ! {
 }
 
 /// `secure`: the free of small block `p` (tag `t`, `cw` the carving-point
-/// word of its page), checked: block boundary, free marker (see `secure::mark`), then
-/// [`secure_free_rest`]. Every value of word 0 that can mean "free" decodes
-/// below 2^47, so one test keeps the common case (a live block: a
-/// random-looking word) off the exact check. Shaped so that every call on
-/// the common path is a tail call (no registers to save).
+/// word of its page), checked: block boundary, free marker (see
+/// `secure::mark`), carving point. Every value of word 0 that can mean
+/// "free" decodes below 2^47, so one test keeps the common case (a live
+/// block: a random-looking word) off the exact check. Any doubt goes to
+/// [`secure_free_checked`] by a tail call, which sorts the cases out and
+/// aborts or goes on: the common path makes no call that returns, so it
+/// needs no stack frame.
 #[cfg(feature = "secure")]
 #[inline(always)]
 unsafe fn secure_free_small(p: *mut u8, t: u64, cw: *const core::sync::atomic::AtomicUsize) {
+    if !crate::secure::on_boundary(p as usize, t) {
+        // SAFETY: forwarded contract.
+        return unsafe { secure_free_checked(p, t, cw) };
+    }
+    let k = crate::secure::mask0(p);
+    // SAFETY: p is on a block boundary of a small span: 16 bytes at least.
+    // cw is the carving-point word of p's page, in a live span
+    // (`secure::set_carved`): it only grows while the span lives; p was
+    // carved (that store) before the program could hand it to this thread,
+    // so a live p always lies below it.
+    let (v, carved) = unsafe { ((p as *const usize).read_volatile() ^ k, (*cw).load(Relaxed)) };
+    if v >> 47 == 0 || p as usize >= carved {
+        // SAFETY: forwarded contract.
+        return unsafe { secure_free_checked(p, t, cw) };
+    }
+    // SAFETY: forwarded contract.
+    unsafe { secure_free_rest(p, tag_class(t), k) }
+}
+
+/// `secure`: a free that [`secure_free_small`] could not pass at a glance:
+/// each check again, exactly, aborting on the first that fails; if none
+/// does (word 0 only looked like a marker), the rest of the free.
+#[cfg(feature = "secure")]
+#[cold]
+#[inline(never)]
+unsafe fn secure_free_checked(p: *mut u8, t: u64, cw: *const core::sync::atomic::AtomicUsize) {
     let c = tag_class(t);
     if !crate::secure::on_boundary(p as usize, t) {
         crate::secure::interior(p);
@@ -281,51 +312,22 @@ unsafe fn secure_free_small(p: *mut u8, t: u64, cw: *const core::sync::atomic::A
     let k = crate::secure::mask0(p);
     // SAFETY: p is on a block boundary of a small span: 16 bytes at least.
     let v = unsafe { (p as *const usize).read_volatile() } ^ k;
-    if v >> 47 == 0 {
-        // SAFETY: forwarded contract.
-        return unsafe { secure_free_suspect(p, t, cw, v) };
-    }
-    // SAFETY: forwarded contract.
-    unsafe { secure_free_rest(p, c, k, cw) }
-}
-
-/// `secure`: word 0 of the freed block decodes to a small value: the exact
-/// check (is it free already?), then the rest of the free.
-#[cfg(feature = "secure")]
-#[cold]
-#[inline(never)]
-unsafe fn secure_free_suspect(
-    p: *mut u8,
-    t: u64,
-    cw: *const core::sync::atomic::AtomicUsize,
-    v: usize,
-) {
-    let c = tag_class(t);
-    if crate::secure::looks_free_slow(v, c, t) {
+    if v >> 47 == 0 && crate::secure::looks_free_slow(v, c, t) {
         crate::secure::double_free(p);
     }
-    // SAFETY: forwarded contract.
-    unsafe { secure_free_rest(p, c, crate::secure::mask0(p), cw) }
-}
-
-/// `secure`: the end of a checked free of block `p` (class `c`, word 0 mask
-/// `k`, `cw` the carving-point word of its page): the carving-point check, the marker
-/// (after the fill, when asked), and the thread cache.
-#[cfg(feature = "secure")]
-#[inline(always)]
-unsafe fn secure_free_rest(
-    p: *mut u8,
-    c: usize,
-    k: usize,
-    cw: *const core::sync::atomic::AtomicUsize,
-) {
-    // SAFETY: cw is the carving-point word of p's page, in a live span
-    // (`secure::set_carved`): it only grows while the span lives; p was
-    // carved (that store) before the program could hand it to this thread,
-    // so a live p always lies below it.
+    // SAFETY: as in secure_free_small.
     if p as usize >= unsafe { (*cw).load(Relaxed) } {
         crate::secure::never_carved(p);
     }
+    // SAFETY: forwarded contract; every check passed.
+    unsafe { secure_free_rest(p, c, k) }
+}
+
+/// `secure`: the end of a checked free of block `p` (class `c`, word 0 mask
+/// `k`): the marker (after the fill, when asked), and the thread cache.
+#[cfg(feature = "secure")]
+#[inline(always)]
+unsafe fn secure_free_rest(p: *mut u8, c: usize, k: usize) {
     if config::CONFIG.secure_fill.load(Relaxed) != 0 {
         // SAFETY: forwarded contract.
         return unsafe { secure_free_filled(p, c, k) };

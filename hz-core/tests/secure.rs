@@ -83,6 +83,10 @@ fn child_entry() {
                 A.dealloc(p, l);
                 A.dealloc(p, l);
             }
+            "layout_mismatch" => {
+                // A block of 48 bytes given back as if it were 4 KiB.
+                A.dealloc(p, Layout::from_size_align(4096, 16).unwrap());
+            }
             "interior" => hz_core::free(p.add(16)),
             "interior_large" => {
                 let q = hz_core::malloc(1 << 20);
@@ -223,6 +227,11 @@ fn free_of_a_block_never_carved_aborts() {
 #[test]
 fn free_of_a_block_never_carved_on_reused_pages_aborts() {
     expect_abort("never_carved_reused", "never handed out");
+}
+
+#[test]
+fn dealloc_with_a_wrong_layout_aborts() {
+    expect_abort("layout_mismatch", "layout that does not match");
 }
 
 #[test]
