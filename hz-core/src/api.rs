@@ -716,7 +716,10 @@ pub fn collect() {
     let b = tls::get();
     if b != tls::empty() && b != tls::dead() {
         // SAFETY: b is this thread's heap.
-        unsafe { heap::flush_all(b as *mut heap::Heap, true) };
+        unsafe {
+            heap::pool_gc(b as *mut heap::Heap, true);
+            heap::flush_all(b as *mut heap::Heap, true);
+        }
     }
     heap::collect_shared_and_abandoned();
     arena::purge_all();

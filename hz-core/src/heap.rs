@@ -3,7 +3,8 @@
 //!
 //! Owns: [`Heap`] and [`Bins`]; the heap registry ([`HEAPS`]), claiming a
 //! heap for a thread, its release at thread exit and adoption by a later
-//! thread; refilling an empty bin; handling a full bin.
+//! thread; refilling an empty bin; handling a full bin; the remote pool
+//! ([`POOL`]: other heaps' blocks, in bulk, for any heap).
 //! May touch: `arena` (runs, tags), `inbox` (publish to other heaps, drain
 //! its own), `tls`, `stats`.
 //!
@@ -14,10 +15,11 @@
 //! * A bin holds free blocks of its class owned by any heap. Blocks of this
 //!   heap return to their span when a bin overflows; blocks of other heaps
 //!   go to the class's spill array and from there, grouped by owner, to the
-//!   owners' inboxes, one CAS per owner.
+//!   pool (owner active, pool not full) or to the owners' inboxes, one CAS
+//!   per owner.
 //! * A span's `used` counts its blocks not on its own free list or bump
-//!   area: live blocks and blocks cached in any bin, spill array, chain or
-//!   inbox. A span is returned to the page allocator when `used` drops to
+//!   area: live blocks and blocks cached in any bin, spill array, chain,
+//!   inbox or the pool. A span is returned to the page allocator when `used` drops to
 //!   0 (one empty span per class is kept to avoid thrashing).
 
 use crate::arena::{self, PageMeta, KIND_META, KIND_SMALL};
@@ -110,6 +112,8 @@ pub struct Heap {
     pub bins: Bins,
     pub id: u32,
     pub generation: u32,
+    /// Set while [`pool_gc`] sends pooled blocks home through this heap.
+    pool_off: bool,
     pub state: AtomicU32,
     next_abandoned: *mut Heap,
     /// Drained remote chains of this heap's own blocks, per class (linked
@@ -463,6 +467,7 @@ pub unsafe fn refill(h: *mut Heap, c: usize) -> *mut u8 {
         let want = (BIN_CAP[c] as usize).div_ceil(2);
         if fill_from_chains(h, c, want)
             || fill_from_inbox(h, c, want)
+            || fill_from_pool(h, c, want)
             || fill_from_spans(h, c, want)
         {
             return pop(h, c);
@@ -488,6 +493,49 @@ unsafe fn pop(h: *mut Heap, c: usize) -> *mut u8 {
     }
 }
 
+/// Moves the blocks of the carrier chain `b` (class `c`, carriers of
+/// `cap`) into `bin`, up to `target`: each carrier's carried addresses
+/// (without touching those blocks), last first, then the carrier itself.
+/// Returns the first carrier not wholly taken (its count updated), or null.
+///
+/// # Safety
+/// `b` heads a chain of free blocks of class `c` that the caller holds;
+/// `bin` is the caller's bin `c`, with room up to `target`.
+unsafe fn take_chain(
+    bin: &mut Bin,
+    mut b: *mut u8,
+    c: usize,
+    cap: usize,
+    target: *mut *mut u8,
+) -> *mut u8 {
+    // SAFETY: forwarded contract.
+    unsafe {
+        while !b.is_null() && bin.top < target {
+            let mut k = if cap > 0 { inbox::carried(b, cap) } else { 0 };
+            while k > 0 && bin.top < target {
+                k -= 1;
+                *bin.top = inbox::carried_block(b, k);
+                bin.top = bin.top.add(1);
+            }
+            if k > 0 || bin.top == target {
+                if cap > 0 {
+                    inbox::set_carried(b, k);
+                }
+                return b;
+            }
+            let n = inbox::next(b);
+            #[cfg(feature = "secure")]
+            (b as *mut usize).write(crate::secure::mark(b, c));
+            *bin.top = b;
+            bin.top = bin.top.add(1);
+            b = n;
+        }
+        #[cfg(not(feature = "secure"))]
+        let _ = c;
+        b
+    }
+}
+
 unsafe fn fill_from_chains(h: *mut Heap, c: usize, want: usize) -> bool {
     // SAFETY: chains[c] holds chains of h's own free blocks of class c.
     unsafe {
@@ -498,34 +546,10 @@ unsafe fn fill_from_chains(h: *mut Heap, c: usize, want: usize) -> bool {
         let cap = inbox::carrier_cap(CLASS_SIZE[c] as usize);
         let bin = &mut (*h).bins.b[c];
         let target = bin.base.add(want);
-        let mut got = 0u64;
+        let before = bin.top;
         while !ch.is_null() && bin.top < target {
             let next_chain = inbox::next_batch(ch);
-            let mut b = ch;
-            while !b.is_null() && bin.top < target {
-                // Copy the carried addresses (without touching those
-                // blocks), last first, then the carrier itself.
-                let mut k = if cap > 0 { inbox::carried(b, cap) } else { 0 };
-                while k > 0 && bin.top < target {
-                    k -= 1;
-                    *bin.top = inbox::carried_block(b, k);
-                    bin.top = bin.top.add(1);
-                    got += 1;
-                }
-                if k > 0 || bin.top == target {
-                    if cap > 0 {
-                        inbox::set_carried(b, k);
-                    }
-                    break;
-                }
-                let n = inbox::next(b);
-                #[cfg(feature = "secure")]
-                (b as *mut usize).write(crate::secure::mark(b, c));
-                *bin.top = b;
-                bin.top = bin.top.add(1);
-                got += 1;
-                b = n;
-            }
+            let b = take_chain(bin, ch, c, cap, target);
             if !b.is_null() {
                 inbox::set_next_batch(b, next_chain);
                 ch = b;
@@ -534,6 +558,7 @@ unsafe fn fill_from_chains(h: *mut Heap, c: usize, want: usize) -> bool {
             }
         }
         (*h).chains[c] = ch;
+        let got = bin.top.offset_from(before) as u64;
         (*h).remote_received
             .store((*h).remote_received.load(Relaxed) + got, Relaxed);
         got > 0
@@ -680,6 +705,15 @@ pub unsafe fn tick(h: *mut Heap) {
         if !h.is_null() && now >= (*h).gc_at {
             gc(h, now);
         }
+        let at = POOL_GC_AT.load(Relaxed);
+        if !h.is_null()
+            && now >= at
+            && POOL_GC_AT
+                .compare_exchange(at, now + GC_INTERVAL_MS, Relaxed, Relaxed)
+                .is_ok()
+        {
+            pool_gc(h, false);
+        }
     }
 }
 
@@ -762,6 +796,206 @@ unsafe fn release_block(h: *mut Heap, c: usize, b: *mut u8) {
     }
 }
 
+// ---------------------------------------------------------------------------
+// The pool: remote blocks in bulk, for any heap (E19)
+
+/// A per-class pool of batches of free blocks that any heap may refill
+/// from. A thread whose spill array of remote blocks (other heaps' blocks
+/// it freed) is full puts the whole array here as one batch, instead of
+/// sending each block to its owner's inbox, where only the owner could
+/// reuse it. Without it, a thread draining a backed-up queue sent
+/// thousands of blocks home at once and the owner, waiting for a core,
+/// could not reuse them while the running threads carved fresh memory
+/// (docs/PERFORMANCE.md E16–E19). Blocks stay their owners': a heap that
+/// takes a batch holds them like remote blocks freed into its bin. The
+/// pool is bounded, softly ([`POOL_CLASS_BYTES`], [`POOL_BYTES`]), and a class's
+/// batches not taken within a GC period go home ([`pool_gc`]).
+struct Pool {
+    lock: Mutex,
+    /// Batches linked through their heads' second word; written with
+    /// `lock` held, read without it only as an emptiness hint.
+    head: AtomicPtr<u8>,
+    /// Blocks in the pool.
+    count: AtomicU64,
+    /// A batch was taken since the last [`pool_gc`].
+    taken: AtomicU32,
+}
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY_POOL: Pool = Pool {
+    lock: Mutex::new(),
+    head: AtomicPtr::new(null_mut()),
+    count: AtomicU64::new(0),
+    taken: AtomicU32::new(0),
+};
+static POOL: [Pool; NUM_CLASSES] = [EMPTY_POOL; NUM_CLASSES];
+/// Bytes of blocks one class's pool may hold.
+const POOL_CLASS_BYTES: u64 = 16 << 20;
+/// Bytes of blocks all pools together may hold.
+const POOL_BYTES: u64 = 64 << 20;
+static POOL_TOTAL: AtomicU64 = AtomicU64::new(0);
+/// When the pools are next looked at by [`pool_gc`] (coarse ms).
+static POOL_GC_AT: AtomicU64 = AtomicU64::new(0);
+
+/// Puts `blocks` (free blocks of class `c`, other heaps' blocks that `h`
+/// freed) into the pool as one batch, if the pool has room (else false:
+/// the caller sends them home).
+unsafe fn pool_put(h: *mut Heap, c: usize, blocks: &[*mut u8]) -> bool {
+    // SAFETY: h is held; the blocks are free and ours to give away.
+    unsafe {
+        if (*h).pool_off {
+            return false;
+        }
+        let n = blocks.len();
+        let bytes = n as u64 * CLASS_SIZE[c] as u64;
+        let p = &POOL[c];
+        if (p.count.load(Relaxed) * CLASS_SIZE[c] as u64 + bytes > POOL_CLASS_BYTES)
+            || POOL_TOTAL.load(Relaxed) + bytes > POOL_BYTES
+        {
+            return false;
+        }
+        let batch = build_carriers(blocks, inbox::carrier_cap(CLASS_SIZE[c] as usize));
+        p.lock.lock();
+        inbox::set_next_batch(batch, p.head.load(Relaxed));
+        p.head.store(batch, Relaxed);
+        p.count.store(p.count.load(Relaxed) + n as u64, Relaxed);
+        p.lock.unlock();
+        POOL_TOTAL.fetch_add(bytes, Relaxed);
+        true
+    }
+}
+
+/// Takes the newest batch of pool `c`, or null.
+fn pool_take(c: usize) -> *mut u8 {
+    let p = &POOL[c];
+    if p.head.load(Relaxed).is_null() {
+        return null_mut();
+    }
+    p.lock.lock();
+    let batch = p.head.load(Relaxed);
+    if !batch.is_null() {
+        // SAFETY: batch heads a batch in the pool (lock held).
+        p.head.store(unsafe { inbox::next_batch(batch) }, Relaxed);
+    }
+    p.lock.unlock();
+    batch
+}
+
+/// Returns what is left of a batch of class `c` (`k` blocks) to the pool.
+unsafe fn pool_return(c: usize, batch: *mut u8) {
+    let p = &POOL[c];
+    p.lock.lock();
+    // SAFETY: batch heads a batch of free blocks of class c.
+    unsafe { inbox::set_next_batch(batch, p.head.load(Relaxed)) };
+    p.head.store(batch, Relaxed);
+    p.lock.unlock();
+}
+
+/// Notes that `k` blocks of class `c` left the pool. The counts are soft
+/// (a [`pool_gc`] racing with a taker may count a batch out twice, or a
+/// returned rest not at all), so they saturate at 0; [`pool_gc`] resets a
+/// class's count with its list.
+fn pool_count_out(c: usize, k: u64) {
+    let p = &POOL[c];
+    p.lock.lock();
+    p.count
+        .store(p.count.load(Relaxed).saturating_sub(k), Relaxed);
+    p.lock.unlock();
+    total_sub(k * CLASS_SIZE[c] as u64);
+}
+
+fn total_sub(bytes: u64) {
+    let _ = POOL_TOTAL.fetch_update(Relaxed, Relaxed, |t| Some(t.saturating_sub(bytes)));
+}
+
+/// Fills bin `c` of `h` from the pool.
+unsafe fn fill_from_pool(h: *mut Heap, c: usize, want: usize) -> bool {
+    let batch = pool_take(c);
+    if batch.is_null() {
+        return false;
+    }
+    POOL[c].taken.store(1, Relaxed);
+    // SAFETY: h is held; batch is a batch of free blocks of class c, ours
+    // to use now.
+    unsafe {
+        let cap = inbox::carrier_cap(CLASS_SIZE[c] as usize);
+        let bin = &mut (*h).bins.b[c];
+        let target = bin.base.add(want);
+        let before = bin.top;
+        let b = take_chain(bin, batch, c, cap, target);
+        let got = bin.top.offset_from(before) as u64;
+        if !b.is_null() {
+            pool_return(c, b);
+        }
+        pool_count_out(c, got);
+        got > 0
+    }
+}
+
+/// Sends home the pooled blocks of every class no heap took a batch of
+/// since the last call (all of them when `all`), through `h`'s own paths
+/// (`release_block`, then the spill arrays, with the pool bypassed).
+///
+/// # Safety
+/// `h` is held by the caller, between operations on its bins.
+pub unsafe fn pool_gc(h: *mut Heap, all: bool) {
+    // SAFETY: h is held.
+    unsafe {
+        (*h).pool_off = true;
+        for c in 1..NUM_CLASSES {
+            let p = &POOL[c];
+            if p.taken.swap(0, Relaxed) != 0 && !all {
+                continue;
+            }
+            if p.head.load(Relaxed).is_null() {
+                continue;
+            }
+            p.lock.lock();
+            let mut batch = p.head.load(Relaxed);
+            p.head.store(null_mut(), Relaxed);
+            let n = p.count.load(Relaxed);
+            p.count.store(0, Relaxed);
+            p.lock.unlock();
+            total_sub(n * CLASS_SIZE[c] as u64);
+            let cap = inbox::carrier_cap(CLASS_SIZE[c] as usize);
+            while !batch.is_null() {
+                let nb = inbox::next_batch(batch);
+                let mut b = batch;
+                while !b.is_null() {
+                    let next = inbox::next(b);
+                    let k = if cap > 0 { inbox::carried(b, cap) } else { 0 };
+                    for i in 0..k {
+                        release_block(h, c, inbox::carried_block(b, i));
+                    }
+                    #[cfg(feature = "secure")]
+                    (b as *mut usize).write(crate::secure::mark(b, c));
+                    release_block(h, c, b);
+                    b = next;
+                }
+                batch = nb;
+            }
+        }
+        flush_spills(h);
+        (*h).pool_off = false;
+    }
+}
+
+/// fork(): the pools' locks are held across the fork.
+fn pool_fork_prepare() {
+    for p in POOL.iter() {
+        p.lock.lock();
+    }
+}
+fn pool_fork_parent() {
+    for p in POOL.iter() {
+        p.lock.unlock();
+    }
+}
+fn pool_fork_child() {
+    for p in POOL.iter() {
+        p.lock.reset_after_fork();
+    }
+}
+
 /// Sends spill array `c` home: grouped by owner, one CAS per owner.
 unsafe fn flush_spill(h: *mut Heap, c: usize) {
     // SAFETY: h is held; the spill array holds free blocks of other heaps.
@@ -795,11 +1029,17 @@ unsafe fn flush_spill(h: *mut Heap, c: usize) {
                 }
             }
             sent += k as u64;
-            let head = build_carriers(&group[..k], cap);
             let dest = heap_of(o);
             if dest.is_null() {
                 os::fatal("freed block names an owner heap that does not exist");
             }
+            // Blocks of a heap whose thread runs go to the pool when it has
+            // room; those of an exited thread's heap go home, where its
+            // reclaim finds them (E19).
+            if (*dest).state.load(Relaxed) == HEAP_ACTIVE && pool_put(h, c, &group[..k]) {
+                continue;
+            }
+            let head = build_carriers(&group[..k], cap);
             (*dest).inbox.publish(head);
             orphan_fed |= (*dest).state.load(Relaxed) == HEAP_ABANDONED;
         }
@@ -968,8 +1208,10 @@ pub unsafe fn free_without_heap(p: *mut u8, t: u64) {
 pub fn fork_prepare() {
     SHARED_LOCK.lock();
     REGISTRY_LOCK.lock();
+    pool_fork_prepare();
 }
 pub fn fork_parent() {
+    pool_fork_parent();
     REGISTRY_LOCK.unlock();
     SHARED_LOCK.unlock();
 }
@@ -977,6 +1219,7 @@ pub fn fork_parent() {
 /// held can never be released, and may be mid-update, so they are
 /// orphaned (never adopted); their memory is lost to the child only.
 pub fn fork_child() {
+    pool_fork_child();
     REGISTRY_LOCK.reset_after_fork();
     SHARED_LOCK.reset_after_fork();
     let me = tls::get() as *mut Heap;

@@ -156,6 +156,54 @@ fn blocks_freed_by_other_threads() {
     );
 }
 
+/// Blocks that one thread frees for another (still running) thread go to
+/// the shared pool, so a third thread reuses them instead of carving
+/// fresh memory (E19 in docs/PERFORMANCE.md).
+#[test]
+fn remote_frees_are_reused_by_a_third_thread() {
+    const N: usize = 1000;
+    const SIZE: usize = 6000; // a class no other test here uses much
+    let (to_main, from_owner) = mpsc::channel::<Vec<usize>>();
+    let (release_owner, owner_waits) = mpsc::channel::<()>();
+    // The owner allocates, hands the blocks over, and stays alive (active)
+    // until the end.
+    let owner = thread::spawn(move || {
+        let v: Vec<usize> = (0..N).map(|_| hz_core::malloc(SIZE) as usize).collect();
+        to_main.send(v).unwrap();
+        owner_waits.recv().unwrap();
+    });
+    let blocks = from_owner.recv().unwrap();
+    let set: std::collections::HashSet<usize> = blocks.iter().copied().collect();
+    // Another thread frees them all (remote frees) and exits, which
+    // flushes its caches.
+    thread::spawn(move || {
+        for &b in &blocks {
+            // SAFETY: a live block of hz, freed once.
+            unsafe { hz_core::free(b as *mut u8) };
+        }
+    })
+    .join()
+    .unwrap();
+    // A third thread allocates the same class.
+    let reused = thread::spawn(move || {
+        let mine: Vec<usize> = (0..N).map(|_| hz_core::malloc(SIZE) as usize).collect();
+        let n = mine.iter().filter(|p| set.contains(p)).count();
+        for &p in &mine {
+            // SAFETY: live blocks of hz.
+            unsafe { hz_core::free(p as *mut u8) };
+        }
+        n
+    })
+    .join()
+    .unwrap();
+    release_owner.send(()).unwrap();
+    owner.join().unwrap();
+    assert!(
+        reused > N / 4,
+        "only {reused} of {N} blocks freed remotely were reused by a third thread"
+    );
+}
+
 #[test]
 fn short_lived_threads_blocks_outlive_them() {
     let mut kept: Vec<Vec<u64>> = Vec::new();
