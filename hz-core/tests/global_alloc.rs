@@ -160,6 +160,7 @@ fn blocks_freed_by_other_threads() {
 /// the shared pool, so a third thread reuses them instead of carving
 /// fresh memory (E19 in docs/PERFORMANCE.md).
 #[test]
+#[cfg(not(feature = "secure"))] // the secure build does not pool
 fn remote_frees_are_reused_by_a_third_thread() {
     const N: usize = 1000;
     const SIZE: usize = 6000; // a class no other test here uses much
