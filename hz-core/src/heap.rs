@@ -801,9 +801,10 @@ unsafe fn release_block(h: *mut Heap, c: usize, b: *mut u8) {
 
 /// A per-class pool of batches of free blocks that any heap may refill
 /// from. A thread whose spill array of remote blocks (other heaps' blocks
-/// it freed) is full puts the whole array here as one batch, instead of
-/// sending each block to its owner's inbox, where only the owner could
-/// reuse it. Without it, a thread draining a backed-up queue sent
+/// it freed) is full puts the blocks of owners whose threads run here, one
+/// batch per owner, instead of into the owners' inboxes, where only the
+/// owner could reuse them (blocks of exited threads' heaps still go home:
+/// those heaps are reclaimed through their inboxes). Without it, a thread draining a backed-up queue sent
 /// thousands of blocks home at once and the owner, waiting for a core,
 /// could not reuse them while the running threads carved fresh memory
 /// (docs/PERFORMANCE.md E16–E19). Blocks stay their owners': a heap that
@@ -883,7 +884,7 @@ fn pool_take(c: usize) -> *mut u8 {
     batch
 }
 
-/// Returns what is left of a batch of class `c` (`k` blocks) to the pool.
+/// Returns what is left of a batch of class `c` to the pool.
 unsafe fn pool_return(c: usize, batch: *mut u8) {
     let p = &POOL[c];
     p.lock.lock();
@@ -999,7 +1000,8 @@ fn pool_fork_child() {
     }
 }
 
-/// Sends spill array `c` home: grouped by owner, one CAS per owner.
+/// Empties spill array `c`: grouped by owner, each group to the pool (see
+/// [`Pool`]) or home, one CAS per owner.
 unsafe fn flush_spill(h: *mut Heap, c: usize) {
     // SAFETY: h is held; the spill array holds free blocks of other heaps.
     let mut orphan_fed = false;
