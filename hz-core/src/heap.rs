@@ -536,6 +536,32 @@ unsafe fn take_chain(
     }
 }
 
+/// Calls `f` on every block of the carrier chain `b` (class `c`): each
+/// carrier's carried blocks, then the carrier itself (marked free first in
+/// `secure` builds, as the carried blocks already are). The chain is
+/// consumed: `f` may reuse the blocks' memory.
+///
+/// # Safety
+/// `b` heads a chain of free blocks of class `c` that the caller holds.
+unsafe fn for_each_in_chain(mut b: *mut u8, c: usize, mut f: impl FnMut(*mut u8)) {
+    let cap = inbox::carrier_cap(CLASS_SIZE[c] as usize);
+    // SAFETY: forwarded contract; each carrier's links are read before `f`
+    // sees it.
+    unsafe {
+        while !b.is_null() {
+            let next = inbox::next(b);
+            let k = if cap > 0 { inbox::carried(b, cap) } else { 0 };
+            for i in 0..k {
+                f(inbox::carried_block(b, i));
+            }
+            #[cfg(feature = "secure")]
+            (b as *mut usize).write(crate::secure::mark(b, c));
+            f(b);
+            b = next;
+        }
+    }
+}
+
 unsafe fn fill_from_chains(h: *mut Heap, c: usize, want: usize) -> bool {
     // SAFETY: chains[c] holds chains of h's own free blocks of class c.
     unsafe {
@@ -960,21 +986,9 @@ pub unsafe fn pool_gc(h: *mut Heap, all: bool) {
             p.count.store(0, Relaxed);
             p.lock.unlock();
             total_sub(n * CLASS_SIZE[c] as u64);
-            let cap = inbox::carrier_cap(CLASS_SIZE[c] as usize);
             while !batch.is_null() {
                 let nb = inbox::next_batch(batch);
-                let mut b = batch;
-                while !b.is_null() {
-                    let next = inbox::next(b);
-                    let k = if cap > 0 { inbox::carried(b, cap) } else { 0 };
-                    for i in 0..k {
-                        release_block(h, c, inbox::carried_block(b, i));
-                    }
-                    #[cfg(feature = "secure")]
-                    (b as *mut usize).write(crate::secure::mark(b, c));
-                    release_block(h, c, b);
-                    b = next;
-                }
+                for_each_in_chain(batch, c, |b| release_block(h, c, b));
                 batch = nb;
             }
         }
@@ -1115,24 +1129,14 @@ pub unsafe fn flush_all(h: *mut Heap, release_empty: bool) {
         for c in 1..NUM_CLASSES {
             let mut ch = (*h).chains[c];
             (*h).chains[c] = null_mut();
-            let cap = inbox::carrier_cap(CLASS_SIZE[c] as usize);
             while !ch.is_null() {
                 let nc = inbox::next_batch(ch);
-                let mut b = ch;
                 let mut k = 0;
-                while !b.is_null() {
-                    let n = inbox::next(b);
-                    let carried = if cap > 0 { inbox::carried(b, cap) } else { 0 };
-                    for i in 0..carried {
-                        let x = inbox::carried_block(b, i);
-                        let (t, a) = arena::lookup(x as usize);
-                        span_free(h, arena::head_meta(x as usize, t, a), x);
-                    }
-                    let (t, a) = arena::lookup(b as usize);
-                    span_free(h, arena::head_meta(b as usize, t, a), b);
-                    k += 1 + carried as u64;
-                    b = n;
-                }
+                for_each_in_chain(ch, c, |x| {
+                    let (t, a) = arena::lookup(x as usize);
+                    span_free(h, arena::head_meta(x as usize, t, a), x);
+                    k += 1;
+                });
                 let bo = &(*h).blocks_out[c];
                 bo.store(bo.load(Relaxed) - k, Relaxed);
                 (*h).remote_received
