@@ -194,7 +194,7 @@ unsafe fn free_not_small_inner(p: *mut u8) {
         // SAFETY: m is the head of p's run.
         if unsafe { (*m).addr } == p as usize {
             // SAFETY: the caller gives up p, the whole run.
-            unsafe { free_large(m) };
+            unsafe { free_large(m, false) };
             return;
         }
     }
@@ -217,16 +217,24 @@ unsafe fn resize_large(m: *mut arena::PageMeta, pages: usize, new_pages: usize) 
     true
 }
 
-/// Returns a large block's run.
-unsafe fn free_large(m: *mut arena::PageMeta) {
+/// Returns a large block's run (`moved`: the pages given to the program
+/// were moved away by `mremap`).
+unsafe fn free_large(m: *mut arena::PageMeta, moved: bool) {
     // SAFETY: m heads a large run the caller gives up.
     let pages = unsafe { (*m).pages } as u64;
     counters::STATS
         .large_allocated
         .fetch_sub(pages << PAGE_SHIFT, Relaxed);
     counters::STATS.large_count.fetch_sub(1, Relaxed);
-    // SAFETY: as above.
-    unsafe { arena::free_run(m) };
+    // SAFETY: as above; the program wrote no page past `given`, and when
+    // `moved`, those pages are freshly mapped.
+    unsafe {
+        if moved {
+            arena::free_run_moved(m, (*m).given as usize);
+        } else {
+            arena::free_run_given(m, (*m).given as usize);
+        }
+    }
     heap::tick_current();
 }
 
@@ -437,6 +445,7 @@ fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
     unsafe {
         arena::set_tags(run.meta, 0, KIND_LARGE, 0);
         (*run.meta).clean = run.clean;
+        (*run.meta).given = pages as u32;
         #[cfg(feature = "secure")]
         crate::secure::take_run(&run, pages, true);
         if zero && !run.clean {
@@ -596,7 +605,7 @@ pub unsafe fn usable_size(p: *const u8) -> usize {
         // SAFETY: m is the head meta of p's run.
         unsafe {
             if (*m).addr == p as usize {
-                return (((*m).pages as usize) << PAGE_SHIFT) - GUARD_BYTES;
+                return (((*m).given as usize) << PAGE_SHIFT) - GUARD_BYTES;
             }
         }
     }
@@ -646,20 +655,24 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
     } else if tag_kind(t) == KIND_LARGE {
         let m = arena::head_meta(p as usize, t, a);
         // SAFETY: m is the head meta of p's run.
-        let (addr, pages) = unsafe { ((*m).addr, (*m).pages as usize) };
+        let (addr, pages, given) = unsafe { ((*m).addr, (*m).pages as usize, (*m).given as usize) };
         if addr != p as usize {
             return null_mut();
         }
-        old_usable = (pages << PAGE_SHIFT) - GUARD_BYTES;
+        old_usable = (given << PAGE_SHIFT) - GUARD_BYTES;
         // (secure builds keep their guard pages: no in-place resizing.)
         if new_c == 0 && new_size <= MAX_REQUEST && !cfg!(feature = "secure") {
             let new_pages = new_size.max(1).div_ceil(PAGE_SIZE);
             if new_pages <= pages {
                 // Shrinking: give the tail back only when it is most of the
                 // run; otherwise keep it as room to grow again in place.
-                if new_pages * 2 < pages {
-                    // SAFETY: the run is p's. (A refusal leaves it whole.)
-                    unsafe { resize_large(m, pages, new_pages) };
+                // SAFETY: the run is p's. (A refusal leaves it whole.)
+                if new_pages * 2 < pages && unsafe { resize_large(m, pages, new_pages) } {
+                    // SAFETY: m heads p's run, now new_pages long.
+                    unsafe { (*m).given = new_pages as u32 };
+                } else if new_pages > given {
+                    // SAFETY: as above; the run holds new_pages pages.
+                    unsafe { (*m).given = new_pages as u32 };
                 }
                 return p;
             }
@@ -669,6 +682,8 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
             let roomy = new_pages + new_pages / 2;
             // SAFETY: the run is p's.
             if unsafe { resize_large(m, pages, roomy) || resize_large(m, pages, new_pages) } {
+                // SAFETY: m heads p's run, now at least new_pages long.
+                unsafe { (*m).given = new_pages as u32 };
                 return p;
             }
             // Moving: to a run with the same headroom, so the next growth
@@ -683,15 +698,23 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
             // by mremap; a resident one is copied into, since discarding its
             // pages and faulting others in later costs more than the copy.
             let (tq, aq) = arena::lookup(q as usize);
-            // SAFETY: q heads its own fresh run.
-            let clean = unsafe { (*arena::head_meta(q as usize, tq, aq)).clean };
+            let mq = arena::head_meta(q as usize, tq, aq);
+            // SAFETY: q heads its own fresh run of roomy pages; the program
+            // is given new_pages of them.
+            let clean = unsafe {
+                (*mq).given = new_pages as u32;
+                (*mq).clean
+            };
             // SAFETY: q is a fresh run of at least old_usable bytes; the old
             // range is p's whole run, which we then free.
             unsafe {
-                if !(clean && old_usable >= MREMAP_MIN && os::move_pages(p, q, old_usable)) {
+                if clean && old_usable >= MREMAP_MIN && os::move_pages(p, q, old_usable) {
+                    // The old range was mapped afresh.
+                    free_large(m, true);
+                } else {
                     core::ptr::copy_nonoverlapping(p, q, old_usable);
+                    free_large(m, false);
                 }
-                free_not_small(p);
             }
             return q;
         }

@@ -10,6 +10,8 @@
 //! * A run of pages (free or in use) has `state`, `pages` and `addr` valid in
 //!   its first page's meta, and `state`/`head` in its last page's meta.
 //!   Neighbouring free runs are always coalesced.
+//! * A free run's possibly resident pages lie in its dirty hull
+//!   `[dlo, dhi)`; the dirty total and purges count only hulls.
 //! * All page-allocator fields are read and written with [`PAGES`] held. The
 //!   small-span fields of an in-use run belong to the owning heap alone.
 //! * Tags are written when a run is handed out and read without locks: the
@@ -63,7 +65,7 @@ pub const STATE_USED: u8 = 2;
 pub struct PageMeta {
     // ---- page allocator: only with PAGES held ----
     pub state: u8,
-    /// Free run whose pages may still be resident.
+    /// Free run with pages that may still be resident (in the dirty list).
     pub dirty: bool,
     /// Arena index of this page.
     pub arena: u16,
@@ -71,6 +73,14 @@ pub struct PageMeta {
     pub pages: u32,
     /// Index of the run's first page (last page).
     pub head: u32,
+    /// The pages that may be resident are inside `[dlo, dhi)` (arena page
+    /// indices; empty when equal): of a free run, its dirty hull; of a run
+    /// in use, the hull it was taken with (a large block's untouched room
+    /// to grow is not counted). A freed run merged with clean neighbours
+    /// keeps its hull, so neither the dirty cap nor a purge counts the
+    /// clean part (E20).
+    pub dlo: u32,
+    pub dhi: u32,
     pub freed_at: u64,
     /// Address of the page.
     pub addr: usize,
@@ -91,6 +101,9 @@ pub struct PageMeta {
     pub in_partial: bool,
     /// Large blocks: the run's pages were zero when handed out (for calloc).
     pub clean: bool,
+    /// Large blocks: the run's leading pages handed to the program (the
+    /// rest of the run is room to grow in place, never given out).
+    pub given: u32,
     /// `secure` builds, any page: the last `secure::GUARD` bytes of this
     /// page are a guard (`os::GUARD_MARKER` or `os::GUARD_PROTECT`; 0: none). Guards stay when a run is freed (so a span
     /// carved again at the same place needs no system call); a run taken
@@ -324,7 +337,7 @@ unsafe fn dirty_append(st: &mut PageState, m: *mut PageMeta) {
             (*st.dirty_tail).dnext = m;
         }
         st.dirty_tail = m;
-        st.dirty_pages += (*m).pages as usize;
+        st.dirty_pages += ((*m).dhi - (*m).dlo) as usize;
     }
 }
 
@@ -341,7 +354,68 @@ unsafe fn dirty_remove(st: &mut PageState, m: *mut PageMeta) {
         } else {
             (*(*m).dnext).dprev = (*m).dprev;
         }
-        st.dirty_pages -= (*m).pages as usize;
+        st.dirty_pages -= ((*m).dhi - (*m).dlo) as usize;
+    }
+}
+
+/// The smallest range holding both `a` and `b` (empty ranges are `lo == hi`).
+fn hull_union(a: (u32, u32), b: (u32, u32)) -> (u32, u32) {
+    if a.0 == a.1 {
+        b
+    } else if b.0 == b.1 {
+        a
+    } else {
+        (a.0.min(b.0), a.1.max(b.1))
+    }
+}
+
+/// The part of hull `h` inside pages `[idx, idx + n)` (empty: `(0, 0)`).
+fn hull_clip(h: (u32, u32), idx: usize, n: usize) -> (u32, u32) {
+    let lo = h.0.max(idx as u32);
+    let hi = h.1.min((idx + n) as u32);
+    if lo < hi {
+        (lo, hi)
+    } else {
+        (0, 0)
+    }
+}
+
+/// Removes free run `m` from the free and dirty lists; returns its dirty
+/// hull and when it was freed.
+unsafe fn free_unlink(st: &mut PageState, m: *mut PageMeta) -> ((u32, u32), u64) {
+    // SAFETY: m is a free head in the lists (PAGES held).
+    unsafe {
+        free_remove(st, m);
+        if (*m).dirty {
+            dirty_remove(st, m);
+        }
+        (((*m).dlo, (*m).dhi), (*m).freed_at)
+    }
+}
+
+/// Makes `[idx, idx + n)` of arena `a` one free run whose possibly
+/// resident pages are the part of `hull` inside it, and lists it.
+unsafe fn free_put(
+    st: &mut PageState,
+    a: usize,
+    idx: usize,
+    n: usize,
+    hull: (u32, u32),
+    freed_at: u64,
+) -> *mut PageMeta {
+    // SAFETY: the pages are free and not in any run (PAGES held).
+    unsafe {
+        let f = set_run(a, idx, n, STATE_FREE);
+        let (lo, hi) = hull_clip(hull, idx, n);
+        (*f).dlo = lo;
+        (*f).dhi = hi;
+        (*f).dirty = lo < hi;
+        (*f).freed_at = freed_at;
+        free_insert(st, f);
+        if lo < hi {
+            dirty_append(st, f);
+        }
+        f
     }
 }
 
@@ -370,8 +444,26 @@ pub fn alloc_run(pages: usize, align_pages: usize) -> Option<Run> {
     r
 }
 
+/// How many of the newest dirty runs [`alloc_run`] looks at first.
+const DIRTY_SCAN: usize = 8;
+
 unsafe fn alloc_run_locked(st: &mut PageState, pages: usize, align: usize) -> Option<Run> {
     let want = pages + align - 1;
+    // 0. The newest dirty runs: their pages are resident, so reusing them
+    //    costs no page faults and keeps the resident total (and purging)
+    //    down (E21).
+    let mut m = st.dirty_tail;
+    let mut k = 0;
+    while !m.is_null() && k < DIRTY_SCAN {
+        // SAFETY: m is a dirty free head (PAGES held).
+        unsafe {
+            if (*m).pages as usize >= want {
+                return Some(take_from_free(st, m, pages, align));
+            }
+            m = (*m).dprev;
+        }
+        k += 1;
+    }
     // 1. Free runs: the exact list first, then larger ones.
     let mut l = list_of(want);
     while l < FREE_LISTS {
@@ -413,15 +505,16 @@ unsafe fn bump(st: &mut PageState, a: usize, pages: usize, align: usize) -> Opti
     if start > top {
         // The skipped pages become a clean free run.
         // SAFETY: [top, start) is unused; PAGES held.
-        unsafe {
-            let m = set_run(a, top, start - top, STATE_FREE);
-            (*m).dirty = false;
-            free_insert(st, m);
-        }
+        unsafe { free_put(st, a, top, start - top, (0, 0), 0) };
     }
     st.top[a] = start + pages;
     // SAFETY: [start, start+pages) is unused; PAGES held.
     let m = unsafe { set_run(a, start, pages, STATE_USED) };
+    // SAFETY: as above. Never-used pages: none resident.
+    unsafe {
+        (*m).dlo = 0;
+        (*m).dhi = 0;
+    }
     // SAFETY: m valid.
     let addr = unsafe { (*m).addr } as *mut u8;
     Some(Run {
@@ -435,44 +528,37 @@ unsafe fn bump(st: &mut PageState, a: usize, pages: usize, align: usize) -> Opti
 unsafe fn take_from_free(st: &mut PageState, m: *mut PageMeta, pages: usize, align: usize) -> Run {
     // SAFETY: m is a free head; PAGES held. Every piece is re-marked.
     unsafe {
-        free_remove(st, m);
-        let dirty = (*m).dirty;
-        if dirty {
-            dirty_remove(st, m);
-        }
+        let (hull, freed_at) = free_unlink(st, m);
         let a = (*m).arena as usize;
         let idx = page_index(m);
         let n = (*m).pages as usize;
         let base_idx = ARENAS[a].base.load(Relaxed) >> PAGE_SHIFT;
-        // Take from the front of the run (aligned up): a large block that
-        // later grows by realloc extends in place into the rest of the same
-        // run, whose pages are likely still resident.
+        // Take from the front of the run's resident part, else of the run
+        // (aligned up): a large block that later grows by realloc extends
+        // in place into the rest of the same run, whose pages are likely
+        // still resident.
         let end = idx + n;
-        let start = (base_idx + idx).next_multiple_of(align) - base_idx;
-        let freed_at = (*m).freed_at;
+        let aligned = |i: usize| (base_idx + i).next_multiple_of(align) - base_idx;
+        let at_hull = aligned((hull.0 as usize).max(idx));
+        let start = if hull.0 < hull.1 && at_hull + pages <= end {
+            at_hull
+        } else {
+            aligned(idx)
+        };
         if start > idx {
-            let f = set_run(a, idx, start - idx, STATE_FREE);
-            (*f).dirty = dirty;
-            (*f).freed_at = freed_at;
-            free_insert(st, f);
-            if dirty {
-                dirty_append(st, f);
-            }
+            free_put(st, a, idx, start - idx, hull, freed_at);
         }
         if start + pages < end {
-            let f = set_run(a, start + pages, end - start - pages, STATE_FREE);
-            (*f).dirty = dirty;
-            (*f).freed_at = freed_at;
-            free_insert(st, f);
-            if dirty {
-                dirty_append(st, f);
-            }
+            free_put(st, a, start + pages, end - start - pages, hull, freed_at);
         }
         let u = set_run(a, start, pages, STATE_USED);
+        let taken = hull_clip(hull, start, pages);
+        (*u).dlo = taken.0;
+        (*u).dhi = taken.1;
         Run {
             meta: u,
             addr: (*u).addr as *mut u8,
-            clean: !dirty,
+            clean: taken.0 == taken.1,
         }
     }
 }
@@ -482,6 +568,36 @@ unsafe fn take_from_free(st: &mut PageState, m: *mut PageMeta, pages: usize, ali
 /// # Safety
 /// `m` is the head meta of an in-use run nobody uses any more.
 pub unsafe fn free_run(m: *mut PageMeta) {
+    // SAFETY: forwarded contract.
+    unsafe { free_run_as(m, u32::MAX as usize, false) };
+}
+
+/// [`free_run`] for a run of which only the first `given` pages (and the
+/// pages it was taken with resident) may be resident: a large block's
+/// room to grow was never handed out.
+///
+/// # Safety
+/// As [`free_run`], and no page past `given` was written since the run
+/// was taken.
+pub unsafe fn free_run_given(m: *mut PageMeta, given: usize) {
+    // SAFETY: forwarded contract.
+    unsafe { free_run_as(m, given, false) };
+}
+
+/// [`free_run`] for a run whose first `moved` pages were moved away by
+/// `mremap` and mapped afresh: of the rest, only pages it was taken with
+/// resident may be.
+///
+/// # Safety
+/// As [`free_run`]; the first `moved` pages are freshly mapped and no
+/// page past them was written since the run was taken.
+pub unsafe fn free_run_moved(m: *mut PageMeta, moved: usize) {
+    // SAFETY: forwarded contract.
+    unsafe { free_run_as(m, moved, true) };
+}
+
+/// See [`free_run_locked`].
+unsafe fn free_run_as(m: *mut PageMeta, k: usize, moved: bool) {
     // SAFETY: caller's contract; the run's tags are ours to clear.
     unsafe { set_tags(m, 0, KIND_FREE, 0) };
     // SAFETY: m valid.
@@ -490,28 +606,36 @@ pub unsafe fn free_run(m: *mut PageMeta) {
     // SAFETY: PAGES held; m is an in-use head.
     unsafe {
         let st = &mut *PAGES.st.get();
-        free_run_locked(st, m);
+        free_run_locked(st, m, k, moved);
         maybe_purge(st, false);
     }
     PAGES.lock.unlock();
     STATS.pages_in_use.fetch_sub(pages, Relaxed);
 }
 
-unsafe fn free_run_locked(st: &mut PageState, m: *mut PageMeta) {
+/// Frees in-use run `m`, coalesced with free neighbours. Its dirty hull is
+/// the hull it was taken with and its first `k` pages, or when `moved`,
+/// the part of the taken hull past its first `k` pages (which are fresh).
+unsafe fn free_run_locked(st: &mut PageState, m: *mut PageMeta, k: usize, moved: bool) {
     // SAFETY: PAGES held; neighbours are examined through their metas,
     // whose `state` is only written with PAGES held.
     unsafe {
         let a = (*m).arena as usize;
         let mut idx = page_index(m);
         let mut n = (*m).pages as usize;
+        let k = k.min(n);
+        let taken = ((*m).dlo, (*m).dhi);
+        let mut hull = if moved {
+            hull_clip(taken, idx + k, n - k)
+        } else {
+            hull_union(hull_clip(taken, idx, n), (idx as u32, (idx + k) as u32))
+        };
         // Next run.
         if idx + n < st.top[a] {
             let nx = meta_at(a, idx + n);
             if (*nx).state == STATE_FREE {
-                free_remove(st, nx);
-                if (*nx).dirty {
-                    dirty_remove(st, nx);
-                }
+                let (h, _) = free_unlink(st, nx);
+                hull = hull_union(hull, h);
                 n += (*nx).pages as usize;
             }
         }
@@ -520,19 +644,13 @@ unsafe fn free_run_locked(st: &mut PageState, m: *mut PageMeta) {
             let pt = meta_at(a, idx - 1);
             if (*pt).state == STATE_FREE {
                 let ph = meta_at(a, (*pt).head as usize);
-                free_remove(st, ph);
-                if (*ph).dirty {
-                    dirty_remove(st, ph);
-                }
+                let (h, _) = free_unlink(st, ph);
+                hull = hull_union(hull, h);
                 idx = (*pt).head as usize;
                 n += (*ph).pages as usize;
             }
         }
-        let f = set_run(a, idx, n, STATE_FREE);
-        (*f).dirty = true;
-        (*f).freed_at = os::now_ms();
-        free_insert(st, f);
-        dirty_append(st, f);
+        free_put(st, a, idx, n, hull, os::now_ms());
     }
 }
 
@@ -563,9 +681,14 @@ unsafe fn maybe_purge(st: &mut PageState, force: bool) {
                 break;
             }
             dirty_remove(st, m);
-            let len = ((*m).pages as usize) << PAGE_SHIFT;
-            os::purge((*m).addr as *mut u8, len);
+            // Only the hull: the rest of the run holds no resident page.
+            let a = (*m).arena as usize;
+            let addr = ARENAS[a].base.load(Relaxed) + (((*m).dlo as usize) << PAGE_SHIFT);
+            let len = (((*m).dhi - (*m).dlo) as usize) << PAGE_SHIFT;
+            os::purge(addr as *mut u8, len);
             (*m).dirty = false;
+            (*m).dlo = 0;
+            (*m).dhi = 0;
             STATS.purges.fetch_add(1, Relaxed);
             STATS.purged_bytes.fetch_add(len as u64, Relaxed);
         }
@@ -622,11 +745,17 @@ unsafe fn resize_locked(st: &mut PageState, m: *mut PageMeta, new_pages: usize) 
             return true;
         }
         if new_pages < n {
+            let hull = ((*m).dlo, (*m).dhi);
             set_run(a, idx, new_pages, STATE_USED);
             let f = set_run(a, idx + new_pages, n - new_pages, STATE_USED);
-            // Clear the tail's tags, then free it as a run.
+            (*f).dlo = 0;
+            (*f).dhi = 0;
+            (*m).dlo = hull.0;
+            (*m).dhi = hull.1;
+            // Clear the tail's tags, then free it as a run (all of it may
+            // be resident).
             set_tags(f, 0, KIND_FREE, 0);
-            free_run_locked(st, f);
+            free_run_locked(st, f, n - new_pages, false);
             STATS
                 .pages_in_use
                 .fetch_sub((n - new_pages) as u64, Relaxed);
@@ -644,21 +773,15 @@ unsafe fn resize_locked(st: &mut PageState, m: *mut PageMeta, new_pages: usize) 
             if (*nx).state != STATE_FREE || ((*nx).pages as usize) < extra {
                 return false;
             }
-            free_remove(st, nx);
-            if (*nx).dirty {
-                dirty_remove(st, nx);
-            }
             let rest = (*nx).pages as usize - extra;
-            let (dirty, freed_at) = ((*nx).dirty, (*nx).freed_at);
+            let (hull, freed_at) = free_unlink(st, nx);
             if rest > 0 {
-                let f = set_run(a, next + extra, rest, STATE_FREE);
-                (*f).dirty = dirty;
-                (*f).freed_at = freed_at;
-                free_insert(st, f);
-                if dirty {
-                    dirty_append(st, f);
-                }
+                free_put(st, a, next + extra, rest, hull, freed_at);
             }
+            // The run keeps the resident part of what it grew into.
+            let grown = hull_union(((*m).dlo, (*m).dhi), hull_clip(hull, next, extra));
+            (*m).dlo = grown.0;
+            (*m).dhi = grown.1;
         }
         set_run(a, idx, new_pages, STATE_USED);
         STATS.pages_in_use.fetch_add(extra as u64, Relaxed);

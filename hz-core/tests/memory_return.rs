@@ -267,3 +267,117 @@ fn idle_bins_shrink_without_collect() {
     }
     println!("bins emptied by the GC after {:?}", t0.elapsed());
 }
+
+/// A freed run that coalesces with purged (clean) neighbours counts toward
+/// the dirty cap, and is purged, only for the pages that may be resident
+/// (its dirty hull, E20). Before, the whole coalesced run counted: here 40
+/// MiB, over the 32 MiB cap, so the 8 MiB just freed were purged at once.
+#[test]
+fn dirty_total_counts_only_pages_that_were_used() {
+    if !in_child("dirty_total_counts_only_pages_that_were_used") {
+        return;
+    }
+    hz_core::collect();
+    let a = hz_core::malloc(32 * MIB);
+    let b = hz_core::malloc(8 * MIB);
+    assert!(!a.is_null() && !b.is_null());
+    // In a fresh process both come from the arena's never-used top, b
+    // right after a (secure builds: after a's guard, in the same page).
+    assert!(
+        b as usize >= a as usize + 32 * MIB && b as usize <= a as usize + 32 * MIB + (64 << 10),
+        "a {a:p} and b {b:p} are not neighbours"
+    );
+    // SAFETY: a and b are live blocks of hz of these sizes.
+    unsafe {
+        std::ptr::write_bytes(a, 1, 32 * MIB);
+        std::ptr::write_bytes(b, 2, 8 * MIB);
+        hz_core::free(a);
+    }
+    hz_core::collect();
+    let (d0, p0) = (dirty(), hz_core::stats().purged_bytes);
+    // SAFETY: b is live.
+    unsafe { hz_core::free(b) };
+    let d = dirty() - d0;
+    println!(
+        "b freed beside a's purged run: {:.2} MiB counted dirty",
+        mib(d)
+    );
+    assert!(
+        (8 * MIB..=9 * MIB).contains(&d),
+        "{:.2} MiB counted dirty after freeing 8 MiB beside 32 MiB of purged pages",
+        mib(d)
+    );
+    hz_core::collect();
+    let purged = (hz_core::stats().purged_bytes - p0) as usize;
+    println!("collect purged {:.2} MiB", mib(purged));
+    assert!(
+        (8 * MIB..=10 * MIB).contains(&purged),
+        "collect purged {:.2} MiB: more than the freed block's pages",
+        mib(purged)
+    );
+}
+
+/// Large runs reused while their pages are resident (the newest dirty runs
+/// are taken first, E21) are zeroed by `calloc`, whether they were freed
+/// whole, grown in place by `realloc`, or left behind by a move.
+#[test]
+fn calloc_of_reused_dirty_runs_is_zero() {
+    if !in_child("calloc_of_reused_dirty_runs_is_zero") {
+        return;
+    }
+    let check_zero = |p: *mut u8, n: usize| {
+        assert!(!p.is_null());
+        // SAFETY: p has n bytes.
+        let s = unsafe { std::slice::from_raw_parts(p, n) };
+        if let Some(i) = s.iter().position(|&x| x != 0) {
+            panic!(
+                "calloc'd block {p:p} of {n} bytes has byte {i} = {:#x}",
+                s[i]
+            );
+        }
+    };
+    for round in 0..6 {
+        let n = (5 << 20) + round * 77_777;
+        let p = hz_core::malloc(6 * MIB);
+        // SAFETY: p has 6 MiB.
+        unsafe {
+            std::ptr::write_bytes(p, 0xab, 6 * MIB);
+            hz_core::free(p);
+        }
+        let q = hz_core::calloc(n);
+        check_zero(q, n);
+        // Growth by realloc: in place, and moved once the neighbour is taken.
+        let mut r = hz_core::malloc(100 << 10);
+        let mut size = 100 << 10;
+        // SAFETY: r has `size` bytes.
+        unsafe { std::ptr::write_bytes(r, 0xcd, size) };
+        let blocker = hz_core::malloc(MIB);
+        while size < 12 * MIB {
+            let next = size + size / 2;
+            // SAFETY: r is live with `size` bytes written.
+            r = unsafe { hz_core::realloc(r, next) };
+            assert!(!r.is_null());
+            // SAFETY: r has `next` bytes; the first `size` were written.
+            unsafe {
+                assert_eq!(*r.add(size - 1), 0xcd, "realloc lost the block's contents");
+                std::ptr::write_bytes(r.add(size), 0xcd, next - size);
+            }
+            size = next;
+        }
+        // SAFETY: live blocks of hz.
+        unsafe {
+            hz_core::free(r);
+            hz_core::free(blocker);
+            hz_core::free(q);
+        }
+        for n in [12 * MIB, 3 * MIB + 5, 700 << 10] {
+            let z = hz_core::calloc(n);
+            check_zero(z, n);
+            // SAFETY: z has n bytes.
+            unsafe {
+                std::ptr::write_bytes(z, 0xef, n);
+                hz_core::free(z);
+            }
+        }
+    }
+}
