@@ -869,10 +869,12 @@ static POOL_GC_AT: AtomicU64 = AtomicU64::new(0);
 unsafe fn pool_put(h: *mut Heap, c: usize, blocks: &[*mut u8]) -> bool {
     // SAFETY: h is held; the blocks are free and ours to give away.
     unsafe {
-        // Not in `secure` builds: there the pool made the remote cells
-        // slower (in-process main T=4 R=90: 729 → 982 ms; why is not
+        // `secure` builds pool classes up to 2 KiB only (E22): with them
+        // the guard lane's remote cells gain 20-30% as in default builds,
+        // while pooling the larger classes made the main lane's remote
+        // cells slower (LD_PRELOAD main T=4 R=90: 1.5-1.7x; why is not
         // settled).
-        if (*h).pool_off || cfg!(feature = "secure") {
+        if (*h).pool_off || (cfg!(feature = "secure") && CLASS_SIZE[c] > 2048) {
             return false;
         }
         let n = blocks.len();

@@ -182,6 +182,32 @@ fn child_entry() {
                     12
                 });
             }
+            c if c.starts_with("double_free_pooled:") => {
+                // 500 blocks of a pooled class (up to 2 KiB) freed by a
+                // second thread while their owner runs: they go to the
+                // shared pool (or home) as carrier batches. Freeing one of
+                // them again, a carrier or a carried block, must abort.
+                let idx: usize = c["double_free_pooled:".len()..].parse().unwrap();
+                let (tx, rx) = std::sync::mpsc::channel::<Vec<usize>>();
+                let (release, wait) = std::sync::mpsc::channel::<()>();
+                let owner = std::thread::spawn(move || {
+                    let v = (0..500).map(|_| hz_core::malloc(1900) as usize).collect();
+                    tx.send(v).unwrap();
+                    let _ = wait.recv();
+                });
+                let v = rx.recv().unwrap();
+                let w = v.clone();
+                std::thread::spawn(move || {
+                    for &b in &w {
+                        hz_core::free(b as *mut u8);
+                    }
+                })
+                .join()
+                .unwrap();
+                hz_core::free(v[idx] as *mut u8);
+                let _ = release.send(());
+                let _ = owner.join();
+            }
             other => panic!("unknown case {other}"),
         }
     }
@@ -193,6 +219,13 @@ fn child_entry() {
 fn double_free_aborts() {
     expect_abort("double_free", "double free");
     expect_abort("double_free_rust", "double free");
+}
+
+#[test]
+fn double_free_of_a_pooled_block_aborts() {
+    for idx in [0, 1, 250, 499] {
+        expect_abort(&format!("double_free_pooled:{idx}"), "double free");
+    }
 }
 
 #[test]
