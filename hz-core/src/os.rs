@@ -162,41 +162,30 @@ pub unsafe fn protect_rw(p: *mut u8, len: usize) -> bool {
 }
 
 /// Moves the pages of `[from, from+len)` to `[to, to+len)` without copying,
-/// then maps fresh reserved memory back over `from`. Both ranges are ours.
+/// leaving `from` mapped and empty (it reads as zeros). Both ranges are ours.
+/// False when the kernel cannot (before Linux 5.7, no `MREMAP_DONTUNMAP`):
+/// the caller copies instead.
+///
+/// `MREMAP_DONTUNMAP` keeps the source range mapped through the move. A
+/// plain `mremap` unmaps it, and until it is mapped again another thread's
+/// `mmap` may be placed in that hole (glibc put a new thread's stack there)
+/// and then be overwritten by the remapping: the hole must never exist.
 ///
 /// # Safety
 /// Neither range holds data anyone else uses; they do not overlap.
 pub unsafe fn move_pages(from: *mut u8, to: *mut u8, len: usize) -> bool {
     // SAFETY: MREMAP_FIXED replaces whatever is mapped at `to` (our own
-    // reserved, unused pages) with the pages of `from`.
+    // reserved, unused pages) with the pages of `from`; `from` stays mapped.
     let r = unsafe {
         libc::mremap(
             from as *mut libc::c_void,
             len,
             len,
-            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED | libc::MREMAP_DONTUNMAP,
             to as *mut libc::c_void,
         )
     };
-    if r == libc::MAP_FAILED {
-        return false;
-    }
-    // SAFETY: `from` is now a hole inside our reservation; fill it again
-    // with fresh reserved memory so the arena stays contiguous.
-    let p = unsafe {
-        libc::mmap(
-            from as *mut libc::c_void,
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        fatal("mremap left a hole in the arena that could not be mapped again");
-    }
-    true
+    r != libc::MAP_FAILED
 }
 
 /// Milliseconds on a coarse monotonic clock (vDSO, no syscall).

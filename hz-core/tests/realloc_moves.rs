@@ -1,0 +1,139 @@
+//! `realloc` moves big blocks with `mremap`. The range a block leaves must
+//! never be unmapped, not even for a moment: another thread's `mmap` could
+//! be placed in the hole and then be overwritten when hz maps the range
+//! again. (Seen in hz-bench's realloc workload: glibc put a new thread's
+//! stack there, and the thread died in `__ctype_init`.)
+//!
+//! One thread grows blocks by `realloc` so that they move (a block taken
+//! right after each one stops growth in place); another maps, fills and
+//! checks anonymous mappings of the same sizes, the kind of request the
+//! kernel would place in such a hole. Not a line of what it wrote may change.
+//! The test binary's own allocator is the system one; only the blocks under
+//! test come from hz.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+
+const MIB: usize = 1 << 20;
+
+/// The range the mover is moving a block out of (0: none).
+static MOVING: AtomicUsize = AtomicUsize::new(0);
+
+/// Asks the kernel for 64 KiB at the range being moved out of. Outside a
+/// hole the hint is taken elsewhere and the mapping dropped; placed in the
+/// range, it is filled, the other thread may run, and it is checked.
+/// Returns (placed in the range, bytes of it that lost what was written).
+fn map_at_moving_range() -> (bool, usize) {
+    let hint = MOVING.load(Relaxed);
+    if hint == 0 {
+        std::thread::yield_now();
+        return (false, 0);
+    }
+    const LEN: usize = 64 << 10;
+    // SAFETY: a private anonymous mapping, placed where the kernel likes
+    // (without MAP_FIXED the hint cannot replace anything).
+    unsafe {
+        let p = libc::mmap(
+            hint as *mut libc::c_void,
+            LEN,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        let placed = p as usize == hint;
+        let mut lost = 0;
+        if placed {
+            let b = p as *mut u8;
+            std::ptr::write_bytes(b, 0x5a, LEN);
+            libc::sched_yield();
+            lost = (0..LEN)
+                .filter(|&i| b.add(i).read_volatile() != 0x5a)
+                .count();
+        }
+        libc::munmap(p, LEN);
+        (placed, lost)
+    }
+}
+
+#[test]
+fn realloc_moves_never_unmap_the_old_range() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mapper = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut placed, mut lost) = (0, 0);
+            while !stop.load(Relaxed) {
+                let (p, l) = map_at_moving_range();
+                placed += p as usize;
+                lost += l;
+            }
+            (placed, lost)
+        })
+    };
+    let mut moves = 0;
+    for round in 0..4000 {
+        let mut size = MIB + 4096 * (round % 7);
+        let mut p = hz_core::malloc(size);
+        assert!(!p.is_null());
+        // SAFETY: p has `size` bytes.
+        unsafe { std::ptr::write_bytes(p, 0x77, size) };
+        let mut blockers = Vec::new();
+        while size < 12 * MIB {
+            // A block right after p's run, so the next growth cannot happen
+            // in place.
+            blockers.push(hz_core::malloc(200 << 10));
+            let next = size * 2;
+            MOVING.store(p as usize, Relaxed);
+            // SAFETY: p is live with `size` bytes written.
+            let q = unsafe { hz_core::realloc(p, next) };
+            MOVING.store(0, Relaxed);
+            assert!(!q.is_null());
+            if q != p {
+                moves += 1;
+            }
+            // SAFETY: q has `next` bytes; the first `size` were written.
+            unsafe {
+                assert_eq!(*q, 0x77, "realloc lost the block's first byte");
+                assert_eq!(*q.add(size - 1), 0x77, "realloc lost the block's last byte");
+                std::ptr::write_bytes(q.add(size), 0x77, next - size);
+            }
+            p = q;
+            size = next;
+        }
+        // SAFETY: live blocks of hz.
+        unsafe {
+            hz_core::free(p);
+            for b in blockers {
+                hz_core::free(b);
+            }
+        }
+    }
+    stop.store(true, Relaxed);
+    let (placed, lost) = mapper.join().unwrap();
+    // Moves split the arena's mapping; the pieces must merge back (or the
+    // process would run into vm.max_map_count).
+    let maps = std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .count();
+    println!("{maps} mappings in the process after the moves");
+    assert!(
+        maps < 1000,
+        "{maps} mappings: moves fragment the address space"
+    );
+    println!("{moves} moves by realloc; another thread's mmap placed inside a range being moved out of: {placed} times");
+    assert!(
+        moves > 150,
+        "only {moves} moves: the test did not exercise mremap"
+    );
+    assert_eq!(
+        lost, 0,
+        "{lost} bytes of another thread's mapping were overwritten while realloc moved a block"
+    );
+    assert_eq!(
+        placed, 0,
+        "another thread's mmap was placed inside a range realloc was moving a block out of: the range was unmapped for a moment"
+    );
+}
