@@ -65,8 +65,6 @@ pub const STATE_USED: u8 = 2;
 pub struct PageMeta {
     // ---- page allocator: only with PAGES held ----
     pub state: u8,
-    /// Free run with pages that may still be resident (in the dirty list).
-    pub dirty: bool,
     /// Arena index of this page.
     pub arena: u16,
     /// Run length in pages (first page).
@@ -74,7 +72,8 @@ pub struct PageMeta {
     /// Index of the run's first page (last page).
     pub head: u32,
     /// The pages that may be resident are inside `[dlo, dhi)` (arena page
-    /// indices; empty when equal): of a free run, its dirty hull; of a run
+    /// indices; empty when equal): of a free run, its dirty hull (a free
+    /// run with a non-empty hull is in the dirty list); of a run
     /// in use, the hull it was taken with (a large block's untouched room
     /// to grow is not counted). A freed run merged with clean neighbours
     /// keeps its hull, so neither the dirty cap nor a purge counts the
@@ -386,7 +385,7 @@ unsafe fn free_unlink(st: &mut PageState, m: *mut PageMeta) -> ((u32, u32), u64)
     // SAFETY: m is a free head in the lists (PAGES held).
     unsafe {
         free_remove(st, m);
-        if (*m).dirty {
+        if (*m).dlo < (*m).dhi {
             dirty_remove(st, m);
         }
         (((*m).dlo, (*m).dhi), (*m).freed_at)
@@ -409,7 +408,6 @@ unsafe fn free_put(
         let (lo, hi) = hull_clip(hull, idx, n);
         (*f).dlo = lo;
         (*f).dhi = hi;
-        (*f).dirty = lo < hi;
         (*f).freed_at = freed_at;
         free_insert(st, f);
         if lo < hi {
@@ -686,7 +684,6 @@ unsafe fn maybe_purge(st: &mut PageState, force: bool) {
             let addr = ARENAS[a].base.load(Relaxed) + (((*m).dlo as usize) << PAGE_SHIFT);
             let len = (((*m).dhi - (*m).dlo) as usize) << PAGE_SHIFT;
             os::purge(addr as *mut u8, len);
-            (*m).dirty = false;
             (*m).dlo = 0;
             (*m).dhi = 0;
             STATS.purges.fetch_add(1, Relaxed);
