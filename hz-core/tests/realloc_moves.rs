@@ -5,11 +5,13 @@
 //! stack there, and the thread died in `__ctype_init`.)
 //!
 //! One thread grows blocks by `realloc` so that they move (a block taken
-//! right after each one stops growth in place); another maps, fills and
-//! checks anonymous mappings of the same sizes, the kind of request the
-//! kernel would place in such a hole. Not a line of what it wrote may change.
-//! The test binary's own allocator is the system one; only the blocks under
-//! test come from hz.
+//! right after each one stops growth in place); another keeps asking `mmap`
+//! for 64 KiB at the address being moved out of (a hint, not `MAP_FIXED`:
+//! the kernel honours it only if the range is unmapped). The hint must
+//! never be honoured. With the old `mremap` + re-`mmap` it was, and the
+//! process died of SIGSEGV in 2 of 3 runs (the mapping placed in the hole
+//! was replaced, then unmapped from under hz). The test binary's own
+//! allocator is the system one; only the blocks under test come from hz.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
