@@ -444,7 +444,6 @@ fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
     // SAFETY: the run is ours.
     unsafe {
         arena::set_tags(run.meta, 0, KIND_LARGE, 0);
-        (*run.meta).clean = run.clean;
         (*run.meta).given = pages as u32;
         #[cfg(feature = "secure")]
         crate::secure::take_run(&run, pages, true);
@@ -703,7 +702,7 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
             // is given new_pages of them.
             let clean = unsafe {
                 (*mq).given = new_pages as u32;
-                (*mq).clean
+                arena::taken_clean(mq)
             };
             // SAFETY: q is a fresh run of at least old_usable bytes; the old
             // range is p's whole run, which we then free.

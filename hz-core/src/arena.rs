@@ -98,8 +98,6 @@ pub struct PageMeta {
     pub snext: *mut PageMeta,
     pub sprev: *mut PageMeta,
     pub in_partial: bool,
-    /// Large blocks: the run's pages were zero when handed out (for calloc).
-    pub clean: bool,
     /// Large blocks: the run's leading pages handed to the program (the
     /// rest of the run is room to grow in place, never given out).
     pub given: u32,
@@ -355,6 +353,16 @@ unsafe fn dirty_remove(st: &mut PageState, m: *mut PageMeta) {
         }
         st.dirty_pages -= ((*m).dhi - (*m).dlo) as usize;
     }
+}
+
+/// True when in-use run `m` was taken with none of its pages resident (and
+/// has not grown since): its pages read as zero.
+///
+/// # Safety
+/// `m` heads an in-use run the caller owns.
+pub unsafe fn taken_clean(m: *mut PageMeta) -> bool {
+    // SAFETY: caller's contract; only the owner touches an in-use run's hull.
+    unsafe { (*m).dlo == (*m).dhi }
 }
 
 /// The smallest range holding both `a` and `b` (empty ranges are `lo == hi`).
