@@ -227,14 +227,8 @@ unsafe fn free_large(m: *mut arena::PageMeta, moved: bool) {
         .fetch_sub(pages << PAGE_SHIFT, Relaxed);
     counters::STATS.large_count.fetch_sub(1, Relaxed);
     // SAFETY: as above; the program wrote no page past `given`, and when
-    // `moved`, those pages are freshly mapped.
-    unsafe {
-        if moved {
-            arena::free_run_moved(m, (*m).given as usize);
-        } else {
-            arena::free_run_given(m, (*m).given as usize);
-        }
-    }
+    // `moved`, those pages are empty.
+    unsafe { arena::free_large_run(m, (*m).given as usize, moved) };
     heap::tick_current();
 }
 
@@ -708,7 +702,7 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
             // range is p's whole run, which we then free.
             unsafe {
                 if clean && old_usable >= MREMAP_MIN && os::move_pages(p, q, old_usable) {
-                    // The old range was mapped afresh.
+                    // The old range is mapped and empty.
                     free_large(m, true);
                 } else {
                     core::ptr::copy_nonoverlapping(p, q, old_usable);

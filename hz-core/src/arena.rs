@@ -578,28 +578,18 @@ pub unsafe fn free_run(m: *mut PageMeta) {
     unsafe { free_run_as(m, u32::MAX as usize, false) };
 }
 
-/// [`free_run`] for a run of which only the first `given` pages (and the
-/// pages it was taken with resident) may be resident: a large block's
-/// room to grow was never handed out.
+/// [`free_run`] for a large block's run, of which the program was given
+/// only the first `given` pages (the rest was room to grow, never handed
+/// out). When `moved`, those pages were moved away by `mremap` and the
+/// range is empty; of the rest, only pages the run was taken with resident
+/// may be.
 ///
 /// # Safety
-/// As [`free_run`], and no page past `given` was written since the run
-/// was taken.
-pub unsafe fn free_run_given(m: *mut PageMeta, given: usize) {
+/// As [`free_run`]; no page past `given` was written since the run was
+/// taken, and when `moved` the first `given` pages are empty.
+pub unsafe fn free_large_run(m: *mut PageMeta, given: usize, moved: bool) {
     // SAFETY: forwarded contract.
-    unsafe { free_run_as(m, given, false) };
-}
-
-/// [`free_run`] for a run whose first `moved` pages were moved away by
-/// `mremap` and mapped afresh: of the rest, only pages it was taken with
-/// resident may be.
-///
-/// # Safety
-/// As [`free_run`]; the first `moved` pages are freshly mapped and no
-/// page past them was written since the run was taken.
-pub unsafe fn free_run_moved(m: *mut PageMeta, moved: usize) {
-    // SAFETY: forwarded contract.
-    unsafe { free_run_as(m, moved, true) };
+    unsafe { free_run_as(m, given, moved) };
 }
 
 /// See [`free_run_locked`].
