@@ -53,3 +53,127 @@ impl Machine {
         )
     }
 }
+
+/// Cache-line round trip between two cores, in ns: two threads pinned to
+/// the first two CPUs this process may use hand one line back and forth
+/// `rounds` times. `None` with fewer than two CPUs, or if pinning fails.
+///
+/// Why the matrix measures it: on a virtual machine the host may place the
+/// vCPUs on cores that share a cache (50-100 ns on the development
+/// machine) or on distant ones (about 400 ns), and move them while a run
+/// goes on. Every remote free
+/// moves lines between cores, so the remote cells' times (and which
+/// allocator is fastest) follow this figure.
+pub fn cross_core_round_trip_ns(rounds: u64) -> Option<f64> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+    let cpus = allowed_cpus();
+    if cpus.len() < 2 || rounds == 0 {
+        return None;
+    }
+    #[repr(align(128))]
+    struct Line(AtomicU64);
+    let flag = Line(AtomicU64::new(0));
+    let pinned = AtomicBool::new(true);
+    let ns = std::thread::scope(|s| {
+        let (flag, pinned) = (&flag, &pinned);
+        let (a, b) = (cpus[0], cpus[1]);
+        s.spawn(move || {
+            if !pin_to(b) {
+                pinned.store(false, Relaxed);
+            }
+            for i in 0..rounds {
+                while flag.0.load(Acquire) != 2 * i + 1 {
+                    std::hint::spin_loop();
+                }
+                flag.0.store(2 * i + 2, Release);
+            }
+        });
+        s.spawn(move || {
+            if !pin_to(a) {
+                pinned.store(false, Relaxed);
+            }
+            let t0 = std::time::Instant::now();
+            for i in 0..rounds {
+                flag.0.store(2 * i + 1, Release);
+                while flag.0.load(Acquire) != 2 * i + 2 {
+                    std::hint::spin_loop();
+                }
+            }
+            t0.elapsed().as_nanos() as f64 / rounds as f64
+        })
+        .join()
+        .expect("probe thread panicked")
+    });
+    pinned.load(Relaxed).then_some(ns)
+}
+
+/// The CPUs this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity
+    // writes at most size_of::<cpu_set_t>() bytes into it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Pins the calling thread to CPU `cpu`.
+fn pin_to(cpu: usize) -> bool {
+    // SAFETY: as in allowed_cpus; the set names one CPU, and pid 0 is the
+    // calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+/// How the cross-core round trip read over a run: `None` when no probe
+/// could run.
+pub fn round_trip_line(probes: &[f64]) -> Option<String> {
+    if probes.is_empty() {
+        return None;
+    }
+    let mut v = probes.to_vec();
+    v.sort_by(f64::total_cmp);
+    let far = v.iter().filter(|&&x| x >= FAR_NS).count();
+    Some(format!(
+        "cross-core round trip (a cache line between the first two CPUs, measured before each cell of each repetition): median {:.0} ns, min {:.0}, max {:.0}; {far} of {} probes at {FAR_NS:.0} ns or more. The host moves the vCPUs between cores that share a cache and cores that do not; the remote cells' times, and which allocator leads them, change with it, so compare runs at similar figures",
+        v[v.len() / 2],
+        v[0],
+        v[v.len() - 1],
+        v.len()
+    ))
+}
+
+/// A round trip this long means the two CPUs share no cache (the
+/// development machine reads 50-100 ns when they do, 400 ns when not).
+pub const FAR_NS: f64 = 200.0;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn round_trip_probe_measures_a_positive_time_or_says_why_not() {
+        match super::cross_core_round_trip_ns(2000) {
+            // Two pinned threads exchanging a line: more than a few ns, and
+            // far below a millisecond, on any machine that runs this.
+            Some(ns) => assert!(ns > 5.0 && ns < 1e6, "{ns}"),
+            None => assert!(super::allowed_cpus().len() < 2),
+        }
+    }
+
+    #[test]
+    fn round_trip_line_reports_median_and_far_count() {
+        let l = super::round_trip_line(&[80.0, 400.0, 90.0]).unwrap();
+        assert!(
+            l.contains("median 90 ns, min 80, max 400; 1 of 3 probes"),
+            "{l}"
+        );
+        assert!(super::round_trip_line(&[]).is_none());
+    }
+}

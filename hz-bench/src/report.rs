@@ -38,6 +38,9 @@ pub struct Sample {
     pub maxrss_kib: u64,
     /// Ring accounting (matrix only).
     pub counts: Option<Counts>,
+    /// Cross-core round trip measured just before this cell's repetition
+    /// (matrix only; see `machine::cross_core_round_trip_ns`).
+    pub xcore_ns: Option<f64>,
 }
 
 /// Medians over the repetitions of one allocator in one cell.
@@ -660,6 +663,10 @@ pub fn json(header: &[(String, String)], sums: &[Summary], samples: &[Sample]) -
             x.remote.map(|r| r.to_string()).unwrap_or_else(|| "null".into()),
             js(&x.alloc), x.rep, x.ns, x.ops, x.maxrss_kib, c.unwrap_or_default()
         );
+        if let Some(v) = x.xcore_ns {
+            s.truncate(s.len() - 1);
+            let _ = write!(s, ", \"cross_core_round_trip_ns\": {v:.0}}}");
+        }
         s.push_str(if i + 1 < samples.len() { ",\n" } else { "\n" });
     }
     s.push_str("  ]\n}\n");
@@ -692,6 +699,7 @@ mod tests {
                 fallbacks: 1,
                 cleanup_frees: 0,
             }),
+            xcore_ns: None,
         }
     }
 

@@ -161,10 +161,13 @@ pub fn run(o: &Opts) -> Result<Vec<report::SecureRow>, String> {
         &notes,
     );
     print!("{head}");
-    let samples = measure_matrix(o, &cells, &runners);
+    let (samples, probes) = measure_matrix(o, &cells, &runners);
     let sums = report::summarize(&samples);
     let rows = secure_rows(&sums);
-    let table = secure_markdown(&rows, LIMIT);
+    let mut table = secure_markdown(&rows, LIMIT);
+    if let Some(l) = crate::machine::round_trip_line(&probes) {
+        table.push_str(&format!("- {l}\n"));
+    }
     print!("{table}");
     if let Some(dir) = &o.out {
         let header = json_header("secure", o, &m, &runners, &notes);

@@ -316,13 +316,22 @@ pub fn matrix_cells(o: &Opts, m: &Machine, notes: &mut Vec<String>) -> Vec<(Lane
 }
 
 /// Runs every (repetition, cell, runner) of the matrix, repetitions outermost
-/// and runners innermost (interleaved), with a progress bar.
-pub fn measure_matrix(o: &Opts, cells: &[(Lane, usize, u32)], runners: &[Runner]) -> Vec<Sample> {
+/// and runners innermost (interleaved), with a progress bar. Before each
+/// cell of each repetition it measures the cross-core round trip (each
+/// sample carries it); the second value is every probe taken.
+pub fn measure_matrix(
+    o: &Opts,
+    cells: &[(Lane, usize, u32)],
+    runners: &[Runner],
+) -> (Vec<Sample>, Vec<f64>) {
     let total = (o.reps * cells.len() * runners.len()) as u64;
     let pb = progress(total);
     let mut samples = Vec::new();
+    let mut probes = Vec::new();
     for rep in 0..o.reps {
         for &(l, t, r) in cells {
+            let xcore_ns = crate::machine::cross_core_round_trip_ns(PROBE_ROUNDS);
+            probes.extend(xcore_ns);
             let per_thread = (o.iters / t as u64).max(1);
             let cfg = RingConfig {
                 threads: t,
@@ -359,6 +368,7 @@ pub fn measure_matrix(o: &Opts, cells: &[(Lane, usize, u32)], runners: &[Runner]
                         ops: res.counts.ops(),
                         maxrss_kib: rss,
                         counts: Some(res.counts),
+                        xcore_ns,
                     }),
                     Err(e) => pb.println(format!(
                         "error: {} {} T={t} R={r} {}: {e}",
@@ -372,8 +382,11 @@ pub fn measure_matrix(o: &Opts, cells: &[(Lane, usize, u32)], runners: &[Runner]
         }
     }
     pb.finish_and_clear();
-    samples
+    (samples, probes)
 }
+
+/// Round trips per cross-core probe: a few ms at most.
+const PROBE_ROUNDS: u64 = 10_000;
 
 /// The header of a matrix report: [`header_text`] and a line on iterations
 /// and `reps` (followed by `reps_what`).
@@ -409,13 +422,21 @@ pub fn matrix(o: &Opts) -> Vec<Summary> {
         &notes,
     );
     print!("{head}");
-    let samples = measure_matrix(o, &cells, &runners);
+    let (samples, probes) = measure_matrix(o, &cells, &runners);
     let sums = report::summarize(&samples);
     print!("{}", report::markdown(&sums, m.cores, true));
     print!("{}", report::versus_markdown(&sums, true));
     if sums.iter().any(|s| !s.comparable()) {
         println!("\nCells marked **not comparable** had more than {FALLBACK_LIMIT_PCT}% of remote frees fall back to local frees (ring full): rerun with a larger --ring.");
     }
+    let rt = crate::machine::round_trip_line(&probes);
+    if let Some(l) = &rt {
+        println!("\n- {l}");
+    }
+    let head = match &rt {
+        Some(l) => format!("{head}- {l}\n"),
+        None => head,
+    };
     write_out(
         o, "matrix", &head, &m, &runners, &notes, &sums, &samples, true,
     );
@@ -468,6 +489,7 @@ pub fn workloads(o: &Opts) -> Vec<Summary> {
                     ops: res.ops,
                     maxrss_kib: res.maxrss_kib,
                     counts: None,
+                    xcore_ns: None,
                 }),
                 Err(e) => pb.println(format!("error: {} {w} {}: {e}", run.mode(), run.name())),
             }
