@@ -76,19 +76,12 @@ fn alloc_small(c: usize) -> *mut u8 {
 }
 
 /// A block of class `c` from this thread's bin, or `slow(c)` when the bin
-/// is empty (a tail call: the fast path saves no register).
+/// is empty (a tail call: the fast path saves no register). `secure`: the
+/// block's free marker is cleared here on the fast path, and by
+/// [`alloc_small_slow`] on the slow one, so that neither needs the class
+/// after a call returns.
 #[inline(always)]
 fn alloc_small_with(c: usize, slow: fn(usize) -> *mut u8) -> *mut u8 {
-    let p = alloc_small_cached(c, slow);
-    #[cfg(feature = "secure")]
-    if !p.is_null() {
-        crate::secure::on_alloc(p, c);
-    }
-    p
-}
-
-#[inline(always)]
-fn alloc_small_cached(c: usize, slow: fn(usize) -> *mut u8) -> *mut u8 {
     let h = tls::get();
     // SAFETY: h points at this thread's heap or at a static empty heap whose
     // bins are both empty and full (top == base == end), so the pop below is
@@ -99,15 +92,30 @@ fn alloc_small_cached(c: usize, slow: fn(usize) -> *mut u8) -> *mut u8 {
         if top != (*bin).base {
             let top = top.sub(1);
             (*bin).top = top;
+            #[cfg(feature = "secure")]
+            return crate::secure::on_alloc(*top, c);
+            #[cfg(not(feature = "secure"))]
             return *top;
         }
     }
     slow(c)
 }
 
+/// The slow path of [`alloc_small_with`]: a block of class `c`, or null
+/// when out of memory (`secure`: with its free marker cleared).
 #[cold]
 #[inline(never)]
 fn alloc_small_slow(c: usize) -> *mut u8 {
+    let p = alloc_small_slow_raw(c);
+    #[cfg(feature = "secure")]
+    if !p.is_null() {
+        return crate::secure::on_alloc(p, c);
+    }
+    p
+}
+
+#[inline(always)]
+fn alloc_small_slow_raw(c: usize) -> *mut u8 {
     let h = heap::current_or_claim();
     if h.is_null() {
         return heap::shared_alloc(c);
