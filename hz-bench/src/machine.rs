@@ -122,6 +122,23 @@ fn allowed_cpus() -> Vec<usize> {
     }
 }
 
+/// The environment variable that asks the ring benchmark's threads (the
+/// Rust one and `c/bench_matrix.c`) to pin themselves: thread i to the
+/// (i mod n)-th of the n CPUs the process may use.
+pub const PIN_ENV: &str = "HZB_PIN";
+
+/// True when [`PIN_ENV`] is `1` in this process's environment.
+pub fn pin_requested() -> bool {
+    std::env::var_os(PIN_ENV).is_some_and(|v| v == "1")
+}
+
+/// Pins the calling thread, thread `id` of a benchmark, to the
+/// (id mod n)-th of the n CPUs the process may use. False if it could not.
+pub fn pin_round_robin(id: usize) -> bool {
+    let cpus = allowed_cpus();
+    !cpus.is_empty() && pin_to(cpus[id % cpus.len()])
+}
+
 /// Pins the calling thread to CPU `cpu`.
 fn pin_to(cpu: usize) -> bool {
     // SAFETY: as in allowed_cpus; the set names one CPU, and pid 0 is the
@@ -164,6 +181,21 @@ mod tests {
             // far below a millisecond, on any machine that runs this.
             Some(ns) => assert!(ns > 5.0 && ns < 1e6, "{ns}"),
             None => assert!(super::allowed_cpus().len() < 2),
+        }
+    }
+
+    #[test]
+    fn pinned_threads_run_on_their_round_robin_cpu() {
+        let cpus = super::allowed_cpus();
+        for id in 0..4 {
+            let on = std::thread::spawn(move || {
+                assert!(super::pin_round_robin(id));
+                // SAFETY: sched_getcpu has no preconditions.
+                unsafe { libc::sched_getcpu() }
+            })
+            .join()
+            .unwrap();
+            assert_eq!(on as usize, cpus[id % cpus.len()], "thread {id}");
         }
     }
 

@@ -64,6 +64,10 @@ pub struct RingConfig {
     /// Entries per SPSC ring.
     pub ring_cap: usize,
     pub seed: u64,
+    /// Pin thread i to the (i mod n)-th allowed CPU. A runner passes it to
+    /// its child as `HZB_PIN=1` (`machine::PIN_ENV`), not as an argument;
+    /// the child's threads pin themselves when that is set.
+    pub pin: bool,
 }
 
 impl RingConfig {
@@ -198,6 +202,9 @@ fn worker<A: GlobalAlloc>(
     barrier: &Barrier,
     done: &AtomicUsize,
 ) -> ((Instant, Instant), Counts) {
+    if cfg.pin {
+        crate::machine::pin_round_robin(id);
+    }
     let rx = &rings[id];
     let tx = &rings[(id + 1) % t];
     let remote = if t > 1 { cfg.remote_pct as u64 } else { 0 };

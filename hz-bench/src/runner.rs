@@ -89,6 +89,7 @@ pub fn parse_cell_args(a: &[String]) -> Option<RingConfig> {
         ws: v[5] as usize,
         ring_cap: v[6] as usize,
         seed: v[7],
+        pin: crate::machine::pin_requested(),
     })
 }
 
@@ -117,6 +118,12 @@ pub fn run_cell(r: &Runner, cfg: &RingConfig) -> Result<(RingResult, u64), Strin
             c
         }
     };
+    let mut cmd = cmd;
+    if cfg.pin {
+        cmd.env(crate::machine::PIN_ENV, "1");
+    } else {
+        cmd.env_remove(crate::machine::PIN_ENV);
+    }
     let out = run_child(cmd)?;
     parse_result_line(&out).ok_or_else(|| format!("no HZB_RESULT line in: {out}"))
 }

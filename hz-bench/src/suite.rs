@@ -52,6 +52,8 @@ pub struct Opts {
     pub ws: usize,
     pub ring: Option<usize>,
     pub seed: u64,
+    /// Matrix: pin each thread to one CPU, round robin (`--no-pin`: off).
+    pub pin: bool,
     pub out: Option<PathBuf>,
     pub build_hz: bool,
     pub workloads: Vec<String>,
@@ -83,6 +85,9 @@ options (lists are comma-separated):
   --ws 400             slots per thread
   --ring N             entries per SPSC ring (default: iterations per thread, at most 2^20)
   --seed S             RNG seed (default 1)
+  --no-pin             matrix: let the scheduler place the threads (default: thread i
+                       runs only on the (i mod n)-th of the n CPUs it may use, so the
+                       scheduler cannot leave one CPU with more threads than another)
   --out DIR            write CSV, JSON, markdown and SVG chart here (default bench-out/)
   --no-out             write no files
   --no-build           do not build libhz.so when it is missing
@@ -129,6 +134,7 @@ impl Opts {
             ws: 400,
             ring: None,
             seed: 1,
+            pin: true,
             out: Some(PathBuf::from("bench-out")),
             build_hz: true,
             workloads: WORKLOADS.iter().map(|s| s.to_string()).collect(),
@@ -150,6 +156,8 @@ impl Opts {
             match flag {
                 "--full" => {}
                 "--no-out" => o.out = None,
+                "--no-pin" => o.pin = false,
+                "--pin" => o.pin = true,
                 "--no-build" => o.build_hz = false,
                 "--threads" => o.threads = list(&val()?, "thread count")?,
                 "--remote" => o.remote = list(&val()?, "remote percentage")?,
@@ -312,6 +320,14 @@ pub fn matrix_cells(o: &Opts, m: &Machine, notes: &mut Vec<String>) -> Vec<(Lane
             m.cores
         ));
     }
+    notes.push(if o.pin {
+        format!(
+            "threads pinned: thread i runs only on the (i mod {0})-th of the {0} CPUs (`--no-pin` lets the scheduler place them; unpinned, a 4-thread cell on 2 CPUs can split 3+1 and take 1.5x as long, whatever the allocator)",
+            m.cores
+        )
+    } else {
+        "threads not pinned (`--no-pin`): the scheduler places them".into()
+    });
     c
 }
 
@@ -344,6 +360,7 @@ pub fn measure_matrix(
                     .ring
                     .unwrap_or_else(|| RingConfig::default_ring_cap(per_thread)),
                 seed: o.seed,
+                pin: o.pin,
             };
             for run in runners {
                 pb.set_message(format!(

@@ -17,6 +17,7 @@ fn cfg(threads: usize, remote_pct: u32, ring_cap: usize) -> RingConfig {
         ws: 400,
         ring_cap,
         seed: 1,
+        pin: false,
     }
 }
 
@@ -125,4 +126,20 @@ fn c_program_agrees_with_rust() {
             "same generator, same decisions"
         );
     }
+}
+
+#[test]
+fn pinned_runs_keep_the_accounting_in_rust_and_in_c() {
+    let c = RingConfig {
+        pin: true,
+        ..cfg(4, 90, 1 << 14)
+    };
+    run_checked(&hz_core::HzAlloc, &c);
+    let glibc = Runner::Preload(Preload {
+        name: "glibc",
+        lib: None,
+        origin: String::new(),
+    });
+    let (from_c, _) = run_cell(&glibc, &c).expect("pinned C benchmark runs");
+    check_identities(&from_c.counts, &c);
 }
