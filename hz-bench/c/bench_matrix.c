@@ -69,7 +69,8 @@ static void pin_thread(size_t id) {
         if (seen++ == want) {
             CPU_ZERO(&one);
             CPU_SET(cpu, &one);
-            if (sched_setaffinity(0, sizeof one, &one) != 0) abort();
+            /* A refusal leaves the thread unpinned: the run is still valid. */
+            (void)sched_setaffinity(0, sizeof one, &one);
             return;
         }
     }
