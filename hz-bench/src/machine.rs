@@ -160,7 +160,7 @@ pub fn round_trip_line(probes: &[f64]) -> Option<String> {
     v.sort_by(f64::total_cmp);
     let far = v.iter().filter(|&&x| x >= FAR_NS).count();
     Some(format!(
-        "cross-core round trip (a cache line between the first two CPUs, measured before each cell of each repetition): median {:.0} ns, min {:.0}, max {:.0}; {far} of {} probes at {FAR_NS:.0} ns or more. The host moves the vCPUs between cores that share a cache and cores that do not; the remote cells' times, and which allocator leads them, change with it, so compare runs at similar figures",
+        "cross-core round trip (a cache line between the first two CPUs, measured before every run): median {:.0} ns, min {:.0}, max {:.0}; {far} of {} probes at {FAR_NS:.0} ns or more. The host moves the vCPUs between cores that share a cache and cores that do not; the remote cells' times, and which allocator leads them, change with it, so compare runs at similar figures",
         v[v.len() / 2],
         v[0],
         v[v.len() - 1],

@@ -128,6 +128,127 @@ pub fn summarize(samples: &[Sample]) -> Vec<Summary> {
     out
 }
 
+/// hz against its fastest rival in one cell, paired: see [`paired`].
+#[derive(Clone, Debug)]
+pub struct Paired {
+    pub cell: Cell,
+    /// The rival with the highest paired ratio (the one hz is furthest
+    /// behind, or least ahead of).
+    pub best: String,
+    /// Median over the pairs of hz's time ÷ that rival's time.
+    pub ratio: f64,
+    /// Pairs used, at placements "near" and "far".
+    pub near: usize,
+    pub far: usize,
+}
+
+/// "far" when a sample's cross-core round trip was `machine::FAR_NS` or
+/// more; samples without a probe count as "near".
+fn is_far(s: &Sample) -> bool {
+    s.xcore_ns.is_some_and(|v| v >= crate::machine::FAR_NS)
+}
+
+/// hz against each rival, repetition by repetition: for every repetition in
+/// which hz and the rival ran at the same placement (both probes "near" or
+/// both "far"), the ratio of hz's time to the rival's; the median of those
+/// ratios per rival, and the rival with the highest. Repetitions are
+/// interleaved, so the two runs of a pair are seconds apart: the pairing
+/// takes out the drift of the machine (M1 in docs/PERFORMANCE.md) that
+/// independent medians keep. Cells where no rival has a pair are left out.
+pub fn paired(samples: &[Sample]) -> Vec<Paired> {
+    let mut out: Vec<Paired> = Vec::new();
+    for h in samples.iter().filter(|s| s.alloc == "hz") {
+        if out.iter().any(|p| p.cell.same_cell(&h.cell)) {
+            continue;
+        }
+        let mut rivals: Vec<&str> = Vec::new();
+        for s in samples {
+            if s.alloc != "hz" && s.cell.same_cell(&h.cell) && !rivals.contains(&s.alloc.as_str()) {
+                rivals.push(&s.alloc);
+            }
+        }
+        let mut best: Option<Paired> = None;
+        for r in rivals {
+            let (mut ratios, mut near, mut far) = (Vec::new(), 0, 0);
+            for hs in samples
+                .iter()
+                .filter(|s| s.alloc == "hz" && s.cell.same_cell(&h.cell))
+            {
+                let rs = samples
+                    .iter()
+                    .find(|s| s.alloc == r && s.rep == hs.rep && s.cell.same_cell(&h.cell));
+                if let Some(rs) = rs.filter(|rs| is_far(rs) == is_far(hs)) {
+                    ratios.push(hs.ns as f64 / rs.ns.max(1) as f64);
+                    if is_far(hs) {
+                        far += 1;
+                    } else {
+                        near += 1;
+                    }
+                }
+            }
+            if ratios.is_empty() {
+                continue;
+            }
+            let ratio = median(ratios);
+            if best.as_ref().is_none_or(|b| ratio > b.ratio) {
+                best = Some(Paired {
+                    cell: h.cell.clone(),
+                    best: r.to_string(),
+                    ratio,
+                    near,
+                    far,
+                });
+            }
+        }
+        out.extend(best);
+    }
+    out
+}
+
+/// The [`paired`] table (matrix only), with a count of cells at or under
+/// 0.90 and at or under 1.00.
+pub fn paired_markdown(p: &[Paired]) -> String {
+    if p.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "\n### hz time ÷ fastest rival, paired by repetition at the same placement\n\n\
+         Each ratio is hz's time over the rival's in the same repetition (runs seconds apart), \
+         kept only when both runs saw the same cross-core placement (near < 200 ns ≤ far); \
+         the median of those ratios, for the rival hz is furthest behind.\n\n\
+         | mode | lane | T | R% | hz ÷ fastest (paired) | rival | pairs near / far |\n\
+         |:--|:--|--:|--:|--:|:--|--:|\n",
+    );
+    for x in p {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | **{:.2}** | {} | {} / {} |",
+            x.cell.mode,
+            x.cell.group,
+            x.cell.threads,
+            x.cell.remote.unwrap_or(0),
+            x.ratio,
+            x.best,
+            x.near,
+            x.far
+        );
+    }
+    for mode in ["in-process", "LD_PRELOAD"] {
+        let m: Vec<&Paired> = p.iter().filter(|x| x.cell.mode == mode).collect();
+        if m.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "\n- {mode}: {} of {} cells at or under 0.90, {} at or under 1.00 (paired)",
+            m.iter().filter(|x| x.ratio <= 0.90).count(),
+            m.len(),
+            m.iter().filter(|x| x.ratio <= 1.00).count()
+        );
+    }
+    md
+}
+
 /// hz against the fastest rival in one cell.
 #[derive(Clone, Debug)]
 pub struct Versus {
@@ -701,6 +822,40 @@ mod tests {
             }),
             xcore_ns: None,
         }
+    }
+
+    #[test]
+    fn paired_ratios_use_same_placement_repetitions_only() {
+        let at = |alloc: &str, rep: usize, ns: u64, probe: f64| Sample {
+            xcore_ns: Some(probe),
+            ..sample(alloc, rep, ns)
+        };
+        let s = vec![
+            // rep 0: all near; rep 1: hz far, tcmalloc near (no pair);
+            // rep 2: all far.
+            at("hz", 0, 100, 50.0),
+            at("tcmalloc", 0, 80, 60.0),
+            at("jemalloc", 0, 200, 55.0),
+            at("hz", 1, 300, 400.0),
+            at("tcmalloc", 1, 100, 70.0),
+            at("jemalloc", 1, 600, 410.0),
+            at("hz", 2, 250, 390.0),
+            at("tcmalloc", 2, 250, 420.0),
+            at("jemalloc", 2, 500, 380.0),
+        ];
+        let p = paired(&s);
+        assert_eq!(p.len(), 1);
+        // tcmalloc: pairs from reps 0 and 2 (1.25, 1.0) -> median 1.125;
+        // jemalloc: reps 0, 1, 2 all pair (0.5 each).
+        assert_eq!(p[0].best, "tcmalloc");
+        assert!((p[0].ratio - 1.125).abs() < 1e-12, "{}", p[0].ratio);
+        assert_eq!((p[0].near, p[0].far), (1, 1));
+        let md = paired_markdown(&p);
+        assert!(md.contains("| **1.12** | tcmalloc | 1 / 1 |"), "{md}");
+        assert!(
+            md.contains("0 of 1 cells at or under 0.90, 0 at or under 1.00"),
+            "{md}"
+        );
     }
 
     #[test]

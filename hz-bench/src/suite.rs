@@ -333,8 +333,8 @@ pub fn matrix_cells(o: &Opts, m: &Machine, notes: &mut Vec<String>) -> Vec<(Lane
 
 /// Runs every (repetition, cell, runner) of the matrix, repetitions outermost
 /// and runners innermost (interleaved), with a progress bar. Before each
-/// cell of each repetition it measures the cross-core round trip (each
-/// sample carries it); the second value is every probe taken.
+/// run it measures the cross-core round trip (each sample carries it); the
+/// second value is every probe taken.
 pub fn measure_matrix(
     o: &Opts,
     cells: &[(Lane, usize, u32)],
@@ -346,8 +346,6 @@ pub fn measure_matrix(
     let mut probes = Vec::new();
     for rep in 0..o.reps {
         for &(l, t, r) in cells {
-            let xcore_ns = crate::machine::cross_core_round_trip_ns(PROBE_ROUNDS);
-            probes.extend(xcore_ns);
             let per_thread = (o.iters / t as u64).max(1);
             let cfg = RingConfig {
                 threads: t,
@@ -363,6 +361,8 @@ pub fn measure_matrix(
                 pin: o.pin,
             };
             for run in runners {
+                let xcore_ns = crate::machine::cross_core_round_trip_ns(PROBE_ROUNDS);
+                probes.extend(xcore_ns);
                 pb.set_message(format!(
                     "rep {} {} {} T={t} R={r} {}",
                     rep + 1,
@@ -446,6 +446,8 @@ pub fn matrix(o: &Opts) -> Vec<Summary> {
     if sums.iter().any(|s| !s.comparable()) {
         println!("\nCells marked **not comparable** had more than {FALLBACK_LIMIT_PCT}% of remote frees fall back to local frees (ring full): rerun with a larger --ring.");
     }
+    let paired = report::paired_markdown(&report::paired(&samples));
+    print!("{paired}");
     let rt = crate::machine::round_trip_line(&probes);
     if let Some(l) = &rt {
         println!("\n- {l}");
@@ -455,7 +457,7 @@ pub fn matrix(o: &Opts) -> Vec<Summary> {
         None => head,
     };
     write_out(
-        o, "matrix", &head, &m, &runners, &notes, &sums, &samples, true,
+        o, "matrix", &head, &m, &runners, &notes, &sums, &samples, true, &paired,
     );
     sums
 }
@@ -527,6 +529,7 @@ pub fn workloads(o: &Opts) -> Vec<Summary> {
         &sums,
         &samples,
         false,
+        "",
     );
     sums
 }
@@ -573,6 +576,7 @@ fn write_out(
     sums: &[Summary],
     samples: &[Sample],
     ring: bool,
+    extra_md: &str,
 ) {
     let Some(dir) = &o.out else { return };
     if let Err(e) = std::fs::create_dir_all(dir) {
@@ -581,7 +585,7 @@ fn write_out(
     }
     let header = json_header(name, o, m, runners, notes);
     let md = format!(
-        "{head}{}{}",
+        "{head}{}{}{extra_md}",
         report::markdown(sums, m.cores, ring),
         report::versus_markdown(sums, ring)
     );
