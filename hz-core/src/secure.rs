@@ -216,7 +216,8 @@ pub fn looks_free_slow(v: usize, c: usize, t: u64) -> bool {
 #[inline(always)]
 pub fn on_alloc(p: *mut u8, c: usize) -> *mut u8 {
     if crate::config::CONFIG.secure_fill.load(Relaxed) != 0 {
-        // A tail call: the fast path keeps nothing across a call.
+        // Out of line: only this branch saves a register around a call,
+        // the fast path keeps nothing.
         return on_alloc_filled(p, c);
     }
     clear_marker(p);
