@@ -148,6 +148,36 @@ fn is_far(s: &Sample) -> bool {
     s.xcore_ns.is_some_and(|v| v >= crate::machine::FAR_NS)
 }
 
+/// `num`'s time ÷ `den`'s time in the cell of `at`, paired: for every
+/// repetition in which both ran at the same placement (see [`paired`]),
+/// the ratio of the two runs; their median, and the pairs used at the
+/// "near" and "far" placements. None when no repetition pairs up.
+pub fn pair_ratio(
+    samples: &[Sample],
+    at: &Cell,
+    num: &str,
+    den: &str,
+) -> Option<(f64, usize, usize)> {
+    let (mut ratios, mut near, mut far) = (Vec::new(), 0, 0);
+    for a in samples
+        .iter()
+        .filter(|s| s.alloc == num && s.cell.same_cell(at))
+    {
+        let b = samples
+            .iter()
+            .find(|s| s.alloc == den && s.rep == a.rep && s.cell.same_cell(at));
+        if let Some(b) = b.filter(|b| is_far(b) == is_far(a)) {
+            ratios.push(a.ns as f64 / b.ns.max(1) as f64);
+            if is_far(a) {
+                far += 1;
+            } else {
+                near += 1;
+            }
+        }
+    }
+    (!ratios.is_empty()).then(|| (median(ratios), near, far))
+}
+
 /// hz against each rival, repetition by repetition: for every repetition in
 /// which hz and the rival ran at the same placement (both probes "near" or
 /// both "far"), the ratio of hz's time to the rival's; the median of those
@@ -169,27 +199,9 @@ pub fn paired(samples: &[Sample]) -> Vec<Paired> {
         }
         let mut best: Option<Paired> = None;
         for r in rivals {
-            let (mut ratios, mut near, mut far) = (Vec::new(), 0, 0);
-            for hs in samples
-                .iter()
-                .filter(|s| s.alloc == "hz" && s.cell.same_cell(&h.cell))
-            {
-                let rs = samples
-                    .iter()
-                    .find(|s| s.alloc == r && s.rep == hs.rep && s.cell.same_cell(&h.cell));
-                if let Some(rs) = rs.filter(|rs| is_far(rs) == is_far(hs)) {
-                    ratios.push(hs.ns as f64 / rs.ns.max(1) as f64);
-                    if is_far(hs) {
-                        far += 1;
-                    } else {
-                        near += 1;
-                    }
-                }
-            }
-            if ratios.is_empty() {
+            let Some((ratio, near, far)) = pair_ratio(samples, &h.cell, "hz", r) else {
                 continue;
-            }
-            let ratio = median(ratios);
+            };
             if best.as_ref().is_none_or(|b| ratio > b.ratio) {
                 best = Some(Paired {
                     cell: h.cell.clone(),
@@ -515,6 +527,24 @@ pub struct SecureRow {
     /// (default, hardened) summaries of hz and of mimalloc, where measured.
     pub hz: (Option<Summary>, Option<Summary>),
     pub mi: (Option<Summary>, Option<Summary>),
+    /// hz-secure ÷ hz paired by repetition at the same placement
+    /// ([`pair_ratio`]); set by [`add_paired`].
+    pub hz_paired: Option<f64>,
+}
+
+/// Fills each row's [`SecureRow::hz_paired`] from the raw repetitions.
+pub fn add_paired(rows: &mut [SecureRow], samples: &[Sample]) {
+    for r in rows {
+        let at = Cell {
+            mode: r.mode,
+            group: r.group.clone(),
+            desc: String::new(),
+            threads: r.threads,
+            remote: r.remote,
+            alloc: String::new(),
+        };
+        r.hz_paired = pair_ratio(samples, &at, SECURE_PAIRS[0].1, SECURE_PAIRS[0].0).map(|p| p.0);
+    }
 }
 
 /// Hardened time ÷ default time (above 1: the hardened build is slower).
@@ -533,6 +563,10 @@ impl SecureRow {
     /// mimalloc-secure time ÷ mimalloc time.
     pub fn mi_ratio(&self) -> Option<f64> {
         slowdown(&self.mi)
+    }
+    /// hz-secure ÷ hz, paired (see [`add_paired`]).
+    pub fn hz_paired(&self) -> Option<f64> {
+        self.hz_paired
     }
 }
 
@@ -573,6 +607,7 @@ fn secure_rows_unsorted(sums: &[Summary]) -> Vec<SecureRow> {
             remote: s.remote,
             hz: (find(hz), find(hzs)),
             mi: (find(mi), find(mis)),
+            hz_paired: None,
         });
     }
     out
@@ -612,8 +647,8 @@ pub fn secure_markdown(rows: &[SecureRow], limit: f64) -> String {
     let mut md = String::from(
         "\n### hardened ÷ default time (above 1.00: the hardened build is slower)\n\n",
     );
-    md.push_str("| mode | lane | T | R% | hz Mops/s | hz-secure Mops/s | **hz-secure ÷ hz** | mimalloc Mops/s | mimalloc-secure Mops/s | mimalloc-secure ÷ mimalloc | peak RSS MiB hz → hz-secure |\n");
-    md.push_str("|:--|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+    md.push_str("| mode | lane | T | R% | hz Mops/s | hz-secure Mops/s | **hz-secure ÷ hz** | paired | mimalloc Mops/s | mimalloc-secure Mops/s | mimalloc-secure ÷ mimalloc | peak RSS MiB hz → hz-secure |\n");
+    md.push_str("|:--|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
     let mops = |s: &Option<Summary>| s.as_ref().map(|s| sig(s.mops)).unwrap_or("—".into());
     let ratio = |r: Option<f64>, bold: bool| match r {
         Some(r) if bold => format!("**{r:.2}**"),
@@ -630,7 +665,7 @@ pub fn secure_markdown(rows: &[SecureRow], limit: f64) -> String {
             .any(|s| s.as_ref().is_some_and(|s| !s.comparable()));
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {}{} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {}{} | {} | {} | {} | {} | {} |",
             r.mode,
             r.group,
             r.threads,
@@ -639,6 +674,7 @@ pub fn secure_markdown(rows: &[SecureRow], limit: f64) -> String {
             mops(&r.hz.1),
             ratio(r.hz_ratio(), true),
             if flag { " (not comparable)" } else { "" },
+            ratio(r.hz_paired(), false),
             mops(&r.mi.0),
             mops(&r.mi.1),
             ratio(r.mi_ratio(), false),
@@ -668,6 +704,11 @@ pub fn secure_markdown(rows: &[SecureRow], limit: f64) -> String {
     summary("hz-secure ÷ hz", SecureRow::hz_ratio, None);
     summary("hz-secure ÷ hz", SecureRow::hz_ratio, Some("in-process"));
     summary("hz-secure ÷ hz", SecureRow::hz_ratio, Some("LD_PRELOAD"));
+    summary(
+        "hz-secure ÷ hz, paired by repetition at the same placement",
+        SecureRow::hz_paired,
+        None,
+    );
     summary("mimalloc-secure ÷ mimalloc", SecureRow::mi_ratio, None);
     let over: Vec<String> = rows
         .iter()
@@ -908,8 +949,13 @@ mod tests {
         other[1].ns = 120; // hz-secure 20% slower in this cell
         other.pop(); // no mimalloc-secure under LD_PRELOAD
         s.extend(other);
-        let rows = secure_rows(&summarize(&s));
+        let mut rows = secure_rows(&summarize(&s));
         assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].hz_paired(), None);
+        add_paired(&mut rows, &s);
+        // One repetition per build, no probes (both "near"): one pair each.
+        assert!((rows[0].hz_paired().unwrap() - 1.05).abs() < 1e-9);
+        assert!((rows[1].hz_paired().unwrap() - 1.2).abs() < 1e-9);
         assert!((rows[0].hz_ratio().unwrap() - 1.05).abs() < 1e-9);
         assert!((rows[0].mi_ratio().unwrap() - 1.5).abs() < 1e-9);
         assert_eq!(rows[1].mi_ratio(), None);

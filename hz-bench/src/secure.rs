@@ -163,7 +163,8 @@ pub fn run(o: &Opts) -> Result<Vec<report::SecureRow>, String> {
     print!("{head}");
     let (samples, probes) = measure_matrix(o, &cells, &runners);
     let sums = report::summarize(&samples);
-    let rows = secure_rows(&sums);
+    let mut rows = secure_rows(&sums);
+    report::add_paired(&mut rows, &samples);
     let mut table = secure_markdown(&rows, LIMIT);
     if let Some(l) = crate::machine::round_trip_line(&probes) {
         table.push_str(&format!("- {l}\n"));
