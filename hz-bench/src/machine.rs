@@ -66,6 +66,12 @@ impl Machine {
 /// allocator is fastest) follow this figure.
 pub fn cross_core_round_trip_ns(rounds: u64) -> Option<f64> {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+    /// Set by the timing thread to end the exchange early.
+    const STOP: u64 = u64::MAX;
+    /// A probe never takes longer than this: if the other CPU is busy,
+    /// every round waits for a time slice, and the average of the rounds
+    /// done so far is the answer.
+    const BUDGET: std::time::Duration = std::time::Duration::from_millis(200);
     let cpus = allowed_cpus();
     if cpus.len() < 2 || rounds == 0 {
         return None;
@@ -77,15 +83,23 @@ pub fn cross_core_round_trip_ns(rounds: u64) -> Option<f64> {
     let ns = std::thread::scope(|s| {
         let (flag, pinned) = (&flag, &pinned);
         let (a, b) = (cpus[0], cpus[1]);
+        // The answering thread: turns 2i+1 into 2i+2, until STOP. A
+        // compare-exchange, so that it never overwrites STOP.
         s.spawn(move || {
             if !pin_to(b) {
                 pinned.store(false, Relaxed);
             }
             for i in 0..rounds {
-                while flag.0.load(Acquire) != 2 * i + 1 {
-                    std::hint::spin_loop();
+                loop {
+                    match flag
+                        .0
+                        .compare_exchange(2 * i + 1, 2 * i + 2, AcqRel, Acquire)
+                    {
+                        Ok(_) => break,
+                        Err(STOP) => return,
+                        Err(_) => std::hint::spin_loop(),
+                    }
                 }
-                flag.0.store(2 * i + 2, Release);
             }
         });
         s.spawn(move || {
@@ -93,18 +107,26 @@ pub fn cross_core_round_trip_ns(rounds: u64) -> Option<f64> {
                 pinned.store(false, Relaxed);
             }
             let t0 = std::time::Instant::now();
-            for i in 0..rounds {
+            let mut done = 0;
+            'rounds: for i in 0..rounds {
                 flag.0.store(2 * i + 1, Release);
+                let mut spins = 0u32;
                 while flag.0.load(Acquire) != 2 * i + 2 {
                     std::hint::spin_loop();
+                    spins = spins.wrapping_add(1);
+                    if spins.is_multiple_of(4096) && t0.elapsed() > BUDGET {
+                        flag.0.swap(STOP, AcqRel);
+                        break 'rounds;
+                    }
                 }
+                done = i + 1;
             }
-            t0.elapsed().as_nanos() as f64 / rounds as f64
+            (done > 0).then(|| t0.elapsed().as_nanos() as f64 / done as f64)
         })
         .join()
         .expect("probe thread panicked")
     });
-    pinned.load(Relaxed).then_some(ns)
+    ns.filter(|_| pinned.load(Relaxed))
 }
 
 /// The CPUs this process may run on.
@@ -181,6 +203,17 @@ mod tests {
             // far below a millisecond, on any machine that runs this.
             Some(ns) => assert!(ns > 5.0 && ns < 1e6, "{ns}"),
             None => assert!(super::allowed_cpus().len() < 2),
+        }
+    }
+
+    #[test]
+    fn round_trip_probe_stops_at_its_time_budget() {
+        let t0 = std::time::Instant::now();
+        let r = super::cross_core_round_trip_ns(u64::MAX);
+        // 200 ms of budget, checked every 4096 spins: well under 2 s.
+        assert!(t0.elapsed() < std::time::Duration::from_secs(2));
+        if super::allowed_cpus().len() >= 2 {
+            assert!(r.is_some_and(|ns| ns > 0.0), "{r:?}");
         }
     }
 
