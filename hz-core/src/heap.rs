@@ -391,8 +391,18 @@ unsafe fn partial_remove(h: *mut Heap, c: usize, m: *mut PageMeta) {
 unsafe fn span_free(h: *mut Heap, m: *mut PageMeta, b: *mut u8) {
     // SAFETY: b is a free block of span m, owned by h.
     unsafe {
-        inbox::set_next(b, (*m).free);
-        (*m).free = b;
+        let size = CLASS_SIZE[(*m).class as usize & 63] as usize;
+        if !cfg!(feature = "secure") && b.add(size) == (*m).bump.load(Relaxed) {
+            // The last block carved: un-carve it. No write to the block, so
+            // a block carved into a bin and given back unused (bin GC,
+            // overflow) stays untouched, and its page not resident. The
+            // secure build keeps its carving point growing (every carved
+            // block there holds a marker anyway; see `secure::set_carved`).
+            (*m).bump.store(b, Relaxed);
+        } else {
+            inbox::set_next(b, (*m).free);
+            (*m).free = b;
+        }
         (*m).used -= 1;
         let c = (*m).class as usize;
         if !(*m).in_partial {
@@ -653,14 +663,21 @@ unsafe fn fill_from_spans(h: *mut Heap, c: usize, want: usize) -> bool {
                 taken += 1;
             }
             (*m).free = f;
+            // Carve k blocks, highest address first into the bin, so the
+            // program gets the lowest first and the blocks that sit at the
+            // bottom of the bin (the first a GC or an overflow gives back)
+            // are the highest: those go back by lowering `bump`, without a
+            // write to blocks the program never touched (`span_free`).
             let mut p = (*m).bump.load(Relaxed);
             let end = (*m).end;
-            while p < end && bin.top < target {
-                *bin.top = p;
-                bin.top = bin.top.add(1);
-                p = p.add(size);
-                taken += 1;
+            let room = (end as usize).saturating_sub(p as usize) / size;
+            let k = room.min(target.offset_from(bin.top).max(0) as usize);
+            for i in 0..k {
+                *bin.top.add(i) = p.add((k - 1 - i) * size);
             }
+            bin.top = bin.top.add(k);
+            p = p.add(k * size);
+            taken += k as u32;
             #[cfg(feature = "secure")]
             if p != (*m).bump.load(Relaxed) {
                 crate::secure::set_carved(m, c, p);
