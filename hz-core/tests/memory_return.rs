@@ -383,6 +383,7 @@ fn calloc_of_reused_dirty_runs_is_zero() {
 }
 
 /// Resident 4 KiB pages of the 64 KiB page holding `p` (`mincore`).
+#[cfg(not(feature = "secure"))]
 fn resident_pages_of_page(p: *mut u8) -> usize {
     let page = (p as usize & !0xffff) as *mut libc::c_void;
     let mut v = [0u8; 16];
