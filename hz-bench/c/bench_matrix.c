@@ -52,33 +52,9 @@ static inline void ring_drain(ring_t *r, counts_t *c) {
     atomic_store_explicit(&r->head, t, memory_order_release);
 }
 
-/* HZB_PIN=1: thread `id` runs only on the id-th CPU (round robin) of those
- * the process may use, so the scheduler cannot leave one CPU with more of
- * the threads than another (with 4 threads on 2 CPUs, a 3+1 split makes a
- * run 1.5x longer whatever the allocator). */
-static void pin_thread(size_t id) {
-    const char *e = getenv("HZB_PIN");
-    if (!e || strcmp(e, "1") != 0) return;
-    cpu_set_t allowed, one;
-    if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) return;
-    int n = CPU_COUNT(&allowed);
-    if (n < 1) return;
-    int want = (int)(id % (size_t)n), seen = 0;
-    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
-        if (!CPU_ISSET(cpu, &allowed)) continue;
-        if (seen++ == want) {
-            CPU_ZERO(&one);
-            CPU_SET(cpu, &one);
-            /* A refusal leaves the thread unpinned: the run is still valid. */
-            (void)sched_setaffinity(0, sizeof one, &one);
-            return;
-        }
-    }
-}
-
 static void *worker(void *arg) {
     size_t id = (size_t)arg;
-    pin_thread(id);
+    hzb_pin(id);
     ring_t *rx = &rings[id], *tx = &rings[(id + 1) % T];
     uint64_t remote = T > 1 ? REMOTE : 0, span = MAX - MIN + 1;
     void **slots = map(WS * sizeof(void *));

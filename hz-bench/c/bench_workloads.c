@@ -4,7 +4,9 @@
  *
  * usage: bench_workloads NAME THREADS SCALE
  *   NAME: larson | pipeline | xmalloc | cache-scratch | cache-thrash | realloc
- * prints: HZB_WORK ns=.. ops=.. maxrss_kib=..  */
+ * prints: HZB_WORK ns=.. ops=.. maxrss_kib=..
+ * environment: HZB_PIN=1 pins each worker thread to the next allowed CPU,
+ * round robin, in the order the threads start. */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <sched.h>
@@ -58,6 +60,7 @@ static void ***chunks;
 static size_t larson_round;
 
 static void *larson_thread(void *arg) {
+    hzb_pin_next();
     size_t i = (size_t)arg;
     void **c = chunks[i];
     uint64_t s = xs_seed(larson_round + 7, i), ops = 0;
@@ -91,6 +94,7 @@ static void run_larson(void) {
 
 /* ---- pipeline: stage 0 allocates, middle stages replace, last frees */
 static void *pipe_thread(void *arg) {
+    hzb_pin_next();
     size_t stage = (size_t)arg;
     uint64_t s = xs_seed(11, stage);
     if (stage == 0) {
@@ -126,6 +130,7 @@ static void run_pipeline(void) {
 
 /* ---- xmalloc: T-1 producers, one consumer frees everything */
 static void *xm_producer(void *arg) {
+    hzb_pin_next();
     size_t i = (size_t)arg;
     uint64_t s = xs_seed(13, i);
     for (uint64_t n = 0; n < N; n++) push_wait(&rings[i], xmalloc_or_die(16 + (size_t)xs_below(&s, 497)));
@@ -133,6 +138,7 @@ static void *xm_producer(void *arg) {
     return NULL;
 }
 static void *xm_consumer(void *arg) {
+    hzb_pin_next();
     (void)arg;
     for (;;) {
         int all = atomic_load_explicit(&done_count, memory_order_acquire) == T - 1;
@@ -160,6 +166,7 @@ static void run_xmalloc(void) {
 
 /* ---- cache-scratch / cache-thrash */
 static void *cache_thread(void *arg) {
+    hzb_pin_next();
     size_t i = (size_t)arg;
     if (first_blocks) free(first_blocks[i]);
     for (uint64_t n = 0; n < ITERS; n++) {
@@ -183,6 +190,7 @@ static void run_cache(int handoff) {
 
 /* ---- realloc growth 16 B -> 16 MiB by x1.5 steps */
 static void *realloc_thread(void *arg) {
+    hzb_pin_next();
     (void)arg;
     const size_t max = 16u << 20;
     uint64_t ops = 0;

@@ -161,6 +161,17 @@ pub fn pin_round_robin(id: usize) -> bool {
     !cpus.is_empty() && pin_to(cpus[id % cpus.len()])
 }
 
+/// With [`PIN_ENV`] set: pins the calling thread to the next allowed CPU,
+/// round robin over one process-wide counter, in the order threads call
+/// it (for workloads whose threads have no index). Without it: nothing.
+pub fn pin_next_if_requested() {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    if pin_requested() {
+        pin_round_robin(NEXT.fetch_add(1, Relaxed));
+    }
+}
+
 /// Pins the calling thread to CPU `cpu`.
 fn pin_to(cpu: usize) -> bool {
     // SAFETY: as in allowed_cpus; the set names one CPU, and pid 0 is the

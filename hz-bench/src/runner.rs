@@ -173,6 +173,7 @@ pub fn run_workload(
     name: &str,
     threads: usize,
     scale: f64,
+    pin: bool,
 ) -> Result<WorkResult, String> {
     let cmd = match r {
         Runner::Preload(p) => {
@@ -189,6 +190,12 @@ pub fn run_workload(
             c
         }
     };
+    let mut cmd = cmd;
+    if pin {
+        cmd.env(crate::machine::PIN_ENV, "1");
+    } else {
+        cmd.env_remove(crate::machine::PIN_ENV);
+    }
     let out = run_child(cmd)?;
     parse_work_line(&out).ok_or_else(|| format!("no HZB_WORK line in: {out}"))
 }

@@ -52,7 +52,7 @@ pub struct Opts {
     pub ws: usize,
     pub ring: Option<usize>,
     pub seed: u64,
-    /// Matrix: pin each thread to one CPU, round robin (`--no-pin`: off).
+    /// Pin the matrix's and the workloads' threads round robin to the CPUs (`--no-pin`: off).
     pub pin: bool,
     pub out: Option<PathBuf>,
     pub build_hz: bool,
@@ -85,9 +85,10 @@ options (lists are comma-separated):
   --ws 400             slots per thread
   --ring N             entries per SPSC ring (default: iterations per thread, at most 2^20)
   --seed S             RNG seed (default 1)
-  --no-pin             matrix: let the scheduler place the threads (default: thread i
-                       runs only on the (i mod n)-th of the n CPUs it may use, so the
-                       scheduler cannot leave one CPU with more threads than another)
+  --no-pin             let the scheduler place the threads (default: matrix thread i
+                       runs only on the (i mod n)-th of the n CPUs it may use, workload
+                       threads likewise in the order they start, so the scheduler
+                       cannot leave one CPU with more threads than another)
   --out DIR            write CSV, JSON, markdown and SVG chart here (default bench-out/)
   --no-out             write no files
   --no-build           do not build libhz.so when it is missing
@@ -474,6 +475,11 @@ pub fn workloads(o: &Opts) -> Vec<Summary> {
         ));
     }
     notes.push("LD_PRELOAD runs use the C versions in hz-bench/c/bench_workloads.c (rust-collections has none)".into());
+    notes.push(if o.pin {
+        "worker threads pinned round robin to the CPUs in the order they start (`--no-pin` to let the scheduler place them)".into()
+    } else {
+        "threads not pinned (`--no-pin`)".into()
+    });
     let head = format!(
         "{}- threads {}, scale {}, {} repetition(s), medians\n",
         header_text("workloads", &m, &runners, &notes),
@@ -493,7 +499,7 @@ pub fn workloads(o: &Opts) -> Vec<Summary> {
     for rep in 0..o.reps {
         for (w, run) in &jobs {
             pb.set_message(format!("rep {} {} {w} {}", rep + 1, run.mode(), run.name()));
-            match run_workload(run, w, o.wl_threads, o.scale) {
+            match run_workload(run, w, o.wl_threads, o.scale, o.pin) {
                 Ok(res) => samples.push(Sample {
                     cell: Cell {
                         mode: run.mode(),

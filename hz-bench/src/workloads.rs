@@ -124,6 +124,7 @@ fn larson<A: GlobalAlloc + Sync>(a: &A, t: usize, rounds: usize, per_round: u64)
                 .enumerate()
                 .map(|(i, mut c)| {
                     s.spawn(move || {
+                        crate::machine::pin_next_if_requested();
                         let mut rng = XorShift::for_thread(round as u64 + 7, i);
                         let mut ops = 0;
                         for _ in 0..per_round {
@@ -189,6 +190,7 @@ fn pipeline<A: GlobalAlloc + Sync>(a: &A, t: usize, n: u64) -> u64 {
     std::thread::scope(|s| {
         let rings = &rings;
         s.spawn(move || {
+            crate::machine::pin_next_if_requested();
             let mut rng = XorShift::for_thread(11, 0);
             for _ in 0..n {
                 let size = 16 + rng.below(4081) as usize;
@@ -204,6 +206,7 @@ fn pipeline<A: GlobalAlloc + Sync>(a: &A, t: usize, n: u64) -> u64 {
         });
         for stage in 1..t {
             s.spawn(move || {
+                crate::machine::pin_next_if_requested();
                 let mut rng = XorShift::for_thread(11, stage);
                 loop {
                     let e = pop_wait(&rings[stage - 1]);
@@ -242,6 +245,7 @@ fn xmalloc<A: GlobalAlloc + Sync>(a: &A, t: usize, n: u64) -> u64 {
         let (rings, done) = (&rings, &done);
         for (i, ring) in rings.iter().enumerate() {
             s.spawn(move || {
+                crate::machine::pin_next_if_requested();
                 let mut rng = XorShift::for_thread(13, i);
                 for _ in 0..per {
                     let size = 16 + rng.below(497) as usize;
@@ -256,18 +260,21 @@ fn xmalloc<A: GlobalAlloc + Sync>(a: &A, t: usize, n: u64) -> u64 {
                 done.fetch_add(1, Ordering::Release);
             });
         }
-        s.spawn(move || loop {
-            let all = done.load(Ordering::Acquire) == producers;
-            let mut got = 0;
-            for r in rings {
-                // SAFETY: each entry is a live block of `a` handed to this thread.
-                got += r.drain(|e| unsafe { free(a, e.ptr, e.size) });
-            }
-            if all && got == 0 {
-                return;
-            }
-            if got == 0 {
-                std::thread::yield_now();
+        s.spawn(move || {
+            crate::machine::pin_next_if_requested();
+            loop {
+                let all = done.load(Ordering::Acquire) == producers;
+                let mut got = 0;
+                for r in rings {
+                    // SAFETY: each entry is a live block of `a` handed to this thread.
+                    got += r.drain(|e| unsafe { free(a, e.ptr, e.size) });
+                }
+                if all && got == 0 {
+                    return;
+                }
+                if got == 0 {
+                    std::thread::yield_now();
+                }
             }
         });
     });
@@ -285,6 +292,7 @@ fn cache<A: GlobalAlloc + Sync>(a: &A, t: usize, iters: u64, handoff: bool) -> u
     std::thread::scope(|s| {
         for &p in &first {
             s.spawn(move || {
+                crate::machine::pin_next_if_requested();
                 if p != 0 {
                     // SAFETY: main allocated it with SIZE and handed it over.
                     unsafe { free(a, p as *mut u8, SIZE) };
@@ -314,6 +322,7 @@ fn realloc<A: GlobalAlloc + Sync>(a: &A, t: usize, rounds: u64) -> u64 {
         for _ in 0..t {
             let ops = &ops;
             s.spawn(move || {
+                crate::machine::pin_next_if_requested();
                 let mut n = 0;
                 for _ in 0..rounds {
                     let mut size = 16;
@@ -352,6 +361,7 @@ fn rust_collections(t: usize, n: usize) -> u64 {
     std::thread::scope(|s| {
         for id in 0..t {
             s.spawn(move || {
+                crate::machine::pin_next_if_requested();
                 for round in 0..3 {
                     let mut h: HashMap<String, Vec<u64>> = HashMap::new();
                     for i in 0..n {
