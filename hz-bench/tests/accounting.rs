@@ -108,14 +108,19 @@ fn accounting_with_hz() {
     run_checked(&hz_core::HzAlloc, &cfg(2, 90, 1 << 14));
 }
 
-#[test]
-fn c_program_agrees_with_rust() {
-    let c = cfg(2, 50, 1 << 14);
-    let glibc = Runner::Preload(Preload {
+/// The C program with no LD_PRELOAD.
+fn glibc() -> Runner {
+    Runner::Preload(Preload {
         name: "glibc",
         lib: None,
         origin: String::new(),
-    });
+    })
+}
+
+#[test]
+fn c_program_agrees_with_rust() {
+    let c = cfg(2, 50, 1 << 14);
+    let glibc = glibc();
     let (from_c, rss) = run_cell(&glibc, &c).expect("C benchmark runs");
     check_identities(&from_c.counts, &c);
     assert!(rss > 0);
@@ -135,11 +140,7 @@ fn pinned_runs_keep_the_accounting_in_rust_and_in_c() {
         ..cfg(4, 90, 1 << 14)
     };
     run_checked(&hz_core::HzAlloc, &c);
-    let glibc = Runner::Preload(Preload {
-        name: "glibc",
-        lib: None,
-        origin: String::new(),
-    });
+    let glibc = glibc();
     let (from_c, _) = run_cell(&glibc, &c).expect("pinned C benchmark runs");
     check_identities(&from_c.counts, &c);
 }

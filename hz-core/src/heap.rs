@@ -391,8 +391,8 @@ unsafe fn partial_remove(h: *mut Heap, c: usize, m: *mut PageMeta) {
 unsafe fn span_free(h: *mut Heap, m: *mut PageMeta, b: *mut u8) {
     // SAFETY: b is a free block of span m, owned by h.
     unsafe {
-        let size = CLASS_SIZE[(*m).class as usize & 63] as usize;
-        if !cfg!(feature = "secure") && b.add(size) == (*m).bump.load(Relaxed) {
+        let c = (*m).class as usize;
+        if !cfg!(feature = "secure") && b.add(CLASS_SIZE[c] as usize) == (*m).bump.load(Relaxed) {
             // The last block carved: un-carve it. No write to the block, so
             // a block carved into a bin and given back unused (bin GC,
             // overflow) stays untouched, and its page not resident. The
@@ -404,7 +404,6 @@ unsafe fn span_free(h: *mut Heap, m: *mut PageMeta, b: *mut u8) {
             (*m).free = b;
         }
         (*m).used -= 1;
-        let c = (*m).class as usize;
         if !(*m).in_partial {
             partial_push(h, c, m);
         }
