@@ -59,11 +59,10 @@ impl Machine {
 /// `rounds` times. `None` with fewer than two CPUs, or if pinning fails.
 ///
 /// Why the matrix measures it: on a virtual machine the host may place the
-/// vCPUs on cores that share a cache (50-100 ns on the development
+/// vCPUs on cores that share a cache (45-140 ns on the development
 /// machine) or on distant ones (about 400 ns), and move them while a run
-/// goes on. Every remote free
-/// moves lines between cores, so the remote cells' times (and which
-/// allocator is fastest) follow this figure.
+/// goes on. Every remote free moves lines between cores, so the remote
+/// cells' times (and which allocator is fastest) follow this figure.
 pub fn cross_core_round_trip_ns(rounds: u64) -> Option<f64> {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
     /// Set by the timing thread to end the exchange early.
@@ -144,9 +143,10 @@ fn allowed_cpus() -> Vec<usize> {
     }
 }
 
-/// The environment variable that asks the ring benchmark's threads (the
-/// Rust one and `c/bench_matrix.c`) to pin themselves: thread i to the
-/// (i mod n)-th of the n CPUs the process may use.
+/// The environment variable that asks a benchmark child's threads to pin
+/// themselves (the Rust ring and workloads, `c/bench_matrix.c` and
+/// `c/bench_workloads.c`): thread i to the (i mod n)-th of the n CPUs the
+/// process may use, or the next CPU in the order threads start.
 pub const PIN_ENV: &str = "HZB_PIN";
 
 /// True when [`PIN_ENV`] is `1` in this process's environment.
@@ -202,7 +202,7 @@ pub fn round_trip_line(probes: &[f64]) -> Option<String> {
 }
 
 /// A round trip this long means the two CPUs share no cache (the
-/// development machine reads 50-100 ns when they do, 400 ns when not).
+/// development machine reads 45-140 ns when they do, 400 ns when not).
 pub const FAR_NS: f64 = 200.0;
 
 #[cfg(test)]

@@ -38,8 +38,8 @@ pub struct Sample {
     pub maxrss_kib: u64,
     /// Ring accounting (matrix only).
     pub counts: Option<Counts>,
-    /// Cross-core round trip measured just before this cell's repetition
-    /// (matrix only; see `machine::cross_core_round_trip_ns`).
+    /// Cross-core round trip measured just before this run (matrix only;
+    /// see `machine::cross_core_round_trip_ns`).
     pub xcore_ns: Option<f64>,
 }
 
@@ -152,12 +152,7 @@ fn is_far(s: &Sample) -> bool {
 /// repetition in which both ran at the same placement (see [`paired`]),
 /// the ratio of the two runs; their median, and the pairs used at the
 /// "near" and "far" placements. None when no repetition pairs up.
-pub fn pair_ratio(
-    samples: &[Sample],
-    at: &Cell,
-    num: &str,
-    den: &str,
-) -> Option<(f64, usize, usize)> {
+fn pair_ratio(samples: &[Sample], at: &Cell, num: &str, den: &str) -> Option<(f64, usize, usize)> {
     let (mut ratios, mut near, mut far) = (Vec::new(), 0, 0);
     for a in samples
         .iter()
@@ -223,13 +218,14 @@ pub fn paired_markdown(p: &[Paired]) -> String {
     if p.is_empty() {
         return String::new();
     }
-    let mut md = String::from(
+    let mut md = format!(
         "\n### hz time ÷ fastest rival, paired by repetition at the same placement\n\n\
          Each ratio is hz's time over the rival's in the same repetition (runs seconds apart), \
-         kept only when both runs saw the same cross-core placement (near < 200 ns ≤ far); \
+         kept only when both runs saw the same cross-core placement (near < {:.0} ns ≤ far); \
          the median of those ratios, for the rival hz is furthest behind.\n\n\
          | mode | lane | T | R% | hz ÷ fastest (paired) | rival | pairs near / far |\n\
          |:--|:--|--:|--:|--:|:--|--:|\n",
+        crate::machine::FAR_NS
     );
     for x in p {
         let _ = writeln!(

@@ -103,6 +103,17 @@ fn run_child(mut cmd: Command) -> Result<String, String> {
     Ok(stdout)
 }
 
+/// `cmd` with `HZB_PIN=1` in its environment when `pin`, and without it
+/// (whatever the parent has) otherwise: the child's threads pin themselves.
+fn pin_env(mut cmd: Command, pin: bool) -> Command {
+    if pin {
+        cmd.env(crate::machine::PIN_ENV, "1");
+    } else {
+        cmd.env_remove(crate::machine::PIN_ENV);
+    }
+    cmd
+}
+
 /// Runs one matrix cell; returns the result and the child's peak RSS (KiB).
 pub fn run_cell(r: &Runner, cfg: &RingConfig) -> Result<(RingResult, u64), String> {
     let cmd = match r {
@@ -118,13 +129,7 @@ pub fn run_cell(r: &Runner, cfg: &RingConfig) -> Result<(RingResult, u64), Strin
             c
         }
     };
-    let mut cmd = cmd;
-    if cfg.pin {
-        cmd.env(crate::machine::PIN_ENV, "1");
-    } else {
-        cmd.env_remove(crate::machine::PIN_ENV);
-    }
-    let out = run_child(cmd)?;
+    let out = run_child(pin_env(cmd, cfg.pin))?;
     parse_result_line(&out).ok_or_else(|| format!("no HZB_RESULT line in: {out}"))
 }
 
@@ -190,12 +195,6 @@ pub fn run_workload(
             c
         }
     };
-    let mut cmd = cmd;
-    if pin {
-        cmd.env(crate::machine::PIN_ENV, "1");
-    } else {
-        cmd.env_remove(crate::machine::PIN_ENV);
-    }
-    let out = run_child(cmd)?;
+    let out = run_child(pin_env(cmd, pin))?;
     parse_work_line(&out).ok_or_else(|| format!("no HZB_WORK line in: {out}"))
 }

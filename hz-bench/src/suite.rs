@@ -321,15 +321,23 @@ pub fn matrix_cells(o: &Opts, m: &Machine, notes: &mut Vec<String>) -> Vec<(Lane
             m.cores
         ));
     }
-    notes.push(if o.pin {
-        format!(
-            "threads pinned: thread i runs only on the (i mod {0})-th of the {0} CPUs (`--no-pin` lets the scheduler place them; unpinned, a 4-thread cell on 2 CPUs can split 3+1 and take 1.5x as long, whatever the allocator)",
+    notes.push(pin_note(
+        o,
+        &format!(
+            "thread i runs only on the (i mod {0})-th of the {0} CPUs",
             m.cores
-        )
+        ),
+    ));
+    c
+}
+
+/// The header note on pinning; `how` says how threads are placed.
+fn pin_note(o: &Opts, how: &str) -> String {
+    if o.pin {
+        format!("threads pinned: {how} (`--no-pin` lets the scheduler place them; unpinned, a 4-thread run on 2 CPUs can split 3+1 and take 1.5x as long, whatever the allocator)")
     } else {
         "threads not pinned (`--no-pin`): the scheduler places them".into()
-    });
-    c
+    }
 }
 
 /// Runs every (repetition, cell, runner) of the matrix, repetitions outermost
@@ -475,11 +483,10 @@ pub fn workloads(o: &Opts) -> Vec<Summary> {
         ));
     }
     notes.push("LD_PRELOAD runs use the C versions in hz-bench/c/bench_workloads.c (rust-collections has none)".into());
-    notes.push(if o.pin {
-        "worker threads pinned round robin to the CPUs in the order they start (`--no-pin` to let the scheduler place them)".into()
-    } else {
-        "threads not pinned (`--no-pin`)".into()
-    });
+    notes.push(pin_note(
+        o,
+        "worker threads take the CPUs round robin in the order they start",
+    ));
     let head = format!(
         "{}- threads {}, scale {}, {} repetition(s), medians\n",
         header_text("workloads", &m, &runners, &notes),
