@@ -640,6 +640,11 @@ unsafe fn fill_from_spans(h: *mut Heap, c: usize, want: usize) -> bool {
         let mut got = 0u64;
         #[cfg(feature = "secure")]
         let start = bin.top;
+        // Fresh blocks this refill may still carve (see `secure::carve_limit`).
+        #[cfg(not(feature = "secure"))]
+        let mut carve_left = usize::MAX;
+        #[cfg(feature = "secure")]
+        let mut carve_left = crate::secure::carve_limit(size);
         while !m.is_null() && bin.top < target {
             let next = (*m).snext;
             if (*m).used == 0 {
@@ -670,7 +675,10 @@ unsafe fn fill_from_spans(h: *mut Heap, c: usize, want: usize) -> bool {
             let mut p = (*m).bump.load(Relaxed);
             let end = (*m).end;
             let room = (end as usize).saturating_sub(p as usize) / size;
-            let k = room.min(target.offset_from(bin.top).max(0) as usize);
+            let k = room
+                .min(target.offset_from(bin.top).max(0) as usize)
+                .min(carve_left);
+            carve_left -= k;
             for i in 0..k {
                 *bin.top.add(i) = p.add((k - 1 - i) * size);
             }

@@ -383,7 +383,6 @@ fn calloc_of_reused_dirty_runs_is_zero() {
 }
 
 /// Resident 4 KiB pages of the 64 KiB page holding `p` (`mincore`).
-#[cfg(not(feature = "secure"))]
 fn resident_pages_of_page(p: *mut u8) -> usize {
     let page = (p as usize & !0xffff) as *mut libc::c_void;
     let mut v = [0u8; 16];
@@ -429,5 +428,38 @@ fn blocks_given_back_unused_stay_untouched() {
         assert_eq!(*a, 7);
         hz_core::free(a);
         hz_core::free(b);
+    }
+}
+
+/// The secure build writes a free marker into every block it carves into a
+/// bin, so a refill faults in the pages of every block it carves. It carves
+/// at most a 4 KiB page's worth (at least 8 blocks: `secure::carve_limit`)
+/// instead of half a bin: the first 1 KiB `malloc` of a fresh span makes
+/// 2 of its 16 pages resident (8 blocks), not 8 (32 blocks, as before).
+#[cfg(feature = "secure")]
+#[test]
+fn secure_refill_touches_few_pages() {
+    if !in_child("secure_refill_touches_few_pages") {
+        return;
+    }
+    let a = hz_core::malloc(1024);
+    assert!(!a.is_null());
+    let resident = resident_pages_of_page(a);
+    println!("span pages resident after the first refill: {resident}");
+    assert!(
+        (1..=3).contains(&resident),
+        "the first refill of a 1 KiB class made {resident} of 16 pages resident"
+    );
+    // Every carved block is still marked and checked: the blocks come out
+    // distinct, and a second refill carves further.
+    let mut v = vec![a];
+    for _ in 0..20 {
+        let p = hz_core::malloc(1024);
+        assert!(!p.is_null() && !v.contains(&p));
+        v.push(p);
+    }
+    for p in v {
+        // SAFETY: each p is a live block of hz.
+        unsafe { hz_core::free(p) };
     }
 }
