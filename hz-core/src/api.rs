@@ -299,13 +299,16 @@ unsafe fn secure_free_small(p: *mut u8, t: u64, cw: *const core::sync::atomic::A
     // (`secure::set_carved`): it only grows while the span lives; p was
     // carved (that store) before the program could hand it to this thread,
     // so a live p always lies below it.
+    // With HZ_SECURE_FILL=1 the carving-point words are all 0
+    // (`secure::set_carved`), so every free takes the checked path, which
+    // fills the block: this path needs no test of the fill mode.
     let (v, carved) = unsafe { ((p as *const usize).read_volatile() ^ k, (*cw).load(Relaxed)) };
     if v >> 47 == 0 || p as usize >= carved {
         // SAFETY: forwarded contract.
         return unsafe { secure_free_checked(p, t, cw) };
     }
-    // SAFETY: forwarded contract.
-    unsafe { secure_free_rest(p, tag_class(t), k) }
+    // SAFETY: forwarded contract; every check passed.
+    unsafe { secure_free_mark(p, tag_class(t), k) }
 }
 
 /// `secure`: a free that [`secure_free_small`] could not pass at a glance:
@@ -325,37 +328,23 @@ unsafe fn secure_free_checked(p: *mut u8, t: u64, cw: *const core::sync::atomic:
     if v >> 47 == 0 && crate::secure::looks_free_slow(v, c, t) {
         crate::secure::double_free(p);
     }
-    // SAFETY: as in secure_free_small.
-    if p as usize >= unsafe { (*cw).load(Relaxed) } {
+    // SAFETY: as in secure_free_small; p lies in a small span.
+    if p as usize >= unsafe { crate::secure::carving_point(p, t, cw) } {
         crate::secure::never_carved(p);
     }
+    if crate::secure::fill_mode() {
+        crate::secure::fill(p, c);
+    }
     // SAFETY: forwarded contract; every check passed.
-    unsafe { secure_free_rest(p, c, k) }
+    unsafe { secure_free_mark(p, c, k) }
 }
 
-/// `secure`: the end of a checked free of block `p` (class `c`, word 0 mask
-/// `k`): the marker (after the fill, when asked), and the thread cache.
+/// `secure`: the end of a free of block `p` that passed every check
+/// (class `c`, word 0 mask `k`): the free marker, then the thread cache.
 #[cfg(feature = "secure")]
 #[inline(always)]
-unsafe fn secure_free_rest(p: *mut u8, c: usize, k: usize) {
-    if config::CONFIG.secure_fill.load(Relaxed) != 0 {
-        // SAFETY: forwarded contract.
-        return unsafe { secure_free_filled(p, c, k) };
-    }
+unsafe fn secure_free_mark(p: *mut u8, c: usize, k: usize) {
     // SAFETY: a live block of class c, ours again: marked free, then cached.
-    unsafe {
-        (p as *mut usize).write_volatile(k ^ c);
-        free_small(p, c)
-    }
-}
-
-/// `secure` with `HZ_SECURE_FILL`: fill, mark, cache.
-#[cfg(feature = "secure")]
-#[cold]
-#[inline(never)]
-unsafe fn secure_free_filled(p: *mut u8, c: usize, k: usize) {
-    crate::secure::fill(p, c);
-    // SAFETY: validated by the caller: a live small block of class c.
     unsafe {
         (p as *mut usize).write_volatile(k ^ c);
         free_small(p, c)

@@ -139,8 +139,8 @@ fn child_entry() {
                 eprintln!("malloc returned {q:p}");
             }
             "never_carved" => {
-                // A fresh 3 KiB class: one refill carves about half of the
-                // span, so the span's last block has never been handed out.
+                // A fresh 3 KiB class: one refill carves 8 of the span's 20
+                // blocks, so the span's last block has never been handed out.
                 let q = hz_core::malloc(3000);
                 let size = hz_core::usable_size(q);
                 let base = q as usize & !0xffff;
@@ -252,14 +252,26 @@ fn write_after_free_is_caught_when_the_block_is_reused() {
     assert!(err.contains("malloc returned"), "stderr:\n{err}");
 }
 
+/// With `HZ_SECURE_FILL=1` every free takes the checked path (the
+/// carving-point words stay 0) and reads the carving point from the span.
+const FILL: &[(&str, &str)] = &[("HZ_SECURE_FILL", "1")];
+
 #[test]
 fn free_of_a_block_never_carved_aborts() {
     expect_abort("never_carved", "never handed out");
+    expect_abort_env("never_carved", "never handed out", FILL);
 }
 
 #[test]
 fn free_of_a_block_never_carved_on_reused_pages_aborts() {
     expect_abort("never_carved_reused", "never handed out");
+    expect_abort_env("never_carved_reused", "never handed out", FILL);
+}
+
+#[test]
+fn double_free_aborts_with_secure_fill() {
+    expect_abort_env("double_free", "double free", FILL);
+    expect_abort_env("double_free_pooled:250", "double free", FILL);
 }
 
 #[test]
