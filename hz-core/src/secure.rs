@@ -363,13 +363,13 @@ pub unsafe fn take_run(run: &arena::Run, pages: usize, guard: bool) {
 /// the page it lands on (no walk to the span's head, and no read of a meta
 /// line the owner keeps writing).
 ///
-/// # Safety
-/// `m` heads a span of class `c` that the caller owns.
-///
 /// With `HZ_SECURE_FILL=1` the words stay 0: every free then fails the
 /// fast path's carving test and takes the checked path, which fills the
 /// block (and reads the carving point from the span, [`carving_point`]).
 /// So the fast path of `free` needs no test of its own for the fill mode.
+///
+/// # Safety
+/// `m` heads a span of class `c` that the caller owns.
 pub unsafe fn set_carved(m: *mut arena::PageMeta, c: usize, p: *mut u8) {
     let v = if fill_mode() { 0 } else { p as usize };
     let (idx, a) = arena::page_of(m);
