@@ -197,6 +197,30 @@ fn secure_stress_cross_thread_frees_in_waves() {
     assert_eq!(out.stdout.trim(), "stress: ok");
 }
 
+/// With `HZ_SECURE_FILL=1` every `malloc` and `free` takes the slow paths
+/// (the thread's TLS slot names a decoy whose bins are always empty and
+/// full): threads, cross-thread frees and a C++ program must still work,
+/// and every block handed out must pass the marker check.
+#[test]
+fn secure_fill_mode_runs_threads_and_cxx() {
+    let mut cmd = secure_command(test_bin("stress"));
+    cmd.args(["4", "4", "20000"]).env("HZ_SECURE_FILL", "1");
+    let out = run(&mut cmd, LIMIT);
+    out.assert_success("stress 4 4 20000 under libhz-secure.so with HZ_SECURE_FILL=1");
+    assert!(!out.stderr.contains("hz: fatal:"), "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), "stress: ok");
+    let mut cmd = secure_command(test_bin("cxx"));
+    cmd.env("HZ_SECURE_FILL", "1");
+    let out = run(&mut cmd, LIMIT);
+    out.assert_success("cxx under libhz-secure.so with HZ_SECURE_FILL=1");
+    let plain = run(&mut plain_command(test_bin("cxx")), LIMIT);
+    plain.assert_success("cxx on plain glibc");
+    assert_eq!(
+        out.stdout, plain.stdout,
+        "output differs from the glibc run"
+    );
+}
+
 #[test]
 fn secure_stress_many_short_lived_threads() {
     let out = run_secure("stress", &["32", "6", "1500"]);

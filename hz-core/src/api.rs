@@ -92,8 +92,11 @@ fn alloc_small_with(c: usize, slow: fn(usize) -> *mut u8) -> *mut u8 {
         if top != (*bin).base {
             let top = top.sub(1);
             (*bin).top = top;
+            // (`secure` with HZ_SECURE_FILL=1 never gets here: its TLS
+            // slot names bins that are always empty, `heap::Heap::decoy`,
+            // so `slow`, which checks the marker, hands out every block.)
             #[cfg(feature = "secure")]
-            return crate::secure::on_alloc(*top, c);
+            return crate::secure::on_alloc_fast(*top);
             #[cfg(not(feature = "secure"))]
             return *top;
         }
@@ -726,12 +729,12 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
 /// Returns free memory to the OS now: flushes this thread's caches, those
 /// of heaps whose threads have exited, and purges every free page.
 pub fn collect() {
-    let b = tls::get();
-    if b != tls::empty() && b != tls::dead() {
-        // SAFETY: b is this thread's heap.
+    let h = heap::heap_of_slot(tls::get());
+    if !h.is_null() {
+        // SAFETY: h is this thread's heap.
         unsafe {
-            heap::pool_gc(b as *mut heap::Heap, true);
-            heap::flush_all(b as *mut heap::Heap, true);
+            heap::pool_gc(h, true);
+            heap::flush_all(h, true);
         }
     }
     heap::collect_shared_and_abandoned();

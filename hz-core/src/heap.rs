@@ -149,6 +149,13 @@ pub struct Heap {
     gc_mark: [u16; NUM_CLASSES],
     /// `secure` builds: state of the carving shuffle's RNG.
     rng: u64,
+    /// `secure` builds with `HZ_SECURE_FILL=1`: what the TLS slot points at
+    /// instead of `bins` ([`slot_of`]). Its bins are all empty and full and
+    /// never written, so every `malloc` and `free` leaves the fast path for
+    /// the slow one, where the fill mode's checks are: the fast paths carry
+    /// no test of the mode.
+    #[cfg(feature = "secure")]
+    decoy: Bins,
     pub inbox: Inbox,
     slots: [*mut u8; BIN_SLOTS],
     spill: [*mut u8; SPILL_SLOTS],
@@ -320,6 +327,33 @@ extern "C" fn print_stats_at_exit() {
     crate::write_stats(2);
 }
 
+/// What the TLS slot of a thread owning heap `h` points at: its bins, or
+/// in a `secure` build with `HZ_SECURE_FILL=1` its decoy (see
+/// `Heap::decoy`).
+fn slot_of(h: *mut Heap) -> *mut Bins {
+    #[cfg(feature = "secure")]
+    if crate::secure::fill_mode() {
+        // SAFETY: h is a live heap: a raw place, no reference made.
+        return unsafe { core::ptr::addr_of_mut!((*h).decoy) };
+    }
+    h as *mut Bins
+}
+
+/// The heap whose slot ([`slot_of`]) `b` is, or null for the empty and
+/// the dead slot.
+pub fn heap_of_slot(b: *mut Bins) -> *mut Heap {
+    if b == tls::empty() || b == tls::dead() {
+        return null_mut();
+    }
+    #[cfg(feature = "secure")]
+    if crate::secure::fill_mode() {
+        // SAFETY: b is the decoy field of a heap (slot_of), so stepping back
+        // by its offset stays inside that heap.
+        return unsafe { (b as *mut u8).sub(core::mem::offset_of!(Heap, decoy)) } as *mut Heap;
+    }
+    b as *mut Heap
+}
+
 /// The heap of the calling thread for a slow path; claims one on first
 /// use. Null for a thread after its teardown (or when no heap can be had).
 #[cold]
@@ -329,14 +363,14 @@ pub fn current_or_claim() -> *mut Heap {
         return null_mut();
     }
     if b != tls::empty() {
-        return b as *mut Heap;
+        return heap_of_slot(b);
     }
     init_once();
     let h = claim();
     if h.is_null() {
         return null_mut();
     }
-    tls::set(h as *mut Bins);
+    tls::set(slot_of(h));
     // With the TLS slot set, calls that allocate (pthread_atfork,
     // pthread_setspecific) re-enter malloc safely.
     crate::register_fork_handlers();
@@ -780,12 +814,7 @@ pub unsafe fn tick(h: *mut Heap) {
 /// [`tick`] for the calling thread's heap, from paths that hold no heap
 /// (large blocks).
 pub fn tick_current() {
-    let b = tls::get();
-    let h = if b == tls::empty() || b == tls::dead() {
-        null_mut()
-    } else {
-        b as *mut Heap
-    };
+    let h = heap_of_slot(tls::get());
     // SAFETY: the thread's own heap, used by no one else; the large-block
     // paths that call this are not inside a heap operation.
     unsafe { tick(h) };
@@ -1276,7 +1305,7 @@ pub fn fork_child() {
     pool_fork_child();
     REGISTRY_LOCK.reset_after_fork();
     SHARED_LOCK.reset_after_fork();
-    let me = tls::get() as *mut Heap;
+    let me = heap_of_slot(tls::get());
     let shared = SHARED.load(Relaxed);
     // SAFETY: single-threaded child; REGISTRY is consistent (its lock was
     // held by this thread across the fork).

@@ -237,6 +237,14 @@ fn on_alloc_filled(p: *mut u8, c: usize) -> *mut u8 {
     p
 }
 
+/// [`on_alloc`] on the fast path of `malloc`, which the fill mode never
+/// takes (`heap::Heap::decoy`): the marker is cleared, no test of the mode.
+#[inline(always)]
+pub fn on_alloc_fast(p: *mut u8) -> *mut u8 {
+    clear_marker(p);
+    p
+}
+
 #[inline(always)]
 fn clear_marker(p: *mut u8) {
     // Volatile: compilers treat a block's contents as dead when it is
