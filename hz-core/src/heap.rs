@@ -118,7 +118,8 @@ pub const HEAP_ORPHANED: u32 = 3;
 
 #[repr(C)]
 pub struct Heap {
-    /// Must stay first: the TLS slot points here.
+    /// Must stay first: the TLS slot points here (at `decoy`
+    /// instead in a `secure` build with `HZ_SECURE_FILL=1`).
     pub bins: Bins,
     pub id: u32,
     pub generation: u32,
