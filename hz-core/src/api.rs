@@ -94,7 +94,8 @@ fn alloc_small_with(c: usize, slow: fn(usize) -> *mut u8) -> *mut u8 {
             (*bin).top = top;
             // (`secure` with HZ_SECURE_FILL=1 never gets here: its TLS
             // slot names bins that are always empty, `heap::Heap::decoy`,
-            // so `slow`, which checks the marker, hands out every block.)
+            // so `slow`, which checks the marker, hands out every block;
+            // likewise every free goes to `free_small_slow`, which fills.)
             #[cfg(feature = "secure")]
             return crate::secure::on_alloc_fast(*top);
             #[cfg(not(feature = "secure"))]
@@ -163,6 +164,13 @@ unsafe fn free_small_slow(p: *mut u8, c: usize) {
 unsafe fn free_small_slow_inner(p: *mut u8, c: usize) {
     if c >= NUM_CLASSES {
         os::fatal("page tag names a size class that does not exist (corruption)");
+    }
+    // `secure` with HZ_SECURE_FILL=1: every free of a small block gets here
+    // (the thread's TLS slot names bins that are always full,
+    // `heap::Heap::decoy`), after its checks and its marker.
+    #[cfg(feature = "secure")]
+    if crate::secure::fill_mode() {
+        crate::secure::fill(p, c);
     }
     let h = heap::current_or_claim();
     // SAFETY: p is a free block of class c; h is this thread's heap.
@@ -302,9 +310,6 @@ unsafe fn secure_free_small(p: *mut u8, t: u64, cw: *const core::sync::atomic::A
     // (`secure::set_carved`): it only grows while the span lives; p was
     // carved (that store) before the program could hand it to this thread,
     // so a live p always lies below it.
-    // With HZ_SECURE_FILL=1 the carving-point words are all 0
-    // (`secure::set_carved`), so every free takes the checked path, which
-    // fills the block: this path needs no test of the fill mode.
     let (v, carved) = unsafe { ((p as *const usize).read_volatile() ^ k, (*cw).load(Relaxed)) };
     if v >> 47 == 0 || p as usize >= carved {
         // SAFETY: forwarded contract.
@@ -331,19 +336,17 @@ unsafe fn secure_free_checked(p: *mut u8, t: u64, cw: *const core::sync::atomic:
     if v >> 47 == 0 && crate::secure::looks_free_slow(v, c, t) {
         crate::secure::double_free(p);
     }
-    // SAFETY: as in secure_free_small; p lies in a small span.
-    if p as usize >= unsafe { crate::secure::carving_point(p, t, cw) } {
+    // SAFETY: as in secure_free_small.
+    if p as usize >= unsafe { (*cw).load(Relaxed) } {
         crate::secure::never_carved(p);
-    }
-    if crate::secure::fill_mode() {
-        crate::secure::fill(p, c);
     }
     // SAFETY: forwarded contract; every check passed.
     unsafe { secure_free_mark(p, c, k) }
 }
 
 /// `secure`: the end of a free of block `p` that passed every check
-/// (class `c`, word 0 mask `k`): the free marker, then the thread cache.
+/// (class `c`, word 0 mask `k`): the free marker, then the thread cache
+/// (and, with `HZ_SECURE_FILL=1`, the fill: `free_small_slow_inner`).
 #[cfg(feature = "secure")]
 #[inline(always)]
 unsafe fn secure_free_mark(p: *mut u8, c: usize, k: usize) {

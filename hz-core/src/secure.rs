@@ -293,8 +293,9 @@ pub fn double_free(p: *mut u8) -> ! {
 #[cold]
 #[inline(never)]
 pub fn fill(p: *mut u8, c: usize) {
-    // SAFETY: the block is ours again and CLASS_SIZE[c] bytes long.
-    unsafe { core::ptr::write_bytes(p, 0xdf, CLASS_SIZE[c & 63] as usize) };
+    // Word 0 already holds the free marker: the fill starts after it.
+    // SAFETY: the block is ours again and CLASS_SIZE[c] (>= 16) bytes long.
+    unsafe { core::ptr::write_bytes(p.add(8), 0xdf, CLASS_SIZE[c & 63] as usize - 8) };
 }
 
 /// True when small block `p` (tag `t`) is currently handed out.
@@ -371,42 +372,14 @@ pub unsafe fn take_run(run: &arena::Run, pages: usize, guard: bool) {
 /// the page it lands on (no walk to the span's head, and no read of a meta
 /// line the owner keeps writing).
 ///
-/// With `HZ_SECURE_FILL=1` the words stay 0: every free then fails the
-/// fast path's carving test and takes the checked path, which fills the
-/// block (and reads the carving point from the span, [`carving_point`]).
-/// So the fast path of `free` needs no test of its own for the fill mode.
-///
 /// # Safety
 /// `m` heads a span of class `c` that the caller owns.
 pub unsafe fn set_carved(m: *mut arena::PageMeta, c: usize, p: *mut u8) {
-    let v = if fill_mode() { 0 } else { p as usize };
     let (idx, a) = arena::page_of(m);
     for i in 0..crate::class::SPAN_PAGES[c] as usize {
         // SAFETY: pages of the caller's span; only the owner writes them.
-        unsafe { (*arena::carved_word(a, idx + i)).store(v, Relaxed) };
+        unsafe { (*arena::carved_word(a, idx + i)).store(p as usize, Relaxed) };
     }
-}
-
-/// The carving point of the span of small block `p` (tag `t`; `cw` the
-/// carving-point word of its page): that word, or with `HZ_SECURE_FILL=1`
-/// (where the words stay 0, see [`set_carved`]) the span's own `bump`
-/// (which the secure build never lowers).
-///
-/// # Safety
-/// `p` lies in a small span (its tag `t` says so); `cw` is its page's word.
-pub unsafe fn carving_point(
-    p: *mut u8,
-    t: u64,
-    cw: *const core::sync::atomic::AtomicUsize,
-) -> usize {
-    if fill_mode() {
-        let (_, a) = arena::lookup(p as usize);
-        let m = arena::head_meta(p as usize, t, a);
-        // SAFETY: m heads p's span, live while p is in it.
-        return unsafe { (*m).bump.load(Relaxed) } as usize;
-    }
-    // SAFETY: forwarded contract.
-    unsafe { (*cw).load(Relaxed) }
 }
 
 /// True with `HZ_SECURE_FILL=1` (read once, before the first heap).
