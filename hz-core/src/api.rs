@@ -46,7 +46,7 @@ unsafe impl GlobalAlloc for HzAlloc {
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         #[cfg(feature = "secure")]
         // SAFETY: forwarded contract; the layout is checked against the tag.
-        return unsafe { secure_free(p, Some(class_for(l.size(), l.align()))) };
+        return unsafe { secure_free(p, Some(l)) };
         // The layout names the class (class_for is a pure function and
         // blocks never change class), so no tag lookup is needed here.
         #[allow(unreachable_code)]
@@ -255,22 +255,26 @@ unsafe fn free_large(m: *mut arena::PageMeta, moved: bool) {
 /// the block's free marker (see `secure`); misuse aborts naming the pointer.
 #[cfg(feature = "secure")]
 #[inline(always)]
-unsafe fn secure_free(p: *mut u8, layout_class: Option<usize>) {
+unsafe fn secure_free(p: *mut u8, layout: Option<Layout>) {
     let a0 = &arena::ARENAS[0];
     let off = (p as usize).wrapping_sub(a0.base.load(Relaxed));
     if off >= a0.len.load(Relaxed) {
         // SAFETY: forwarded contract.
-        return unsafe { secure_free_elsewhere(p, layout_class) };
+        return unsafe { secure_free_elsewhere(p, layout) };
     }
     let pg = off >> PAGE_SHIFT;
     // SAFETY: off < len: pg is a page of arena 0.
     let t = unsafe { *a0.tags.load(Relaxed).add(pg) };
-    if let Some(lc) = layout_class {
-        if tag_class(t) != lc {
-            // A tail call (the checks there abort), so that this path
-            // needs no stack frame.
+    if let Some(l) = layout {
+        // The layout must name the tag's class (`class::fits_class`: one
+        // table entry, where computing the layout's class and comparing
+        // took 13 instructions); a large layout never fits a small class,
+        // and a tag of class 0 (large, or not hz's) goes to the exact
+        // check. A tail call (the checks there abort), so that this path
+        // needs no stack frame.
+        if tag_class(t) == 0 || !crate::class::fits_class(l.size(), l.align(), tag_class(t)) {
             // SAFETY: forwarded contract.
-            return unsafe { secure_free_elsewhere(p, layout_class) };
+            return unsafe { secure_free_elsewhere(p, layout) };
         }
     }
     if tag_class(t) != 0 {
@@ -360,12 +364,12 @@ unsafe fn secure_free_mark(p: *mut u8, c: usize, k: usize) {
 /// `secure`: a free outside arena 0 (null, another arena, or foreign).
 #[cfg(feature = "secure")]
 #[cold]
-unsafe fn secure_free_elsewhere(p: *mut u8, layout_class: Option<usize>) {
+unsafe fn secure_free_elsewhere(p: *mut u8, layout: Option<Layout>) {
     if p.is_null() {
         return;
     }
     let (t, a) = arena::lookup(p as usize);
-    if layout_class.is_some_and(|lc| lc != tag_class(t)) {
+    if layout.is_some_and(|l| class_for(l.size(), l.align()) != tag_class(t)) {
         layout_mismatch(p);
     }
     // SAFETY: forwarded contract; (t, a) is p's tag.

@@ -149,6 +149,38 @@ fn class_for_aligned(size: usize, align: usize) -> usize {
     c
 }
 
+/// `FIT[c]`: the request sizes of class `c` at the default alignment,
+/// `[lo, lo + span]`, as `[lo, span]` (`class_of(size) == c` exactly when
+/// `size - lo <= span`, unsigned). Values of a tag's 6-bit class field
+/// that name no class (0 included) get `[u32::MAX, 0]`: only a size of exactly
+/// `u32::MAX` fits them (only a corrupted tag names such a class, and the
+/// secure free's boundary test, whose divisor table has 0 there, rejects
+/// every pointer of one).
+static FIT: [[u32; 2]; 64] = {
+    let sizes = gen_sizes();
+    let mut t = [[u32::MAX, 0u32]; 64];
+    let mut c = 1;
+    while c < NUM_CLASSES {
+        let lo = if c == 1 { 0 } else { sizes[c - 1] + 1 };
+        t[c] = [lo, sizes[c] - lo];
+        c += 1;
+    }
+    t
+};
+
+/// True when a block of class `c` is what a request of `size` bytes
+/// aligned to `align` gets: `class_for(size, align) == c`, in one table
+/// lookup for the default alignment (the secure `dealloc` checks the
+/// `Layout` against the page tag with it).
+#[inline(always)]
+pub fn fits_class(size: usize, align: usize, c: usize) -> bool {
+    if align > 16 {
+        return class_for(size, align) == c;
+    }
+    let [lo, span] = FIT[c & 63];
+    (size as u64).wrapping_sub(lo as u64) <= span as u64
+}
+
 const fn gen_span_pages() -> [u32; NUM_CLASSES] {
     let sizes = gen_sizes();
     let mut p = [0u32; NUM_CLASSES];
@@ -250,6 +282,38 @@ mod tests {
         }
         assert_eq!(class_of(SMALL_MAX + 1), 0);
         assert_eq!(class_of(usize::MAX), 0);
+    }
+
+    #[test]
+    fn fits_class_is_class_for() {
+        let sizes = (0..=SMALL_MAX + 64).chain([
+            SMALL_MAX << 1,
+            u32::MAX as usize,
+            u32::MAX as usize + 17,
+            usize::MAX,
+        ]);
+        for size in sizes {
+            for c in 0..64 {
+                for align in [1, 16] {
+                    if (c == 0 || c >= NUM_CLASSES) && size == u32::MAX as usize {
+                        continue;
+                    }
+                    assert_eq!(
+                        fits_class(size, align, c),
+                        c != 0 && class_for(size, align) == c,
+                        "size {size} align {align} class {c}"
+                    );
+                }
+            }
+        }
+        for (size, align) in [(100, 64), (4096, 4096), (5000, 1024), (3, 32)] {
+            for c in 0..64 {
+                assert_eq!(
+                    fits_class(size, align, c),
+                    c != 0 && class_for(size, align) == c
+                );
+            }
+        }
     }
 
     #[test]

@@ -87,6 +87,37 @@ fn child_entry() {
                 // A block of 48 bytes given back as if it were 4 KiB.
                 A.dealloc(p, Layout::from_size_align(4096, 16).unwrap());
             }
+            "layout_mismatch_next_class" => {
+                // 49 bytes: the class just above the block's (48 bytes).
+                A.dealloc(p, Layout::from_size_align(49, 16).unwrap());
+            }
+            "layout_mismatch_class_below" => {
+                // 32 bytes: the class just below.
+                A.dealloc(p, Layout::from_size_align(32, 8).unwrap());
+            }
+            "layout_mismatch_large" => {
+                // A large block (a page run) given back as a small one, and
+                // a small block given back as a large one.
+                if std::env::var_os("HZ_CASE_SMALL_AS_LARGE").is_some() {
+                    A.dealloc(p, Layout::from_size_align(1 << 20, 16).unwrap());
+                } else {
+                    let l = Layout::from_size_align(1 << 20, 16).unwrap();
+                    A.dealloc(A.alloc(l), Layout::from_size_align(48, 16).unwrap());
+                }
+            }
+            "layout_same_class" => {
+                // Any size of the block's class (33..=48 bytes at the default
+                // alignment) names it: `class_for` maps them all to 48.
+                A.dealloc(p, Layout::from_size_align(33, 1).unwrap());
+                for size in [33, 40, 48] {
+                    let q = A.alloc(Layout::from_size_align(48, 16).unwrap());
+                    A.dealloc(q, Layout::from_size_align(size, 16).unwrap());
+                }
+                let q = A.alloc(Layout::from_size_align(100, 64).unwrap());
+                A.dealloc(q, Layout::from_size_align(100, 64).unwrap());
+                eprintln!("same class passed");
+                std::process::exit(0);
+            }
             "interior" => hz_core::free(p.add(16)),
             "interior_large" => {
                 let q = hz_core::malloc(1 << 20);
@@ -277,6 +308,22 @@ fn double_free_aborts_with_secure_fill() {
 #[test]
 fn dealloc_with_a_wrong_layout_aborts() {
     expect_abort("layout_mismatch", "layout that does not match");
+    expect_abort("layout_mismatch_next_class", "layout that does not match");
+    expect_abort("layout_mismatch_class_below", "layout that does not match");
+    expect_abort("layout_mismatch_large", "layout that does not match");
+    expect_abort_env(
+        "layout_mismatch_large",
+        "layout that does not match",
+        &[("HZ_CASE_SMALL_AS_LARGE", "1")],
+    );
+}
+
+#[test]
+fn dealloc_with_any_layout_of_the_class_passes() {
+    let out = child("layout_same_class", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{err}");
+    assert!(err.contains("same class passed"), "stderr:\n{err}");
 }
 
 #[test]
