@@ -110,28 +110,6 @@ pub unsafe fn next_in_span(b: *mut u8, m: *mut arena::PageMeta) -> *mut u8 {
     }
 }
 
-/// Aborts unless `b`, a block address read from carrier `at` of span
-/// `m`'s free list, is a block of the span's carved part.
-///
-/// # Safety
-/// `m` is a span the caller holds.
-#[inline(always)]
-pub unsafe fn check_in_span(b: *mut u8, m: *mut arena::PageMeta, at: *mut u8) {
-    // SAFETY: m is a live span.
-    unsafe {
-        let base = (*m).addr;
-        let off = (b as usize).wrapping_sub(base);
-        if off >= (*m).bump.load(Relaxed) as usize - base
-            || !multiple_of_class(off, (*m).class as usize & 63)
-        {
-            fatal_ptr(
-                "corrupted free-list link (heap overflow into a free block?) at",
-                at,
-            );
-        }
-    }
-}
-
 /// Decodes a plain word (a count), without the pointer check.
 #[inline(always)]
 pub fn decode_word(v: usize, slot: *mut u8) -> usize {

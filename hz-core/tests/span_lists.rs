@@ -1,10 +1,11 @@
 //! Blocks a thread cache gives back to their own spans (bin overflow) are
-//! kept in each span's free list as a chain of carriers (`heap::span_free`:
+//! kept in each span's free list as a chain of carriers (`heap::span_free`;
 //! the head block carries the addresses of up to `carrier_cap` more; 16-byte
-//! blocks carry none and form a plain chain), and a refill takes them back
-//! carrier by carrier (`heap::fill_from_spans`). Many frees and
-//! reallocations of one class must still hand every block out once: every
-//! live block keeps its own contents, and no address is live twice.
+//! blocks, and every class in the secure build, form a plain chain), and a
+//! refill takes them back carrier by carrier (`heap::fill_from_spans`). Many
+//! frees and reallocations of one class must still hand every block out
+//! once: every live block keeps its own contents, and no address is live
+//! twice.
 
 use std::collections::HashSet;
 
