@@ -730,36 +730,26 @@ unsafe fn fill_from_spans(h: *mut Heap, c: usize, want: usize) -> bool {
                 // An empty span (kept or fresh) is about to be used.
                 (*h).empty_kept[c] -= 1;
             }
-            let mut taken = 0u32;
-            let mut f = (*m).free;
-            let cap = span_carrier_cap(size);
-            while !f.is_null() && bin.top < target {
-                // The carrier's carried blocks first (see `span_free`),
-                // last first, then the carrier itself.
-                if cap > 0 {
-                    let mut k = inbox::carried(f, cap);
-                    while k > 0 && bin.top < target {
-                        k -= 1;
-                        *bin.top = inbox::carried_block(f, k);
-                        bin.top = bin.top.add(1);
-                    }
-                    let left = inbox::carried(f, cap);
-                    taken += (left - k) as u32;
-                    if k > 0 || bin.top == target {
-                        inbox::set_carried(f, k);
-                        break;
-                    }
-                }
-                #[cfg(not(feature = "secure"))]
-                let n = inbox::next(f);
-                #[cfg(feature = "secure")]
-                let n = crate::secure::next_in_span(f, m);
-                *bin.top = f;
-                bin.top = bin.top.add(1);
-                f = n;
-                taken += 1;
+            // The span's free list: carriers and their carried blocks,
+            // as a remote batch (`span_free`); in `secure` builds a plain
+            // chain whose every link is checked against the span.
+            let before = bin.top;
+            #[cfg(not(feature = "secure"))]
+            {
+                (*m).free = take_chain(bin, (*m).free, c, span_carrier_cap(size), target);
             }
-            (*m).free = f;
+            #[cfg(feature = "secure")]
+            {
+                let mut f = (*m).free;
+                while !f.is_null() && bin.top < target {
+                    let n = crate::secure::next_in_span(f, m);
+                    *bin.top = f;
+                    bin.top = bin.top.add(1);
+                    f = n;
+                }
+                (*m).free = f;
+            }
+            let mut taken = bin.top.offset_from(before) as u32;
             // Carve k blocks, highest address first into the bin, so the
             // program gets the lowest first and the blocks that sit at the
             // bottom of the bin (the first a GC or an overflow gives back)
@@ -785,7 +775,7 @@ unsafe fn fill_from_spans(h: *mut Heap, c: usize, want: usize) -> bool {
             (*m).bump.store(p, Relaxed);
             (*m).used += taken;
             got += taken as u64;
-            if f.is_null() && p >= end {
+            if (*m).free.is_null() && p >= end {
                 partial_remove(h, c, m);
             }
             m = next;
