@@ -185,6 +185,10 @@ unsafe fn free_small_slow_inner(p: *mut u8, c: usize) {
             bin.top = bin.top.add(1);
             return;
         }
+        if bin.end == bin.base {
+            heap::free_to_closed_bin(h, c, p);
+            return;
+        }
         heap::overflow(h, c, p);
     }
 }

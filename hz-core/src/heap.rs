@@ -148,6 +148,9 @@ pub struct Heap {
     gc_refilled: u64,
     /// Bin GC: each bin's fill right after the last GC.
     gc_mark: [u16; NUM_CLASSES],
+    /// Blocks of other heaps freed into each closed bin and sent home
+    /// instead ([`free_to_closed_bin`]).
+    diverted: [u16; NUM_CLASSES],
     /// `secure` builds: state of the carving shuffle's RNG.
     rng: u64,
     /// `secure` builds with `HZ_SECURE_FILL=1`: what the TLS slot points at
@@ -261,10 +264,12 @@ fn create(reg: &mut Registry) -> *mut Heap {
         let (mut so, mut po) = (0usize, 0usize);
         for c in 1..NUM_CLASSES {
             let b = slots.add(so);
+            // Closed (`end == base`) until the thread first allocates
+            // from it: see [`free_to_closed_bin`].
             (*h).bins.b[c] = Bin {
                 top: b,
                 base: b,
-                end: b.add(BIN_CAP[c] as usize),
+                end: b,
             };
             so += BIN_CAP[c] as usize;
             (*h).spill_base[c] = spill.add(po);
@@ -552,6 +557,7 @@ pub unsafe fn refill(h: *mut Heap, c: usize) -> *mut u8 {
         tick(h);
         // The bin ran empty: its low-water mark for this GC period is 0.
         (*h).gc_refilled |= 1 << c;
+        open_bin(h, c);
         let want = (BIN_CAP[c] as usize).div_ceil(2);
         if fill_from_chains(h, c, want)
             || fill_from_inbox(h, c, want)
@@ -815,6 +821,68 @@ pub unsafe fn overflow(h: *mut Heap, c: usize, p: *mut u8) {
         *bin.top = p;
         bin.top = bin.top.add(1);
         tick(h);
+    }
+}
+
+/// A bin is *closed* (`end == base`, so every `free` into it takes the slow
+/// path) until its thread first allocates from it, and again after
+/// [`flush_all`]. A block of another heap freed into a closed bin goes
+/// home (its owner's inbox) instead of into the bin: otherwise the next
+/// `malloc` of the class hands that very block back out, and a thread that
+/// frees a block it was handed and then works on blocks of its own size
+/// keeps writing into a cache line that the thread which allocated it (or
+/// the threads it handed the line's other blocks to) also writes: passive
+/// false sharing (Hoard's cache-scratch; docs/PERFORMANCE.md, E47). The
+/// first `malloc` refills the bin from the thread's own spans instead.
+/// A thread that only frees the class (a consumer) sends half a bin of
+/// blocks home this way, then the bin opens and takes them as before. The
+/// fast paths carry no test for it.
+///
+/// # Safety
+/// `h` is this thread's heap; bin `c` is closed; `p` is a free block of
+/// class `c`.
+pub unsafe fn free_to_closed_bin(h: *mut Heap, c: usize, p: *mut u8) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        let (t, _) = arena::lookup(p as usize);
+        let o = arena::tag_owner(t);
+        if o != (*h).id && ((*h).diverted[c] as usize) < spill_cap(c) {
+            (*h).diverted[c] += 1;
+            // Home, not through the spill array: that may put it in the
+            // pool, from which this thread's next refill would take it.
+            let dest = heap_of(o);
+            if dest.is_null() {
+                os::fatal("freed block names an owner heap that does not exist");
+            }
+            let head = build_carriers(&[p], inbox::carrier_cap(CLASS_SIZE[c] as usize));
+            (*dest).inbox.publish(head);
+            (*h).remote_sent
+                .store((*h).remote_sent.load(Relaxed) + 1, Relaxed);
+            if (*dest).state.load(Relaxed) == HEAP_ABANDONED {
+                reclaim_tick();
+            }
+            tick(h);
+            return;
+        }
+        open_bin(h, c);
+        let bin = &mut (*h).bins.b[c];
+        *bin.top = p;
+        bin.top = bin.top.add(1);
+    }
+}
+
+/// Opens bin `c` of `h` (see [`free_to_closed_bin`]) if it is closed.
+///
+/// # Safety
+/// `h` is held.
+unsafe fn open_bin(h: *mut Heap, c: usize) {
+    // SAFETY: h is held; the bin's slots run BIN_CAP[c] from its base.
+    unsafe {
+        let bin = &mut (*h).bins.b[c];
+        if bin.end == bin.base {
+            bin.end = bin.base.add(BIN_CAP[c] as usize);
+            (*h).diverted[c] = 0;
+        }
     }
 }
 
@@ -1231,6 +1299,8 @@ pub unsafe fn flush_all(h: *mut Heap, release_empty: bool) {
             let bin = &mut (*h).bins.b[c];
             let (base, top) = (bin.base, bin.top);
             bin.top = base;
+            // Closed again: the next blocks of other heaps freed here go home.
+            bin.end = base;
             let mut p = base;
             while p < top {
                 release_block(h, c, *p);
