@@ -850,15 +850,11 @@ pub unsafe fn free_to_closed_bin(h: *mut Heap, c: usize, p: *mut u8) {
             (*h).diverted[c] += 1;
             // Home, not through the spill array: that may put it in the
             // pool, from which this thread's next refill would take it.
-            let dest = heap_of(o);
-            if dest.is_null() {
-                os::fatal("freed block names an owner heap that does not exist");
-            }
-            let head = build_carriers(&[p], inbox::carrier_cap(CLASS_SIZE[c] as usize));
-            (*dest).inbox.publish(head);
+            let cap = inbox::carrier_cap(CLASS_SIZE[c] as usize);
+            let orphan = send_home(owner_heap(o), &[p], cap);
             (*h).remote_sent
                 .store((*h).remote_sent.load(Relaxed) + 1, Relaxed);
-            if (*dest).state.load(Relaxed) == HEAP_ABANDONED {
+            if orphan {
                 reclaim_tick();
             }
             tick(h);
@@ -1229,19 +1225,14 @@ unsafe fn flush_spill(h: *mut Heap, c: usize) {
             // SAFETY: group[..k] was just written.
             let group = core::slice::from_raw_parts(group, k);
             sent += k as u64;
-            let dest = heap_of(o);
-            if dest.is_null() {
-                os::fatal("freed block names an owner heap that does not exist");
-            }
+            let dest = owner_heap(o);
             // Blocks of a heap whose thread runs go to the pool when it has
             // room; those of an exited thread's heap go home, where its
             // reclaim finds them (E19).
             if (*dest).state.load(Relaxed) == HEAP_ACTIVE && pool_put(h, c, group) {
                 continue;
             }
-            let head = build_carriers(group, cap);
-            (*dest).inbox.publish(head);
-            orphan_fed |= (*dest).state.load(Relaxed) == HEAP_ABANDONED;
+            orphan_fed |= send_home(dest, group, cap);
         }
         (*h).spill_len[c] = 0;
         (*h).remote_sent
@@ -1252,6 +1243,29 @@ unsafe fn flush_spill(h: *mut Heap, c: usize) {
     // every 100 ms) and let its spans and pages go back.
     if orphan_fed {
         reclaim_tick();
+    }
+}
+
+/// The heap that owns blocks whose tags name owner `o`.
+fn owner_heap(o: u32) -> *mut Heap {
+    let dest = heap_of(o);
+    if dest.is_null() {
+        os::fatal("freed block names an owner heap that does not exist");
+    }
+    dest
+}
+
+/// Publishes `group` (free blocks of `dest`, one class, carriers of `cap`)
+/// to `dest`'s inbox as one batch. True when `dest`'s thread has exited:
+/// nobody drains that inbox until the caller makes a reclaim run.
+///
+/// # Safety
+/// The blocks are free, of one class, owned by `dest`, and the caller's to send.
+unsafe fn send_home(dest: *mut Heap, group: &[*mut u8], cap: usize) -> bool {
+    // SAFETY: forwarded contract; dest is a registered heap.
+    unsafe {
+        (*dest).inbox.publish(build_carriers(group, cap));
+        (*dest).state.load(Relaxed) == HEAP_ABANDONED
     }
 }
 
