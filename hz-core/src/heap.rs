@@ -452,9 +452,21 @@ const fn span_carrier_cap(size: usize) -> usize {
 /// Returns one of h's own blocks to its span.
 #[inline]
 unsafe fn span_free(h: *mut Heap, m: *mut PageMeta, b: *mut u8) {
-    // SAFETY: b is a free block of span m, owned by h.
+    // SAFETY: forwarded contract.
     unsafe {
         let c = (*m).class as usize;
+        span_push(m, c, b);
+        span_freed(h, c, m, 1);
+    }
+}
+
+/// Puts free block `b` of h's span `m` (class `c`) back on the span: the
+/// list part of [`span_free`], without the span's accounting, which
+/// [`span_freed`] does once for a run of blocks of one span.
+#[inline(always)]
+unsafe fn span_push(m: *mut PageMeta, c: usize, b: *mut u8) {
+    // SAFETY: b is a free block of span m, owned by the caller's heap.
+    unsafe {
         if !cfg!(feature = "secure") && b.add(CLASS_SIZE[c] as usize) == (*m).bump.load(Relaxed) {
             // The last block carved: un-carve it. No write to the block, so
             // a block carved into a bin and given back unused (bin GC,
@@ -487,7 +499,17 @@ unsafe fn span_free(h: *mut Heap, m: *mut PageMeta, b: *mut u8) {
                 (*m).free = b;
             }
         }
-        (*m).used -= 1;
+    }
+}
+
+/// `k` blocks went back to h's span `m` of class `c` ([`span_push`]): its
+/// count of blocks in use, its place in the partial list, and, if it is
+/// now empty, kept or returned.
+#[inline]
+unsafe fn span_freed(h: *mut Heap, c: usize, m: *mut PageMeta, k: u32) {
+    // SAFETY: m is a span of h with at least k blocks in use.
+    unsafe {
+        (*m).used -= k;
         if !(*m).in_partial {
             partial_push(h, c, m);
         }
@@ -812,9 +834,7 @@ pub unsafe fn overflow(h: *mut Heap, c: usize, p: *mut u8) {
         let bin = &mut (*h).bins.b[c];
         let cap = bin.end.offset_from(bin.base) as usize;
         let half = cap / 2;
-        for i in 0..half {
-            release_block(h, c, *bin.base.add(i));
-        }
+        release_blocks(h, c, bin.base, half);
         let bin = &mut (*h).bins.b[c];
         core::ptr::copy(bin.base.add(half), bin.base, cap - half);
         bin.top = bin.base.add(cap - half);
@@ -949,9 +969,7 @@ unsafe fn gc(h: *mut Heap, now: u64) {
             };
             let n = low.div_ceil(2);
             if n > 0 {
-                for i in 0..n {
-                    release_block(h, c, *(*h).bins.b[c].base.add(i));
-                }
+                release_blocks(h, c, (*h).bins.b[c].base, n);
                 let bin = &mut (*h).bins.b[c];
                 core::ptr::copy(bin.base.add(n), bin.base, fill - n);
                 bin.top = bin.base.add(fill - n);
@@ -977,14 +995,67 @@ unsafe fn release_block(h: *mut Heap, c: usize, b: *mut u8) {
             bo.store(bo.load(Relaxed) - 1, Relaxed);
             span_free(h, m, b);
         } else {
-            let n = (*h).spill_len[c] as usize;
-            if n == spill_cap(c) {
-                flush_spill(h, c);
-            }
-            let n = (*h).spill_len[c] as usize;
-            *(*h).spill_base[c].add(n) = b;
-            (*h).spill_len[c] = n as u32 + 1;
+            spill_push(h, c, b);
         }
+    }
+}
+
+/// Block `b` of class `c`, another heap's, joins h's spill array of the
+/// class (flushed first if full).
+#[inline]
+unsafe fn spill_push(h: *mut Heap, c: usize, b: *mut u8) {
+    // SAFETY: h is held; the spill array has room after a flush.
+    unsafe {
+        if (*h).spill_len[c] as usize == spill_cap(c) {
+            flush_spill(h, c);
+        }
+        let n = (*h).spill_len[c] as usize;
+        *(*h).spill_base[c].add(n) = b;
+        (*h).spill_len[c] = n as u32 + 1;
+    }
+}
+
+/// [`release_block`] for `n` blocks of class `c` at `bs` (a bin's oldest,
+/// on overflow, GC and flush). Blocks that leave a bin together were
+/// mostly carved or freed together: a block inside the span of the last
+/// own block goes back to it with no tag lookup, and each span's accounting
+/// ([`span_freed`]) and the heap's count of blocks out are updated once per
+/// run of blocks instead of once per block (E48).
+unsafe fn release_blocks(h: *mut Heap, c: usize, bs: *const *mut u8, n: usize) {
+    let span_bytes = SPAN_PAGES[c] as usize * PAGE_SIZE;
+    // SAFETY: bs[..n] are free blocks of class c (caller's contract); m,
+    // when not null, is a span of h whose run is [lo, lo + span_bytes)
+    // and which has k of them pushed but not yet accounted, so it stays
+    // in use (not released) until span_freed below.
+    unsafe {
+        let mut m: *mut PageMeta = null_mut();
+        let mut lo = 0usize;
+        let mut k = 0u32;
+        let mut own = 0u64;
+        for i in 0..n {
+            let b = *bs.add(i);
+            if (b as usize).wrapping_sub(lo) >= span_bytes {
+                let (t, a) = arena::lookup(b as usize);
+                if arena::tag_owner(t) != (*h).id {
+                    spill_push(h, c, b);
+                    continue;
+                }
+                if k != 0 {
+                    span_freed(h, c, m, k);
+                    k = 0;
+                }
+                m = arena::head_meta(b as usize, t, a);
+                lo = (*m).addr;
+            }
+            span_push(m, c, b);
+            k += 1;
+            own += 1;
+        }
+        if k != 0 {
+            span_freed(h, c, m, k);
+        }
+        let bo = &(*h).blocks_out[c];
+        bo.store(bo.load(Relaxed) - own, Relaxed);
     }
 }
 
@@ -1315,11 +1386,7 @@ pub unsafe fn flush_all(h: *mut Heap, release_empty: bool) {
             bin.top = base;
             // Closed again: the next blocks of other heaps freed here go home.
             bin.end = base;
-            let mut p = base;
-            while p < top {
-                release_block(h, c, *p);
-                p = p.add(1);
-            }
+            release_blocks(h, c, base, top.offset_from(base) as usize);
         }
         flush_spills(h);
         drain_inbox(h);

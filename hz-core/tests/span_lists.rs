@@ -75,3 +75,71 @@ fn span_free_lists_hand_each_block_out_once() {
         }
     }
 }
+
+/// Bin overflow gives a bin's oldest blocks back in runs (`heap::release_blocks`):
+/// blocks of the span of the block before go back without a tag lookup,
+/// and each span's count of blocks in use is updated once per run. Freed
+/// in a scattered order, with another thread's blocks among them, every
+/// span must still come out empty and go back: afterwards the class holds
+/// no more spans than the blocks still in caches keep in use, and none
+/// once the caches are flushed.
+#[test]
+fn scattered_frees_leave_every_span_empty() {
+    const SIZE: usize = 640; // a class no other test here uses
+    let class = |s: &hz_core::Stats| {
+        s.classes
+            .iter()
+            .position(|k| k.size as usize == SIZE)
+            .expect("a 640-byte class")
+    };
+    std::thread::spawn(move || {
+        // Another thread's blocks, to be freed here: they go towards their
+        // owner (spill arrays), in the middle of the runs of own blocks.
+        let foreign: Vec<usize> =
+            std::thread::spawn(|| (0..3000).map(|_| hz_core::malloc(SIZE) as usize).collect())
+                .join()
+                .unwrap();
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut mine: Vec<usize> = (0..20_000)
+            .map(|_| hz_core::malloc(SIZE) as usize)
+            .collect();
+        assert!(mine.iter().chain(&foreign).all(|&p| p != 0));
+        let c = class(&hz_core::stats());
+        let spans_full = hz_core::stats().classes[c].spans;
+        assert!(
+            spans_full >= 20_000 * SIZE as u64 / (1 << 20),
+            "{spans_full} spans"
+        );
+        mine.extend(&foreign);
+        // Fisher–Yates: frees in no relation to the carving order.
+        for i in (1..mine.len()).rev() {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            mine.swap(i, (rng % (i as u64 + 1)) as usize);
+        }
+        for p in mine {
+            // SAFETY: each block is live and freed once.
+            unsafe { hz_core::free(p as *mut u8) };
+        }
+        let s = hz_core::stats();
+        let (spans, blocks) = (s.classes[c].spans, s.classes[c].blocks);
+        // Every span still held has a block out (this thread's bin and
+        // spill array, the exited heap's inbox), but for one kept empty
+        // per heap.
+        assert!(blocks <= 1024, "{blocks} blocks of {SIZE} B still out");
+        assert!(
+            spans <= blocks + 2,
+            "{spans} spans held for {blocks} blocks out"
+        );
+        // Flushing the caches (this thread's bin goes back in one run,
+        // scattered over most of its spans) leaves nothing out and every
+        // span returned.
+        hz_core::collect();
+        let s = hz_core::stats();
+        assert_eq!(s.classes[c].blocks, 0, "blocks out after collect");
+        assert_eq!(s.classes[c].spans, 0, "spans held after collect");
+    })
+    .join()
+    .unwrap();
+}
