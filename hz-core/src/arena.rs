@@ -95,6 +95,15 @@ pub struct PageMeta {
     pub end: *mut u8,
     pub used: u32,
     pub class: u32,
+    /// Default build: the span's free blocks are the set bits of `bits`
+    /// (block `i` at `addr + i * size`; as many as it has carved blocks not
+    /// in `used`), none in the words below `free_lo` (`heap::span_push`).
+    /// Out of band: giving a block back to its span, or taking it again,
+    /// touches no block (E49).
+    #[cfg(not(feature = "secure"))]
+    pub bits: *mut u64,
+    #[cfg(not(feature = "secure"))]
+    pub free_lo: u32,
     pub snext: *mut PageMeta,
     pub sprev: *mut PageMeta,
     pub in_partial: bool,
@@ -124,6 +133,10 @@ pub struct ArenaSlot {
     /// remote free reads a line that stays shared.
     #[cfg(feature = "secure")]
     pub carved: AtomicPtr<core::sync::atomic::AtomicUsize>,
+    /// Default build: `SPAN_BITMAP_WORDS` words per page, the free-block
+    /// bitmap of the small span whose first page it is.
+    #[cfg(not(feature = "secure"))]
+    pub bits: AtomicPtr<u64>,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -134,6 +147,8 @@ const EMPTY_SLOT: ArenaSlot = ArenaSlot {
     metas: AtomicPtr::new(null_mut()),
     #[cfg(feature = "secure")]
     carved: AtomicPtr::new(null_mut()),
+    #[cfg(not(feature = "secure"))]
+    bits: AtomicPtr::new(null_mut()),
 };
 pub static ARENAS: [ArenaSlot; MAX_ARENAS] = [EMPTY_SLOT; MAX_ARENAS];
 pub static NARENAS: AtomicUsize = AtomicUsize::new(0);
@@ -174,8 +189,13 @@ static PAGES: Pages = Pages {
     }),
 };
 
+/// Words of a span's free-block bitmap (default build): one bit per block
+/// of the span's class, at most a 64 KiB page of 16-byte blocks (every
+/// class's span holds at most that many blocks: checked in `class`).
 #[cfg(not(feature = "secure"))]
-const META_BYTES: usize = core::mem::size_of::<PageMeta>() + 8;
+pub const SPAN_BITMAP_WORDS: usize = PAGE_SIZE / 16 / 64;
+#[cfg(not(feature = "secure"))]
+const META_BYTES: usize = core::mem::size_of::<PageMeta>() + 8 + SPAN_BITMAP_WORDS * 8;
 #[cfg(feature = "secure")]
 const META_BYTES: usize = core::mem::size_of::<PageMeta>() + 16;
 const MIN_ARENA: usize = 16 << 20;
@@ -263,6 +283,19 @@ fn meta_at(arena: usize, idx: usize) -> *mut PageMeta {
 
 fn arena_pages(arena: usize) -> usize {
     ARENAS[arena].len.load(Relaxed) >> PAGE_SHIFT
+}
+
+/// Default build: the free-block bitmap of the span whose head meta is `m`.
+#[cfg(not(feature = "secure"))]
+pub fn span_bits(m: *mut PageMeta) -> *mut u64 {
+    // SAFETY: m is a meta of its arena; the bitmap table has
+    // SPAN_BITMAP_WORDS words per page.
+    unsafe {
+        ARENAS[(*m).arena as usize]
+            .bits
+            .load(Relaxed)
+            .add(page_index(m) * SPAN_BITMAP_WORDS)
+    }
 }
 
 fn page_index(m: *mut PageMeta) -> usize {
@@ -820,6 +853,12 @@ fn new_arena(st: &mut PageState, min_pages: usize) -> Option<usize> {
                 let carved = unsafe { metas.add(pages) } as usize;
                 a.carved
                     .store(carved.next_multiple_of(64) as *mut _, Relaxed);
+            }
+            #[cfg(not(feature = "secure"))]
+            {
+                // SAFETY: as above: the bitmaps fit in `meta` bytes.
+                let bits = unsafe { metas.add(pages) } as usize;
+                a.bits.store(bits.next_multiple_of(64) as *mut u64, Relaxed);
             }
             a.base.store(base, Relaxed);
             a.len.store(size, Relaxed);

@@ -436,17 +436,46 @@ unsafe fn partial_remove(h: *mut Heap, c: usize, m: *mut PageMeta) {
     }
 }
 
-/// How many addresses a carrier of a span's free list holds for blocks of
-/// `size` bytes (`span_free`, E42). None in `secure` builds: there every
-/// block on a span's free list keeps an encoded, checked link in its first
-/// word, so an overflow into any of them is caught when the list is walked,
-/// where a carried block would hold nothing of the allocator's to check.
-const fn span_carrier_cap(size: usize) -> usize {
-    if cfg!(feature = "secure") {
-        0
-    } else {
-        inbox::carrier_cap(size)
+/// Exact division by a class size (default build): for a multiple `off`
+/// of class `c`'s size, `off / size == (off >> s) * inv (mod 2^64)` with
+/// `(s, inv) = DIV_EXACT[c]`: the size is `2^s` times an odd number, and
+/// `inv` is that odd number's inverse modulo 2^64 (a shift and a
+/// multiplication where a division takes tens of cycles).
+#[cfg(not(feature = "secure"))]
+static DIV_EXACT: [(u32, u64); NUM_CLASSES] = {
+    let mut t = [(0u32, 0u64); NUM_CLASSES];
+    let mut c = 1;
+    while c < NUM_CLASSES {
+        let size = CLASS_SIZE[c] as u64;
+        let s = size.trailing_zeros();
+        let d = size >> s;
+        // Newton's iteration doubles the correct low bits: 3, 6, ..., 96.
+        let mut x = d;
+        let mut i = 0;
+        while i < 5 {
+            x = x.wrapping_mul(2u64.wrapping_sub(d.wrapping_mul(x)));
+            i += 1;
+        }
+        assert!(d.wrapping_mul(x) == 1);
+        // Every span's blocks fit its bitmap.
+        assert!(
+            (SPAN_PAGES[c] as usize * PAGE_SIZE) / CLASS_SIZE[c] as usize
+                <= arena::SPAN_BITMAP_WORDS * 64
+        );
+        t[c] = (s, x);
+        c += 1;
     }
+    t
+};
+
+/// Index of block `b` in span `m` of class `c` (default build).
+#[cfg(not(feature = "secure"))]
+#[inline(always)]
+fn block_index(m: *mut PageMeta, c: usize, b: *mut u8) -> usize {
+    let (s, inv) = DIV_EXACT[c];
+    // SAFETY: m is a live span's head meta.
+    let off = b as usize - unsafe { (*m).addr };
+    ((off >> s) as u64).wrapping_mul(inv) as usize
 }
 
 /// Returns one of h's own blocks to its span.
@@ -475,27 +504,23 @@ unsafe fn span_push(m: *mut PageMeta, c: usize, b: *mut u8) {
             // block there holds a marker anyway; see `secure::set_carved`).
             (*m).bump.store(b, Relaxed);
         } else {
-            // The span's free list is a chain of carriers, as a remote
-            // batch is (`inbox`): the block at its head carries the
-            // addresses of up to `carrier_cap` more, so a refill reads one
-            // carrier per dozens of blocks instead of chasing a link
-            // through every block (a dependent cache miss each: E42). A
-            // block that joins a carrier is not written to.
-            let cap = span_carrier_cap(CLASS_SIZE[c] as usize);
-            let head = (*m).free;
-            let n = if cap > 0 && !head.is_null() {
-                inbox::carried(head, cap)
-            } else {
-                cap
-            };
-            if n < cap {
-                inbox::set_carried_block(head, n, b);
-                inbox::set_carried(head, n + 1);
-            } else {
-                inbox::set_next(b, head);
-                if cap > 0 {
-                    inbox::set_carried(b, 0);
-                }
+            // Default build: one bit in the span's bitmap, out of band, so
+            // the block (often cold by now: a program that drops a big
+            // collection frees blocks it has not touched for a while) is
+            // not written to (E49; E42 kept the list in the blocks).
+            #[cfg(not(feature = "secure"))]
+            {
+                let i = block_index(m, c, b);
+                let w = (*m).bits.add(i >> 6);
+                *w |= 1u64 << (i & 63);
+                (*m).free_lo = (*m).free_lo.min((i >> 6) as u32);
+            }
+            // Secure build: a chain through the blocks, each link encoded
+            // and checked when the chain is walked (`secure::next_in_span`),
+            // so the blocks keep something of the allocator's to check.
+            #[cfg(feature = "secure")]
+            {
+                inbox::set_next(b, (*m).free);
                 (*m).free = b;
             }
         }
@@ -551,6 +576,14 @@ unsafe fn new_span(h: *mut Heap, c: usize) -> bool {
     // SAFETY: the run is ours.
     unsafe {
         (*m).free = null_mut();
+        #[cfg(not(feature = "secure"))]
+        {
+            // The bitmap may hold the bits of an earlier span on this page.
+            let bits = arena::span_bits(m);
+            core::ptr::write_bytes(bits, 0, n.div_ceil(64));
+            (*m).bits = bits;
+            (*m).free_lo = u32::MAX;
+        }
         (*m).bump.store(run.addr, Relaxed);
         (*m).end = run.addr.add(n * size);
         #[cfg(feature = "secure")]
@@ -737,6 +770,46 @@ unsafe fn fill_from_inbox(h: *mut Heap, c: usize, want: usize) -> bool {
     }
 }
 
+/// Moves free blocks of span `m` (blocks of `size` bytes; `nfree` set
+/// bits in its bitmap) into `bin`, up to `target`, lowest address on top
+/// of the bin (a stack: the program gets the lowest first, as from a fresh
+/// span). Returns how many.
+#[cfg(not(feature = "secure"))]
+unsafe fn take_from_bitmap(
+    bin: &mut Bin,
+    m: *mut PageMeta,
+    size: usize,
+    nfree: usize,
+    target: *mut *mut u8,
+) -> usize {
+    // SAFETY: m is a span of the caller's heap whose bitmap has nfree > 0
+    // set bits, none in the words below free_lo, so the scan stops inside
+    // the bitmap after k <= nfree of them; the bin has room up to target.
+    unsafe {
+        let k = nfree.min(target.offset_from(bin.top).max(0) as usize);
+        let base = (*m).addr;
+        let bits = (*m).bits;
+        let mut i = (*m).free_lo as usize;
+        let mut w = *bits.add(i);
+        let mut dst = bin.top.add(k);
+        for _ in 0..k {
+            while w == 0 {
+                *bits.add(i) = 0;
+                i += 1;
+                w = *bits.add(i);
+            }
+            let j = w.trailing_zeros() as usize;
+            w &= w - 1;
+            dst = dst.sub(1);
+            *dst = (base + ((i << 6) + j) * size) as *mut u8;
+        }
+        *bits.add(i) = w;
+        bin.top = bin.top.add(k);
+        (*m).free_lo = if k == nfree { u32::MAX } else { i as u32 };
+        k
+    }
+}
+
 unsafe fn fill_from_spans(h: *mut Heap, c: usize, want: usize) -> bool {
     // SAFETY: h is held; partial spans of class c are h's.
     unsafe {
@@ -758,14 +831,21 @@ unsafe fn fill_from_spans(h: *mut Heap, c: usize, want: usize) -> bool {
                 // An empty span (kept or fresh) is about to be used.
                 (*h).empty_kept[c] -= 1;
             }
-            // The span's free list: carriers and their carried blocks,
-            // as a remote batch (`span_free`); in `secure` builds a plain
-            // chain whose every link is checked against the span.
+            // The span's free blocks (`span_push`): in the default build
+            // the set bits of its bitmap, lowest address first; in `secure`
+            // builds a chain whose every link is checked against the span.
             let before = bin.top;
+            // Free blocks left on the span after this refill's take.
             #[cfg(not(feature = "secure"))]
-            {
-                (*m).free = take_chain(bin, (*m).free, c, span_carrier_cap(size), target);
-            }
+            let left = {
+                let carved = block_index(m, c, (*m).bump.load(Relaxed));
+                let nfree = carved - (*m).used as usize;
+                if nfree != 0 {
+                    nfree - take_from_bitmap(bin, m, size, nfree, target)
+                } else {
+                    0
+                }
+            };
             #[cfg(feature = "secure")]
             {
                 let mut f = (*m).free;
@@ -803,7 +883,11 @@ unsafe fn fill_from_spans(h: *mut Heap, c: usize, want: usize) -> bool {
             (*m).bump.store(p, Relaxed);
             (*m).used += taken;
             got += taken as u64;
-            if (*m).free.is_null() && p >= end {
+            #[cfg(feature = "secure")]
+            let left = !(*m).free.is_null();
+            #[cfg(not(feature = "secure"))]
+            let left = left != 0;
+            if !left && p >= end {
                 partial_remove(h, c, m);
             }
             m = next;

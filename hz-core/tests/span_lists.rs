@@ -1,8 +1,7 @@
 //! Blocks a thread cache gives back to their own spans (bin overflow) are
-//! kept in each span's free list as a chain of carriers (`heap::span_free`;
-//! the head block carries the addresses of up to `carrier_cap` more; 16-byte
-//! blocks, and every class in the secure build, form a plain chain), and a
-//! refill takes them back carrier by carrier (`heap::fill_from_spans`). Many
+//! kept as bits of the span's free-block bitmap (`heap::span_push`; in the
+//! secure build, a chain of encoded links through the blocks), and a refill
+//! takes them back lowest address first (`heap::fill_from_spans`). Many
 //! frees and reallocations of one class must still hand every block out
 //! once: every live block keeps its own contents, and no address is live
 //! twice.
@@ -32,13 +31,15 @@ fn span_free_lists_hand_each_block_out_once() {
         rng ^= rng << 17;
         rng
     };
-    // 16 B (no carried blocks), 48 B (3 per carrier), 256 B, 1 KiB, 3 KiB.
-    for size in [16usize, 48, 256, 1024, 3072] {
+    // 16 B (4 096 blocks to a span), 48 B, 256 B, 1 KiB, 3 KiB, and 20 000 B
+    // (a span of several pages).
+    for size in [16usize, 48, 256, 1024, 3072, 20_000] {
+        let fill_to = 6000.min((64 << 20) / size);
         let mut live: Vec<(*mut u8, u32)> = Vec::new();
         let mut tag = 1u32;
         for round in 0..4 {
             // Fill up: thousands of blocks, far more than a bin holds.
-            while live.len() < 6000 {
+            while live.len() < fill_to {
                 let p = hz_core::malloc(size);
                 assert!(!p.is_null());
                 fill(p, size, tag);
