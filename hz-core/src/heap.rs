@@ -1066,24 +1066,6 @@ unsafe fn gc(h: *mut Heap, now: u64) {
     }
 }
 
-/// A block leaves the thread cache: to its span if it is ours, else to
-/// the spill array bound for its owner.
-#[inline]
-unsafe fn release_block(h: *mut Heap, c: usize, b: *mut u8) {
-    let (t, a) = arena::lookup(b as usize);
-    // SAFETY: b is a free small block of class c (its tag says so).
-    unsafe {
-        if arena::tag_owner(t) == (*h).id {
-            let m = arena::head_meta(b as usize, t, a);
-            let bo = &(*h).blocks_out[c];
-            bo.store(bo.load(Relaxed) - 1, Relaxed);
-            span_free(h, m, b);
-        } else {
-            spill_push(h, c, b);
-        }
-    }
-}
-
 /// Block `b` of class `c`, another heap's, joins h's spill array of the
 /// class (flushed first if full).
 #[inline]
@@ -1099,8 +1081,10 @@ unsafe fn spill_push(h: *mut Heap, c: usize, b: *mut u8) {
     }
 }
 
-/// [`release_block`] for `n` blocks of class `c` at `bs` (a bin's oldest,
-/// on overflow, GC and flush). Blocks that leave a bin together were
+/// `n` blocks of class `c` at `bs` leave the thread cache (a bin's oldest,
+/// on overflow, GC and flush; pooled blocks on a pool GC): each to its
+/// span if it is ours, else to the spill array bound for its owner.
+/// Blocks that leave a bin together were
 /// mostly carved or freed together: a block inside the span of the last
 /// own block goes back to it with no tag lookup, and each span's accounting
 /// ([`span_freed`]) and the heap's count of blocks out are updated once per
@@ -1286,7 +1270,7 @@ unsafe fn fill_from_pool(h: *mut Heap, c: usize, want: usize) -> bool {
 
 /// Sends home the pooled blocks of every class no heap took a batch of
 /// since the last call (all of them when `all`), through `h`'s own paths
-/// (`release_block`, then the spill arrays, with the pool bypassed).
+/// (`release_blocks`, then the spill arrays, with the pool bypassed).
 ///
 /// # Safety
 /// `h` is held by the caller, between operations on its bins.
@@ -1311,7 +1295,7 @@ pub unsafe fn pool_gc(h: *mut Heap, all: bool) {
             total_sub(n * CLASS_SIZE[c] as u64);
             while !batch.is_null() {
                 let nb = inbox::next_batch(batch);
-                for_each_in_chain(batch, c, |b| release_block(h, c, b));
+                for_each_in_chain(batch, c, |b| release_blocks(h, c, &b, 1));
                 batch = nb;
             }
         }
