@@ -1084,11 +1084,11 @@ unsafe fn spill_push(h: *mut Heap, c: usize, b: *mut u8) {
 /// `n` blocks of class `c` at `bs` leave the thread cache (a bin's oldest,
 /// on overflow, GC and flush; pooled blocks on a pool GC): each to its
 /// span if it is ours, else to the spill array bound for its owner.
-/// Blocks that leave a bin together were
-/// mostly carved or freed together: a block inside the span of the last
-/// own block goes back to it with no tag lookup, and each span's accounting
-/// ([`span_freed`]) and the heap's count of blocks out are updated once per
-/// run of blocks instead of once per block (E48).
+/// Blocks that leave a bin together were mostly carved or freed together:
+/// a block inside the span of the last own block goes back to it with no
+/// tag lookup, and each span's accounting ([`span_freed`]) and the heap's
+/// count of blocks out are updated once per run of blocks instead of once
+/// per block (E48).
 unsafe fn release_blocks(h: *mut Heap, c: usize, bs: *const *mut u8, n: usize) {
     let span_bytes = SPAN_PAGES[c] as usize * PAGE_SIZE;
     // SAFETY: bs[..n] are free blocks of class c (caller's contract); m,
