@@ -8,6 +8,9 @@
 
 use std::collections::HashSet;
 
+#[path = "reliability/child.rs"]
+mod child;
+
 fn fill(p: *mut u8, size: usize, tag: u32) {
     let b = tag.to_le_bytes();
     for i in 0..size {
@@ -143,4 +146,80 @@ fn scattered_frees_leave_every_span_empty() {
     })
     .join()
     .unwrap();
+}
+
+/// Spans in arenas after the first keep their free blocks in that arena's
+/// bitmap table (`arena::span_bits`): with a 16 MiB first arena, 48 MiB of
+/// 48-byte and 1 KiB blocks spill into further arenas; freed in a
+/// scattered order and allocated again, every block must keep its
+/// contents and no address may be handed out twice.
+#[test]
+fn spans_in_later_arenas() {
+    if !child::in_child(
+        "HZ_SPAN_LISTS_CHILD",
+        "spans_in_later_arenas",
+        &[("HZ_ARENA_MB", "16")],
+        &[],
+    ) {
+        return;
+    }
+    let mut rng = 0x0123_4567_89ab_cdefu64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for size in [48usize, 1024] {
+        let count = (24 << 20) / size;
+        let mut live: Vec<(*mut u8, u32)> = (0..count as u32)
+            .map(|t| {
+                let p = hz_core::malloc(size);
+                assert!(!p.is_null());
+                fill(p, size, t);
+                (p, t)
+            })
+            .collect();
+        // Two arenas at least (each 16 MiB of pages, plus its tables).
+        assert!(
+            hz_core::stats().mapped > 32 << 20,
+            "{:?}",
+            hz_core::stats().mapped
+        );
+        for round in 0..2 {
+            let mut keep = Vec::new();
+            for (p, t) in live.drain(..) {
+                if next() % 2 == 0 {
+                    keep.push((p, t));
+                } else {
+                    assert!(
+                        intact(p, size, t),
+                        "size {size} round {round}: {p:p} overwritten"
+                    );
+                    // SAFETY: p is live, handed out above.
+                    unsafe { hz_core::free(p) };
+                }
+            }
+            live = keep;
+            let mut t = 1u32 << 30;
+            while live.len() < count {
+                let p = hz_core::malloc(size);
+                assert!(!p.is_null());
+                fill(p, size, t);
+                live.push((p, t));
+                t += 1;
+            }
+            let set: HashSet<usize> = live.iter().map(|&(p, _)| p as usize).collect();
+            assert_eq!(
+                set.len(),
+                live.len(),
+                "size {size}: an address is live twice"
+            );
+        }
+        for (p, t) in live {
+            assert!(intact(p, size, t), "size {size}: {p:p} overwritten");
+            // SAFETY: p is live.
+            unsafe { hz_core::free(p) };
+        }
+    }
 }
