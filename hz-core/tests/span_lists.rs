@@ -25,58 +25,71 @@ fn intact(p: *mut u8, size: usize, tag: u32) -> bool {
     (0..size).all(|i| unsafe { *p.add(i) } == b[i % 4])
 }
 
+fn xorshift(s: &mut u64) -> u64 {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    *s
+}
+
+/// `rounds` times: fills up to `fill_to` live blocks of `size` bytes, each
+/// with its own pattern, then gives back all but one in `keep_one_in`,
+/// scattered (each checked intact first), and requires no address to be
+/// live twice. Frees the rest at the end, checked.
+fn churn(size: usize, fill_to: usize, rounds: usize, keep_one_in: u64, seed: u64) {
+    let mut rng = seed;
+    let mut live: Vec<(*mut u8, u32)> = Vec::new();
+    let mut tag = 1u32;
+    for round in 0..rounds {
+        while live.len() < fill_to {
+            let p = hz_core::malloc(size);
+            assert!(!p.is_null());
+            fill(p, size, tag);
+            live.push((p, tag));
+            tag += 1;
+        }
+        let mut keep = Vec::new();
+        for (p, t) in live.drain(..) {
+            if xorshift(&mut rng) % keep_one_in == 0 {
+                keep.push((p, t));
+            } else {
+                assert!(
+                    intact(p, size, t),
+                    "size {size} round {round}: block {p:p} overwritten"
+                );
+                // SAFETY: p is live, handed out above.
+                unsafe { hz_core::free(p) };
+            }
+        }
+        live = keep;
+        let set: HashSet<usize> = live.iter().map(|&(p, _)| p as usize).collect();
+        assert_eq!(
+            set.len(),
+            live.len(),
+            "size {size}: an address is live twice"
+        );
+    }
+    for (p, t) in live {
+        assert!(intact(p, size, t), "size {size}: block {p:p} overwritten");
+        // SAFETY: p is live.
+        unsafe { hz_core::free(p) };
+    }
+}
+
 #[test]
 fn span_free_lists_hand_each_block_out_once() {
-    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
     // 16 B (4 096 blocks to a span), 48 B, 256 B, 1 KiB, 3 KiB, and 20 000 B
-    // (a span of several pages).
+    // (a span of several pages). Thousands of blocks, far more than a bin
+    // holds; two in three given back each round, so the bin overflows again
+    // and again and most of them go back to their spans.
     for size in [16usize, 48, 256, 1024, 3072, 20_000] {
-        let fill_to = 6000.min((64 << 20) / size);
-        let mut live: Vec<(*mut u8, u32)> = Vec::new();
-        let mut tag = 1u32;
-        for round in 0..4 {
-            // Fill up: thousands of blocks, far more than a bin holds.
-            while live.len() < fill_to {
-                let p = hz_core::malloc(size);
-                assert!(!p.is_null());
-                fill(p, size, tag);
-                live.push((p, tag));
-                tag += 1;
-            }
-            // Give back two in three, scattered: the bin overflows again and
-            // again, and most of them go back to their spans' carriers.
-            let mut keep = Vec::new();
-            for (p, t) in live.drain(..) {
-                if next() % 3 == 0 {
-                    keep.push((p, t));
-                } else {
-                    assert!(
-                        intact(p, size, t),
-                        "size {size} round {round}: block {p:p} overwritten"
-                    );
-                    // SAFETY: p is live, handed out above.
-                    unsafe { hz_core::free(p) };
-                }
-            }
-            live = keep;
-            let set: HashSet<usize> = live.iter().map(|&(p, _)| p as usize).collect();
-            assert_eq!(
-                set.len(),
-                live.len(),
-                "size {size}: an address is live twice"
-            );
-        }
-        for (p, t) in live {
-            assert!(intact(p, size, t), "size {size}: block {p:p} overwritten");
-            // SAFETY: p is live.
-            unsafe { hz_core::free(p) };
-        }
+        churn(
+            size,
+            6000.min((64 << 20) / size),
+            4,
+            3,
+            0x9e37_79b9_7f4a_7c15,
+        );
     }
 }
 
@@ -117,10 +130,7 @@ fn scattered_frees_leave_every_span_empty() {
         mine.extend(&foreign);
         // Fisher–Yates: frees in no relation to the carving order.
         for i in (1..mine.len()).rev() {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            mine.swap(i, (rng % (i as u64 + 1)) as usize);
+            mine.swap(i, (xorshift(&mut rng) % (i as u64 + 1)) as usize);
         }
         for p in mine {
             // SAFETY: each block is live and freed once.
@@ -149,10 +159,10 @@ fn scattered_frees_leave_every_span_empty() {
 }
 
 /// Spans in arenas after the first keep their free blocks in that arena's
-/// bitmap table (`arena::span_bits`): with a 16 MiB first arena, 48 MiB of
-/// 48-byte and 1 KiB blocks spill into further arenas; freed in a
-/// scattered order and allocated again, every block must keep its
-/// contents and no address may be handed out twice.
+/// bitmap table (`arena::span_bits`): with a 16 MiB first arena, 24 MiB of
+/// 48-byte blocks, then of 1 KiB blocks, spill into further arenas; half
+/// freed in a scattered order and allocated again, each round, every block
+/// must keep its contents and no address may be handed out twice.
 #[test]
 fn spans_in_later_arenas() {
     if !child::in_child(
@@ -163,63 +173,13 @@ fn spans_in_later_arenas() {
     ) {
         return;
     }
-    let mut rng = 0x0123_4567_89ab_cdefu64;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
     for size in [48usize, 1024] {
-        let count = (24 << 20) / size;
-        let mut live: Vec<(*mut u8, u32)> = (0..count as u32)
-            .map(|t| {
-                let p = hz_core::malloc(size);
-                assert!(!p.is_null());
-                fill(p, size, t);
-                (p, t)
-            })
-            .collect();
-        // Two arenas at least (each 16 MiB of pages, plus its tables).
-        assert!(
-            hz_core::stats().mapped > 32 << 20,
-            "{:?}",
-            hz_core::stats().mapped
-        );
-        for round in 0..2 {
-            let mut keep = Vec::new();
-            for (p, t) in live.drain(..) {
-                if next() % 2 == 0 {
-                    keep.push((p, t));
-                } else {
-                    assert!(
-                        intact(p, size, t),
-                        "size {size} round {round}: {p:p} overwritten"
-                    );
-                    // SAFETY: p is live, handed out above.
-                    unsafe { hz_core::free(p) };
-                }
-            }
-            live = keep;
-            let mut t = 1u32 << 30;
-            while live.len() < count {
-                let p = hz_core::malloc(size);
-                assert!(!p.is_null());
-                fill(p, size, t);
-                live.push((p, t));
-                t += 1;
-            }
-            let set: HashSet<usize> = live.iter().map(|&(p, _)| p as usize).collect();
-            assert_eq!(
-                set.len(),
-                live.len(),
-                "size {size}: an address is live twice"
-            );
-        }
-        for (p, t) in live {
-            assert!(intact(p, size, t), "size {size}: {p:p} overwritten");
-            // SAFETY: p is live.
-            unsafe { hz_core::free(p) };
-        }
+        churn(size, (24 << 20) / size, 3, 2, 0x0123_4567_89ab_cdef);
     }
+    // Two arenas at least (each 16 MiB of pages, plus its tables).
+    assert!(
+        hz_core::stats().mapped > 32 << 20,
+        "{:?}",
+        hz_core::stats().mapped
+    );
 }
