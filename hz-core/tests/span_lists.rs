@@ -50,7 +50,7 @@ fn churn(size: usize, fill_to: usize, rounds: usize, keep_one_in: u64, seed: u64
         }
         let mut keep = Vec::new();
         for (p, t) in live.drain(..) {
-            if xorshift(&mut rng) % keep_one_in == 0 {
+            if xorshift(&mut rng).is_multiple_of(keep_one_in) {
                 keep.push((p, t));
             } else {
                 assert!(
