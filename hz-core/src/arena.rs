@@ -88,6 +88,9 @@ pub struct PageMeta {
     pub dnext: *mut PageMeta,
     pub dprev: *mut PageMeta,
     // ---- small span: only by the owning heap ----
+    /// Secure build: the span's free blocks, a chain of encoded links
+    /// (`heap::span_push`; the default build keeps `bits` instead).
+    #[cfg(feature = "secure")]
     pub free: *mut u8,
     /// Start of the span's never-carved tail (`secure` builds copy it to
     /// `ArenaSlot::carved` for other threads to read).

@@ -575,7 +575,10 @@ unsafe fn new_span(h: *mut Heap, c: usize) -> bool {
     let n = (span_bytes - crate::secure::GUARD) / size;
     // SAFETY: the run is ours.
     unsafe {
-        (*m).free = null_mut();
+        #[cfg(feature = "secure")]
+        {
+            (*m).free = null_mut();
+        }
         #[cfg(not(feature = "secure"))]
         {
             // The bitmap may hold the bits of an earlier span on this page.
