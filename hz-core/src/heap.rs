@@ -478,20 +478,9 @@ fn block_index(m: *mut PageMeta, c: usize, b: *mut u8) -> usize {
     ((off >> s) as u64).wrapping_mul(inv) as usize
 }
 
-/// Returns one of h's own blocks to its span.
-#[inline]
-unsafe fn span_free(h: *mut Heap, m: *mut PageMeta, b: *mut u8) {
-    // SAFETY: forwarded contract.
-    unsafe {
-        let c = (*m).class as usize;
-        span_push(m, c, b);
-        span_freed(h, c, m, 1);
-    }
-}
-
-/// Puts free block `b` of h's span `m` (class `c`) back on the span: the
-/// list part of [`span_free`], without the span's accounting, which
-/// [`span_freed`] does once for a run of blocks of one span.
+/// Puts free block `b` of h's span `m` (class `c`) back on the span,
+/// without the span's accounting, which [`span_freed`] does once for a run
+/// of blocks of one span.
 #[inline(always)]
 unsafe fn span_push(m: *mut PageMeta, c: usize, b: *mut u8) {
     // SAFETY: b is a free block of span m, owned by the caller's heap.
@@ -865,7 +854,7 @@ unsafe fn fill_from_spans(h: *mut Heap, c: usize, want: usize) -> bool {
             // program gets the lowest first and the blocks that sit at the
             // bottom of the bin (the first a GC or an overflow gives back)
             // are the highest: those go back by lowering `bump`, without a
-            // write to blocks the program never touched (`span_free`).
+            // write to blocks the program never touched (`span_push`).
             let mut p = (*m).bump.load(Relaxed);
             let end = (*m).end;
             let room = (end as usize).saturating_sub(p as usize) / size;
@@ -1333,13 +1322,13 @@ unsafe fn flush_spill(h: *mut Heap, c: usize) {
     // every index below stays inside the scratch arrays.
     let mut orphan_fed = false;
     unsafe {
-        let s = (*h).spill_base[c];
+        let mut s = (*h).spill_base[c];
         let mut n = (*h).spill_len[c] as usize;
         // Scratch arrays, written before they are read: left uninitialised
         // (zeroing them cost a 1.5 KiB memset per flush, about a tenth of
         // the instructions of a flush in the remote cells).
         let mut owners_buf = MaybeUninit::<[u32; SPILL_MAX]>::uninit();
-        let owners = owners_buf.as_mut_ptr() as *mut u32;
+        let mut owners = owners_buf.as_mut_ptr() as *mut u32;
         for i in 0..n {
             *owners.add(i) = arena::tag_owner(arena::lookup(*s.add(i) as usize).0);
         }
@@ -1360,10 +1349,8 @@ unsafe fn flush_spill(h: *mut Heap, c: usize) {
             }
         }
         if a > 0 && pool_put(h, c, core::slice::from_raw_parts(s, a)) {
-            for i in a..n {
-                *s.add(i - a) = *s.add(i);
-                *owners.add(i - a) = *owners.add(i);
-            }
+            s = s.add(a);
+            owners = owners.add(a);
             n -= a;
             sent += a as u64;
         }
@@ -1484,13 +1471,11 @@ pub unsafe fn flush_all(h: *mut Heap, release_empty: bool) {
             while !ch.is_null() {
                 let nc = inbox::next_batch(ch);
                 let mut k = 0;
+                // Chains hold this heap's own blocks: each back to its span.
                 for_each_in_chain(ch, c, |x| {
-                    let (t, a) = arena::lookup(x as usize);
-                    span_free(h, arena::head_meta(x as usize, t, a), x);
+                    release_blocks(h, c, &x, 1);
                     k += 1;
                 });
-                let bo = &(*h).blocks_out[c];
-                bo.store(bo.load(Relaxed) - k, Relaxed);
                 (*h).remote_received
                     .store((*h).remote_received.load(Relaxed) + k, Relaxed);
                 ch = nc;

@@ -307,7 +307,7 @@ pub fn is_live(p: *mut u8, t: u64) -> bool {
 /// 4 KiB page's worth, and at least 8. Every block carved into a bin gets a
 /// free marker, a write that faults its page in; the default build carves
 /// half a bin (up to 128 blocks) and leaves the ones the program never
-/// takes untouched (`heap::span_free` un-carves them), which the secure
+/// takes untouched (`heap::span_push` un-carves them), which the secure
 /// build cannot do, as it marks them. Carving less per refill keeps the
 /// pages it touches to about the ones the program uses: peak RSS of the
 /// quick matrix's R=0 cells came down to the default build's (guard T=16:
