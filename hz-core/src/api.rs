@@ -230,9 +230,13 @@ unsafe fn resize_large(m: *mut arena::PageMeta, pages: usize, new_pages: usize) 
     if !unsafe { arena::resize_run(m, new_pages) } {
         return false;
     }
-    // SAFETY: m heads the run, now new_pages long.
-    unsafe { arena::set_tags(m, 0, KIND_LARGE, 0) };
-    let delta = (new_pages as i64 - pages as i64) << PAGE_SHIFT;
+    // SAFETY: m heads the run, now at least new_pages long (the huge zone
+    // rounds it up to whole 2 MiB extents).
+    let now = unsafe {
+        arena::set_tags(m, 0, KIND_LARGE, 0);
+        (*m).pages as usize
+    };
+    let delta = (now as i64 - pages as i64) << PAGE_SHIFT;
     counters::STATS
         .large_allocated
         .fetch_add(delta as u64, Relaxed);
@@ -440,8 +444,10 @@ fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
     #[cfg(feature = "secure")]
     let pages = (size + crate::secure::GUARD).div_ceil(PAGE_SIZE);
     let align_pages = (align >> PAGE_SHIFT).max(1);
+    // The settings (`HZ_THP`, `HZ_ARENA_*`) when this is the first call.
+    heap::init_once();
     heap::tick_current();
-    let Some(run) = arena::alloc_run(pages, align_pages) else {
+    let Some(run) = arena::alloc_run(pages, align_pages, zone_for(pages)) else {
         counters::STATS.oom.fetch_add(1, Relaxed);
         return null_mut();
     };
@@ -456,11 +462,24 @@ fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
             core::ptr::write_bytes(run.addr, 0, size);
         }
     }
+    // SAFETY: the run is ours (the huge zone may have rounded it up).
+    let run_pages = unsafe { (*run.meta).pages } as u64;
     counters::STATS
         .large_allocated
-        .fetch_add((pages as u64) << PAGE_SHIFT, Relaxed);
+        .fetch_add(run_pages << PAGE_SHIFT, Relaxed);
     counters::STATS.large_count.fetch_add(1, Relaxed);
     run.addr
+}
+
+/// The zone a large run of `pages` pages comes from: runs of 2 MiB and more
+/// are backed by transparent huge pages (one fault and one TLB entry per
+/// 2 MiB instead of 512 of each), see [`arena::huge_zone_on`].
+fn zone_for(pages: usize) -> arena::Zone {
+    if pages >= arena::HUGE_RUN_PAGES && arena::huge_zone_on() {
+        arena::Zone::Huge
+    } else {
+        arena::Zone::Normal
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -711,8 +730,23 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
             };
             // SAFETY: q is a fresh run of at least old_usable bytes; the old
             // range is p's whole run, which we then free.
+            // Pages move only within a zone: `mremap` carries the source
+            // range's huge-page advice along, and a range advised unlike its
+            // neighbours is a VMA of its own. In the huge zone whole 2 MiB
+            // extents move (both runs are made of them), so that the kernel
+            // moves huge pages without splitting them.
+            // SAFETY: m and mq are metas of arenas.
+            let zone = unsafe { arena::zone_of(m) };
+            let same_zone = zone == unsafe { arena::zone_of(mq) };
+            let move_len = match zone {
+                arena::Zone::Normal => old_usable,
+                arena::Zone::Huge => {
+                    old_usable.next_multiple_of(arena::HUGE_RUN_PAGES << PAGE_SHIFT)
+                }
+            };
             unsafe {
-                if clean && old_usable >= MREMAP_MIN && os::move_pages(p, q, old_usable) {
+                if clean && same_zone && old_usable >= MREMAP_MIN && os::move_pages(p, q, move_len)
+                {
                     // The old range is mapped and empty.
                     free_large(m, true);
                 } else {

@@ -21,7 +21,7 @@
 
 use crate::os;
 use crate::stats::STATS;
-use crate::sync::{AtomicPtr, AtomicUsize, Mutex, Ordering::*};
+use crate::sync::{AtomicBool, AtomicPtr, AtomicUsize, Mutex, Ordering::*};
 use crate::{PAGE_SHIFT, PAGE_SIZE};
 use core::cell::UnsafeCell;
 use core::ptr::null_mut;
@@ -140,6 +140,8 @@ pub struct ArenaSlot {
     /// bitmap of the small span whose first page it is.
     #[cfg(not(feature = "secure"))]
     pub bits: AtomicPtr<u64>,
+    /// The arena belongs to the huge-page zone ([`Zone::Huge`]).
+    pub huge: AtomicBool,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -152,6 +154,7 @@ const EMPTY_SLOT: ArenaSlot = ArenaSlot {
     carved: AtomicPtr::new(null_mut()),
     #[cfg(not(feature = "secure"))]
     bits: AtomicPtr::new(null_mut()),
+    huge: AtomicBool::new(false),
 };
 pub static ARENAS: [ArenaSlot; MAX_ARENAS] = [EMPTY_SLOT; MAX_ARENAS];
 pub static NARENAS: AtomicUsize = AtomicUsize::new(0);
@@ -160,8 +163,25 @@ pub static NARENAS: AtomicUsize = AtomicUsize::new(0);
 /// of that many pages or more.
 const FREE_LISTS: usize = 65;
 
+/// Which arenas a run comes from. Large runs of [`HUGE_RUN_PAGES`] pages
+/// or more have arenas of their own, advised for transparent huge pages
+/// once when reserved, where every run starts on a 2 MiB boundary and
+/// spans whole 2 MiB extents: a huge page never holds two runs, and small
+/// spans (used sparsely by remote-free traffic, M14) never get one.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Zone {
+    Normal = 0,
+    Huge = 1,
+}
+
+/// Pages of a 2 MiB huge page.
+pub const HUGE_RUN_PAGES: usize = HUGE_PAGE / PAGE_SIZE;
+
 struct PageState {
-    free: [*mut PageMeta; FREE_LISTS],
+    /// Free runs per zone, by length.
+    free: [[*mut PageMeta; FREE_LISTS]; 2],
+    /// The zone of each arena.
+    zone: [Zone; MAX_ARENAS],
     dirty_head: *mut PageMeta,
     dirty_tail: *mut PageMeta,
     dirty_pages: usize,
@@ -182,7 +202,8 @@ unsafe impl Sync for Pages {}
 static PAGES: Pages = Pages {
     lock: Mutex::new(),
     st: UnsafeCell::new(PageState {
-        free: [null_mut(); FREE_LISTS],
+        free: [[null_mut(); FREE_LISTS]; 2],
+        zone: [Zone::Normal; MAX_ARENAS],
         dirty_head: null_mut(),
         dirty_tail: null_mut(),
         dirty_pages: 0,
@@ -335,12 +356,13 @@ unsafe fn free_insert(st: &mut PageState, m: *mut PageMeta) {
     // SAFETY: m is a free head meta; lists are consistent (PAGES held).
     unsafe {
         let l = list_of((*m).pages as usize);
+        let list = &mut st.free[st.zone[(*m).arena as usize] as usize][l];
         (*m).fprev = null_mut();
-        (*m).fnext = st.free[l];
-        if !st.free[l].is_null() {
-            (*st.free[l]).fprev = m;
+        (*m).fnext = *list;
+        if !list.is_null() {
+            (**list).fprev = m;
         }
-        st.free[l] = m;
+        *list = m;
     }
 }
 
@@ -349,7 +371,7 @@ unsafe fn free_remove(st: &mut PageState, m: *mut PageMeta) {
     unsafe {
         let l = list_of((*m).pages as usize);
         if (*m).fprev.is_null() {
-            st.free[l] = (*m).fnext;
+            st.free[st.zone[(*m).arena as usize] as usize][l] = (*m).fnext;
         } else {
             (*(*m).fprev).fnext = (*m).fnext;
         }
@@ -469,27 +491,81 @@ pub struct Run {
     pub clean: bool,
 }
 
-/// Allocates `pages` contiguous pages whose address is a multiple of
-/// `align_pages` pages. `None` when the OS refuses more address space.
-pub fn alloc_run(pages: usize, align_pages: usize) -> Option<Run> {
+/// Allocates `pages` contiguous pages of `zone` whose address is a
+/// multiple of `align_pages` pages. In [`Zone::Huge`] the run is rounded up
+/// to whole 2 MiB extents (its `pages` says how many it got). When the
+/// zone has no room and no address space is left for it (e.g. under
+/// `ulimit -v`), the run comes from the other zone (the huge zone only
+/// where huge pages are on, and then unrounded: a page next to such a run
+/// may become resident with it, unaccounted, until the run after it is
+/// purged). `None` when both are full.
+pub fn alloc_run(pages: usize, align_pages: usize, zone: Zone) -> Option<Run> {
     if pages == 0 || pages > (1 << 31) || align_pages > (1 << 30) {
         return None;
     }
+    let shape = |zone| match zone {
+        Zone::Normal => (pages, align_pages.max(1)),
+        Zone::Huge => (
+            pages.next_multiple_of(HUGE_RUN_PAGES),
+            align_pages.max(HUGE_RUN_PAGES),
+        ),
+    };
+    let other = match zone {
+        Zone::Normal if huge_zone_on() => Some(Zone::Huge),
+        Zone::Normal => None,
+        Zone::Huge => Some(Zone::Normal),
+    };
     PAGES.lock.lock();
     // SAFETY: PAGES held.
-    let r = unsafe { alloc_run_locked(&mut *PAGES.st.get(), pages, align_pages.max(1)) };
+    let st = unsafe { &mut *PAGES.st.get() };
+    let (p, a) = shape(zone);
+    // SAFETY: PAGES held.
+    let mut r = unsafe { alloc_run_locked(st, p, a, zone) };
+    if let (None, Some(z)) = (&r, other) {
+        // Into the huge zone as asked: rounding small runs up to 2 MiB
+        // there would waste the last of the address space.
+        let (p, a) = shape(Zone::Normal);
+        // SAFETY: PAGES held.
+        r = unsafe { alloc_run_locked(st, p, a, z) };
+    }
     PAGES.lock.unlock();
     if let Some(r) = &r {
-        STATS.pages_in_use.fetch_add(pages as u64, Relaxed);
-        let _ = r;
+        // SAFETY: r's meta heads the run just taken.
+        STATS
+            .pages_in_use
+            .fetch_add(unsafe { (*r.meta).pages } as u64, Relaxed);
     }
     r
+}
+
+/// Large runs of 2 MiB and more come from [`Zone::Huge`]: not in secure
+/// builds (guard pages would split the huge pages), nor with `HZ_THP=0`.
+pub fn huge_zone_on() -> bool {
+    !cfg!(feature = "secure") && crate::config::CONFIG.thp.load(Relaxed) != 0
+}
+
+/// The zone of the arena holding run `m`.
+///
+/// # Safety
+/// `m` is a meta of an arena.
+pub unsafe fn zone_of(m: *mut PageMeta) -> Zone {
+    // SAFETY: caller's contract; `huge` is set before the arena is published.
+    if ARENAS[unsafe { (*m).arena } as usize].huge.load(Relaxed) {
+        Zone::Huge
+    } else {
+        Zone::Normal
+    }
 }
 
 /// How many of the newest dirty runs [`alloc_run`] looks at first.
 const DIRTY_SCAN: usize = 8;
 
-unsafe fn alloc_run_locked(st: &mut PageState, pages: usize, align: usize) -> Option<Run> {
+unsafe fn alloc_run_locked(
+    st: &mut PageState,
+    pages: usize,
+    align: usize,
+    zone: Zone,
+) -> Option<Run> {
     let want = pages + align - 1;
     // 0. The newest dirty runs: their pages are resident, so reusing them
     //    costs no page faults and keeps the resident total (and purging)
@@ -499,7 +575,7 @@ unsafe fn alloc_run_locked(st: &mut PageState, pages: usize, align: usize) -> Op
     while !m.is_null() && k < DIRTY_SCAN {
         // SAFETY: m is a dirty free head (PAGES held).
         unsafe {
-            if (*m).pages as usize >= want {
+            if (*m).pages as usize >= want && st.zone[(*m).arena as usize] == zone {
                 return Some(take_from_free(st, m, pages, align));
             }
             m = (*m).dprev;
@@ -509,7 +585,7 @@ unsafe fn alloc_run_locked(st: &mut PageState, pages: usize, align: usize) -> Op
     // 1. Free runs: the exact list first, then larger ones.
     let mut l = list_of(want);
     while l < FREE_LISTS {
-        let mut m = st.free[l];
+        let mut m = st.free[zone as usize][l];
         while !m.is_null() {
             // SAFETY: m is a free head meta in a list (PAGES held).
             if unsafe { (*m).pages as usize } >= want {
@@ -524,12 +600,16 @@ unsafe fn alloc_run_locked(st: &mut PageState, pages: usize, align: usize) -> Op
     // 2. Never-used pages at the top of an arena.
     let n = NARENAS.load(Relaxed);
     for a in 0..n {
+        if st.zone[a] != zone {
+            continue;
+        }
+        // SAFETY: PAGES held; arena a exists.
         if let Some(r) = unsafe { bump(st, a, pages, align) } {
             return Some(r);
         }
     }
     // 3. A new arena.
-    let a = new_arena(st, want)?;
+    let a = new_arena(st, want, zone)?;
     // SAFETY: the new arena has room for `want` pages.
     unsafe { bump(st, a, pages, align) }
 }
@@ -632,6 +712,14 @@ pub unsafe fn free_large_run(m: *mut PageMeta, given: usize, moved: bool) {
 unsafe fn free_run_as(m: *mut PageMeta, k: usize, moved: bool) {
     // SAFETY: caller's contract; the run's tags are ours to clear.
     unsafe { set_tags(m, 0, KIND_FREE, 0) };
+    // In the huge zone a touched page makes its whole 2 MiB extent
+    // resident (and moved pages move whole extents).
+    // SAFETY: m is a meta of an arena.
+    let k = if unsafe { zone_of(m) } == Zone::Huge {
+        k.saturating_add(HUGE_RUN_PAGES - 1) / HUGE_RUN_PAGES * HUGE_RUN_PAGES
+    } else {
+        k
+    };
     // SAFETY: m valid.
     let pages = unsafe { (*m).pages } as u64;
     PAGES.lock.lock();
@@ -759,6 +847,11 @@ pub fn dirty_pages() -> usize {
 /// # Safety
 /// `m` is the head of an in-use run owned by the caller.
 pub unsafe fn resize_run(m: *mut PageMeta, new_pages: usize) -> bool {
+    // SAFETY: m is a meta of an arena.
+    let new_pages = match unsafe { zone_of(m) } {
+        Zone::Normal => new_pages,
+        Zone::Huge => new_pages.next_multiple_of(HUGE_RUN_PAGES),
+    };
     PAGES.lock.lock();
     // SAFETY: PAGES held; m is an in-use head.
     let ok = unsafe { resize_locked(&mut *PAGES.st.get(), m, new_pages) };
@@ -822,7 +915,7 @@ unsafe fn resize_locked(st: &mut PageState, m: *mut PageMeta, new_pages: usize) 
 
 /// Reserves a new arena able to hold `min_pages` pages. Tries the
 /// configured size, halving on refusal (e.g. under `ulimit -v`).
-fn new_arena(st: &mut PageState, min_pages: usize) -> Option<usize> {
+fn new_arena(st: &mut PageState, min_pages: usize, zone: Zone) -> Option<usize> {
     let n = NARENAS.load(Relaxed);
     if n >= MAX_ARENAS {
         return None;
@@ -831,7 +924,12 @@ fn new_arena(st: &mut PageState, min_pages: usize) -> Option<usize> {
         st.next_reserve = crate::config::CONFIG.arena_bytes.load(Relaxed) as usize;
     }
     let need = min_pages.checked_mul(PAGE_SIZE)?;
-    let mut size = st.next_reserve.max(need.next_multiple_of(MIN_ARENA));
+    // The huge zone holds only large runs: a quarter of the reservation.
+    let want = match zone {
+        Zone::Normal => st.next_reserve,
+        Zone::Huge => st.next_reserve / 4,
+    };
+    let mut size = want.max(need.next_multiple_of(MIN_ARENA));
     loop {
         let pages = size >> PAGE_SHIFT;
         let meta = (pages * META_BYTES + 128).next_multiple_of(PAGE_SIZE);
@@ -840,13 +938,15 @@ fn new_arena(st: &mut PageState, min_pages: usize) -> Option<usize> {
             let tags = map as *mut u64;
             let metas = (map as usize + pages * 8).next_multiple_of(64) as *mut PageMeta;
             // Data starts on a 2 MiB boundary so transparent huge pages can
-            // back it (when HZ_THP asks for them).
+            // back it: the huge zone's arenas, and with `HZ_THP=2` all.
             let base = (map as usize + meta).next_multiple_of(HUGE_PAGE);
-            if crate::config::CONFIG.thp.load(Relaxed) != 0 {
+            if zone == Zone::Huge || crate::config::CONFIG.thp.load(Relaxed) >= 2 {
                 // SAFETY: the data range lies inside our new mapping.
                 unsafe { os::advise_huge(base as *mut u8, size) };
             }
             let a = &ARENAS[n];
+            a.huge.store(zone == Zone::Huge, Relaxed);
+            st.zone[n] = zone;
             a.tags.store(tags, Relaxed);
             a.metas.store(metas, Relaxed);
             #[cfg(feature = "secure")]
@@ -879,7 +979,7 @@ fn new_arena(st: &mut PageState, min_pages: usize) -> Option<usize> {
                 os::write_fd(2, b"hz: reserved an additional arena\n");
             }
             STATS.mapped.fetch_add(total as u64, Relaxed);
-            if size < st.next_reserve {
+            if zone == Zone::Normal && size < st.next_reserve {
                 st.next_reserve = size;
             }
             return Some(n);

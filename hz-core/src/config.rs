@@ -10,7 +10,7 @@
 //! | `HZ_ARENA_GB` | 64 | size of the first address-space reservation, in GiB |
 //! | `HZ_ARENA_MB` | — | the same in MiB (at least 16); wins over `HZ_ARENA_GB` |
 //! | `HZ_SECURE_FILL` | 0 | secure builds: 1 fills freed blocks with 0xdf and checks their first word when they are handed out again |
-//! | `HZ_THP` | 0 | 1: ask for transparent huge pages on the arena (`MADV_HUGEPAGE`) |
+//! | `HZ_THP` | 1 | transparent huge pages (`MADV_HUGEPAGE`): 0 none; 1 large blocks of 2 MiB or more (arenas of their own); 2 also every span |
 
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
@@ -32,7 +32,7 @@ pub static CONFIG: Config = Config {
     verbose: AtomicU32::new(0),
     arena_bytes: AtomicU64::new(64 << 30),
     secure_fill: AtomicU32::new(0),
-    thp: AtomicU32::new(0),
+    thp: AtomicU32::new(1),
 };
 
 /// Parses a decimal number from a NUL-terminated C string.

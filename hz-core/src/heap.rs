@@ -230,7 +230,7 @@ fn create(reg: &mut Registry) -> *mut Heap {
     if reg.next_id as usize >= MAX_HEAPS {
         return null_mut();
     }
-    let Some(run) = arena::alloc_run(HEAP_PAGES, 1) else {
+    let Some(run) = arena::alloc_run(HEAP_PAGES, 1, arena::Zone::Normal) else {
         return null_mut();
     };
     #[cfg(feature = "secure")]
@@ -302,7 +302,9 @@ fn abandon(h: *mut Heap) {
 static INIT: AtomicU32 = AtomicU32::new(0);
 static EXIT_KEY: AtomicU32 = AtomicU32::new(u32::MAX);
 
-fn init_once() {
+/// Loads the settings and the thread-exit hook, once per process (also
+/// called by paths that need the settings before any heap exists).
+pub fn init_once() {
     if INIT.load(Acquire) == 2 {
         return;
     }
@@ -551,7 +553,7 @@ unsafe fn release_span(h: *mut Heap, c: usize, m: *mut PageMeta) {
 
 /// Carves a fresh span for class c. False when out of memory.
 unsafe fn new_span(h: *mut Heap, c: usize) -> bool {
-    let Some(run) = arena::alloc_run(SPAN_PAGES[c] as usize, 1) else {
+    let Some(run) = arena::alloc_run(SPAN_PAGES[c] as usize, 1, arena::Zone::Normal) else {
         return false;
     };
     crate::stats::note_pages();

@@ -1,0 +1,201 @@
+//! Large blocks of 2 MiB and more come from arenas of their own, advised
+//! for transparent huge pages (`arena::Zone::Huge`): each such block starts
+//! on a 2 MiB boundary, its mapping carries the advice (`hg` in the VMA's
+//! flags in /proc/self/smaps), smaller blocks' mappings do not, `HZ_THP=0`
+//! turns the zone off, blocks keep their contents when `realloc` moves them
+//! into, inside and out of the zone, and freeing such a block leaves none
+//! of its 2 MiB extents resident once purged (a huge page makes all of an
+//! extent resident when one byte of it is touched).
+//!
+//! Each test runs in a child process, so that no other test's blocks share
+//! the mappings it inspects.
+
+#[path = "reliability/child.rs"]
+mod child;
+
+use child::MIB;
+
+const MARKER: &str = "HZ_HUGE_ZONE_CHILD";
+
+/// The VMA flags (`VmFlags:` line of /proc/self/smaps) of the mapping
+/// holding `p`.
+fn vm_flags(p: *mut u8) -> Vec<String> {
+    let a = p as usize;
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut inside = false;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((lo, hi)) = first.split_once('-') {
+            if let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+            {
+                inside = lo <= a && a < hi;
+                continue;
+            }
+        }
+        if inside {
+            if let Some(f) = line.strip_prefix("VmFlags:") {
+                return f.split_whitespace().map(String::from).collect();
+            }
+        }
+    }
+    panic!("no mapping holds {p:?}");
+}
+
+fn advised_huge(p: *mut u8) -> bool {
+    vm_flags(p).iter().any(|f| f == "hg")
+}
+
+/// Pages of `[p, p + len)` resident now (`mincore`, 4 KiB pages).
+fn resident_pages(p: *mut u8, len: usize) -> usize {
+    let mut v = vec![0u8; len.div_ceil(4096)];
+    // SAFETY: the range is mapped (hz never unmaps its arenas); v has one
+    // byte per page.
+    let r = unsafe { libc::mincore(p as *mut libc::c_void, len, v.as_mut_ptr()) };
+    assert_eq!(r, 0, "mincore: {}", std::io::Error::last_os_error());
+    v.iter().filter(|&&b| b & 1 != 0).count()
+}
+
+/// Writes a byte in every 4 KiB of the first `n` bytes.
+fn fill(p: *mut u8, n: usize, seed: u8) {
+    for i in (0..n).step_by(4096) {
+        // SAFETY: i < n, inside the block.
+        unsafe { *p.add(i) = seed.wrapping_add((i >> 12) as u8) };
+    }
+}
+
+/// Checks what [`fill`] wrote in the first `n` bytes (every 4 KiB).
+fn check(p: *mut u8, n: usize, seed: u8, what: &str) {
+    for i in (0..n).step_by(4096) {
+        // SAFETY: i < n, inside the block.
+        let got = unsafe { *p.add(i) };
+        assert_eq!(got, seed.wrapping_add((i >> 12) as u8), "{what}: byte {i}");
+    }
+}
+
+#[test]
+fn large_blocks_come_from_the_huge_zone() {
+    if !child::in_child(
+        MARKER,
+        "large_blocks_come_from_the_huge_zone",
+        &[],
+        &["HZ_THP"],
+    ) {
+        return;
+    }
+    let small = hz_core::malloc(1000);
+    let medium = hz_core::malloc(MIB);
+    let big: Vec<*mut u8> = [2 * MIB, 3 * MIB + 5, 17 * MIB]
+        .iter()
+        .map(|&n| hz_core::malloc(n))
+        .collect();
+    assert!(!small.is_null() && !medium.is_null());
+    assert!(
+        !advised_huge(small),
+        "a small block's span is advised for huge pages"
+    );
+    assert!(
+        !advised_huge(medium),
+        "a 1 MiB block is advised for huge pages"
+    );
+    for &p in &big {
+        assert!(!p.is_null());
+        assert_eq!(p as usize % (2 * MIB), 0, "{p:?} not on a 2 MiB boundary");
+        assert!(
+            advised_huge(p),
+            "a large block's mapping lacks huge-page advice"
+        );
+    }
+    // SAFETY: live blocks of hz.
+    unsafe {
+        hz_core::free(small);
+        hz_core::free(medium);
+        for p in big {
+            hz_core::free(p);
+        }
+    }
+}
+
+#[test]
+fn no_huge_zone_with_thp_off() {
+    if !child::in_child(MARKER, "no_huge_zone_with_thp_off", &[("HZ_THP", "0")], &[]) {
+        return;
+    }
+    let p = hz_core::malloc(3 * MIB);
+    assert!(!p.is_null());
+    assert!(!advised_huge(p), "HZ_THP=0, yet the block is advised");
+    // SAFETY: a live block of hz.
+    unsafe { hz_core::free(p) };
+}
+
+/// Grows a block by `realloc` from 64 KiB to 40 MiB (×1.7, a block taken
+/// after each so that most steps move), then shrinks it back, checking its
+/// contents at every step.
+#[test]
+fn realloc_keeps_contents_across_zones() {
+    if !child::in_child(
+        MARKER,
+        "realloc_keeps_contents_across_zones",
+        &[],
+        &["HZ_THP"],
+    ) {
+        return;
+    }
+    for round in 0..20u8 {
+        let mut n = 64 << 10;
+        let mut p = hz_core::malloc(n);
+        fill(p, n, round);
+        let mut blockers = Vec::new();
+        while n < 40 * MIB {
+            blockers.push(hz_core::malloc(100 << 10));
+            let next = n * 17 / 10;
+            // SAFETY: p is live with n bytes.
+            p = unsafe { hz_core::realloc(p, next) };
+            assert!(!p.is_null());
+            check(p, n, round, "after growth");
+            fill(p, next, round);
+            n = next;
+        }
+        while n > 64 << 10 {
+            let next = n / 3;
+            // SAFETY: as above.
+            p = unsafe { hz_core::realloc(p, next) };
+            assert!(!p.is_null());
+            check(p, next, round, "after shrinking");
+            n = next;
+        }
+        // SAFETY: live blocks of hz.
+        unsafe {
+            hz_core::free(p);
+            for b in blockers {
+                hz_core::free(b);
+            }
+        }
+    }
+}
+
+/// A block of 3 MiB + 64 KiB touched throughout spans two extents; if the
+/// kernel backed them with huge pages, all 4 MiB became resident. Freed and
+/// purged, none of it may stay resident.
+#[test]
+fn freed_extents_are_purged_whole() {
+    if !child::in_child(MARKER, "freed_extents_are_purged_whole", &[], &["HZ_THP"]) {
+        return;
+    }
+    for _ in 0..10 {
+        let n = 3 * MIB + (64 << 10);
+        let p = hz_core::malloc(n);
+        assert!(!p.is_null());
+        // SAFETY: p has n bytes.
+        unsafe { std::ptr::write_bytes(p, 0x5a, n) };
+        let before = resident_pages(p, 4 * MIB);
+        assert!(before >= n / 4096, "{before} pages resident after writing");
+        // SAFETY: a live block of hz.
+        unsafe { hz_core::free(p) };
+        hz_core::collect();
+        let after = resident_pages(p, 4 * MIB);
+        assert_eq!(
+            after, 0,
+            "{after} of {before} pages still resident after purging"
+        );
+    }
+}
