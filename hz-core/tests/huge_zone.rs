@@ -8,7 +8,9 @@
 //! extent resident when one byte of it is touched).
 //!
 //! Each test runs in a child process, so that no other test's blocks share
-//! the mappings it inspects.
+//! the mappings it inspects. Secure builds have no huge zone (their guard
+//! pages would split the huge pages): there, large blocks must not be
+//! advised.
 
 #[path = "reliability/child.rs"]
 mod child;
@@ -46,6 +48,7 @@ fn advised_huge(p: *mut u8) -> bool {
 }
 
 /// Pages of `[p, p + len)` resident now (`mincore`, 4 KiB pages).
+#[cfg(not(feature = "secure"))]
 fn resident_pages(p: *mut u8, len: usize) -> usize {
     let mut v = vec![0u8; len.div_ceil(4096)];
     // SAFETY: the range is mapped (hz never unmaps its arenas); v has one
@@ -73,6 +76,7 @@ fn check(p: *mut u8, n: usize, seed: u8, what: &str) {
 }
 
 #[test]
+#[cfg(not(feature = "secure"))]
 fn large_blocks_come_from_the_huge_zone() {
     if !child::in_child(
         MARKER,
@@ -120,9 +124,22 @@ fn no_huge_zone_with_thp_off() {
     if !child::in_child(MARKER, "no_huge_zone_with_thp_off", &[("HZ_THP", "0")], &[]) {
         return;
     }
+    no_huge_advice();
+}
+
+#[test]
+#[cfg(feature = "secure")]
+fn no_huge_zone_in_secure_builds() {
+    if !child::in_child(MARKER, "no_huge_zone_in_secure_builds", &[], &["HZ_THP"]) {
+        return;
+    }
+    no_huge_advice();
+}
+
+fn no_huge_advice() {
     let p = hz_core::malloc(3 * MIB);
     assert!(!p.is_null());
-    assert!(!advised_huge(p), "HZ_THP=0, yet the block is advised");
+    assert!(!advised_huge(p), "a 3 MiB block is advised for huge pages");
     // SAFETY: a live block of hz.
     unsafe { hz_core::free(p) };
 }
@@ -177,6 +194,7 @@ fn realloc_keeps_contents_across_zones() {
 /// kernel backed them with huge pages, all 4 MiB became resident. Freed and
 /// purged, none of it may stay resident.
 #[test]
+#[cfg(not(feature = "secure"))]
 fn freed_extents_are_purged_whole() {
     if !child::in_child(MARKER, "freed_extents_are_purged_whole", &[], &["HZ_THP"]) {
         return;
