@@ -182,9 +182,10 @@ struct PageState {
     free: [[*mut PageMeta; FREE_LISTS]; 2],
     /// The zone of each arena.
     zone: [Zone; MAX_ARENAS],
-    dirty_head: *mut PageMeta,
-    dirty_tail: *mut PageMeta,
-    dirty_pages: usize,
+    /// Dirty free runs per zone, oldest first, and their hulls' pages.
+    dirty_head: [*mut PageMeta; 2],
+    dirty_tail: [*mut PageMeta; 2],
+    dirty_pages: [usize; 2],
     /// Pages handed out of each arena so far (bump pointer).
     top: [usize; MAX_ARENAS],
     /// Size to try for the next reservation (halved on refusal).
@@ -204,9 +205,9 @@ static PAGES: Pages = Pages {
     st: UnsafeCell::new(PageState {
         free: [[null_mut(); FREE_LISTS]; 2],
         zone: [Zone::Normal; MAX_ARENAS],
-        dirty_head: null_mut(),
-        dirty_tail: null_mut(),
-        dirty_pages: 0,
+        dirty_head: [null_mut(); 2],
+        dirty_tail: [null_mut(); 2],
+        dirty_pages: [0; 2],
         top: [0; MAX_ARENAS],
         next_reserve: 0,
         last_purge_check: 0,
@@ -385,31 +386,33 @@ unsafe fn dirty_append(st: &mut PageState, m: *mut PageMeta) {
     // SAFETY: m is a free head not in the dirty list.
     unsafe {
         (*m).dnext = null_mut();
-        (*m).dprev = st.dirty_tail;
-        if st.dirty_tail.is_null() {
-            st.dirty_head = m;
+        let z = st.zone[(*m).arena as usize] as usize;
+        (*m).dprev = st.dirty_tail[z];
+        if st.dirty_tail[z].is_null() {
+            st.dirty_head[z] = m;
         } else {
-            (*st.dirty_tail).dnext = m;
+            (*st.dirty_tail[z]).dnext = m;
         }
-        st.dirty_tail = m;
-        st.dirty_pages += ((*m).dhi - (*m).dlo) as usize;
+        st.dirty_tail[z] = m;
+        st.dirty_pages[z] += ((*m).dhi - (*m).dlo) as usize;
     }
 }
 
 unsafe fn dirty_remove(st: &mut PageState, m: *mut PageMeta) {
     // SAFETY: m is in the dirty list.
     unsafe {
+        let z = st.zone[(*m).arena as usize] as usize;
         if (*m).dprev.is_null() {
-            st.dirty_head = (*m).dnext;
+            st.dirty_head[z] = (*m).dnext;
         } else {
             (*(*m).dprev).dnext = (*m).dnext;
         }
         if (*m).dnext.is_null() {
-            st.dirty_tail = (*m).dprev;
+            st.dirty_tail[z] = (*m).dprev;
         } else {
             (*(*m).dnext).dprev = (*m).dprev;
         }
-        st.dirty_pages -= ((*m).dhi - (*m).dlo) as usize;
+        st.dirty_pages[z] -= ((*m).dhi - (*m).dlo) as usize;
     }
 }
 
@@ -570,12 +573,12 @@ unsafe fn alloc_run_locked(
     // 0. The newest dirty runs: their pages are resident, so reusing them
     //    costs no page faults and keeps the resident total (and purging)
     //    down (E21).
-    let mut m = st.dirty_tail;
+    let mut m = st.dirty_tail[zone as usize];
     let mut k = 0;
     while !m.is_null() && k < DIRTY_SCAN {
         // SAFETY: m is a dirty free head (PAGES held).
         unsafe {
-            if (*m).pages as usize >= want && st.zone[(*m).arena as usize] == zone {
+            if (*m).pages as usize >= want {
                 return Some(take_from_free(st, m, pages, align));
             }
             m = (*m).dprev;
@@ -775,41 +778,49 @@ unsafe fn free_run_locked(st: &mut PageState, m: *mut PageMeta, k: usize, moved:
 }
 
 /// Purges dirty runs older than the delay, or all of them (`force`), or the
-/// oldest while the dirty total is over its cap.
+/// oldest while a zone's dirty total is over its cap: the normal zone's
+/// `HZ_PURGE_MAX_DIRTY_MB`, the huge zone's `HZ_PURGE_MAX_DIRTY_LARGE_MB`
+/// (E55: a program that cycles big buffers reuses them resident).
 unsafe fn maybe_purge(st: &mut PageState, force: bool) {
     let cfg = &crate::config::CONFIG;
     let delay = cfg.purge_delay_ms.load(Relaxed);
-    let max_dirty = (cfg.max_dirty_bytes.load(Relaxed) as usize) >> PAGE_SHIFT;
+    let max_dirty = [
+        (cfg.max_dirty_bytes.load(Relaxed) as usize) >> PAGE_SHIFT,
+        (cfg.max_dirty_large_bytes.load(Relaxed) as usize) >> PAGE_SHIFT,
+    ];
     let now = os::now_ms();
     if !force
         && delay > 0
-        && st.dirty_pages <= max_dirty
+        && st.dirty_pages[0] <= max_dirty[0]
+        && st.dirty_pages[1] <= max_dirty[1]
         && now < st.last_purge_check + delay / 2 + 1
     {
         return;
     }
     st.last_purge_check = now;
-    loop {
-        let m = st.dirty_head;
-        if m.is_null() {
-            break;
-        }
-        // SAFETY: m is a dirty free head; PAGES held.
-        unsafe {
-            let old = now >= (*m).freed_at + delay;
-            if !(force || old || st.dirty_pages > max_dirty) {
+    for z in 0..2 {
+        loop {
+            let m = st.dirty_head[z];
+            if m.is_null() {
                 break;
             }
-            dirty_remove(st, m);
-            // Only the hull: the rest of the run holds no resident page.
-            let a = (*m).arena as usize;
-            let addr = ARENAS[a].base.load(Relaxed) + (((*m).dlo as usize) << PAGE_SHIFT);
-            let len = (((*m).dhi - (*m).dlo) as usize) << PAGE_SHIFT;
-            os::purge(addr as *mut u8, len);
-            (*m).dlo = 0;
-            (*m).dhi = 0;
-            STATS.purges.fetch_add(1, Relaxed);
-            STATS.purged_bytes.fetch_add(len as u64, Relaxed);
+            // SAFETY: m is a dirty free head; PAGES held.
+            unsafe {
+                let old = now >= (*m).freed_at + delay;
+                if !(force || old || st.dirty_pages[z] > max_dirty[z]) {
+                    break;
+                }
+                dirty_remove(st, m);
+                // Only the hull: the rest of the run holds no resident page.
+                let a = (*m).arena as usize;
+                let addr = ARENAS[a].base.load(Relaxed) + (((*m).dlo as usize) << PAGE_SHIFT);
+                let len = (((*m).dhi - (*m).dlo) as usize) << PAGE_SHIFT;
+                os::purge(addr as *mut u8, len);
+                (*m).dlo = 0;
+                (*m).dhi = 0;
+                STATS.purges.fetch_add(1, Relaxed);
+                STATS.purged_bytes.fetch_add(len as u64, Relaxed);
+            }
         }
     }
 }
@@ -836,7 +847,7 @@ pub fn purge_tick() {
 pub fn dirty_pages() -> usize {
     PAGES.lock.lock();
     // SAFETY: PAGES held.
-    let n = unsafe { (*PAGES.st.get()).dirty_pages };
+    let n = unsafe { (*PAGES.st.get()).dirty_pages.iter().sum() };
     PAGES.lock.unlock();
     n
 }

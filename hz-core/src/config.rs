@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | `HZ_PURGE_DELAY_MS` | 10 | how long free pages stay resident before `madvise(DONTNEED)`; 0 purges at once |
 //! | `HZ_PURGE_MAX_DIRTY_MB` | 32 | dirty (free, still resident) memory above this is purged at once, oldest first |
+//! | `HZ_PURGE_MAX_DIRTY_LARGE_MB` | 64 | the same for the pages of freed blocks of 2 MiB and more (the huge-page zone), counted apart |
 //! | `HZ_SHOW_STATS` | 0 | 1: print the statistics table to stderr at exit |
 //! | `HZ_VERBOSE` | 0 | 1: print warnings (arena fallbacks, foreign frees) to stderr |
 //! | `HZ_ARENA_GB` | 64 | size of the first address-space reservation, in GiB |
@@ -17,6 +18,7 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering};
 pub struct Config {
     pub purge_delay_ms: AtomicU64,
     pub max_dirty_bytes: AtomicU64,
+    pub max_dirty_large_bytes: AtomicU64,
     pub show_stats: AtomicU32,
     pub verbose: AtomicU32,
     pub arena_bytes: AtomicU64,
@@ -28,6 +30,7 @@ pub struct Config {
 pub static CONFIG: Config = Config {
     purge_delay_ms: AtomicU64::new(10),
     max_dirty_bytes: AtomicU64::new(32 << 20),
+    max_dirty_large_bytes: AtomicU64::new(64 << 20),
     show_stats: AtomicU32::new(0),
     verbose: AtomicU32::new(0),
     arena_bytes: AtomicU64::new(64 << 30),
@@ -75,6 +78,10 @@ pub fn load() {
     }
     if let Some(v) = env(b"HZ_PURGE_MAX_DIRTY_MB\0") {
         c.max_dirty_bytes
+            .store(v.saturating_mul(1 << 20), Ordering::Relaxed);
+    }
+    if let Some(v) = env(b"HZ_PURGE_MAX_DIRTY_LARGE_MB\0") {
+        c.max_dirty_large_bytes
             .store(v.saturating_mul(1 << 20), Ordering::Relaxed);
     }
     if let Some(v) = env(b"HZ_SHOW_STATS\0") {

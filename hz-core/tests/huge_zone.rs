@@ -217,3 +217,57 @@ fn freed_extents_are_purged_whole() {
         );
     }
 }
+
+/// Free pages of blocks of 2 MiB and more count against their own cap
+/// (`HZ_PURGE_MAX_DIRTY_LARGE_MB`), not the spans' (`HZ_PURGE_MAX_DIRTY_MB`):
+/// with caps of 8 and 40 MiB and purging by age held off, 24 MiB of freed
+/// large blocks stay resident, and 80 MiB are purged down to 40.
+#[test]
+#[cfg(not(feature = "secure"))]
+fn large_blocks_have_their_own_dirty_cap() {
+    if !child::in_child(
+        MARKER,
+        "large_blocks_have_their_own_dirty_cap",
+        &[
+            ("HZ_PURGE_MAX_DIRTY_MB", "8"),
+            ("HZ_PURGE_MAX_DIRTY_LARGE_MB", "40"),
+            ("HZ_PURGE_DELAY_MS", "1000000"),
+        ],
+        &["HZ_THP"],
+    ) {
+        return;
+    }
+    let dirty = || {
+        let s = hz_core::stats();
+        (s.resident - s.in_use) as usize
+    };
+    let cycle = |blocks: usize| {
+        let v: Vec<*mut u8> = (0..blocks)
+            .map(|_| {
+                let p = hz_core::malloc(4 * MIB);
+                assert!(!p.is_null());
+                // SAFETY: p has 4 MiB.
+                unsafe { std::ptr::write_bytes(p, 0x3c, 4 * MIB) };
+                p
+            })
+            .collect();
+        for p in v {
+            // SAFETY: a live block of hz.
+            unsafe { hz_core::free(p) };
+        }
+    };
+    cycle(6);
+    let d = dirty();
+    assert!(
+        d >= 24 * MIB,
+        "{:.1} MiB dirty after freeing 24 MiB of large blocks (cap 40 MiB)",
+        child::mib(d)
+    );
+    cycle(20);
+    let d = dirty();
+    assert!(
+        (24 * MIB..=40 * MIB).contains(&d),
+        "{:.1} MiB dirty after freeing 80 MiB of large blocks (cap 40 MiB)",
+        child::mib(d)
+    );
+}
