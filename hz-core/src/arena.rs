@@ -180,8 +180,6 @@ pub const HUGE_RUN_PAGES: usize = HUGE_PAGE / PAGE_SIZE;
 struct PageState {
     /// Free runs per zone, by length.
     free: [[*mut PageMeta; FREE_LISTS]; 2],
-    /// The zone of each arena.
-    zone: [Zone; MAX_ARENAS],
     /// Dirty free runs per zone, oldest first, and their hulls' pages.
     dirty_head: [*mut PageMeta; 2],
     dirty_tail: [*mut PageMeta; 2],
@@ -204,7 +202,6 @@ static PAGES: Pages = Pages {
     lock: Mutex::new(),
     st: UnsafeCell::new(PageState {
         free: [[null_mut(); FREE_LISTS]; 2],
-        zone: [Zone::Normal; MAX_ARENAS],
         dirty_head: [null_mut(); 2],
         dirty_tail: [null_mut(); 2],
         dirty_pages: [0; 2],
@@ -357,7 +354,7 @@ unsafe fn free_insert(st: &mut PageState, m: *mut PageMeta) {
     // SAFETY: m is a free head meta; lists are consistent (PAGES held).
     unsafe {
         let l = list_of((*m).pages as usize);
-        let list = &mut st.free[st.zone[(*m).arena as usize] as usize][l];
+        let list = &mut st.free[zone_of(m) as usize][l];
         (*m).fprev = null_mut();
         (*m).fnext = *list;
         if !list.is_null() {
@@ -372,7 +369,7 @@ unsafe fn free_remove(st: &mut PageState, m: *mut PageMeta) {
     unsafe {
         let l = list_of((*m).pages as usize);
         if (*m).fprev.is_null() {
-            st.free[st.zone[(*m).arena as usize] as usize][l] = (*m).fnext;
+            st.free[zone_of(m) as usize][l] = (*m).fnext;
         } else {
             (*(*m).fprev).fnext = (*m).fnext;
         }
@@ -386,7 +383,7 @@ unsafe fn dirty_append(st: &mut PageState, m: *mut PageMeta) {
     // SAFETY: m is a free head not in the dirty list.
     unsafe {
         (*m).dnext = null_mut();
-        let z = st.zone[(*m).arena as usize] as usize;
+        let z = zone_of(m) as usize;
         (*m).dprev = st.dirty_tail[z];
         if st.dirty_tail[z].is_null() {
             st.dirty_head[z] = m;
@@ -401,7 +398,7 @@ unsafe fn dirty_append(st: &mut PageState, m: *mut PageMeta) {
 unsafe fn dirty_remove(st: &mut PageState, m: *mut PageMeta) {
     // SAFETY: m is in the dirty list.
     unsafe {
-        let z = st.zone[(*m).arena as usize] as usize;
+        let z = zone_of(m) as usize;
         if (*m).dprev.is_null() {
             st.dirty_head[z] = (*m).dnext;
         } else {
@@ -552,8 +549,13 @@ pub fn huge_zone_on() -> bool {
 /// # Safety
 /// `m` is a meta of an arena.
 pub unsafe fn zone_of(m: *mut PageMeta) -> Zone {
-    // SAFETY: caller's contract; `huge` is set before the arena is published.
-    if ARENAS[unsafe { (*m).arena } as usize].huge.load(Relaxed) {
+    // SAFETY: caller's contract.
+    arena_zone(unsafe { (*m).arena } as usize)
+}
+
+/// The zone of arena `a` (set before the arena is published).
+fn arena_zone(a: usize) -> Zone {
+    if ARENAS[a].huge.load(Relaxed) {
         Zone::Huge
     } else {
         Zone::Normal
@@ -603,7 +605,7 @@ unsafe fn alloc_run_locked(
     // 2. Never-used pages at the top of an arena.
     let n = NARENAS.load(Relaxed);
     for a in 0..n {
-        if st.zone[a] != zone {
+        if arena_zone(a) != zone {
             continue;
         }
         // SAFETY: PAGES held; arena a exists.
@@ -719,7 +721,7 @@ unsafe fn free_run_as(m: *mut PageMeta, k: usize, moved: bool) {
     // resident (and moved pages move whole extents).
     // SAFETY: m is a meta of an arena.
     let k = if unsafe { zone_of(m) } == Zone::Huge {
-        k.saturating_add(HUGE_RUN_PAGES - 1) / HUGE_RUN_PAGES * HUGE_RUN_PAGES
+        k.next_multiple_of(HUGE_RUN_PAGES)
     } else {
         k
     };
@@ -957,7 +959,6 @@ fn new_arena(st: &mut PageState, min_pages: usize, zone: Zone) -> Option<usize> 
             }
             let a = &ARENAS[n];
             a.huge.store(zone == Zone::Huge, Relaxed);
-            st.zone[n] = zone;
             a.tags.store(tags, Relaxed);
             a.metas.store(metas, Relaxed);
             #[cfg(feature = "secure")]
