@@ -92,6 +92,9 @@ pub struct PageMeta {
     /// (`heap::span_push`; the default build keeps `bits` instead).
     #[cfg(feature = "secure")]
     pub free: *mut u8,
+    /// The span's first block: its first page plus its colour
+    /// (`class::COLOR_MIN_SIZE`; the secure build does not colour).
+    pub base: usize,
     /// Start of the span's never-carved tail (`secure` builds copy it to
     /// `ArenaSlot::carved` for other threads to read).
     pub bump: AtomicPtr<u8>,

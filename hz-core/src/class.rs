@@ -146,6 +146,10 @@ fn class_for_aligned(size: usize, align: usize) -> usize {
             return 0;
         }
     }
+    // Coloured classes' blocks are only 64-byte aligned (default build).
+    if !cfg!(feature = "secure") && align > 64 && CLASS_SIZE[c] as usize >= COLOR_MIN_SIZE {
+        return 0;
+    }
     c
 }
 
@@ -181,6 +185,26 @@ pub fn fits_class(size: usize, align: usize, c: usize) -> bool {
     (size as u64).wrapping_sub(lo as u64) <= span as u64
 }
 
+/// Spans of the classes above 32 KiB start their blocks at a per-span
+/// offset ("colour", a multiple of 64 bytes up to [`COLOR_SPAN`]) in the
+/// default build: otherwise every such block starts at a multiple of 8 KiB
+/// or more from a 64 KiB-aligned span, so the first lines of all big
+/// blocks fall into the same few cache sets and evict each other (E56).
+/// Their blocks are then only 64-byte aligned: requests aligned to more
+/// are served as page runs ([`class_for`]).
+pub const COLOR_MIN_SIZE: usize = (32 << 10) + 1;
+/// Bytes at the end of a coloured class's span left for the colour.
+pub const COLOR_SPAN: usize = 4096;
+
+/// Bytes of a class's span set aside for its colour.
+const fn color_reserve(size: usize) -> usize {
+    if size >= COLOR_MIN_SIZE {
+        COLOR_SPAN
+    } else {
+        0
+    }
+}
+
 const fn gen_span_pages() -> [u32; NUM_CLASSES] {
     let sizes = gen_sizes();
     let mut p = [0u32; NUM_CLASSES];
@@ -191,7 +215,7 @@ const fn gen_span_pages() -> [u32; NUM_CLASSES] {
         let mut pages = 1;
         loop {
             let bytes = pages * PAGE_SIZE;
-            let n = bytes / s;
+            let n = (bytes - color_reserve(s)) / s;
             let waste = bytes - n * s;
             if n >= min_blocks && waste * 8 <= bytes {
                 break;
@@ -205,6 +229,22 @@ const fn gen_span_pages() -> [u32; NUM_CLASSES] {
 }
 /// Pages per span of each class.
 pub static SPAN_PAGES: [u32; NUM_CLASSES] = gen_span_pages();
+
+const fn gen_span_blocks() -> [u32; NUM_CLASSES] {
+    let sizes = gen_sizes();
+    let pages = gen_span_pages();
+    let mut n = [0u32; NUM_CLASSES];
+    let mut c = 1;
+    while c < NUM_CLASSES {
+        let s = sizes[c] as usize;
+        n[c] = ((pages[c] as usize * PAGE_SIZE - color_reserve(s)) / s) as u32;
+        c += 1;
+    }
+    n
+}
+/// Blocks per span of each class (default build; the secure build gives
+/// the span's last 4 KiB to a guard page and does not colour).
+pub static SPAN_BLOCKS: [u32; NUM_CLASSES] = gen_span_blocks();
 
 const fn gen_bin_cap() -> [u32; NUM_CLASSES] {
     let sizes = gen_sizes();
@@ -336,8 +376,9 @@ mod tests {
     fn spans_hold_enough_blocks_with_little_waste() {
         for c in 1..NUM_CLASSES {
             let bytes = SPAN_PAGES[c] as usize * PAGE_SIZE;
-            let n = bytes / CLASS_SIZE[c] as usize;
+            let n = SPAN_BLOCKS[c] as usize;
             assert!(n >= 4);
+            assert!(n * CLASS_SIZE[c] as usize + color_reserve(CLASS_SIZE[c] as usize) <= bytes);
             assert!((bytes - n * CLASS_SIZE[c] as usize) * 8 <= bytes);
             assert!(BIN_CAP[c] >= 16 && BIN_CAP[c] <= 256);
         }

@@ -460,10 +460,7 @@ static DIV_EXACT: [(u32, u64); NUM_CLASSES] = {
         }
         assert!(d.wrapping_mul(x) == 1);
         // Every span's blocks fit its bitmap.
-        assert!(
-            (SPAN_PAGES[c] as usize * PAGE_SIZE) / CLASS_SIZE[c] as usize
-                <= arena::SPAN_BITMAP_WORDS * 64
-        );
+        assert!(crate::class::SPAN_BLOCKS[c] as usize <= arena::SPAN_BITMAP_WORDS * 64);
         t[c] = (s, x);
         c += 1;
     }
@@ -476,7 +473,7 @@ static DIV_EXACT: [(u32, u64); NUM_CLASSES] = {
 fn block_index(m: *mut PageMeta, c: usize, b: *mut u8) -> usize {
     let (s, inv) = DIV_EXACT[c];
     // SAFETY: m is a live span's head meta.
-    let off = b as usize - unsafe { (*m).addr };
+    let off = b as usize - unsafe { (*m).base };
     ((off >> s) as u64).wrapping_mul(inv) as usize
 }
 
@@ -561,9 +558,23 @@ unsafe fn new_span(h: *mut Heap, c: usize) -> bool {
     let size = CLASS_SIZE[c] as usize;
     let span_bytes = SPAN_PAGES[c] as usize * PAGE_SIZE;
     #[cfg(not(feature = "secure"))]
-    let n = span_bytes / size;
+    let (n, base) = {
+        let n = crate::class::SPAN_BLOCKS[c] as usize;
+        // The colour: a multiple of 64 bytes up to the span's slack (at
+        // most `COLOR_SPAN`), from the span's address, so that the first
+        // lines of big blocks spread over the cache sets (E56).
+        let off = if size >= crate::class::COLOR_MIN_SIZE {
+            let steps = ((span_bytes - n * size).min(crate::class::COLOR_SPAN) / 64) as u64;
+            let h = ((run.addr as u64) >> 16).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58;
+            (h % (steps + 1)) as usize * 64
+        } else {
+            0
+        };
+        // SAFETY: off + n * size <= span_bytes: inside the run.
+        (n, unsafe { run.addr.add(off) })
+    };
     #[cfg(feature = "secure")]
-    let n = (span_bytes - crate::secure::GUARD) / size;
+    let (n, base) = ((span_bytes - crate::secure::GUARD) / size, run.addr);
     // SAFETY: the run is ours.
     unsafe {
         #[cfg(feature = "secure")]
@@ -578,8 +589,9 @@ unsafe fn new_span(h: *mut Heap, c: usize) -> bool {
             (*m).bits = bits;
             (*m).free_lo = u32::MAX;
         }
-        (*m).bump.store(run.addr, Relaxed);
-        (*m).end = run.addr.add(n * size);
+        (*m).base = base as usize;
+        (*m).bump.store(base, Relaxed);
+        (*m).end = base.add(n * size);
         #[cfg(feature = "secure")]
         crate::secure::take_run(&run, SPAN_PAGES[c] as usize, true);
         #[cfg(feature = "secure")]
@@ -781,7 +793,7 @@ unsafe fn take_from_bitmap(
     // the bitmap after k <= nfree of them; the bin has room up to target.
     unsafe {
         let k = nfree.min(target.offset_from(bin.top).max(0) as usize);
-        let base = (*m).addr;
+        let base = (*m).base;
         let bits = (*m).bits;
         let mut i = (*m).free_lo as usize;
         let mut w = *bits.add(i);
