@@ -205,6 +205,12 @@ const fn color_reserve(size: usize) -> usize {
     }
 }
 
+/// Blocks of `size` bytes in a span of `pages` pages, its colour's room
+/// kept.
+const fn blocks_in(pages: usize, size: usize) -> usize {
+    (pages * PAGE_SIZE - color_reserve(size)) / size
+}
+
 const fn gen_span_pages() -> [u32; NUM_CLASSES] {
     let sizes = gen_sizes();
     let mut p = [0u32; NUM_CLASSES];
@@ -215,7 +221,7 @@ const fn gen_span_pages() -> [u32; NUM_CLASSES] {
         let mut pages = 1;
         loop {
             let bytes = pages * PAGE_SIZE;
-            let n = (bytes - color_reserve(s)) / s;
+            let n = blocks_in(pages, s);
             let waste = bytes - n * s;
             if n >= min_blocks && waste * 8 <= bytes {
                 break;
@@ -236,8 +242,7 @@ const fn gen_span_blocks() -> [u32; NUM_CLASSES] {
     let mut n = [0u32; NUM_CLASSES];
     let mut c = 1;
     while c < NUM_CLASSES {
-        let s = sizes[c] as usize;
-        n[c] = ((pages[c] as usize * PAGE_SIZE - color_reserve(s)) / s) as u32;
+        n[c] = blocks_in(pages[c] as usize, sizes[c] as usize) as u32;
         c += 1;
     }
     n
