@@ -740,9 +740,7 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
             let same_zone = zone == unsafe { arena::zone_of(mq) };
             let move_len = match zone {
                 arena::Zone::Normal => old_usable,
-                arena::Zone::Huge => {
-                    old_usable.next_multiple_of(arena::HUGE_RUN_PAGES << PAGE_SHIFT)
-                }
+                arena::Zone::Huge => zone.round(given) << PAGE_SHIFT,
             };
             unsafe {
                 if clean && same_zone && old_usable >= MREMAP_MIN && os::move_pages(p, q, move_len)

@@ -180,6 +180,17 @@ pub enum Zone {
 /// Pages of a 2 MiB huge page.
 pub const HUGE_RUN_PAGES: usize = HUGE_PAGE / PAGE_SIZE;
 
+impl Zone {
+    /// `pages` rounded up to what a run of this zone is made of: whole
+    /// 2 MiB extents in the huge zone.
+    pub const fn round(self, pages: usize) -> usize {
+        match self {
+            Zone::Normal => pages,
+            Zone::Huge => pages.next_multiple_of(HUGE_RUN_PAGES),
+        }
+    }
+}
+
 struct PageState {
     /// Free runs per zone, by length.
     free: [[*mut PageMeta; FREE_LISTS]; 2],
@@ -506,12 +517,9 @@ pub fn alloc_run(pages: usize, align_pages: usize, zone: Zone) -> Option<Run> {
     if pages == 0 || pages > (1 << 31) || align_pages > (1 << 30) {
         return None;
     }
-    let shape = |zone| match zone {
+    let shape = |zone: Zone| match zone {
         Zone::Normal => (pages, align_pages.max(1)),
-        Zone::Huge => (
-            pages.next_multiple_of(HUGE_RUN_PAGES),
-            align_pages.max(HUGE_RUN_PAGES),
-        ),
+        Zone::Huge => (zone.round(pages), align_pages.max(HUGE_RUN_PAGES)),
     };
     let other = match zone {
         Zone::Normal if huge_zone_on() => Some(Zone::Huge),
@@ -723,11 +731,7 @@ unsafe fn free_run_as(m: *mut PageMeta, k: usize, moved: bool) {
     // In the huge zone a touched page makes its whole 2 MiB extent
     // resident (and moved pages move whole extents).
     // SAFETY: m is a meta of an arena.
-    let k = if unsafe { zone_of(m) } == Zone::Huge {
-        k.next_multiple_of(HUGE_RUN_PAGES)
-    } else {
-        k
-    };
+    let k = unsafe { zone_of(m) }.round(k);
     // SAFETY: m valid.
     let pages = unsafe { (*m).pages } as u64;
     PAGES.lock.lock();
@@ -864,10 +868,7 @@ pub fn dirty_pages() -> usize {
 /// `m` is the head of an in-use run owned by the caller.
 pub unsafe fn resize_run(m: *mut PageMeta, new_pages: usize) -> bool {
     // SAFETY: m is a meta of an arena.
-    let new_pages = match unsafe { zone_of(m) } {
-        Zone::Normal => new_pages,
-        Zone::Huge => new_pages.next_multiple_of(HUGE_RUN_PAGES),
-    };
+    let new_pages = unsafe { zone_of(m) }.round(new_pages);
     PAGES.lock.lock();
     // SAFETY: PAGES held; m is an in-use head.
     let ok = unsafe { resize_locked(&mut *PAGES.st.get(), m, new_pages) };
