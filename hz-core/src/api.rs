@@ -272,7 +272,7 @@ unsafe fn secure_free(p: *mut u8, layout: Option<Layout>) {
     }
     let pg = off >> PAGE_SHIFT;
     // SAFETY: off < len: pg is a page of arena 0.
-    let t = unsafe { *a0.tags.load(Relaxed).add(pg) };
+    let t = unsafe { *arena::tag_ptr(a0, pg) };
     if let Some(l) = layout {
         // The layout must name the tag's class (`class::fits_class`: one
         // table entry, where computing the layout's class and comparing
@@ -589,7 +589,7 @@ pub unsafe fn free(p: *mut u8) {
         return unsafe { free_not_small(p) };
     }
     // SAFETY: off < len: a page of arena 0.
-    let t = unsafe { *a0.tags.load(Relaxed).add(off >> PAGE_SHIFT) };
+    let t = unsafe { *arena::tag_ptr(a0, off >> PAGE_SHIFT) };
     let c = tag_class(t);
     if c != 0 {
         // SAFETY: the tag says p is a small block of class c.

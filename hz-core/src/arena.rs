@@ -96,7 +96,7 @@ pub struct PageMeta {
     /// (`class::COLOR_MIN_SIZE`; the secure build does not colour).
     pub base: usize,
     /// Start of the span's never-carved tail (`secure` builds copy it to
-    /// `ArenaSlot::carved` for other threads to read).
+    /// the word beside each page's tag for other threads to read).
     pub bump: AtomicPtr<u8>,
     pub end: *mut u8,
     pub used: u32,
@@ -131,14 +131,9 @@ pub struct ArenaSlot {
     pub base: AtomicUsize,
     /// Bytes of data pages.
     pub len: AtomicUsize,
+    /// The page tags, [`TAG_WORDS`] words per page (see [`tag_ptr`]).
     pub tags: AtomicPtr<u64>,
     pub metas: AtomicPtr<PageMeta>,
-    /// `secure` builds: one word per page, the carving point of the small
-    /// span holding the page (see `secure::set_carved`). Apart from the
-    /// page metas, whose lines the owner writes on every refill, so a
-    /// remote free reads a line that stays shared.
-    #[cfg(feature = "secure")]
-    pub carved: AtomicPtr<core::sync::atomic::AtomicUsize>,
     /// Default build: `SPAN_BITMAP_WORDS` words per page, the free-block
     /// bitmap of the small span whose first page it is.
     #[cfg(not(feature = "secure"))]
@@ -153,8 +148,6 @@ const EMPTY_SLOT: ArenaSlot = ArenaSlot {
     len: AtomicUsize::new(0),
     tags: AtomicPtr::new(null_mut()),
     metas: AtomicPtr::new(null_mut()),
-    #[cfg(feature = "secure")]
-    carved: AtomicPtr::new(null_mut()),
     #[cfg(not(feature = "secure"))]
     bits: AtomicPtr::new(null_mut()),
     huge: AtomicBool::new(false),
@@ -233,7 +226,25 @@ pub const SPAN_BITMAP_WORDS: usize = PAGE_SIZE / 16 / 64;
 #[cfg(not(feature = "secure"))]
 const META_BYTES: usize = core::mem::size_of::<PageMeta>() + 8 + SPAN_BITMAP_WORDS * 8;
 #[cfg(feature = "secure")]
-const META_BYTES: usize = core::mem::size_of::<PageMeta>() + 16;
+const META_BYTES: usize = core::mem::size_of::<PageMeta>() + 8 * TAG_WORDS;
+
+/// Words per page in an arena's tag table: the tag, and in `secure` builds
+/// the carving point of the small span holding the page beside it
+/// (`secure::set_carved`), so that a checked `free` reads one line of
+/// metadata for both. Apart from the page metas, whose lines the owner
+/// writes on every refill, so a remote free reads a line that stays shared.
+#[cfg(feature = "secure")]
+pub const TAG_WORDS: usize = 2;
+#[cfg(not(feature = "secure"))]
+pub const TAG_WORDS: usize = 1;
+
+/// The tag of page `idx` of arena slot `a` (a pointer into its table).
+#[inline(always)]
+pub fn tag_ptr(a: &ArenaSlot, idx: usize) -> *mut u64 {
+    // Callers pass a page of the arena; the table has TAG_WORDS words per
+    // page, so the result points into it.
+    a.tags.load(Relaxed).wrapping_add(idx * TAG_WORDS)
+}
 const MIN_ARENA: usize = 16 << 20;
 const HUGE_PAGE: usize = 2 << 20;
 
@@ -248,7 +259,7 @@ pub fn lookup(p: usize) -> (u64, usize) {
     let off = p.wrapping_sub(a.base.load(Relaxed));
     if off < a.len.load(Relaxed) {
         // SAFETY: off < len, so the index is within arena 0's tag table.
-        let t = unsafe { *a.tags.load(Relaxed).add(off >> PAGE_SHIFT) };
+        let t = unsafe { *tag_ptr(a, off >> PAGE_SHIFT) };
         return (t, 0);
     }
     lookup_slow(p)
@@ -262,7 +273,7 @@ fn lookup_slow(p: usize) -> (u64, usize) {
         let off = p.wrapping_sub(a.base.load(Relaxed));
         if off < a.len.load(Relaxed) {
             // SAFETY: index within arena i's tag table.
-            let t = unsafe { *a.tags.load(Relaxed).add(off >> PAGE_SHIFT) };
+            let t = unsafe { *tag_ptr(a, off >> PAGE_SHIFT) };
             return (t, i);
         }
     }
@@ -282,8 +293,8 @@ pub fn head_meta(p: usize, t: u64, arena: usize) -> *mut PageMeta {
 #[cfg(feature = "secure")]
 #[inline(always)]
 pub fn carved_word(arena: usize, idx: usize) -> *const core::sync::atomic::AtomicUsize {
-    // SAFETY: callers pass a page of the arena.
-    unsafe { ARENAS[arena].carved.load(Relaxed).add(idx) }
+    // The word after the page's tag (TAG_WORDS = 2), 8-byte aligned.
+    tag_ptr(&ARENAS[arena], idx).wrapping_add(1) as *const _
 }
 
 /// `secure`: page index of head meta `m` in its arena, and the arena.
@@ -302,10 +313,9 @@ pub unsafe fn set_tags(m: *mut PageMeta, class: usize, kind: u64, owner: u32) {
     let (arena, addr, pages) = unsafe { ((*m).arena as usize, (*m).addr, (*m).pages as usize) };
     let a = &ARENAS[arena];
     let idx = (addr - a.base.load(Relaxed)) >> PAGE_SHIFT;
-    let tags = a.tags.load(Relaxed);
     for i in 0..pages {
         // SAFETY: idx + i within the arena's tag table.
-        unsafe { *tags.add(idx + i) = make_tag(class, kind, owner, i) };
+        unsafe { *tag_ptr(a, idx + i) = make_tag(class, kind, owner, i) };
     }
 }
 
@@ -953,7 +963,8 @@ fn new_arena(st: &mut PageState, min_pages: usize, zone: Zone) -> Option<usize> 
         let total = meta + size + HUGE_PAGE;
         if let Some(map) = os::reserve(total) {
             let tags = map as *mut u64;
-            let metas = (map as usize + pages * 8).next_multiple_of(64) as *mut PageMeta;
+            let metas =
+                (map as usize + pages * 8 * TAG_WORDS).next_multiple_of(64) as *mut PageMeta;
             // Data starts on a 2 MiB boundary so transparent huge pages can
             // back it: the huge zone's arenas, and with `HZ_THP=2` all.
             let base = (map as usize + meta).next_multiple_of(HUGE_PAGE);
@@ -965,17 +976,10 @@ fn new_arena(st: &mut PageState, min_pages: usize, zone: Zone) -> Option<usize> 
             a.huge.store(zone == Zone::Huge, Relaxed);
             a.tags.store(tags, Relaxed);
             a.metas.store(metas, Relaxed);
-            #[cfg(feature = "secure")]
+            #[cfg(not(feature = "secure"))]
             {
                 // SAFETY: the tables fit in `meta` bytes (META_BYTES per
                 // page, plus alignment slack).
-                let carved = unsafe { metas.add(pages) } as usize;
-                a.carved
-                    .store(carved.next_multiple_of(64) as *mut _, Relaxed);
-            }
-            #[cfg(not(feature = "secure"))]
-            {
-                // SAFETY: as above: the bitmaps fit in `meta` bytes.
                 let bits = unsafe { metas.add(pages) } as usize;
                 a.bits.store(bits.next_multiple_of(64) as *mut u64, Relaxed);
             }

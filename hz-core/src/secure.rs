@@ -368,9 +368,10 @@ pub unsafe fn take_run(run: &arena::Run, pages: usize, guard: bool) {
 }
 
 /// Span `m` (class `c`) has been carved up to `p`: every page of the span
-/// records it in its word of `ArenaSlot::carved`, which a free reads for
-/// the page it lands on (no walk to the span's head, and no read of a meta
-/// line the owner keeps writing).
+/// records it in the word beside its tag (`arena::carved_word`), which a
+/// free reads for the page it lands on, from the line holding the tag (no
+/// walk to the span's head, and no read of a meta line the owner keeps
+/// writing).
 ///
 /// # Safety
 /// `m` heads a span of class `c` that the caller owns.
