@@ -97,6 +97,10 @@ pub struct Counts {
     pub fallbacks: u64,
     /// Blocks still in slots at the end, freed after the clock stopped.
     pub cleanup_frees: u64,
+    /// The program's own backlog: per thread, the most blocks one drain of
+    /// its ring found queued, summed over threads. Blocks queued in a ring
+    /// are live, so peak RSS includes them whatever the allocator.
+    pub backlog: u64,
 }
 
 impl Counts {
@@ -107,6 +111,7 @@ impl Counts {
         self.remote_recv += o.remote_recv;
         self.fallbacks += o.fallbacks;
         self.cleanup_frees += o.cleanup_frees;
+        self.backlog += o.backlog;
     }
 
     /// Operations: a remote free counts once when sent and once when freed.
@@ -227,7 +232,8 @@ fn worker<A: GlobalAlloc>(
     barrier.wait();
     let begin = Instant::now();
     for _ in 0..cfg.iters_per_thread {
-        rx.drain(|e| free_received(e, &mut c));
+        let n = rx.drain(|e| free_received(e, &mut c)) as u64;
+        c.backlog = c.backlog.max(n);
         let k = rng.below(cfg.ws as u64) as usize;
         let slot = &mut slots[k];
         if slot.ptr.is_null() {
@@ -269,7 +275,8 @@ fn worker<A: GlobalAlloc>(
     done.fetch_add(1, Ordering::Release);
     loop {
         let all = done.load(Ordering::Acquire) == t;
-        rx.drain(|e| free_received(e, &mut c));
+        let n = rx.drain(|e| free_received(e, &mut c)) as u64;
+        c.backlog = c.backlog.max(n);
         if all {
             break;
         }
@@ -288,7 +295,7 @@ fn worker<A: GlobalAlloc>(
 pub fn result_line(r: &RingResult, maxrss_kib: u64) -> String {
     let c = &r.counts;
     format!(
-        "HZB_RESULT allocs={} local={} sent={} recv={} fallback={} cleanup={} ns={} maxrss_kib={}",
+        "HZB_RESULT allocs={} local={} sent={} recv={} fallback={} cleanup={} ns={} maxrss_kib={} backlog={}",
         c.allocs,
         c.local_frees,
         c.remote_sent,
@@ -296,7 +303,8 @@ pub fn result_line(r: &RingResult, maxrss_kib: u64) -> String {
         c.fallbacks,
         c.cleanup_frees,
         r.elapsed.as_nanos(),
-        maxrss_kib
+        maxrss_kib,
+        c.backlog
     )
 }
 
@@ -315,6 +323,7 @@ pub fn parse_result_line(text: &str) -> Option<(RingResult, u64)> {
         remote_recv: get("recv")?,
         fallbacks: get("fallback")?,
         cleanup_frees: get("cleanup")?,
+        backlog: get("backlog")?,
     };
     Some((
         RingResult {
@@ -349,6 +358,7 @@ mod tests {
                 remote_recv: 4,
                 fallbacks: 1,
                 cleanup_frees: 3,
+                backlog: 2,
             },
             elapsed: Duration::from_nanos(12345),
         };

@@ -54,6 +54,8 @@ pub struct Summary {
     /// Worst repetition's fallback %.
     pub fallback_pct: Option<f64>,
     pub maxrss_kib: f64,
+    /// Median of the program's backlog ([`Counts::backlog`]; matrix only).
+    pub backlog: Option<f64>,
     /// hz's median time divided by this allocator's (None without hz).
     pub hz_ratio: Option<f64>,
 }
@@ -115,6 +117,8 @@ pub fn summarize(samples: &[Sample]) -> Vec<Summary> {
                 .then(|| median(counts.iter().map(|c| c.remote_pct()).collect())),
             fallback_pct: counts.iter().map(|c| c.fallback_pct()).reduce(f64::max),
             maxrss_kib: median(reps.iter().map(|r| r.maxrss_kib as f64).collect()),
+            backlog: (!counts.is_empty())
+                .then(|| median(counts.iter().map(|c| c.backlog as f64).collect())),
             hz_ratio: None,
         });
     }
@@ -326,6 +330,15 @@ fn mib(kib: f64) -> String {
     format!("{:.1}", kib / 1024.0)
 }
 
+/// A count of blocks, in thousands from 10 000 on ("—" when not measured).
+fn blocks(v: Option<f64>) -> String {
+    match v {
+        None => "—".into(),
+        Some(v) if v >= 10_000.0 => format!("{:.0}k", v / 1000.0),
+        Some(v) => format!("{v:.0}"),
+    }
+}
+
 fn notes(s: &Summary, cores: usize) -> String {
     let mut n = Vec::new();
     if !s.comparable() {
@@ -373,8 +386,8 @@ pub fn markdown(sums: &[Summary], cores: usize, ring: bool) -> String {
     for (mode, group, desc) in tables {
         if ring {
             let _ = writeln!(md, "\n### {mode} · lane {group} ({desc})\n");
-            md.push_str("| T | R% | allocator | Mops/s | time ms | hz time ÷ this | remote % | fallback % | peak RSS MiB | note |\n");
-            md.push_str("|--:|--:|:--|--:|--:|:--|--:|--:|--:|:--|\n");
+            md.push_str("| T | R% | allocator | Mops/s | time ms | hz time ÷ this | remote % | fallback % | peak RSS MiB | backlog | note |\n");
+            md.push_str("|--:|--:|:--|--:|--:|:--|--:|--:|--:|--:|:--|\n");
         } else {
             let _ = writeln!(md, "\n### workloads · {mode}\n");
             md.push_str("| workload | T | allocator | Mops/s | time ms | hz time ÷ this | peak RSS MiB | note |\n");
@@ -398,7 +411,7 @@ pub fn markdown(sums: &[Summary], cores: usize, ring: bool) -> String {
             if ring {
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {} | {} | {:.1} | {} | {:.1} | {:.3} | {} | {} |",
+                    "| {} | {} | {} | {} | {:.1} | {} | {:.1} | {:.3} | {} | {} | {} |",
                     show(s.threads.to_string()),
                     show(s.remote.unwrap_or(0).to_string()),
                     name,
@@ -408,6 +421,7 @@ pub fn markdown(sums: &[Summary], cores: usize, ring: bool) -> String {
                     s.remote_pct.unwrap_or(0.0),
                     s.fallback_pct.unwrap_or(0.0),
                     mib(s.maxrss_kib),
+                    blocks(s.backlog),
                     notes(s, cores)
                 );
             } else {
@@ -509,6 +523,66 @@ pub fn versus_markdown(sums: &[Summary], ring: bool) -> String {
             }
         }
         md.push('\n');
+    }
+    md
+}
+
+/// Peak RSS of hz against `reference` (mimalloc) in every cell that has
+/// both: per mode, how many cells are at or under `limit` times the
+/// reference's, then the cells over it. Matrix cells also show both runs'
+/// backlog ([`Counts::backlog`]): blocks queued in the rings are live, so a
+/// run that queues more holds more memory whatever the allocator.
+pub fn rss_markdown(sums: &[Summary], reference: &str, limit: f64) -> String {
+    let cells: Vec<(&Summary, &Summary)> = sums
+        .iter()
+        .filter(|s| s.alloc == "hz")
+        .filter_map(|h| {
+            sums.iter()
+                .find(|r| r.alloc == reference && r.same_cell(h))
+                .map(|r| (h, r))
+        })
+        .collect();
+    if cells.is_empty() {
+        return String::new();
+    }
+    let over = |(h, r): &(&Summary, &Summary)| h.maxrss_kib > limit * r.maxrss_kib;
+    let mut md = format!("\n### peak RSS: hz ÷ {reference} (target: at most {limit:.2})\n\n");
+    let mut modes: Vec<&str> = Vec::new();
+    for (h, _) in &cells {
+        if !modes.contains(&h.mode) {
+            modes.push(h.mode);
+        }
+    }
+    for m in modes {
+        let n = cells.iter().filter(|(h, _)| h.mode == m).count();
+        let ok = cells.iter().filter(|c| c.0.mode == m && !over(c)).count();
+        let _ = writeln!(md, "- {m}: {ok} of {n} cells at or under {limit:.2}");
+    }
+    let bad: Vec<_> = cells.iter().filter(|c| over(c)).collect();
+    if bad.is_empty() {
+        return md;
+    }
+    let _ = writeln!(
+        md,
+        "\n| mode | lane or workload | T | R% | hz MiB | {reference} MiB | hz ÷ {reference} | hz backlog | {reference} backlog |"
+    );
+    md.push_str("|:--|:--|--:|--:|--:|--:|--:|--:|--:|\n");
+    for (h, r) in bad {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | **{:.2}** | {} | {} |",
+            h.mode,
+            h.group,
+            h.threads,
+            h.remote
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "—".into()),
+            mib(h.maxrss_kib),
+            mib(r.maxrss_kib),
+            h.maxrss_kib / r.maxrss_kib,
+            blocks(h.backlog),
+            blocks(r.backlog)
+        );
     }
     md
 }
@@ -732,13 +806,13 @@ pub fn secure_markdown(rows: &[SecureRow], limit: f64) -> String {
 /// CSV, one row per summary.
 pub fn csv(sums: &[Summary]) -> String {
     let mut s = String::from(
-        "mode,group,desc,threads,remote_pct_asked,allocator,reps,median_ns,median_mops,remote_pct,fallback_pct,peak_rss_kib,hz_time_ratio,comparable\n",
+        "mode,group,desc,threads,remote_pct_asked,allocator,reps,median_ns,median_mops,remote_pct,fallback_pct,peak_rss_kib,backlog,hz_time_ratio,comparable\n",
     );
     for x in sums {
         let opt = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_default();
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{},{:.0},{:.4},{},{},{:.0},{},{}",
+            "{},{},{},{},{},{},{},{:.0},{:.4},{},{},{:.0},{},{},{}",
             x.mode,
             x.group,
             x.desc,
@@ -751,6 +825,7 @@ pub fn csv(sums: &[Summary]) -> String {
             opt(x.remote_pct),
             opt(x.fallback_pct),
             x.maxrss_kib,
+            x.backlog.map(|b| format!("{b:.0}")).unwrap_or_default(),
             opt(x.hz_ratio),
             x.comparable()
         );
@@ -798,11 +873,11 @@ pub fn json(header: &[(String, String)], sums: &[Summary], samples: &[Sample]) -
     for (i, x) in sums.iter().enumerate() {
         let _ = write!(
             s,
-            "    {{\"mode\": {}, \"group\": {}, \"desc\": {}, \"threads\": {}, \"remote_pct_asked\": {}, \"allocator\": {}, \"reps\": {}, \"median_ns\": {}, \"median_mops\": {}, \"remote_pct\": {}, \"fallback_pct\": {}, \"peak_rss_kib\": {}, \"hz_time_ratio\": {}, \"comparable\": {}}}",
+            "    {{\"mode\": {}, \"group\": {}, \"desc\": {}, \"threads\": {}, \"remote_pct_asked\": {}, \"allocator\": {}, \"reps\": {}, \"median_ns\": {}, \"median_mops\": {}, \"remote_pct\": {}, \"fallback_pct\": {}, \"peak_rss_kib\": {}, \"backlog\": {}, \"hz_time_ratio\": {}, \"comparable\": {}}}",
             js(x.mode), js(&x.group), js(&x.desc), x.threads,
             x.remote.map(|r| r.to_string()).unwrap_or_else(|| "null".into()),
             js(&x.alloc), x.reps, jf(x.ns), jf(x.mops), jo(x.remote_pct), jo(x.fallback_pct),
-            jf(x.maxrss_kib), jo(x.hz_ratio), x.comparable()
+            jf(x.maxrss_kib), jo(x.backlog), jo(x.hz_ratio), x.comparable()
         );
         s.push_str(if i + 1 < sums.len() { ",\n" } else { "\n" });
     }
@@ -810,8 +885,8 @@ pub fn json(header: &[(String, String)], sums: &[Summary], samples: &[Sample]) -
     for (i, x) in samples.iter().enumerate() {
         let c = x.counts.map(|c| {
             format!(
-                ", \"allocs\": {}, \"local_frees\": {}, \"remote_sent\": {}, \"remote_recv\": {}, \"fallbacks\": {}, \"cleanup_frees\": {}",
-                c.allocs, c.local_frees, c.remote_sent, c.remote_recv, c.fallbacks, c.cleanup_frees
+                ", \"allocs\": {}, \"local_frees\": {}, \"remote_sent\": {}, \"remote_recv\": {}, \"fallbacks\": {}, \"cleanup_frees\": {}, \"backlog\": {}",
+                c.allocs, c.local_frees, c.remote_sent, c.remote_recv, c.fallbacks, c.cleanup_frees, c.backlog
             )
         });
         let _ = write!(
@@ -856,6 +931,7 @@ mod tests {
                 remote_recv: 220,
                 fallbacks: 1,
                 cleanup_frees: 0,
+                backlog: 40,
             }),
             xcore_ns: None,
         }
@@ -893,6 +969,39 @@ mod tests {
             md.contains("0 of 1 cells at or under 0.90, 0 at or under 1.00"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn rss_against_mimalloc_counts_cells_and_lists_those_over() {
+        let with = |alloc: &str, rep: usize, threads: usize, kib: u64, backlog: u64| {
+            let mut x = sample(alloc, rep, 100);
+            x.cell.threads = threads;
+            x.maxrss_kib = kib;
+            x.counts.as_mut().unwrap().backlog = backlog;
+            x
+        };
+        let s = vec![
+            // T=4: hz 1.10x (at the limit), T=16: hz 1.50x with 3x the backlog.
+            with("hz", 0, 4, 1100, 10),
+            with("mimalloc", 0, 4, 1000, 10),
+            with("hz", 0, 16, 3072, 30_000),
+            with("hz", 1, 16, 3072, 36_000),
+            with("mimalloc", 0, 16, 2048, 11_000),
+            with("mimalloc", 1, 16, 2048, 9_000),
+        ];
+        let sums = summarize(&s);
+        assert_eq!(sums[2].backlog, Some(33_000.0));
+        let md = rss_markdown(&sums, "mimalloc", 1.10);
+        assert!(
+            md.contains("- in-process: 1 of 2 cells at or under 1.10"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| in-process | main | 16 | 90 | 3.0 | 2.0 | **1.50** | 33k | 10k |"),
+            "{md}"
+        );
+        assert!(!md.contains("| main | 4 |"), "{md}");
+        assert_eq!(rss_markdown(&sums, "jemalloc", 1.10), "");
     }
 
     #[test]

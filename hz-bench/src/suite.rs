@@ -411,6 +411,9 @@ pub fn measure_matrix(
     (samples, probes)
 }
 
+/// Issue 7's memory target: hz's peak RSS at most this times mimalloc's.
+const RSS_LIMIT: f64 = 1.10;
+
 /// Round trips per cross-core probe: a few ms at most.
 const PROBE_ROUNDS: u64 = 10_000;
 
@@ -452,6 +455,7 @@ pub fn matrix(o: &Opts) -> Vec<Summary> {
     let sums = report::summarize(&samples);
     print!("{}", report::markdown(&sums, m.cores, true));
     print!("{}", report::versus_markdown(&sums, true));
+    print!("{}", report::rss_markdown(&sums, "mimalloc", RSS_LIMIT));
     if sums.iter().any(|s| !s.comparable()) {
         println!("\nCells marked **not comparable** had more than {FALLBACK_LIMIT_PCT}% of remote frees fall back to local frees (ring full): rerun with a larger --ring.");
     }
@@ -532,6 +536,7 @@ pub fn workloads(o: &Opts) -> Vec<Summary> {
     let sums = report::summarize(&samples);
     print!("{}", report::markdown(&sums, m.cores, false));
     print!("{}", report::versus_markdown(&sums, false));
+    print!("{}", report::rss_markdown(&sums, "mimalloc", RSS_LIMIT));
     write_out(
         o,
         "workloads",
@@ -598,9 +603,10 @@ fn write_out(
     }
     let header = json_header(name, o, m, runners, notes);
     let md = format!(
-        "{head}{}{}{extra_md}",
+        "{head}{}{}{}{extra_md}",
         report::markdown(sums, m.cores, ring),
-        report::versus_markdown(sums, ring)
+        report::versus_markdown(sums, ring),
+        report::rss_markdown(sums, "mimalloc", RSS_LIMIT)
     );
     let files = [
         (format!("{name}.csv"), report::csv(sums)),
