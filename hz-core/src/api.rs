@@ -253,6 +253,24 @@ unsafe fn free_large(m: *mut arena::PageMeta, moved: bool) {
         .large_allocated
         .fetch_sub(pages << PAGE_SHIFT, Relaxed);
     counters::STATS.large_count.fetch_sub(1, Relaxed);
+    // The default build keeps a run below 2 MiB in the freeing thread's
+    // heap for its next large block; its tags are cleared first, so a
+    // second free of the block is ignored as it is for a returned run.
+    #[cfg(not(feature = "secure"))]
+    if !moved {
+        let h = heap::heap_of_slot(tls::get());
+        // SAFETY: h is this thread's heap, in no other operation; m heads
+        // the run the caller gives up.
+        if !h.is_null() && unsafe { (*m).pages as usize } < arena::HUGE_RUN_PAGES {
+            // SAFETY: as above: the run's tags are the caller's to clear.
+            unsafe { arena::set_tags(m, 0, arena::KIND_FREE, 0) };
+            // SAFETY: as above.
+            if unsafe { heap::large_put(h, m) } {
+                heap::tick_current();
+                return;
+            }
+        }
+    }
     // SAFETY: as above; the program wrote no page past `given`, and when
     // `moved`, those pages are empty.
     unsafe { arena::free_large_run(m, (*m).given as usize, moved) };
@@ -446,6 +464,15 @@ fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
     let align_pages = (align >> PAGE_SHIFT).max(1);
     // The settings (`HZ_THP`, `HZ_ARENA_*`) when this is the first call.
     heap::init_once();
+    // A run the thread kept needs no tick: no page changes hands (the free
+    // that kept it ticked).
+    #[cfg(not(feature = "secure"))]
+    {
+        let p = alloc_large_kept(size, pages, align_pages, zero);
+        if !p.is_null() {
+            return p;
+        }
+    }
     heap::tick_current();
     let Some(run) = arena::alloc_run(pages, align_pages, zone_for(pages)) else {
         counters::STATS.oom.fetch_add(1, Relaxed);
@@ -469,6 +496,40 @@ fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
         .fetch_add(run_pages << PAGE_SHIFT, Relaxed);
     counters::STATS.large_count.fetch_add(1, Relaxed);
     run.addr
+}
+
+/// A large block of `size` bytes (`pages` pages, aligned to `align_pages`
+/// pages) from the runs the calling thread's heap kept when it freed large
+/// blocks ([`heap::large_take`]): no page lock. Null when none fits.
+#[cfg(not(feature = "secure"))]
+fn alloc_large_kept(size: usize, pages: usize, align_pages: usize, zero: bool) -> *mut u8 {
+    // A thread that allocates only large blocks gets a heap too, to keep
+    // the runs it frees.
+    let h = heap::current_or_claim();
+    if h.is_null() {
+        return null_mut();
+    }
+    // SAFETY: h is this thread's heap, in no other operation.
+    let m = unsafe { heap::large_take(h, pages, align_pages) };
+    if m.is_null() {
+        return null_mut();
+    }
+    // SAFETY: m heads an in-use run that is ours now (up to a quarter
+    // longer than asked); the pages its last owner wrote are in its dirty
+    // hull already (`arena::keep_written`), so `given` is this block's.
+    let (addr, run_pages) = unsafe {
+        arena::set_tags(m, 0, KIND_LARGE, 0);
+        (*m).given = pages as u32;
+        if zero {
+            core::ptr::write_bytes((*m).addr as *mut u8, 0, size);
+        }
+        ((*m).addr as *mut u8, (*m).pages as u64)
+    };
+    counters::STATS
+        .large_allocated
+        .fetch_add(run_pages << PAGE_SHIFT, Relaxed);
+    counters::STATS.large_count.fetch_add(1, Relaxed);
+    addr
 }
 
 /// The zone a large run of `pages` pages comes from: runs of 2 MiB and more

@@ -21,7 +21,7 @@
 
 use crate::os;
 use crate::stats::STATS;
-use crate::sync::{AtomicBool, AtomicPtr, AtomicUsize, Mutex, Ordering::*};
+use crate::sync::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Mutex, Ordering::*};
 use crate::{PAGE_SHIFT, PAGE_SIZE};
 use core::cell::UnsafeCell;
 use core::ptr::null_mut;
@@ -154,6 +154,12 @@ const EMPTY_SLOT: ArenaSlot = ArenaSlot {
 };
 pub static ARENAS: [ArenaSlot; MAX_ARENAS] = [EMPTY_SLOT; MAX_ARENAS];
 pub static NARENAS: AtomicUsize = AtomicUsize::new(0);
+
+/// When (coarse ms) the oldest dirty run becomes due for a purge, or the
+/// next purge check may run; `u64::MAX` with no dirty run. Written with
+/// `PAGES` held, read without it by [`purge_if_due`]: a stale value only
+/// costs one `try_lock` too many or one purge a tick late.
+static PURGE_DUE_AT: AtomicU64 = AtomicU64::new(u64::MAX);
 
 /// Number of exact-size free lists; list `FREE_LISTS - 1` holds every run
 /// of that many pages or more.
@@ -416,6 +422,10 @@ unsafe fn dirty_append(st: &mut PageState, m: *mut PageMeta) {
         }
         st.dirty_tail[z] = m;
         st.dirty_pages[z] += ((*m).dhi - (*m).dlo) as usize;
+        let due = (*m).freed_at + crate::config::CONFIG.purge_delay_ms.load(Relaxed);
+        if due < PURGE_DUE_AT.load(Relaxed) {
+            PURGE_DUE_AT.store(due, Relaxed);
+        }
     }
 }
 
@@ -734,6 +744,27 @@ pub unsafe fn free_large_run(m: *mut PageMeta, given: usize, moved: bool) {
     unsafe { free_run_as(m, given, moved) };
 }
 
+/// In-use run `m`, whose first `k` pages a program may have written,
+/// changes hands without going back to the page allocator (a heap keeps a
+/// freed large run for its next large block): its dirty hull takes those
+/// pages in, so that they are counted and purged when the run is freed
+/// whatever its next owner writes, and a later calloc of them is cleared.
+///
+/// # Safety
+/// `m` heads an in-use run that the caller holds (no other thread reads
+/// its hull until the caller frees it, under the page lock).
+#[cfg(not(feature = "secure"))]
+pub unsafe fn keep_written(m: *mut PageMeta, k: usize) {
+    // SAFETY: m heads a run the caller holds.
+    unsafe {
+        let idx = page_index(m);
+        let k = zone_of(m).round(k).min((*m).pages as usize);
+        let (lo, hi) = hull_union(((*m).dlo, (*m).dhi), (idx as u32, (idx + k) as u32));
+        (*m).dlo = lo;
+        (*m).dhi = hi;
+    }
+}
+
 /// See [`free_run_locked`].
 unsafe fn free_run_as(m: *mut PageMeta, k: usize, moved: bool) {
     // SAFETY: caller's contract; the run's tags are ours to clear.
@@ -814,6 +845,7 @@ unsafe fn maybe_purge(st: &mut PageState, force: bool) {
         && st.dirty_pages[1] <= max_dirty[1]
         && now < st.last_purge_check + delay / 2 + 1
     {
+        PURGE_DUE_AT.store(st.last_purge_check + delay / 2 + 1, Relaxed);
         return;
     }
     st.last_purge_check = now;
@@ -841,6 +873,22 @@ unsafe fn maybe_purge(st: &mut PageState, force: bool) {
                 STATS.purged_bytes.fetch_add(len as u64, Relaxed);
             }
         }
+    }
+    let due = (0..2)
+        .filter(|&z| !st.dirty_head[z].is_null())
+        // SAFETY: dirty heads are free heads; PAGES held.
+        .map(|z| unsafe { (*st.dirty_head[z]).freed_at } + delay)
+        .min()
+        .map_or(u64::MAX, |d| d.max(now + delay / 2 + 1));
+    PURGE_DUE_AT.store(due, Relaxed);
+}
+
+/// [`purge_tick`] when something may be due (one relaxed load otherwise):
+/// for paths that tick often without taking the page lock, such as a heap's
+/// kept large runs.
+pub fn purge_if_due(now: u64) {
+    if now >= PURGE_DUE_AT.load(Relaxed) {
+        purge_tick();
     }
 }
 

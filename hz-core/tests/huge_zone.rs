@@ -15,6 +15,8 @@
 #[path = "reliability/child.rs"]
 mod child;
 
+#[cfg(not(feature = "secure"))]
+use child::resident_pages;
 use child::MIB;
 
 const MARKER: &str = "HZ_HUGE_ZONE_CHILD";
@@ -45,17 +47,6 @@ fn vm_flags(p: *mut u8) -> Vec<String> {
 
 fn advised_huge(p: *mut u8) -> bool {
     vm_flags(p).iter().any(|f| f == "hg")
-}
-
-/// Pages of `[p, p + len)` resident now (`mincore`, 4 KiB pages).
-#[cfg(not(feature = "secure"))]
-fn resident_pages(p: *mut u8, len: usize) -> usize {
-    let mut v = vec![0u8; len.div_ceil(4096)];
-    // SAFETY: the range is mapped (hz never unmaps its arenas); v has one
-    // byte per page.
-    let r = unsafe { libc::mincore(p as *mut libc::c_void, len, v.as_mut_ptr()) };
-    assert_eq!(r, 0, "mincore: {}", std::io::Error::last_os_error());
-    v.iter().filter(|&&b| b & 1 != 0).count()
 }
 
 /// Writes a byte in every 4 KiB of the first `n` bytes.

@@ -75,3 +75,13 @@ impl Rng {
         self.0 % n
     }
 }
+
+/// Pages of `[p, p + len)` resident now (`mincore`, 4 KiB pages).
+pub fn resident_pages(p: *mut u8, len: usize) -> usize {
+    let mut v = vec![0u8; len.div_ceil(4096)];
+    // SAFETY: the range is mapped (hz never unmaps its arenas); v has one
+    // byte per page.
+    let r = unsafe { libc::mincore(p as *mut libc::c_void, len, v.as_mut_ptr()) };
+    assert_eq!(r, 0, "mincore: {}", std::io::Error::last_os_error());
+    v.iter().filter(|&&b| b & 1 != 0).count()
+}

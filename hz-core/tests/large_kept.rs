@@ -1,0 +1,177 @@
+//! Large runs kept by the freeing thread (default build): a thread's next
+//! large block of about the same size reuses the run it freed without the
+//! page lock (`heap::large_take`). What must hold: the run is reused (same
+//! address); a second free of the block is ignored, as for a run returned
+//! to the page allocator, and never hands one run out twice; `calloc` from
+//! a kept run that its last owner wrote returns zeros; a run up to a
+//! quarter longer than asked serves a request, with the request's usable
+//! size; the pages a kept run's owners wrote are purged once the run goes
+//! back (at `collect()`, or on its own after a GC period without large
+//! blocks); and a thread that exits gives its kept runs back.
+//!
+//! Each test runs in a child process, so that no other test's blocks land
+//! in the kept runs or the pages it inspects. The secure build keeps no
+//! run (each large block there has a guard page and its own checks).
+#![cfg(not(feature = "secure"))]
+
+#[path = "reliability/child.rs"]
+mod child;
+
+use child::{resident_pages, MIB};
+use std::time::{Duration, Instant};
+
+const MARKER: &str = "HZ_LARGE_KEPT_CHILD";
+
+fn write_all(p: *mut u8, n: usize, v: u8) {
+    // SAFETY: p is a live block of at least n bytes.
+    unsafe { core::ptr::write_bytes(p, v, n) };
+}
+
+#[test]
+fn a_freed_large_run_serves_the_next_block_and_a_double_free_is_ignored() {
+    if !child::in_child(
+        MARKER,
+        "a_freed_large_run_serves_the_next_block_and_a_double_free_is_ignored",
+        &[],
+        &[],
+    ) {
+        return;
+    }
+    let n = 300 << 10;
+    let p = hz_core::malloc(n);
+    assert!(!p.is_null());
+    write_all(p, n, 0xab);
+    // SAFETY: p is live; the second free is the misuse under test.
+    unsafe { hz_core::free(p) };
+    let foreign = hz_core::stats().foreign_frees;
+    // SAFETY: see above: hz must ignore it (its tags say "free").
+    unsafe { hz_core::free(p) };
+    assert_eq!(
+        hz_core::stats().foreign_frees,
+        foreign + 1,
+        "a second free of a kept large block is not ignored and counted"
+    );
+    let a = hz_core::malloc(n);
+    let b = hz_core::malloc(n);
+    assert_eq!(
+        a, p,
+        "the freed run did not serve the next block of its size"
+    );
+    assert_ne!(a, b, "one run handed out twice after a double free");
+    // SAFETY: a is a live block of hz.
+    assert_eq!(unsafe { hz_core::usable_size(a) }, 320 << 10);
+    // SAFETY: live blocks of hz.
+    unsafe {
+        hz_core::free(a);
+        hz_core::free(b);
+    }
+}
+
+#[test]
+fn calloc_from_a_kept_run_is_zeroed_and_a_longer_run_gives_the_asked_size() {
+    if !child::in_child(
+        MARKER,
+        "calloc_from_a_kept_run_is_zeroed_and_a_longer_run_gives_the_asked_size",
+        &[],
+        &[],
+    ) {
+        return;
+    }
+    // 10 pages of 64 KiB, written whole, then kept; `g`, live to the end,
+    // keeps the run from merging with the runs after it when they go back.
+    let n = 10 * (64 << 10);
+    let p = hz_core::malloc(n);
+    let g = hz_core::malloc(200 << 10);
+    write_all(p, n, 0xff);
+    // SAFETY: live block of hz.
+    unsafe { hz_core::free(p) };
+    // 8 pages asked: the 10-page run is within a quarter more.
+    let m = 8 * (64 << 10);
+    let q = hz_core::calloc(m);
+    assert_eq!(q, p, "a run a quarter longer did not serve the request");
+    // SAFETY: q is a live block of hz.
+    assert_eq!(unsafe { hz_core::usable_size(q) }, m);
+    // SAFETY: q is a live block of m bytes.
+    let s = unsafe { core::slice::from_raw_parts(q, m) };
+    assert!(
+        s.iter().all(|&b| b == 0),
+        "calloc from a kept run is not zeroed"
+    );
+    // SAFETY: live block of hz.
+    unsafe { hz_core::free(q) };
+    // A 12-page request is more than a quarter over: a fresh run.
+    let r = hz_core::malloc(15 * (64 << 10));
+    assert_ne!(r, p, "a run shorter than asked was handed out");
+    // SAFETY: live block of hz.
+    unsafe { hz_core::free(r) };
+    // Every page the first owner wrote goes back when the runs do: the
+    // dirty hull covers all 10, not the 8 the second owner asked for.
+    hz_core::collect();
+    assert_eq!(
+        resident_pages(p, n),
+        0,
+        "pages of a kept run stayed resident after collect()"
+    );
+    // SAFETY: live block of hz.
+    unsafe { hz_core::free(g) };
+}
+
+#[test]
+fn kept_runs_go_back_after_an_idle_period_and_at_thread_exit() {
+    if !child::in_child(
+        MARKER,
+        "kept_runs_go_back_after_an_idle_period_and_at_thread_exit",
+        &[],
+        &[],
+    ) {
+        return;
+    }
+    let n = MIB;
+    let p = hz_core::malloc(n);
+    write_all(p, n, 1);
+    // SAFETY: live block of hz.
+    unsafe { hz_core::free(p) };
+    assert_eq!(resident_pages(p, n), 256, "the kept run was purged at once");
+    // Small blocks only, for a few GC periods: the run goes back to the
+    // page allocator and is purged after the delay, with no call to
+    // collect (no background thread: the thread's slow paths do it).
+    let t0 = Instant::now();
+    while resident_pages(p, n) != 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "a kept run stayed resident for 2 s of small-block work"
+        );
+        // More blocks than a bin holds: refills and overflows, the slow
+        // paths where a heap's ticks (and so its GC) run.
+        let v: Vec<*mut u8> = (0..2000).map(|i| hz_core::malloc(16 + i % 1000)).collect();
+        for b in v {
+            // SAFETY: live blocks of hz.
+            unsafe { hz_core::free(b) };
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A thread that exits gives its kept runs back: its run is free again
+    // and serves this thread's next block of that size.
+    let q = std::thread::spawn(move || {
+        let q = hz_core::malloc(n);
+        write_all(q, n, 2);
+        // SAFETY: live block of hz.
+        unsafe { hz_core::free(q) };
+        q as usize
+    })
+    .join()
+    .unwrap();
+    hz_core::collect();
+    assert_eq!(
+        resident_pages(q as *mut u8, n),
+        0,
+        "an exited thread's kept run stayed resident after collect()"
+    );
+    let again = hz_core::malloc(n);
+    assert_eq!(
+        again as usize, q,
+        "an exited thread's kept run is not free for others"
+    );
+    // SAFETY: live block of hz.
+    unsafe { hz_core::free(again) };
+}
