@@ -184,7 +184,7 @@ pub const HEAP_BYTES: usize = core::mem::size_of::<Heap>();
 #[cfg(not(feature = "secure"))]
 const LARGE_CACHE: usize = 8;
 #[cfg(not(feature = "secure"))]
-const LARGE_CACHE_PAGES: u32 = 64;
+const LARGE_CACHE_PAGES: u32 = 128;
 const HEAP_PAGES: usize = HEAP_BYTES.div_ceil(PAGE_SIZE);
 
 /// Heap ids: 1..=MAX_HEAPS (0 means "no owner").
