@@ -3,7 +3,7 @@
  * Rust versions (rust-collections has no C version).
  *
  * usage: bench_workloads NAME THREADS SCALE
- *   NAME: larson | pipeline | xmalloc | cache-scratch | cache-thrash | realloc
+ *   NAME: larson | pipeline | xmalloc | cache-scratch | cache-thrash | realloc | large
  * prints: HZB_WORK ns=.. ops=.. maxrss_kib=..
  * environment: HZB_PIN=1 pins each worker thread to the next allowed CPU,
  * round robin, in the order the threads start. */
@@ -219,6 +219,32 @@ static void run_realloc(void) {
     for (size_t i = 0; i < T; i++) pthread_join(th[i], NULL);
 }
 
+/* ---- large: 16 slots per thread of 128 KiB..1 MiB blocks, freed or filled at random */
+static void *large_thread(void *arg) {
+    hzb_pin_next();
+    uint64_t s = xs_seed(17, (size_t)arg);
+    unsigned char *slot[16] = {0};
+    for (uint64_t n = 0; n < ITERS; n++) {
+        size_t k = (size_t)xs_below(&s, 16);
+        if (slot[k]) {
+            free(slot[k]);
+            slot[k] = NULL;
+        } else {
+            size_t size = (128u << 10) + (size_t)xs_below(&s, (1u << 20) - (128u << 10));
+            slot[k] = xmalloc_or_die(size);
+            slot[k][size - 1] = (unsigned char)k;
+        }
+    }
+    for (int k = 0; k < 16; k++) free(slot[k]);
+    return NULL;
+}
+static void run_large(void) {
+    pthread_t *th = map(T * sizeof(pthread_t));
+    for (size_t i = 0; i < T; i++) pthread_create(&th[i], NULL, large_thread, (void *)i);
+    for (size_t i = 0; i < T; i++) pthread_join(th[i], NULL);
+    atomic_store(&total_ops, ITERS * T);
+}
+
 static uint64_t scaled(double base, double scale) {
     uint64_t v = (uint64_t)(base * scale);
     return v ? v : 1;
@@ -248,6 +274,9 @@ int main(int argc, char **argv) {
     } else if (!strcmp(name, "cache-scratch") || !strcmp(name, "cache-thrash")) {
         ITERS = scaled(20000, scale);
         run_cache(!strcmp(name, "cache-scratch"));
+    } else if (!strcmp(name, "large")) {
+        ITERS = scaled(50000, scale);
+        run_large();
     } else if (!strcmp(name, "realloc")) {
         ROUNDS = scaled(8, scale);
         run_realloc();

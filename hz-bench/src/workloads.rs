@@ -14,13 +14,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// Workload names, in report order.
-pub const WORKLOADS: [&str; 7] = [
+pub const WORKLOADS: [&str; 8] = [
     "larson",
     "pipeline",
     "xmalloc",
     "cache-scratch",
     "cache-thrash",
     "realloc",
+    "large",
     "rust-collections",
 ];
 
@@ -33,6 +34,7 @@ pub fn describe(name: &str) -> &'static str {
         "cache-scratch" => "each thread frees a block handed over by main, then alloc 8 B/write 100x/free (passive false sharing)",
         "cache-thrash" => "each thread alloc 8 B/write 100x/free (active false sharing)",
         "realloc" => "each thread grows a buffer 16 B → 16 MiB by ×1.5 steps with realloc, touching every new page",
+        "large" => "each thread allocates or frees, at random, one of 16 slots of 128 KiB..1 MiB blocks, writing their first and last byte",
         "rust-collections" => "HashMap<String,Vec<u64>>, BTreeMap<u64,String>, String building, dropped, per thread",
         _ => "",
     }
@@ -88,6 +90,7 @@ pub fn run<A: GlobalAlloc + Sync>(
         "cache-scratch" => cache(a, t, n(20_000.0), true),
         "cache-thrash" => cache(a, t, n(20_000.0), false),
         "realloc" => realloc(a, t, n(8.0)),
+        "large" => large(a, t, n(50_000.0)),
         "rust-collections" => rust_collections(t, n(20_000.0) as usize),
         _ => return None,
     };
@@ -312,6 +315,47 @@ fn cache<A: GlobalAlloc + Sync>(a: &A, t: usize, iters: u64, handoff: bool) -> u
         }
     });
     2 * iters * t as u64 + if handoff { 2 * t as u64 } else { 0 }
+}
+
+/// Large blocks on every thread: `iters` times, a random one of 16 slots
+/// is freed if full, else filled with a block of 128 KiB..1 MiB whose first
+/// and last byte are written. Blocks above the small classes, so every
+/// operation is a page run (kept runs, or the page allocator's lock).
+fn large<A: GlobalAlloc + Sync>(a: &A, t: usize, iters: u64) -> u64 {
+    const SLOTS: usize = 16;
+    const MIN: usize = 128 << 10;
+    const MAX: usize = 1 << 20;
+    std::thread::scope(|s| {
+        for id in 0..t {
+            s.spawn(move || {
+                crate::machine::pin_next_if_requested();
+                let mut rng = XorShift::for_thread(17, id);
+                let mut slots = [(std::ptr::null_mut::<u8>(), 0usize); SLOTS];
+                for _ in 0..iters {
+                    let k = rng.below(SLOTS as u64) as usize;
+                    let (p, size) = slots[k];
+                    if p.is_null() {
+                        let size = MIN + rng.below((MAX - MIN) as u64) as usize;
+                        let p = alloc(a, size);
+                        // SAFETY: p is a live block of `size` bytes.
+                        unsafe { p.add(size - 1).write(k as u8) };
+                        slots[k] = (p, size);
+                    } else {
+                        // SAFETY: p is a live block of `size` bytes.
+                        unsafe { free(a, p, size) };
+                        slots[k] = (std::ptr::null_mut(), 0);
+                    }
+                }
+                for (p, size) in slots {
+                    if !p.is_null() {
+                        // SAFETY: as above.
+                        unsafe { free(a, p, size) };
+                    }
+                }
+            });
+        }
+    });
+    iters * t as u64
 }
 
 /// Each thread grows a buffer from 16 B to 16 MiB by ×1.5 steps, `rounds` times.

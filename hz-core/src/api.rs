@@ -249,10 +249,7 @@ unsafe fn resize_large(m: *mut arena::PageMeta, pages: usize, new_pages: usize) 
 unsafe fn free_large(m: *mut arena::PageMeta, moved: bool) {
     // SAFETY: m heads a large run the caller gives up.
     let pages = unsafe { (*m).pages } as u64;
-    counters::STATS
-        .large_allocated
-        .fetch_sub(pages << PAGE_SHIFT, Relaxed);
-    counters::STATS.large_count.fetch_sub(1, Relaxed);
+    heap::count_large(pages << PAGE_SHIFT, true);
     // The default build keeps a run below 2 MiB in the freeing thread's
     // heap for its next large block; its tags are cleared first, so a
     // second free of the block is ignored as it is for a returned run.
@@ -491,10 +488,7 @@ fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
     }
     // SAFETY: the run is ours (the huge zone may have rounded it up).
     let run_pages = unsafe { (*run.meta).pages } as u64;
-    counters::STATS
-        .large_allocated
-        .fetch_add(run_pages << PAGE_SHIFT, Relaxed);
-    counters::STATS.large_count.fetch_add(1, Relaxed);
+    heap::count_large(run_pages << PAGE_SHIFT, false);
     run.addr
 }
 
@@ -525,10 +519,7 @@ fn alloc_large_kept(size: usize, pages: usize, align_pages: usize, zero: bool) -
         }
         ((*m).addr as *mut u8, (*m).pages as u64)
     };
-    counters::STATS
-        .large_allocated
-        .fetch_add(run_pages << PAGE_SHIFT, Relaxed);
-    counters::STATS.large_count.fetch_add(1, Relaxed);
+    heap::count_large(run_pages << PAGE_SHIFT, false);
     addr
 }
 
@@ -939,7 +930,12 @@ pub fn stats() -> Stats {
         s.classes[c].size = CLASS_SIZE[c];
         small += s.classes[c].blocks * CLASS_SIZE[c] as u64;
     }
-    s.allocated = small + g.large_allocated.load(Relaxed);
+    // `sum_heaps` added the heaps' large bytes (wrapping: one heap's count
+    // alone may be "negative").
+    s.allocated = s
+        .allocated
+        .wrapping_add(small)
+        .wrapping_add(g.large_allocated.load(Relaxed));
     s
 }
 

@@ -165,6 +165,13 @@ pub struct Heap {
     /// Whether a large block came from `large` since the last bin GC.
     #[cfg(not(feature = "secure"))]
     large_used: bool,
+    /// Large blocks this heap's thread allocated minus those it freed, and
+    /// their bytes, wrapping (a thread may free blocks another allocated:
+    /// only the sum over heaps and `STATS` is meaningful). Written by the
+    /// heap's thread alone, so no locked instruction and no line shared
+    /// between threads on the large paths; read by `stats()`.
+    large_blocks: AtomicU64,
+    large_bytes: AtomicU64,
     /// `secure` builds with `HZ_SECURE_FILL=1`: what the TLS slot points at
     /// instead of `bins` ([`slot_of`]). Its bins are all empty and full and
     /// never written, so every `malloc` and `free` leaves the fast path for
@@ -184,7 +191,7 @@ pub const HEAP_BYTES: usize = core::mem::size_of::<Heap>();
 #[cfg(not(feature = "secure"))]
 const LARGE_CACHE: usize = 8;
 #[cfg(not(feature = "secure"))]
-const LARGE_CACHE_PAGES: u32 = 128;
+const LARGE_CACHE_PAGES: u32 = 64;
 const HEAP_PAGES: usize = HEAP_BYTES.div_ceil(PAGE_SIZE);
 
 /// Heap ids: 1..=MAX_HEAPS (0 means "no owner").
@@ -1807,6 +1814,30 @@ fn reclaim_abandoned() {
 }
 
 /// Adds every heap's counters into `s`.
+/// Counts a large block of `bytes` allocated (or `freed`) by the calling
+/// thread: in its heap ([`Heap::large_blocks`]), or in `STATS` for a
+/// thread without one.
+pub fn count_large(bytes: u64, freed: bool) {
+    let h = heap_of_slot(tls::get());
+    let (n, b) = if freed {
+        (1u64.wrapping_neg(), bytes.wrapping_neg())
+    } else {
+        (1, bytes)
+    };
+    if h.is_null() {
+        STATS.large_count.fetch_add(n, Relaxed);
+        STATS.large_allocated.fetch_add(b, Relaxed);
+        return;
+    }
+    // SAFETY: the calling thread's own heap: only it writes these.
+    unsafe {
+        let c = &(*h).large_blocks;
+        c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+        let c = &(*h).large_bytes;
+        c.store(c.load(Relaxed).wrapping_add(b), Relaxed);
+    }
+}
+
 pub fn sum_heaps(s: &mut crate::Stats) {
     let n = heap_count();
     for id in 1..=n {
@@ -1818,6 +1849,8 @@ pub fn sum_heaps(s: &mut crate::Stats) {
         unsafe {
             s.remote_frees_sent += (*h).remote_sent.load(Relaxed);
             s.remote_frees_received += (*h).remote_received.load(Relaxed);
+            s.large_blocks = s.large_blocks.wrapping_add((*h).large_blocks.load(Relaxed));
+            s.allocated = s.allocated.wrapping_add((*h).large_bytes.load(Relaxed));
             for c in 1..NUM_CLASSES {
                 s.classes[c].blocks += (*h).blocks_out[c].load(Relaxed);
                 s.classes[c].spans += (*h).spans[c].load(Relaxed);
