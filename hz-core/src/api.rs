@@ -250,22 +250,17 @@ unsafe fn free_large(m: *mut arena::PageMeta, moved: bool) {
     // SAFETY: m heads a large run the caller gives up.
     let pages = unsafe { (*m).pages } as u64;
     heap::count_large(pages << PAGE_SHIFT, true);
-    // The default build keeps a run below 2 MiB in the freeing thread's
-    // heap for its next large block; its tags are cleared first, so a
-    // second free of the block is ignored as it is for a returned run.
+    // The default build keeps a run below 2 MiB for the next large block
+    // (`arena::kept_put`); its tags are cleared first, so a second free of
+    // the block is ignored as it is for a returned run.
     #[cfg(not(feature = "secure"))]
-    if !moved {
-        let h = heap::heap_of_slot(tls::get());
-        // SAFETY: h is this thread's heap, in no other operation; m heads
-        // the run the caller gives up.
-        if !h.is_null() && unsafe { (*m).pages as usize } < arena::HUGE_RUN_PAGES {
-            // SAFETY: as above: the run's tags are the caller's to clear.
-            unsafe { arena::set_tags(m, 0, arena::KIND_FREE, 0) };
-            // SAFETY: as above.
-            if unsafe { heap::large_put(h, m) } {
-                heap::tick_current();
-                return;
-            }
+    if !moved && unsafe { (*m).pages as usize } < arena::HUGE_RUN_PAGES {
+        // SAFETY: m heads the run the caller gives up: its tags are ours.
+        unsafe { arena::set_tags(m, 0, arena::KIND_FREE, 0) };
+        // SAFETY: as above.
+        if unsafe { arena::kept_put(m) } {
+            heap::tick_current();
+            return;
         }
     }
     // SAFETY: as above; the program wrote no page past `given`, and when
@@ -464,8 +459,8 @@ fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
     // A run the thread kept needs no tick: no page changes hands (the free
     // that kept it ticked).
     #[cfg(not(feature = "secure"))]
-    {
-        let p = alloc_large_kept(size, pages, align_pages, zero);
+    if align_pages == 1 {
+        let p = alloc_large_kept(size, pages, zero);
         if !p.is_null() {
             return p;
         }
@@ -492,19 +487,12 @@ fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
     run.addr
 }
 
-/// A large block of `size` bytes (`pages` pages, aligned to `align_pages`
-/// pages) from the runs the calling thread's heap kept when it freed large
-/// blocks ([`heap::large_take`]): no page lock. Null when none fits.
+/// A large block of `size` bytes (`pages` pages, 64 KiB-aligned) from the
+/// runs kept when large blocks were freed ([`arena::kept_take`]): no page
+/// lock. Null when none fits.
 #[cfg(not(feature = "secure"))]
-fn alloc_large_kept(size: usize, pages: usize, align_pages: usize, zero: bool) -> *mut u8 {
-    // A thread that allocates only large blocks gets a heap too, to keep
-    // the runs it frees.
-    let h = heap::current_or_claim();
-    if h.is_null() {
-        return null_mut();
-    }
-    // SAFETY: h is this thread's heap, in no other operation.
-    let m = unsafe { heap::large_take(h, pages, align_pages) };
+fn alloc_large_kept(size: usize, pages: usize, zero: bool) -> *mut u8 {
+    let m = arena::kept_take(pages);
     if m.is_null() {
         return null_mut();
     }
@@ -833,6 +821,8 @@ pub fn collect() {
         }
     }
     heap::collect_shared_and_abandoned();
+    #[cfg(not(feature = "secure"))]
+    arena::kept_flush();
     arena::purge_all();
 }
 

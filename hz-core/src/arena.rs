@@ -745,8 +745,8 @@ pub unsafe fn free_large_run(m: *mut PageMeta, given: usize, moved: bool) {
 }
 
 /// In-use run `m`, whose first `k` pages a program may have written,
-/// changes hands without going back to the page allocator (a heap keeps a
-/// freed large run for its next large block): its dirty hull takes those
+/// changes hands without going back to the page allocator (a kept large
+/// run, [`kept_put`]): its dirty hull takes those
 /// pages in, so that they are counted and purged when the run is freed
 /// whatever its next owner writes, and a later calloc of them is cleared.
 ///
@@ -762,6 +762,117 @@ pub unsafe fn keep_written(m: *mut PageMeta, k: usize) {
         let (lo, hi) = hull_union(((*m).dlo, (*m).dhi), (idx as u32, (idx + k) as u32));
         (*m).dlo = lo;
         (*m).dhi = hi;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Kept large runs (default build)
+
+/// One slot per run length below the huge zone's 2 MiB: a large run a
+/// program freed, kept whole (in use, with its dirty hull) for the next
+/// large block of about its length, taken and put back with one atomic
+/// operation instead of the page lock. Shared by all threads (a run kept
+/// per thread is of no use to the others, which then take fresh pages:
+/// E61), at most [`KEPT_MAX_PAGES`] pages together.
+#[cfg(not(feature = "secure"))]
+#[allow(clippy::declare_interior_mutable_const)]
+const NO_RUN: AtomicPtr<PageMeta> = AtomicPtr::new(null_mut());
+#[cfg(not(feature = "secure"))]
+static KEPT: [AtomicPtr<PageMeta>; HUGE_RUN_PAGES] = [NO_RUN; HUGE_RUN_PAGES];
+/// Pages of the runs in [`KEPT`].
+#[cfg(not(feature = "secure"))]
+static KEPT_PAGES: AtomicUsize = AtomicUsize::new(0);
+/// At most 4 MiB kept.
+#[cfg(not(feature = "secure"))]
+const KEPT_MAX_PAGES: usize = 64;
+/// A run was taken from [`KEPT`] since the last [`kept_gc`].
+#[cfg(not(feature = "secure"))]
+static KEPT_USED: AtomicBool = AtomicBool::new(false);
+/// When the next [`kept_gc`] is due (coarse ms).
+#[cfg(not(feature = "secure"))]
+static KEPT_GC_AT: AtomicU64 = AtomicU64::new(0);
+
+/// A kept run of `pages` pages, or up to a quarter more; null when none
+/// is kept. The caller owns it (in use, tags cleared) and writes its tags.
+#[cfg(not(feature = "secure"))]
+pub fn kept_take(pages: usize) -> *mut PageMeta {
+    if pages >= HUGE_RUN_PAGES {
+        return null_mut();
+    }
+    for q in pages..=(pages + pages / 4).min(HUGE_RUN_PAGES - 1) {
+        if KEPT[q].load(Relaxed).is_null() {
+            continue;
+        }
+        let m = KEPT[q].swap(null_mut(), Acquire);
+        if !m.is_null() {
+            KEPT_PAGES.fetch_sub(q, Relaxed);
+            if !KEPT_USED.load(Relaxed) {
+                KEPT_USED.store(true, Relaxed);
+            }
+            return m;
+        }
+    }
+    null_mut()
+}
+
+/// Keeps large run `m` (given up by the program, its tags cleared) for a
+/// later large block; false when its slot is taken, the kept pages would
+/// pass [`KEPT_MAX_PAGES`], or it is 2 MiB or more. The pages the program
+/// may have written join the run's dirty hull ([`keep_written`]).
+///
+/// # Safety
+/// `m` heads an in-use run that the caller gives up.
+#[cfg(not(feature = "secure"))]
+pub unsafe fn kept_put(m: *mut PageMeta) -> bool {
+    // SAFETY: m heads an in-use run (caller's contract).
+    let (p, given) = unsafe { ((*m).pages as usize, (*m).given as usize) };
+    if p >= HUGE_RUN_PAGES || !KEPT[p].load(Relaxed).is_null() {
+        return false;
+    }
+    if KEPT_PAGES.fetch_add(p, Relaxed) + p > KEPT_MAX_PAGES {
+        KEPT_PAGES.fetch_sub(p, Relaxed);
+        return false;
+    }
+    // SAFETY: the run is still the caller's.
+    unsafe { keep_written(m, given) };
+    if KEPT[p]
+        .compare_exchange(null_mut(), m, Release, Relaxed)
+        .is_ok()
+    {
+        return true;
+    }
+    KEPT_PAGES.fetch_sub(p, Relaxed);
+    false
+}
+
+/// Returns every kept run to the page allocator.
+#[cfg(not(feature = "secure"))]
+pub fn kept_flush() {
+    for k in KEPT.iter() {
+        let m = k.swap(null_mut(), Acquire);
+        if !m.is_null() {
+            // SAFETY: a kept run, ours now: in use, tags cleared.
+            unsafe {
+                KEPT_PAGES.fetch_sub((*m).pages as usize, Relaxed);
+                free_large_run(m, (*m).given as usize, false);
+            }
+        }
+    }
+}
+
+/// Every `period` ms (from any thread's tick): the kept runs go back when
+/// none was taken during the last period.
+#[cfg(not(feature = "secure"))]
+pub fn kept_gc(now: u64, period: u64) {
+    let at = KEPT_GC_AT.load(Relaxed);
+    if now >= at
+        && KEPT_GC_AT
+            .compare_exchange(at, now + period, Relaxed, Relaxed)
+            .is_ok()
+        && !KEPT_USED.swap(false, Relaxed)
+        && KEPT_PAGES.load(Relaxed) != 0
+    {
+        kept_flush();
     }
 }
 

@@ -153,18 +153,6 @@ pub struct Heap {
     diverted: [u16; NUM_CLASSES],
     /// `secure` builds: state of the carving shuffle's RNG.
     rng: u64,
-    /// Default build: large runs this thread freed, kept for its next large
-    /// blocks ([`large_take`]), oldest first; null past `large_n`.
-    #[cfg(not(feature = "secure"))]
-    large: [*mut PageMeta; LARGE_CACHE],
-    #[cfg(not(feature = "secure"))]
-    large_n: u32,
-    /// Pages of the runs in `large`.
-    #[cfg(not(feature = "secure"))]
-    large_pages: u32,
-    /// Whether a large block came from `large` since the last bin GC.
-    #[cfg(not(feature = "secure"))]
-    large_used: bool,
     /// Large blocks this heap's thread allocated minus those it freed, and
     /// their bytes, wrapping (a thread may free blocks another allocated:
     /// only the sum over heaps and `STATS` is meaningful). Written by the
@@ -186,12 +174,6 @@ pub struct Heap {
 
 pub const HEAP_BYTES: usize = core::mem::size_of::<Heap>();
 
-/// Large runs a heap keeps (default build): at most this many, of at most
-/// [`LARGE_CACHE_PAGES`] pages together, each below the huge zone's 2 MiB.
-#[cfg(not(feature = "secure"))]
-const LARGE_CACHE: usize = 8;
-#[cfg(not(feature = "secure"))]
-const LARGE_CACHE_PAGES: u32 = 64;
 const HEAP_PAGES: usize = HEAP_BYTES.div_ceil(PAGE_SIZE);
 
 /// Heap ids: 1..=MAX_HEAPS (0 means "no owner").
@@ -1025,8 +1007,9 @@ unsafe fn open_bin(h: *mut Heap, c: usize) {
 const GC_INTERVAL_MS: u64 = 100;
 
 /// Slow-path tick of heap `h` (null: no heap): reclaims abandoned heaps
-/// (globally, every 100 ms), purges free pages that are due, and runs this
-/// heap's bin GC when it is due.
+/// (globally, every 100 ms), purges free pages that are due, returns kept
+/// large runs that went unused for a period, and runs this heap's bin GC
+/// when it is due.
 ///
 /// # Safety
 /// `h` is null or held by the caller, and not in the middle of changing a
@@ -1035,6 +1018,8 @@ pub unsafe fn tick(h: *mut Heap) {
     let now = os::now_ms();
     reclaim_at(now);
     arena::purge_if_due(now);
+    #[cfg(not(feature = "secure"))]
+    arena::kept_gc(now, GC_INTERVAL_MS);
     // SAFETY: h is held (caller's contract).
     unsafe {
         if !h.is_null() && now >= (*h).gc_at {
@@ -1075,14 +1060,6 @@ unsafe fn gc(h: *mut Heap, now: u64) {
     // SAFETY: h is held; no bin or spill array is mid-update.
     unsafe {
         (*h).gc_at = now + GC_INTERVAL_MS;
-        // Large runs no large block came from in a whole period go back.
-        #[cfg(not(feature = "secure"))]
-        {
-            if !(*h).large_used {
-                large_flush(h, 0);
-            }
-            (*h).large_used = false;
-        }
         let refilled = (*h).gc_refilled;
         (*h).gc_refilled = 0;
         for c in 1..NUM_CLASSES {
@@ -1105,106 +1082,6 @@ unsafe fn gc(h: *mut Heap, now: u64) {
                 flush_spill(h, c);
             }
         }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Large runs kept by a heap (default build)
-
-/// A run of `pages` pages (or up to a quarter more) whose address is a
-/// multiple of `align_pages` pages, from `h`'s kept large runs; null when
-/// none fits. The run keeps its page-allocator state (in use, its dirty
-/// hull) while kept, so taking it back needs no lock: the caller writes
-/// its tags again.
-///
-/// # Safety
-/// `h` is held by the caller.
-#[cfg(not(feature = "secure"))]
-pub unsafe fn large_take(h: *mut Heap, pages: usize, align_pages: usize) -> *mut PageMeta {
-    // SAFETY: h is held; kept runs are in-use heads that only h names.
-    unsafe {
-        let n = (*h).large_n as usize;
-        let mut best = usize::MAX;
-        for i in 0..n {
-            let m = (*h).large[i];
-            let p = (*m).pages as usize;
-            if p >= pages
-                && p <= pages + pages / 4
-                && ((*m).addr >> PAGE_SHIFT).is_multiple_of(align_pages)
-                && (best == usize::MAX || p < (*(*h).large[best]).pages as usize)
-            {
-                best = i;
-            }
-        }
-        if best == usize::MAX {
-            return null_mut();
-        }
-        let m = (*h).large[best];
-        core::ptr::copy(
-            (*h).large.as_ptr().add(best + 1),
-            (*h).large.as_mut_ptr().add(best),
-            n - best - 1,
-        );
-        (*h).large_n -= 1;
-        (*h).large_pages -= (*m).pages;
-        (*h).large_used = true;
-        m
-    }
-}
-
-/// Keeps large run `m` (freed by the program; its tags already cleared)
-/// in `h` for a later large block, making room by returning the oldest
-/// kept runs; false when it is not kept (2 MiB or more: the huge zone's
-/// runs, or more pages than the whole cache).
-///
-/// # Safety
-/// `h` is held by the caller; `m` heads an in-use large run that the
-/// caller gives up.
-#[cfg(not(feature = "secure"))]
-pub unsafe fn large_put(h: *mut Heap, m: *mut PageMeta) -> bool {
-    // SAFETY: m heads an in-use run (caller's contract); h is held.
-    unsafe {
-        let p = (*m).pages;
-        if p as usize >= arena::HUGE_RUN_PAGES || p > LARGE_CACHE_PAGES {
-            return false;
-        }
-        arena::keep_written(m, (*m).given as usize);
-        // Room: the oldest kept runs go back first.
-        let mut keep = (*h).large_n as usize;
-        let mut kept_pages = (*h).large_pages;
-        while keep == LARGE_CACHE || kept_pages + p > LARGE_CACHE_PAGES {
-            keep -= 1;
-            kept_pages -= (*(*h).large[(*h).large_n as usize - 1 - keep]).pages;
-        }
-        large_flush(h, keep);
-        (*h).large[(*h).large_n as usize] = m;
-        (*h).large_n += 1;
-        (*h).large_pages += p;
-        true
-    }
-}
-
-/// Returns `h`'s kept large runs to the page allocator, oldest first,
-/// until `keep` are left.
-///
-/// # Safety
-/// `h` is held by the caller.
-#[cfg(not(feature = "secure"))]
-unsafe fn large_flush(h: *mut Heap, keep: usize) {
-    // SAFETY: h is held; each kept run is an in-use head only h names.
-    unsafe {
-        let n = (*h).large_n as usize;
-        if n <= keep {
-            return;
-        }
-        let k = n - keep;
-        for i in 0..k {
-            let m = (*h).large[i];
-            (*h).large_pages -= (*m).pages;
-            arena::free_large_run(m, (*m).given as usize, false);
-        }
-        core::ptr::copy((*h).large.as_ptr().add(k), (*h).large.as_mut_ptr(), keep);
-        (*h).large_n = keep as u32;
     }
 }
 
@@ -1605,8 +1482,6 @@ unsafe fn flush_spills(h: *mut Heap) {
 pub unsafe fn flush_all(h: *mut Heap, release_empty: bool) {
     // SAFETY: h is held.
     unsafe {
-        #[cfg(not(feature = "secure"))]
-        large_flush(h, 0);
         for c in 1..NUM_CLASSES {
             let bin = &mut (*h).bins.b[c];
             let (base, top) = (bin.base, bin.top);

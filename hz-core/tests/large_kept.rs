@@ -1,13 +1,14 @@
-//! Large runs kept by the freeing thread (default build): a thread's next
-//! large block of about the same size reuses the run it freed without the
-//! page lock (`heap::large_take`). What must hold: the run is reused (same
-//! address); a second free of the block is ignored, as for a run returned
-//! to the page allocator, and never hands one run out twice; `calloc` from
-//! a kept run that its last owner wrote returns zeros; a run up to a
-//! quarter longer than asked serves a request, with the request's usable
-//! size; the pages a kept run's owners wrote are purged once the run goes
-//! back (at `collect()`, or on its own after a GC period without large
-//! blocks); and a thread that exits gives its kept runs back.
+//! Kept large runs (default build): a run below 2 MiB that the program
+//! frees is kept whole, in one slot per length shared by all threads, for
+//! the next large block of about its length (`arena::kept_take`), taken
+//! without the page lock. What must hold: the run is reused (same address);
+//! a second free of the block is ignored, as for a run returned to the
+//! page allocator, and never hands one run out twice; `calloc` from a kept
+//! run that its last owner wrote returns zeros; a run up to a quarter
+//! longer than asked serves a request, with the request's usable size; the
+//! pages a kept run's owners wrote are purged once the run goes back (at
+//! `collect()`, or on its own after a GC period in which no kept run was
+//! taken); and a run kept by a thread that exited serves other threads.
 //!
 //! Each test runs in a child process, so that no other test's blocks land
 //! in the kept runs or the pages it inspects. The secure build keeps no
@@ -117,10 +118,10 @@ fn calloc_from_a_kept_run_is_zeroed_and_a_longer_run_gives_the_asked_size() {
 }
 
 #[test]
-fn kept_runs_go_back_after_an_idle_period_and_at_thread_exit() {
+fn kept_runs_go_back_when_idle_and_serve_other_threads() {
     if !child::in_child(
         MARKER,
-        "kept_runs_go_back_after_an_idle_period_and_at_thread_exit",
+        "kept_runs_go_back_when_idle_and_serve_other_threads",
         &[],
         &[],
     ) {
@@ -150,8 +151,8 @@ fn kept_runs_go_back_after_an_idle_period_and_at_thread_exit() {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    // A thread that exits gives its kept runs back: its run is free again
-    // and serves this thread's next block of that size.
+    // The run a thread kept before it exited serves this thread's next
+    // block of that length, and goes back at collect().
     let q = std::thread::spawn(move || {
         let q = hz_core::malloc(n);
         write_all(q, n, 2);
@@ -161,17 +162,17 @@ fn kept_runs_go_back_after_an_idle_period_and_at_thread_exit() {
     })
     .join()
     .unwrap();
+    let again = hz_core::malloc(n);
+    assert_eq!(
+        again as usize, q,
+        "a run kept by an exited thread does not serve the next block"
+    );
+    // SAFETY: live block of hz.
+    unsafe { hz_core::free(again) };
     hz_core::collect();
     assert_eq!(
         resident_pages(q as *mut u8, n),
         0,
-        "an exited thread's kept run stayed resident after collect()"
+        "a kept run stayed resident after collect()"
     );
-    let again = hz_core::malloc(n);
-    assert_eq!(
-        again as usize, q,
-        "an exited thread's kept run is not free for others"
-    );
-    // SAFETY: live block of hz.
-    unsafe { hz_core::free(again) };
 }
