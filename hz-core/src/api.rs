@@ -456,8 +456,8 @@ fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
     let align_pages = (align >> PAGE_SHIFT).max(1);
     // The settings (`HZ_THP`, `HZ_ARENA_*`) when this is the first call.
     heap::init_once();
-    // A run the thread kept needs no tick: no page changes hands (the free
-    // that kept it ticked).
+    // A kept run needs no tick: no page changes hands (the free that kept
+    // it ticked).
     #[cfg(not(feature = "secure"))]
     if align_pages == 1 {
         let p = alloc_large_kept(size, pages, zero);
