@@ -229,11 +229,15 @@ fn worker<A: GlobalAlloc>(
         unsafe { a.dealloc(e.ptr, layout(e.size)) };
         c.remote_recv += 1;
     };
+    // Frees what the previous thread sent; keeps the largest drain.
+    let drain = |c: &mut Counts| {
+        let n = rx.drain(|e| free_received(e, c)) as u64;
+        c.backlog = c.backlog.max(n);
+    };
     barrier.wait();
     let begin = Instant::now();
     for _ in 0..cfg.iters_per_thread {
-        let n = rx.drain(|e| free_received(e, &mut c)) as u64;
-        c.backlog = c.backlog.max(n);
+        drain(&mut c);
         let k = rng.below(cfg.ws as u64) as usize;
         let slot = &mut slots[k];
         if slot.ptr.is_null() {
@@ -275,8 +279,7 @@ fn worker<A: GlobalAlloc>(
     done.fetch_add(1, Ordering::Release);
     loop {
         let all = done.load(Ordering::Acquire) == t;
-        let n = rx.drain(|e| free_received(e, &mut c)) as u64;
-        c.backlog = c.backlog.max(n);
+        drain(&mut c);
         if all {
             break;
         }

@@ -471,20 +471,39 @@ fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
         return null_mut();
     };
     counters::note_pages();
+    #[cfg(feature = "secure")]
     // SAFETY: the run is ours.
     unsafe {
-        arena::set_tags(run.meta, 0, KIND_LARGE, 0);
-        (*run.meta).given = pages as u32;
-        #[cfg(feature = "secure")]
-        crate::secure::take_run(&run, pages, true);
-        if zero && !run.clean {
-            core::ptr::write_bytes(run.addr, 0, size);
-        }
-    }
+        crate::secure::take_run(&run, pages, true)
+    };
     // SAFETY: the run is ours (the huge zone may have rounded it up).
-    let run_pages = unsafe { (*run.meta).pages } as u64;
+    unsafe { hand_out_large(run.meta, pages, size, zero && !run.clean) }
+}
+
+/// Run `m`, ours, becomes a large block of `size` bytes (`pages` pages
+/// asked; the run may be longer): its tags, `given`, the zeroing a
+/// `calloc` needs (`clear`), the counts. Returns the block.
+///
+/// # Safety
+/// `m` heads an in-use run of at least `pages` pages that the caller owns
+/// and no one else names.
+unsafe fn hand_out_large(
+    m: *mut arena::PageMeta,
+    pages: usize,
+    size: usize,
+    clear: bool,
+) -> *mut u8 {
+    // SAFETY: caller's contract.
+    let (addr, run_pages) = unsafe {
+        arena::set_tags(m, 0, KIND_LARGE, 0);
+        (*m).given = pages as u32;
+        if clear {
+            core::ptr::write_bytes((*m).addr as *mut u8, 0, size);
+        }
+        ((*m).addr as *mut u8, (*m).pages as u64)
+    };
     heap::count_large(run_pages << PAGE_SHIFT, false);
-    run.addr
+    addr
 }
 
 /// A large block of `size` bytes (`pages` pages, 64 KiB-aligned) from the
@@ -498,17 +517,9 @@ fn alloc_large_kept(size: usize, pages: usize, zero: bool) -> *mut u8 {
     }
     // SAFETY: m heads an in-use run that is ours now (up to a quarter
     // longer than asked); the pages its last owner wrote are in its dirty
-    // hull already (`arena::keep_written`), so `given` is this block's.
-    let (addr, run_pages) = unsafe {
-        arena::set_tags(m, 0, KIND_LARGE, 0);
-        (*m).given = pages as u32;
-        if zero {
-            core::ptr::write_bytes((*m).addr as *mut u8, 0, size);
-        }
-        ((*m).addr as *mut u8, (*m).pages as u64)
-    };
-    heap::count_large(run_pages << PAGE_SHIFT, false);
-    addr
+    // hull already (`arena::keep_written`), so `given` is this block's, and
+    // they may be dirty: a calloc clears.
+    unsafe { hand_out_large(m, pages, size, zero) }
 }
 
 /// The zone a large run of `pages` pages comes from: runs of 2 MiB and more

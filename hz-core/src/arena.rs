@@ -746,9 +746,9 @@ pub unsafe fn free_large_run(m: *mut PageMeta, given: usize, moved: bool) {
 
 /// In-use run `m`, whose first `k` pages a program may have written,
 /// changes hands without going back to the page allocator (a kept large
-/// run, [`kept_put`]): its dirty hull takes those
-/// pages in, so that they are counted and purged when the run is freed
-/// whatever its next owner writes, and a later calloc of them is cleared.
+/// run, [`kept_put`]): its dirty hull takes those pages in, so that they
+/// are counted and purged when the run is freed whatever its next owner
+/// writes, and a later calloc of them is cleared.
 ///
 /// # Safety
 /// `m` heads an in-use run that the caller holds (no other thread reads
@@ -995,8 +995,8 @@ unsafe fn maybe_purge(st: &mut PageState, force: bool) {
 }
 
 /// [`purge_tick`] when something may be due (one relaxed load otherwise):
-/// for paths that tick often without taking the page lock, such as a heap's
-/// kept large runs.
+/// for ticks on paths that do not take the page lock, such as large blocks
+/// served from the kept runs.
 pub fn purge_if_due(now: u64) {
     if now >= PURGE_DUE_AT.load(Relaxed) {
         purge_tick();

@@ -173,7 +173,6 @@ pub struct Heap {
 }
 
 pub const HEAP_BYTES: usize = core::mem::size_of::<Heap>();
-
 const HEAP_PAGES: usize = HEAP_BYTES.div_ceil(PAGE_SIZE);
 
 /// Heap ids: 1..=MAX_HEAPS (0 means "no owner").
@@ -1688,7 +1687,6 @@ fn reclaim_abandoned() {
     RECLAIMING.store(false, Release);
 }
 
-/// Adds every heap's counters into `s`.
 /// Counts a large block of `bytes` allocated (or `freed`) by the calling
 /// thread: in its heap ([`Heap::large_blocks`]), or in `STATS` for a
 /// thread without one.
@@ -1713,6 +1711,7 @@ pub fn count_large(bytes: u64, freed: bool) {
     }
 }
 
+/// Adds every heap's counters into `s`.
 pub fn sum_heaps(s: &mut crate::Stats) {
     let n = heap_count();
     for id in 1..=n {
