@@ -918,7 +918,7 @@ pub fn stats() -> Stats {
         purges: g.purges.load(Relaxed),
         purged_bytes: g.purged_bytes.load(Relaxed),
         foreign_frees: g.foreign_frees.load(Relaxed),
-        large_blocks: g.large_count.load(Relaxed),
+        large_blocks: counters::large_sums().0,
         heaps_live: g.heaps_live.load(Relaxed),
         heaps_created: g.heaps_created.load(Relaxed),
         failed_allocations: g.oom.load(Relaxed),
@@ -936,7 +936,8 @@ pub fn stats() -> Stats {
     s.allocated = s
         .allocated
         .wrapping_add(small)
-        .wrapping_add(g.large_allocated.load(Relaxed));
+        .wrapping_add(g.large_allocated.load(Relaxed))
+        .wrapping_add(counters::large_sums().1);
     s
 }
 

@@ -773,12 +773,17 @@ pub unsafe fn keep_written(m: *mut PageMeta, k: usize) {
 /// large block of about its length, taken and put back with one atomic
 /// operation instead of the page lock. Shared by all threads (a run kept
 /// per thread is of no use to the others, which then take fresh pages:
-/// E61), at most [`KEPT_MAX_PAGES`] pages together.
+/// E61), at most [`KEPT_MAX_PAGES`] pages together. Each slot has its own
+/// cache line: threads taking and putting runs of different lengths do not
+/// contend (E62).
+#[cfg(not(feature = "secure"))]
+#[repr(align(64))]
+struct KeptSlot(AtomicPtr<PageMeta>);
 #[cfg(not(feature = "secure"))]
 #[allow(clippy::declare_interior_mutable_const)]
-const NO_RUN: AtomicPtr<PageMeta> = AtomicPtr::new(null_mut());
+const NO_RUN: KeptSlot = KeptSlot(AtomicPtr::new(null_mut()));
 #[cfg(not(feature = "secure"))]
-static KEPT: [AtomicPtr<PageMeta>; HUGE_RUN_PAGES] = [NO_RUN; HUGE_RUN_PAGES];
+static KEPT: [KeptSlot; HUGE_RUN_PAGES] = [NO_RUN; HUGE_RUN_PAGES];
 /// Pages of the runs in [`KEPT`].
 #[cfg(not(feature = "secure"))]
 static KEPT_PAGES: AtomicUsize = AtomicUsize::new(0);
@@ -800,10 +805,10 @@ pub fn kept_take(pages: usize) -> *mut PageMeta {
         return null_mut();
     }
     for q in pages..=(pages + pages / 4).min(HUGE_RUN_PAGES - 1) {
-        if KEPT[q].load(Relaxed).is_null() {
+        if KEPT[q].0.load(Relaxed).is_null() {
             continue;
         }
-        let m = KEPT[q].swap(null_mut(), Acquire);
+        let m = KEPT[q].0.swap(null_mut(), Acquire);
         if !m.is_null() {
             KEPT_PAGES.fetch_sub(q, Relaxed);
             if !KEPT_USED.load(Relaxed) {
@@ -826,7 +831,7 @@ pub fn kept_take(pages: usize) -> *mut PageMeta {
 pub unsafe fn kept_put(m: *mut PageMeta) -> bool {
     // SAFETY: m heads an in-use run (caller's contract).
     let (p, given) = unsafe { ((*m).pages as usize, (*m).given as usize) };
-    if p >= HUGE_RUN_PAGES || !KEPT[p].load(Relaxed).is_null() {
+    if p >= HUGE_RUN_PAGES || !KEPT[p].0.load(Relaxed).is_null() {
         return false;
     }
     if KEPT_PAGES.fetch_add(p, Relaxed) + p > KEPT_MAX_PAGES {
@@ -836,6 +841,7 @@ pub unsafe fn kept_put(m: *mut PageMeta) -> bool {
     // SAFETY: the run is still the caller's.
     unsafe { keep_written(m, given) };
     if KEPT[p]
+        .0
         .compare_exchange(null_mut(), m, Release, Relaxed)
         .is_ok()
     {
@@ -849,7 +855,7 @@ pub unsafe fn kept_put(m: *mut PageMeta) -> bool {
 #[cfg(not(feature = "secure"))]
 pub fn kept_flush() {
     for k in KEPT.iter() {
-        let m = k.swap(null_mut(), Acquire);
+        let m = k.0.swap(null_mut(), Acquire);
         if !m.is_null() {
             // SAFETY: a kept run, ours now: in use, tags cleared.
             unsafe {

@@ -155,7 +155,7 @@ pub struct Heap {
     rng: u64,
     /// Large blocks this heap's thread allocated minus those it freed, and
     /// their bytes, wrapping (a thread may free blocks another allocated:
-    /// only the sum over heaps and `STATS` is meaningful). Written by the
+    /// only the sum over heaps, `stats::LARGE` and `STATS` is meaningful). Written by the
     /// heap's thread alone, so no locked instruction and no line shared
     /// between threads on the large paths; read by `stats()`.
     large_blocks: AtomicU64,
@@ -1688,8 +1688,8 @@ fn reclaim_abandoned() {
 }
 
 /// Counts a large block of `bytes` allocated (or `freed`) by the calling
-/// thread: in its heap ([`Heap::large_blocks`]), or in `STATS` for a
-/// thread without one.
+/// thread: in its heap ([`Heap::large_blocks`]), or in its shard of
+/// [`crate::stats::LARGE`] for a thread without one.
 pub fn count_large(bytes: u64, freed: bool) {
     let h = heap_of_slot(tls::get());
     let (n, b) = if freed {
@@ -1698,8 +1698,9 @@ pub fn count_large(bytes: u64, freed: bool) {
         (1, bytes)
     };
     if h.is_null() {
-        STATS.large_count.fetch_add(n, Relaxed);
-        STATS.large_allocated.fetch_add(b, Relaxed);
+        let s = crate::stats::large_shard();
+        s.count.fetch_add(n, Relaxed);
+        s.bytes.fetch_add(b, Relaxed);
         return;
     }
     // SAFETY: the calling thread's own heap: only it writes these.

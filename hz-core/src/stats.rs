@@ -15,7 +15,6 @@ pub struct Global {
     pub purged_bytes: AtomicU64,
     pub foreign_frees: AtomicU64,
     pub large_allocated: AtomicU64,
-    pub large_count: AtomicU64,
     pub heaps_created: AtomicU64,
     pub heaps_live: AtomicU64,
     pub oom: AtomicU64,
@@ -30,11 +29,53 @@ pub static STATS: Global = Global {
     purged_bytes: AtomicU64::new(0),
     foreign_frees: AtomicU64::new(0),
     large_allocated: AtomicU64::new(0),
-    large_count: AtomicU64::new(0),
     heaps_created: AtomicU64::new(0),
     heaps_live: AtomicU64::new(0),
     oom: AtomicU64::new(0),
 };
+
+/// Large-block counters of threads without a heap (one allocating only
+/// large blocks never claims one), spread over cache-line shards picked by
+/// the thread's stack address: one shared pair of counters made every
+/// large `malloc` and `free` of two such threads a contended line (E62).
+#[repr(align(128))]
+pub struct LargeShard {
+    pub count: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+pub const LARGE_SHARDS: usize = 16;
+
+#[cfg(not(loom))]
+#[allow(clippy::declare_interior_mutable_const)]
+const NO_LARGE: LargeShard = LargeShard {
+    count: AtomicU64::new(0),
+    bytes: AtomicU64::new(0),
+};
+#[cfg(not(loom))]
+pub static LARGE: [LargeShard; LARGE_SHARDS] = [NO_LARGE; LARGE_SHARDS];
+
+/// The calling thread's shard of [`LARGE`]: threads' stacks lie at least
+/// 64 KiB apart, and the hash spreads them over the shards.
+#[cfg(not(loom))]
+#[inline]
+pub fn large_shard() -> &'static LargeShard {
+    let probe = 0u8;
+    let a = core::ptr::addr_of!(probe) as usize >> 16;
+    let i = (a as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60;
+    &LARGE[i as usize % LARGE_SHARDS]
+}
+
+/// Sums [`LARGE`]: (blocks, bytes), both wrapping.
+#[cfg(not(loom))]
+pub fn large_sums() -> (u64, u64) {
+    LARGE.iter().fold((0u64, 0u64), |(n, b), s| {
+        (
+            n.wrapping_add(s.count.load(Relaxed)),
+            b.wrapping_add(s.bytes.load(Relaxed)),
+        )
+    })
+}
 
 /// Raises the peak after pages were taken.
 pub fn note_pages() {

@@ -8,7 +8,8 @@
 //! longer than asked serves a request, with the request's usable size; the
 //! pages a kept run's owners wrote are purged once the run goes back (at
 //! `collect()`, or on its own after a GC period in which no kept run was
-//! taken); and a run kept by a thread that exited serves other threads.
+//! taken); a run kept by a thread that exited serves other threads; and
+//! the large blocks of threads without a heap are counted in `stats()`.
 //!
 //! Each test runs in a child process, so that no other test's blocks land
 //! in the kept runs or the pages it inspects. The secure build keeps no
@@ -175,4 +176,68 @@ fn kept_runs_go_back_when_idle_and_serve_other_threads() {
         0,
         "a kept run stayed resident after collect()"
     );
+}
+
+/// Threads that allocate only large blocks never claim a heap; their
+/// counts go to per-thread shards (E62). `stats()` must still report every
+/// live large block and its bytes, also when one thread frees the blocks
+/// another allocated (one shard then counts "negative" blocks).
+#[test]
+fn large_blocks_of_threads_without_a_heap_are_counted() {
+    if !child::in_child(
+        MARKER,
+        "large_blocks_of_threads_without_a_heap_are_counted",
+        &[],
+        &[],
+    ) {
+        return;
+    }
+    let before = hz_core::stats();
+    let n = 300 << 10;
+    // Each thread allocates 3 blocks and hands their addresses back.
+    let blocks: Vec<usize> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                (0..3)
+                    .map(|_| {
+                        let p = hz_core::malloc(n);
+                        assert!(!p.is_null());
+                        p as usize
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let during = hz_core::stats();
+    assert_eq!(
+        during.large_blocks.wrapping_sub(before.large_blocks),
+        12,
+        "live large blocks of heapless threads are not counted"
+    );
+    let grown = during.allocated.wrapping_sub(before.allocated);
+    assert!(
+        grown >= 12 * n as u64 && grown < 12 * (n as u64 + (128 << 10)),
+        "allocated grew by {grown} for 12 blocks of {n} B"
+    );
+    // Freed by two other threads, none of which allocated them.
+    let (a, b) = blocks.split_at(6);
+    std::thread::scope(|s| {
+        for part in [a, b] {
+            s.spawn(move || {
+                for &p in part {
+                    // SAFETY: each block is live and freed once.
+                    unsafe { hz_core::free(p as *mut u8) };
+                }
+            });
+        }
+    });
+    let after = hz_core::stats();
+    assert_eq!(
+        after.large_blocks, before.large_blocks,
+        "large blocks freed on other threads still counted"
+    );
+    assert_eq!(after.allocated, before.allocated);
 }
