@@ -996,6 +996,66 @@ pub fn write_stats(fd: i32) {
     os::write_fd(fd, b.as_bytes());
 }
 
+/// Writes the statistics as the XML document of glibc's `malloc_info(3)`,
+/// with glibc's elements, so that tools reading glibc's report read this
+/// one. hz has no per-arena heaps: one `<heap nr="0">` holds the sums.
+/// `<sizes>` lists, per size class with spans, the free room in its spans
+/// (`from`..`to` bytes per block, `count` blocks, `total` bytes); blocks
+/// cached in thread bins count as in use, as glibc's report leaves its
+/// tcache out. `rest` totals that room; `mmap` counts the live large
+/// blocks and their bytes; `system current` is the bytes of pages in use,
+/// `system max` its peak; `aspace total` is the address space reserved
+/// (`in_use` inside the heap element) and `aspace mprotect` the pages in
+/// use. No allocation: `w` may be a fixed buffer.
+pub fn write_info<W: core::fmt::Write>(w: &mut W) -> core::fmt::Result {
+    let s = stats();
+    writeln!(w, "<malloc version=\"1\">")?;
+    writeln!(w, "<heap nr=\"0\">")?;
+    writeln!(w, "<sizes>")?;
+    let (mut free_blocks, mut free_bytes, mut small) = (0u64, 0u64, 0u64);
+    let mut from = 1u64;
+    for (c, k) in s.classes.iter().enumerate().skip(1) {
+        let size = u64::from(k.size);
+        let room = (k.spans * crate::class::span_blocks(c) as u64).saturating_sub(k.blocks);
+        if room != 0 {
+            writeln!(
+                w,
+                "<size from=\"{from}\" to=\"{size}\" total=\"{}\" count=\"{room}\"/>",
+                room * size
+            )?;
+        }
+        free_blocks += room;
+        free_bytes += room * size;
+        small += k.blocks * size;
+        from = size + 1;
+    }
+    writeln!(w, "</sizes>")?;
+    let totals = |w: &mut W, heap: bool| -> core::fmt::Result {
+        writeln!(w, "<total type=\"fast\" count=\"0\" size=\"0\"/>")?;
+        writeln!(
+            w,
+            "<total type=\"rest\" count=\"{free_blocks}\" size=\"{free_bytes}\"/>"
+        )?;
+        if !heap {
+            writeln!(
+                w,
+                "<total type=\"mmap\" count=\"{}\" size=\"{}\"/>",
+                s.large_blocks,
+                s.allocated.saturating_sub(small)
+            )?;
+        }
+        writeln!(w, "<system type=\"current\" size=\"{}\"/>", s.in_use)?;
+        writeln!(w, "<system type=\"max\" size=\"{}\"/>", s.peak)?;
+        let total = if heap { s.in_use } else { s.mapped };
+        writeln!(w, "<aspace type=\"total\" size=\"{total}\"/>")?;
+        writeln!(w, "<aspace type=\"mprotect\" size=\"{}\"/>", s.in_use)
+    };
+    totals(w, true)?;
+    writeln!(w, "</heap>")?;
+    totals(w, false)?;
+    writeln!(w, "</malloc>")
+}
+
 // ---------------------------------------------------------------------------
 // fork
 

@@ -251,6 +251,19 @@ const fn gen_span_blocks() -> [u32; NUM_CLASSES] {
 /// the span's last 4 KiB to a guard page and does not colour).
 pub static SPAN_BLOCKS: [u32; NUM_CLASSES] = gen_span_blocks();
 
+/// Blocks a span of class `c` holds in this build (the secure build's
+/// spans end in a guard page).
+pub fn span_blocks(c: usize) -> usize {
+    #[cfg(not(feature = "secure"))]
+    {
+        SPAN_BLOCKS[c] as usize
+    }
+    #[cfg(feature = "secure")]
+    {
+        (SPAN_PAGES[c] as usize * crate::PAGE_SIZE - crate::secure::GUARD) / CLASS_SIZE[c] as usize
+    }
+}
+
 const fn gen_bin_cap() -> [u32; NUM_CLASSES] {
     let sizes = gen_sizes();
     let mut cap = [0u32; NUM_CLASSES];

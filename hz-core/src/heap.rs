@@ -563,9 +563,9 @@ unsafe fn new_span(h: *mut Heap, c: usize) -> bool {
     crate::stats::note_pages();
     let m = run.meta;
     let size = CLASS_SIZE[c] as usize;
-    let span_bytes = SPAN_PAGES[c] as usize * PAGE_SIZE;
     #[cfg(not(feature = "secure"))]
     let (n, base) = {
+        let span_bytes = SPAN_PAGES[c] as usize * PAGE_SIZE;
         let n = crate::class::SPAN_BLOCKS[c] as usize;
         // The colour: a multiple of 64 bytes up to the span's slack (at
         // most `COLOR_SPAN`), from the span's address, so that the first
@@ -581,7 +581,7 @@ unsafe fn new_span(h: *mut Heap, c: usize) -> bool {
         (n, unsafe { run.addr.add(off) })
     };
     #[cfg(feature = "secure")]
-    let (n, base) = ((span_bytes - crate::secure::GUARD) / size, run.addr);
+    let (n, base) = (crate::class::span_blocks(c), run.addr);
     // SAFETY: the run is ours.
     unsafe {
         #[cfg(feature = "secure")]

@@ -252,6 +252,56 @@ pub extern "C" fn malloc_stats() {
     hz_core::write_stats(2);
 }
 
+/// A fixed buffer for [`malloc_info`]'s document (no allocation while the
+/// statistics are read).
+struct Fixed {
+    b: [u8; 8192],
+    n: usize,
+}
+impl core::fmt::Write for Fixed {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let end = self.n + s.len();
+        if end > self.b.len() {
+            return Err(core::fmt::Error);
+        }
+        self.b[self.n..end].copy_from_slice(s.as_bytes());
+        self.n = end;
+        Ok(())
+    }
+}
+
+/// `malloc_info(3)`: hz's statistics as glibc's XML document
+/// (`hz_core::write_info`: the same elements; `<sizes>` is the free room of
+/// each size class's spans) written to `stream`; 0 on success. `options`
+/// must be 0: otherwise it returns `EINVAL` itself, leaving `errno` alone,
+/// as glibc 2.36 does (its manual page says -1 and `errno`, its code does
+/// not; tests/c/api.c checks glibc and hz agree). A null `stream` is
+/// answered the same way (glibc would crash). -1 when the stream fails
+/// (`errno` from stdio).
+///
+/// # Safety
+/// `stream` is null or an open `FILE`.
+#[no_mangle]
+pub unsafe extern "C" fn malloc_info(options: c_int, stream: *mut libc::FILE) -> c_int {
+    if options != 0 || stream.is_null() {
+        return libc::EINVAL;
+    }
+    let mut b = Fixed { b: [0; 8192], n: 0 };
+    // The document's longest form (48 classes, 20-digit figures) is under
+    // 6 KiB; a failure here would be a bug, reported as EOVERFLOW.
+    if hz_core::write_info(&mut b).is_err() {
+        set_errno(libc::EOVERFLOW);
+        return -1;
+    }
+    // SAFETY: b.b[..b.n] is initialised; stream is an open FILE (caller).
+    let written = unsafe { libc::fwrite(b.b.as_ptr().cast(), 1, b.n, stream) };
+    if written == b.n {
+        0
+    } else {
+        -1
+    }
+}
+
 /// `mallinfo2(3)` filled from `hz_core::stats()`: `arena` = bytes of pages
 /// in use, `uordblks` = bytes allocated, `fordblks` = the rest of `arena`,
 /// `hblks` = large blocks live, `usmblks` = peak of `arena`, `keepcost` =

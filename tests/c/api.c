@@ -238,6 +238,22 @@ static void test_free_and_misc(void) {
     struct mallinfo m = mallinfo();
     (void)m2;
     (void)m;
+    /* malloc_info: glibc returns EINVAL for options != 0 and leaves errno
+     * alone (its manual page says -1); otherwise an XML document. */
+    FILE *f = tmpfile();
+    CHECK(f);
+    errno = 55;
+    CHECK(malloc_info(1, f) == EINVAL && errno == 55);
+    CHECK(malloc_info(0, f) == 0);
+    char doc[16384];
+    rewind(f);
+    size_t n = fread(doc, 1, sizeof doc - 1, f);
+    doc[n] = 0;
+    fclose(f);
+    CHECK(strncmp(doc, "<malloc version=\"1\">\n", 20) == 0);
+    CHECK(n > 10 && strcmp(doc + n - 10, "</malloc>\n") == 0);
+    CHECK(strstr(doc, "<total type=\"mmap\" count=\""));
+    CHECK(strstr(doc, "<system type=\"current\" size=\""));
 }
 
 int main(void) {

@@ -2,7 +2,7 @@
  * free and has no free_sized). Usage:
  *   hz_only exports   every exported entry point exists and works
  *   hz_only foreign   free() of stack/static/mmap pointers is survived
- *   hz_only stats     mallinfo/mallinfo2/malloc_trim/malloc_stats agree
+ *   hz_only stats     mallinfo/mallinfo2/malloc_info/malloc_trim/malloc_stats agree
  * Prints "FAIL ..." and exits 1 on a broken rule, "<mode>: ok" otherwise. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -101,10 +101,51 @@ static void foreign(void) {
     munmap(mapped, 1 << 16);
 }
 
+/* malloc_info's document, read back from a temporary file. */
+static size_t info(char *doc, size_t cap) {
+    FILE *f = tmpfile();
+    CHECK(f);
+    CHECK(malloc_info(0, f) == 0);
+    rewind(f);
+    size_t n = fread(doc, 1, cap - 1, f);
+    doc[n] = 0;
+    fclose(f);
+    return n;
+}
+
+/* The last "<total type=\"mmap\" count=.. size=../>" of the document (the
+ * process-wide one), and a check that every <size> line is consistent and
+ * sums to "rest". */
+static void info_totals(const char *doc, size_t *mmap_count, size_t *mmap_size) {
+    const char *p = doc, *last = NULL;
+    size_t rooms = 0, bytes = 0, prev_to = 0;
+    while ((p = strstr(p, "<size from=\""))) {
+        size_t from, to, total, count;
+        CHECK(sscanf(p, "<size from=\"%zu\" to=\"%zu\" total=\"%zu\" count=\"%zu\"/>",
+                     &from, &to, &total, &count) == 4);
+        CHECK(from > prev_to && from <= to && count > 0 && total == count * to);
+        prev_to = to;
+        rooms += count;
+        bytes += total;
+        p++;
+    }
+    size_t c, b;
+    p = strstr(doc, "<total type=\"rest\" ");
+    CHECK(p && sscanf(p, "<total type=\"rest\" count=\"%zu\" size=\"%zu\"/>", &c, &b) == 2);
+    CHECK(c == rooms && b == bytes);
+    for (p = doc; (p = strstr(p, "<total type=\"mmap\" ")); p++) last = p;
+    CHECK(last && sscanf(last, "<total type=\"mmap\" count=\"%zu\" size=\"%zu\"/>",
+                         mmap_count, mmap_size) == 2);
+}
+
 static void stats(void) {
     enum { N = 64, SZ = 256 * 1024 };
     void *blocks[N];
     struct mallinfo2 before = mallinfo2();
+    static char doc0[16384];
+    size_t count_before, size_before;
+    info(doc0, sizeof doc0);
+    info_totals(doc0, &count_before, &size_before);
     for (int i = 0; i < N; i++) {
         blocks[i] = malloc(SZ);
         CHECK(blocks[i]);
@@ -112,12 +153,23 @@ static void stats(void) {
     }
     struct mallinfo2 during = mallinfo2();
     struct mallinfo during1 = mallinfo();
+    /* malloc_info counts the 64 live large blocks and their 16 MiB. */
+    static char doc[16384];
+    size_t count_during, size_during;
+    info(doc, sizeof doc);
+    info_totals(doc, &count_during, &size_during);
     /* 16 MiB live: allocated bytes and mapped bytes must show it. */
     CHECK(during.uordblks >= before.uordblks + (size_t)N * SZ);
     CHECK(during.arena >= (size_t)N * SZ);
     CHECK(during1.uordblks > 0 && (size_t)during1.uordblks >= (size_t)N * SZ);
+    CHECK(count_during == count_before + N && count_during == during.hblks);
+    CHECK(size_during >= size_before + (size_t)N * SZ);
     for (int i = 0; i < N; i++) free(blocks[i]);
     struct mallinfo2 after = mallinfo2();
+    size_t count_after, size_after;
+    info(doc, sizeof doc);
+    info_totals(doc, &count_after, &size_after);
+    CHECK(count_after == count_before && size_after == size_before);
     CHECK(after.uordblks + (size_t)N * SZ / 2 <= during.uordblks);
     /* keepcost is what malloc_trim can give back: it returns 1 exactly when
      * there was some, leaves none, and a second trim has nothing to do. */
