@@ -396,6 +396,19 @@ pub extern "C" fn __libc_pvalloc(size: usize) -> *mut c_void {
     pvalloc(size)
 }
 
+/// `__libc_mallinfo`: see [`mallinfo`] (glibc exports it as a public
+/// symbol too).
+#[no_mangle]
+pub extern "C" fn __libc_mallinfo() -> libc::mallinfo {
+    mallinfo()
+}
+
+/// `__libc_mallopt`: see [`mallopt`].
+#[no_mangle]
+pub extern "C" fn __libc_mallopt(param: c_int, value: c_int) -> c_int {
+    mallopt(param, value)
+}
+
 /// Runs when ld.so loads libhz.so: registers hz's fork handlers (hz-core
 /// does it too on a thread's first allocation; registration happens once).
 extern "C" fn hz_ffi_init() {

@@ -26,11 +26,15 @@ extern void __libc_free(void *) __attribute__((weak));
 extern void *__libc_memalign(size_t, size_t) __attribute__((weak));
 extern void *__libc_valloc(size_t) __attribute__((weak));
 extern void *__libc_pvalloc(size_t) __attribute__((weak));
+extern struct mallinfo __libc_mallinfo(void) __attribute__((weak));
+extern int __libc_mallopt(int, int) __attribute__((weak));
 
 static void exports(void) {
     CHECK(free_sized && free_aligned_sized && cfree);
     CHECK(__libc_malloc && __libc_calloc && __libc_realloc && __libc_free);
     CHECK(__libc_memalign && __libc_valloc && __libc_pvalloc);
+    CHECK(__libc_mallinfo && __libc_mallopt);
+    CHECK(__libc_mallopt(M_ARENA_MAX, 1) == 1);
     for (size_t n = 1; n < (1u << 21); n = n * 4 + 1) {
         void *p = malloc(n);
         CHECK(p);
@@ -162,6 +166,9 @@ static void stats(void) {
     CHECK(during.uordblks >= before.uordblks + (size_t)N * SZ);
     CHECK(during.arena >= (size_t)N * SZ);
     CHECK(during1.uordblks > 0 && (size_t)during1.uordblks >= (size_t)N * SZ);
+    /* hz's, not glibc's (which would see none of these blocks). */
+    struct mallinfo during2 = __libc_mallinfo();
+    CHECK(during2.hblks == during1.hblks && (size_t)during2.uordblks >= (size_t)N * SZ);
     CHECK(count_during == count_before + N && count_during == during.hblks);
     CHECK(size_during >= size_before + (size_t)N * SZ);
     for (int i = 0; i < N; i++) free(blocks[i]);
