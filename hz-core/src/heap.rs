@@ -155,9 +155,9 @@ pub struct Heap {
     rng: u64,
     /// Large blocks this heap's thread allocated minus those it freed, and
     /// their bytes, wrapping (a thread may free blocks another allocated:
-    /// only the sum over heaps, `stats::LARGE` and `STATS` is meaningful). Written by the
-    /// heap's thread alone, so no locked instruction and no line shared
-    /// between threads on the large paths; read by `stats()`.
+    /// only the sum over heaps, `stats::LARGE` and `STATS` is meaningful).
+    /// Written by the heap's thread alone, so no locked instruction and no
+    /// line shared between threads on the large paths; read by `stats()`.
     large_blocks: AtomicU64,
     large_bytes: AtomicU64,
     /// `secure` builds with `HZ_SECURE_FILL=1`: what the TLS slot points at

@@ -55,8 +55,10 @@ const NO_LARGE: LargeShard = LargeShard {
 #[cfg(not(loom))]
 pub static LARGE: [LargeShard; LARGE_SHARDS] = [NO_LARGE; LARGE_SHARDS];
 
-/// The calling thread's shard of [`LARGE`]: threads' stacks lie at least
-/// 64 KiB apart, and the hash spreads them over the shards.
+/// The calling thread's shard of [`LARGE`], from its stack address:
+/// threads' stacks usually lie at least 64 KiB apart, and the hash spreads
+/// them over the shards. Threads that land on one shard only share its
+/// line; the sums stay exact.
 #[cfg(not(loom))]
 #[inline]
 pub fn large_shard() -> &'static LargeShard {
