@@ -252,21 +252,40 @@ pub extern "C" fn malloc_stats() {
     hz_core::write_stats(2);
 }
 
-/// A fixed buffer for [`malloc_info`]'s document (no allocation while the
-/// statistics are read).
-struct Fixed {
-    b: [u8; 8192],
+/// [`malloc_info`]'s writer: a small buffer passed to `fwrite` whenever it
+/// fills (a few hundred bytes of stack, also on a thread with a small
+/// one); `failed` once `fwrite` wrote short.
+struct StreamWriter {
+    stream: *mut libc::FILE,
+    b: [u8; 512],
     n: usize,
+    failed: bool,
 }
-impl core::fmt::Write for Fixed {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        let end = self.n + s.len();
-        if end > self.b.len() {
-            return Err(core::fmt::Error);
+impl StreamWriter {
+    fn flush(&mut self) {
+        if self.n != 0 && !self.failed {
+            // SAFETY: b[..n] is initialised; stream is an open FILE
+            // (malloc_info's contract).
+            let w = unsafe { libc::fwrite(self.b.as_ptr().cast(), 1, self.n, self.stream) };
+            self.failed = w != self.n;
         }
-        self.b[self.n..end].copy_from_slice(s.as_bytes());
-        self.n = end;
-        Ok(())
+        self.n = 0;
+    }
+}
+impl core::fmt::Write for StreamWriter {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        for chunk in s.as_bytes().chunks(self.b.len()) {
+            if self.n + chunk.len() > self.b.len() {
+                self.flush();
+            }
+            self.b[self.n..self.n + chunk.len()].copy_from_slice(chunk);
+            self.n += chunk.len();
+        }
+        if self.failed {
+            Err(core::fmt::Error)
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -277,7 +296,8 @@ impl core::fmt::Write for Fixed {
 /// as glibc 2.36 does (its manual page says -1 and `errno`, its code does
 /// not; tests/c/api.c checks glibc and hz agree). A null `stream` is
 /// answered the same way (glibc would crash). -1 when the stream fails
-/// (`errno` from stdio).
+/// (`errno` from stdio). The statistics are read once, before anything is
+/// written (`fwrite` may allocate).
 ///
 /// # Safety
 /// `stream` is null or an open `FILE`.
@@ -286,19 +306,18 @@ pub unsafe extern "C" fn malloc_info(options: c_int, stream: *mut libc::FILE) ->
     if options != 0 || stream.is_null() {
         return libc::EINVAL;
     }
-    let mut b = Fixed { b: [0; 8192], n: 0 };
-    // The document's longest form (48 classes, 20-digit figures) is under
-    // 6 KiB; a failure here would be a bug, reported as EOVERFLOW.
-    if hz_core::write_info(&mut b).is_err() {
-        set_errno(libc::EOVERFLOW);
-        return -1;
-    }
-    // SAFETY: b.b[..b.n] is initialised; stream is an open FILE (caller).
-    let written = unsafe { libc::fwrite(b.b.as_ptr().cast(), 1, b.n, stream) };
-    if written == b.n {
-        0
-    } else {
+    let mut w = StreamWriter {
+        stream,
+        b: [0; 512],
+        n: 0,
+        failed: false,
+    };
+    let r = hz_core::write_info(&mut w);
+    w.flush();
+    if r.is_err() || w.failed {
         -1
+    } else {
+        0
     }
 }
 

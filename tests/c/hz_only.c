@@ -177,6 +177,13 @@ static void stats(void) {
     info(doc, sizeof doc);
     info_totals(doc, &count_after, &size_after);
     CHECK(count_after == count_before && size_after == size_before);
+    /* A stream that cannot be written: -1 (glibc ignores the failure). */
+    FILE *full = fopen("/dev/full", "w");
+    if (full) {
+        setvbuf(full, NULL, _IONBF, 0);
+        CHECK(malloc_info(0, full) == -1);
+        fclose(full);
+    }
     CHECK(after.uordblks + (size_t)N * SZ / 2 <= during.uordblks);
     /* keepcost is what malloc_trim can give back: it returns 1 exactly when
      * there was some, leaves none, and a second trim has nothing to do. */
