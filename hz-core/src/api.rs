@@ -907,6 +907,8 @@ impl Default for Stats {
 /// Current statistics.
 pub fn stats() -> Stats {
     let g = &counters::STATS;
+    // Large blocks of threads without a heap (one pass over the shards).
+    let (heapless_blocks, heapless_bytes) = counters::large_sums();
     let mut s = Stats {
         in_use: g.pages_in_use.load(Relaxed) << PAGE_SHIFT,
         peak: g
@@ -918,7 +920,7 @@ pub fn stats() -> Stats {
         purges: g.purges.load(Relaxed),
         purged_bytes: g.purged_bytes.load(Relaxed),
         foreign_frees: g.foreign_frees.load(Relaxed),
-        large_blocks: counters::large_sums().0,
+        large_blocks: heapless_blocks,
         heaps_live: g.heaps_live.load(Relaxed),
         heaps_created: g.heaps_created.load(Relaxed),
         failed_allocations: g.oom.load(Relaxed),
@@ -937,7 +939,7 @@ pub fn stats() -> Stats {
         .allocated
         .wrapping_add(small)
         .wrapping_add(g.large_allocated.load(Relaxed))
-        .wrapping_add(counters::large_sums().1);
+        .wrapping_add(heapless_bytes);
     s
 }
 
