@@ -244,12 +244,41 @@ unsafe fn resize_large(m: *mut arena::PageMeta, pages: usize, new_pages: usize) 
     true
 }
 
+/// Shortens large block `m` (now `pages` long) in place to `new_pages`:
+/// its run through the page allocator, or a block of a segment (`seg`)
+/// there (which always can).
+unsafe fn shrink_large(m: *mut arena::PageMeta, pages: usize, new_pages: usize, seg: bool) -> bool {
+    if !seg {
+        // SAFETY: forwarded contract.
+        return unsafe { resize_large(m, pages, new_pages) };
+    }
+    #[cfg(not(feature = "secure"))]
+    // SAFETY: the caller owns the block; nothing past new_pages is used.
+    unsafe {
+        crate::segment::shrink(m, new_pages)
+    };
+    let delta = (new_pages as i64 - pages as i64) << PAGE_SHIFT;
+    counters::STATS
+        .large_allocated
+        .fetch_add(delta as u64, Relaxed);
+    true
+}
+
 /// Returns a large block's run (`moved`: the pages given to the program
 /// were moved away by `mremap`).
 unsafe fn free_large(m: *mut arena::PageMeta, moved: bool) {
     // SAFETY: m heads a large run the caller gives up.
     let pages = unsafe { (*m).pages } as u64;
     heap::count_large(pages << PAGE_SHIFT, true);
+    // A block of a heap's segment goes back to it (E67; never `moved`:
+    // realloc moves no segment's pages).
+    #[cfg(not(feature = "secure"))]
+    // SAFETY: m heads the block the caller gives up.
+    if unsafe { in_segment(m) } {
+        // SAFETY: as above.
+        unsafe { crate::segment::free(m) };
+        return;
+    }
     // The default build keeps a run below 2 MiB for the next large block
     // (`arena::kept_put`); its tags are cleared first, so a second free of
     // the block is ignored as it is for a returned run.
@@ -456,10 +485,17 @@ fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
     let align_pages = (align >> PAGE_SHIFT).max(1);
     // The settings (`HZ_THP`, `HZ_ARENA_*`) when this is the first call.
     heap::init_once();
-    // A kept run needs no tick: no page changes hands (the free that kept
-    // it ticked).
+    // Up to 1 MiB: from the thread's own segments (E67), then a kept run,
+    // which needs no tick: no page changes hands (the free that kept it
+    // ticked).
     #[cfg(not(feature = "secure"))]
     if align_pages == 1 {
+        if pages <= crate::segment::RUN_MAX {
+            let p = alloc_large_seg(size, pages, zero);
+            if !p.is_null() {
+                return p;
+            }
+        }
         let p = alloc_large_kept(size, pages, zero);
         if !p.is_null() {
             return p;
@@ -497,6 +533,10 @@ unsafe fn hand_out_large(
     let (addr, run_pages) = unsafe {
         arena::set_tags(m, 0, KIND_LARGE, 0);
         (*m).given = pages as u32;
+        #[cfg(not(feature = "secure"))]
+        {
+            (*m).seg = null_mut();
+        }
         if clear {
             core::ptr::write_bytes((*m).addr as *mut u8, 0, size);
         }
@@ -520,6 +560,49 @@ fn alloc_large_kept(size: usize, pages: usize, zero: bool) -> *mut u8 {
     // hull already (`arena::keep_written`), so `given` is this block's, and
     // they may be dirty: a calloc clears.
     unsafe { hand_out_large(m, pages, size, zero) }
+}
+
+/// A large block of `pages` pages (at most `segment::RUN_MAX`) carved from
+/// the calling thread's segments (claiming a heap for a thread that has
+/// none); null when it has no heap and can get none, or its segments
+/// have no room and no more can be added.
+#[cfg(not(feature = "secure"))]
+fn alloc_large_seg(size: usize, pages: usize, zero: bool) -> *mut u8 {
+    let mut h = heap::heap_of_slot(tls::get());
+    if h.is_null() {
+        h = heap::current_or_claim();
+        if h.is_null() {
+            return null_mut();
+        }
+    }
+    // SAFETY: h is this thread's heap.
+    let Some((m, s, clean)) = (unsafe { crate::segment::take(h, pages) }) else {
+        return null_mut();
+    };
+    // SAFETY: m heads the block just carved, ours; then it names its
+    // segment (hand_out_large clears `seg`); h is held and between
+    // operations for the tick.
+    unsafe {
+        let p = hand_out_large(m, pages, size, zero && !clean);
+        (*m).seg = s;
+        heap::tick(h);
+        p
+    }
+}
+
+/// True when large block `m` was carved from a heap's segment.
+///
+/// # Safety
+/// `m` heads a live large block.
+unsafe fn in_segment(m: *mut arena::PageMeta) -> bool {
+    #[cfg(not(feature = "secure"))]
+    // SAFETY: caller's contract.
+    return !unsafe { (*m).seg }.is_null();
+    #[cfg(feature = "secure")]
+    {
+        let _ = m;
+        false
+    }
 }
 
 /// The zone a large run of `pages` pages comes from: runs of 2 MiB and more
@@ -734,6 +817,10 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
             return null_mut();
         }
         old_usable = (given << PAGE_SHIFT) - GUARD_BYTES;
+        // A block of a segment keeps its pages: its neighbours there are
+        // the segment's, not the page allocator's.
+        // SAFETY: m heads p's run.
+        let seg = unsafe { in_segment(m) };
         // (secure builds keep their guard pages: no in-place resizing.)
         if new_c == 0 && new_size <= MAX_REQUEST && !cfg!(feature = "secure") {
             let new_pages = new_size.max(1).div_ceil(PAGE_SIZE);
@@ -741,7 +828,7 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
                 // Shrinking: give the tail back only when it is most of the
                 // run; otherwise keep it as room to grow again in place.
                 // SAFETY: the run is p's. (A refusal leaves it whole.)
-                if new_pages * 2 < pages && unsafe { resize_large(m, pages, new_pages) } {
+                if new_pages * 2 < pages && unsafe { shrink_large(m, pages, new_pages, seg) } {
                     // SAFETY: m heads p's run, now new_pages long.
                     unsafe { (*m).given = new_pages as u32 };
                 } else if new_pages > given {
@@ -755,7 +842,8 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
             // else exactly.
             let roomy = new_pages + new_pages / 2;
             // SAFETY: the run is p's.
-            if unsafe { resize_large(m, pages, roomy) || resize_large(m, pages, new_pages) } {
+            if !seg && unsafe { resize_large(m, pages, roomy) || resize_large(m, pages, new_pages) }
+            {
                 // SAFETY: m heads p's run, now at least new_pages long.
                 unsafe { (*m).given = new_pages as u32 };
                 return p;
@@ -777,7 +865,7 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
             // is given new_pages of them.
             let clean = unsafe {
                 (*mq).given = new_pages as u32;
-                arena::taken_clean(mq)
+                !in_segment(mq) && arena::taken_clean(mq)
             };
             // SAFETY: q is a fresh run of at least old_usable bytes; the old
             // range is p's whole run, which we then free.
@@ -794,7 +882,11 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
                 arena::Zone::Huge => zone.round(given) << PAGE_SHIFT,
             };
             unsafe {
-                if clean && same_zone && old_usable >= MREMAP_MIN && os::move_pages(p, q, move_len)
+                if clean
+                    && !seg
+                    && same_zone
+                    && old_usable >= MREMAP_MIN
+                    && os::move_pages(p, q, move_len)
                 {
                     // The old range is mapped and empty.
                     free_large(m, true);

@@ -116,6 +116,10 @@ pub struct PageMeta {
     /// Large blocks: the run's leading pages handed to the program (the
     /// rest of the run is room to grow in place, never given out).
     pub given: u32,
+    /// Default build: the heap segment a large block was carved from
+    /// (`segment`); null for a block of the page allocator's own.
+    #[cfg(not(feature = "secure"))]
+    pub seg: *mut crate::segment::Segment,
     /// `secure` builds, any page: the last `secure::GUARD` bytes of this
     /// page are a guard (`os::GUARD_MARKER` or `os::GUARD_PROTECT`; 0: none). Guards stay when a run is freed (so a span
     /// carved again at the same place needs no system call); a run taken
@@ -348,6 +352,12 @@ pub fn span_bits(m: *mut PageMeta) -> *mut u64 {
             .load(Relaxed)
             .add(page_index(m) * SPAN_BITMAP_WORDS)
     }
+}
+
+/// Index of meta `m` in its arena's table (its page's index).
+#[cfg(not(feature = "secure"))]
+pub fn meta_index(m: *mut PageMeta) -> usize {
+    page_index(m)
 }
 
 fn page_index(m: *mut PageMeta) -> usize {

@@ -167,6 +167,10 @@ pub struct Heap {
     /// no test of the mode.
     #[cfg(feature = "secure")]
     decoy: Bins,
+    /// Default build: the segments this heap's large blocks of up to
+    /// 1 MiB are carved from (`segment`).
+    #[cfg(not(feature = "secure"))]
+    pub segs: [crate::segment::Segment; crate::segment::SEGS],
     pub inbox: Inbox,
     slots: [*mut u8; BIN_SLOTS],
     spill: [*mut u8; SPILL_SLOTS],
@@ -1081,6 +1085,8 @@ unsafe fn gc(h: *mut Heap, now: u64) {
                 flush_spill(h, c);
             }
         }
+        #[cfg(not(feature = "secure"))]
+        crate::segment::gc(h, false);
     }
 }
 
@@ -1491,6 +1497,8 @@ pub unsafe fn flush_all(h: *mut Heap, release_empty: bool) {
         }
         flush_spills(h);
         drain_inbox(h);
+        #[cfg(not(feature = "secure"))]
+        crate::segment::gc(h, release_empty);
         for c in 1..NUM_CLASSES {
             let mut ch = (*h).chains[c];
             (*h).chains[c] = null_mut();

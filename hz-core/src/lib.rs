@@ -42,6 +42,8 @@ mod loom_models;
 pub mod os;
 #[cfg(all(feature = "secure", not(loom)))]
 mod secure;
+#[cfg(all(not(feature = "secure"), not(loom)))]
+mod segment;
 #[cfg(not(loom))]
 mod stats;
 mod sync;
