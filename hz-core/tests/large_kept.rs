@@ -1,5 +1,6 @@
-//! Kept large runs (default build): a run below 2 MiB that the program
-//! frees is kept whole, in one slot per length shared by all threads, for
+//! Kept large runs (default build): a run of more than 1 MiB and less than
+//! 2 MiB that the program frees is kept whole (blocks of up to 1 MiB come
+//! from the thread's own segments instead: large_segments.rs), in one slot per length shared by all threads, for
 //! the next large block of about its length (`arena::kept_take`), taken
 //! without the page lock. What must hold: the run is reused (same address);
 //! a second free of the block is ignored, as for a run returned to the
@@ -19,7 +20,7 @@
 #[path = "reliability/child.rs"]
 mod child;
 
-use child::{resident_pages, MIB};
+use child::resident_pages;
 use std::time::{Duration, Instant};
 
 const MARKER: &str = "HZ_LARGE_KEPT_CHILD";
@@ -39,7 +40,7 @@ fn a_freed_large_run_serves_the_next_block_and_a_double_free_is_ignored() {
     ) {
         return;
     }
-    let n = 300 << 10;
+    let n = 1200 << 10;
     let p = hz_core::malloc(n);
     assert!(!p.is_null());
     write_all(p, n, 0xab);
@@ -61,7 +62,7 @@ fn a_freed_large_run_serves_the_next_block_and_a_double_free_is_ignored() {
     );
     assert_ne!(a, b, "one run handed out twice after a double free");
     // SAFETY: a is a live block of hz.
-    assert_eq!(unsafe { hz_core::usable_size(a) }, 320 << 10);
+    assert_eq!(unsafe { hz_core::usable_size(a) }, 1216 << 10);
     // SAFETY: live blocks of hz.
     unsafe {
         hz_core::free(a);
@@ -79,16 +80,16 @@ fn calloc_from_a_kept_run_is_zeroed_and_a_longer_run_gives_the_asked_size() {
     ) {
         return;
     }
-    // 10 pages of 64 KiB, written whole, then kept; `g`, live to the end,
+    // 20 pages of 64 KiB, written whole, then kept; `g`, live to the end,
     // keeps the run from merging with the runs after it when they go back.
-    let n = 10 * (64 << 10);
+    let n = 20 * (64 << 10);
     let p = hz_core::malloc(n);
-    let g = hz_core::malloc(200 << 10);
+    let g = hz_core::malloc(1200 << 10);
     write_all(p, n, 0xff);
     // SAFETY: live block of hz.
     unsafe { hz_core::free(p) };
-    // 8 pages asked: the 10-page run is within a quarter more.
-    let m = 8 * (64 << 10);
+    // 17 pages asked: the 20-page run is within a quarter more.
+    let m = 17 * (64 << 10);
     let q = hz_core::calloc(m);
     assert_eq!(q, p, "a run a quarter longer did not serve the request");
     // SAFETY: q is a live block of hz.
@@ -101,13 +102,13 @@ fn calloc_from_a_kept_run_is_zeroed_and_a_longer_run_gives_the_asked_size() {
     );
     // SAFETY: live block of hz.
     unsafe { hz_core::free(q) };
-    // A 12-page request is more than a quarter over: a fresh run.
-    let r = hz_core::malloc(15 * (64 << 10));
+    // A 26-page request is more than a quarter over: a fresh run.
+    let r = hz_core::malloc(26 * (64 << 10));
     assert_ne!(r, p, "a run shorter than asked was handed out");
     // SAFETY: live block of hz.
     unsafe { hz_core::free(r) };
     // Every page the first owner wrote goes back when the runs do: the
-    // dirty hull covers all 10, not the 8 the second owner asked for.
+    // dirty hull covers all 20, not the 17 the second owner asked for.
     hz_core::collect();
     assert_eq!(
         resident_pages(p, n),
@@ -128,12 +129,16 @@ fn kept_runs_go_back_when_idle_and_serve_other_threads() {
     ) {
         return;
     }
-    let n = MIB;
+    let n = 20 * (64 << 10);
     let p = hz_core::malloc(n);
     write_all(p, n, 1);
     // SAFETY: live block of hz.
     unsafe { hz_core::free(p) };
-    assert_eq!(resident_pages(p, n), 256, "the kept run was purged at once");
+    assert_eq!(
+        resident_pages(p, n),
+        n / 4096,
+        "the kept run was purged at once"
+    );
     // Small blocks only, for a few GC periods: the run goes back to the
     // page allocator and is purged after the delay, with no call to
     // collect (no background thread: the thread's slow paths do it).
@@ -178,7 +183,7 @@ fn kept_runs_go_back_when_idle_and_serve_other_threads() {
     );
 }
 
-/// Threads that allocate only large blocks never claim a heap; their
+/// Threads that allocate only large blocks above 1 MiB never claim a heap; their
 /// counts go to per-thread shards (E62). `stats()` must still report every
 /// live large block and its bytes, also when one thread frees the blocks
 /// another allocated (one shard then counts "negative" blocks).
@@ -193,7 +198,7 @@ fn large_blocks_of_threads_without_a_heap_are_counted() {
         return;
     }
     let before = hz_core::stats();
-    let n = 300 << 10;
+    let n = 1200 << 10;
     // Each thread allocates 3 blocks and hands their addresses back.
     let blocks: Vec<usize> = (0..4)
         .map(|_| {

@@ -1,0 +1,236 @@
+//! Large blocks of up to 1 MiB from the thread's own segments (default
+//! build, E67). What must hold: a block its thread frees serves that
+//! thread's next block of that length or shorter (same place), and not
+//! another thread's (the segments are per heap); a second free is ignored
+//! and counted; `calloc` of pages an earlier block wrote returns zeros;
+//! blocks another thread frees go back to the owner's segment and serve its
+//! next blocks; a block shrunk by `realloc` gives its tail back; free pages
+//! are purged at `collect()`, and without it after a few GC periods of the
+//! thread's work.
+//!
+//! Each test runs in a child process, so that no other test's blocks share
+//! its segments.
+#![cfg(not(feature = "secure"))]
+
+#[path = "reliability/child.rs"]
+mod child;
+
+use child::{resident_pages, MIB};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const MARKER: &str = "HZ_LARGE_SEGMENTS_CHILD";
+const PAGE: usize = 64 << 10;
+
+fn write_all(p: *mut u8, n: usize, v: u8) {
+    // SAFETY: p is a live block of at least n bytes.
+    unsafe { core::ptr::write_bytes(p, v, n) };
+}
+
+fn free(p: *mut u8) {
+    // SAFETY: callers pass live blocks of hz, each once (or, where the
+    // test says so, a block freed before: the misuse under test).
+    unsafe { hz_core::free(p) };
+}
+
+#[test]
+fn a_freed_block_serves_its_threads_next_block_and_not_another_threads() {
+    if !child::in_child(
+        MARKER,
+        "a_freed_block_serves_its_threads_next_block_and_not_another_threads",
+        &[],
+        &[],
+    ) {
+        return;
+    }
+    let n = 6 * PAGE;
+    let p = hz_core::malloc(n);
+    let keep = hz_core::malloc(n);
+    write_all(p, n, 0xab);
+    free(p);
+    let foreign = hz_core::stats().foreign_frees;
+    free(p);
+    assert_eq!(
+        hz_core::stats().foreign_frees,
+        foreign + 1,
+        "a second free of a segment block is not ignored and counted"
+    );
+    // Another thread's block of that length comes from its own segment.
+    let other = std::thread::spawn(move || {
+        let q = hz_core::malloc(n);
+        free(q);
+        q as usize
+    })
+    .join()
+    .unwrap();
+    assert_ne!(
+        other, p as usize,
+        "another thread got this thread's freed block"
+    );
+    // This thread's next block of 3 pages takes the freed place, zeroed by
+    // calloc although the earlier block wrote it.
+    let q = hz_core::calloc(3 * PAGE);
+    assert_eq!(
+        q, p,
+        "the freed place did not serve the thread's next block"
+    );
+    // SAFETY: q is a live block of hz.
+    assert_eq!(unsafe { hz_core::usable_size(q) }, 3 * PAGE);
+    // SAFETY: q is a live block of 3 pages.
+    let s = unsafe { core::slice::from_raw_parts(q, 3 * PAGE) };
+    assert!(
+        s.iter().all(|&b| b == 0),
+        "calloc of written pages is not zeroed"
+    );
+    // The other three freed pages serve a block of three (blocks of two
+    // pages and less are small blocks), once.
+    let r = hz_core::malloc(3 * PAGE);
+    // SAFETY: q and r are blocks of hz.
+    assert_eq!(
+        r as usize,
+        q as usize + 3 * PAGE,
+        "the rest of the freed place was lost"
+    );
+    let r2 = hz_core::malloc(3 * PAGE);
+    assert!(
+        (r2 as usize) < q as usize || r2 as usize >= r as usize + 3 * PAGE,
+        "one place handed out twice"
+    );
+    for b in [q, r, r2, keep] {
+        free(b);
+    }
+}
+
+#[test]
+fn blocks_freed_by_another_thread_serve_the_owners_next_blocks() {
+    if !child::in_child(
+        MARKER,
+        "blocks_freed_by_another_thread_serve_the_owners_next_blocks",
+        &[],
+        &[],
+    ) {
+        return;
+    }
+    // One segment, full: ten blocks of 6 pages and one of 4 that stays.
+    let n = 6 * PAGE;
+    let blocks: Vec<usize> = (0..10).map(|_| hz_core::malloc(n) as usize).collect();
+    let stay = hz_core::malloc(4 * PAGE);
+    let lo = *blocks.iter().min().unwrap();
+    assert!(
+        blocks.iter().all(|&p| p < lo + 64 * PAGE) && (stay as usize) < lo + 64 * PAGE,
+        "the first 64 pages of blocks are not one segment"
+    );
+    let (tx, rx) = mpsc::channel();
+    let freed = blocks.clone();
+    std::thread::spawn(move || {
+        for p in freed {
+            free(p as *mut u8);
+        }
+        tx.send(()).unwrap();
+    })
+    .join()
+    .unwrap();
+    rx.recv().unwrap();
+    // The owner's next ten blocks take the places the other thread freed,
+    // without taking pages from the page allocator.
+    let in_use = hz_core::stats().in_use;
+    let mut again: Vec<usize> = (0..10).map(|_| hz_core::malloc(n) as usize).collect();
+    assert_eq!(
+        hz_core::stats().in_use,
+        in_use,
+        "the owner took new pages instead of the blocks freed by another thread"
+    );
+    again.sort();
+    let mut want = blocks.clone();
+    want.sort();
+    assert_eq!(
+        again, want,
+        "blocks freed by another thread did not serve their owner"
+    );
+    for p in again {
+        free(p as *mut u8);
+    }
+    free(stay);
+}
+
+#[test]
+fn realloc_shrinking_a_block_gives_its_tail_back() {
+    if !child::in_child(
+        MARKER,
+        "realloc_shrinking_a_block_gives_its_tail_back",
+        &[],
+        &[],
+    ) {
+        return;
+    }
+    let p = hz_core::malloc(15 * PAGE);
+    write_all(p, 15 * PAGE, 7);
+    // SAFETY: p is a live block of hz.
+    let q = unsafe { hz_core::realloc(p, 4 * PAGE - 100) };
+    assert_eq!(q, p, "shrinking moved the block");
+    // SAFETY: q is a live block of hz.
+    assert_eq!(unsafe { hz_core::usable_size(q) }, 4 * PAGE);
+    // SAFETY: the first 4 pages are the block's.
+    assert!(unsafe { core::slice::from_raw_parts(q, 4 * PAGE - 100) }
+        .iter()
+        .all(|&b| b == 7));
+    let r = hz_core::malloc(11 * PAGE);
+    assert_eq!(
+        r as usize,
+        q as usize + 4 * PAGE,
+        "the shrunk block's tail did not serve the next block"
+    );
+    // A free of the old tail's address is ignored and counted.
+    let foreign = hz_core::stats().foreign_frees;
+    // SAFETY: not a block start: the misuse under test (ignored by hz).
+    free(unsafe { q.add(5 * PAGE) });
+    assert_eq!(hz_core::stats().foreign_frees, foreign + 1);
+    free(q);
+    free(r);
+}
+
+#[test]
+fn free_pages_of_segments_go_back_to_the_kernel() {
+    if !child::in_child(
+        MARKER,
+        "free_pages_of_segments_go_back_to_the_kernel",
+        &[],
+        &[],
+    ) {
+        return;
+    }
+    // At collect().
+    let n = MIB;
+    let keep = hz_core::malloc(PAGE * 2);
+    let p = hz_core::malloc(n);
+    write_all(p, n, 1);
+    free(p);
+    assert_eq!(
+        resident_pages(p, n),
+        n / 4096,
+        "a freed segment block was purged at once"
+    );
+    hz_core::collect();
+    assert_eq!(
+        resident_pages(p, n),
+        0,
+        "free segment pages stayed resident after collect()"
+    );
+    // Without collect: the thread's small-block work runs its GC.
+    let p = hz_core::malloc(n);
+    write_all(p, n, 2);
+    free(p);
+    let t0 = Instant::now();
+    while resident_pages(p, n) != 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "free segment pages stayed resident for 2 s of small-block work"
+        );
+        let v: Vec<*mut u8> = (0..2000).map(|i| hz_core::malloc(16 + i % 1000)).collect();
+        for b in v {
+            free(b);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    free(keep);
+}
