@@ -245,8 +245,8 @@ unsafe fn resize_large(m: *mut arena::PageMeta, pages: usize, new_pages: usize) 
 }
 
 /// Shortens large block `m` (now `pages` long) in place to `new_pages`:
-/// its run through the page allocator, or a block of a segment (`seg`)
-/// there (which always can).
+/// a run through the page allocator (which may refuse), a block of a
+/// segment (`seg`) inside its segment (which always succeeds).
 unsafe fn shrink_large(m: *mut arena::PageMeta, pages: usize, new_pages: usize, seg: bool) -> bool {
     if !seg {
         // SAFETY: forwarded contract.

@@ -220,6 +220,21 @@ pub unsafe fn free(m: *mut PageMeta) {
         let bits = mask(((*m).addr - (*s).base) >> PAGE_SHIFT, (*m).pages as usize);
         // Tags first: a second free of the block is then ignored.
         arena::set_tags(m, 0, KIND_FREE, 0);
+        give_back(s, bits);
+    }
+}
+
+/// Pages `bits` of segment `s`, which the caller held and no longer uses,
+/// go back to it: with plain stores from the owner's thread, else into
+/// `remote` (and a reclaim is due when the owner's thread has exited).
+///
+/// # Safety
+/// The pages are the caller's (a block or its tail) and their tags are
+/// cleared.
+unsafe fn give_back(s: *mut Segment, bits: u64) {
+    // SAFETY: `heap` never changes; `free` is the owner's alone, and the
+    // owner's thread is the calling one on that branch.
+    unsafe {
         let h = (*s).heap;
         if heap::heap_of_slot(tls::get()) == h {
             (*s).free |= bits;
@@ -255,13 +270,7 @@ pub unsafe fn shrink(m: *mut PageMeta, new_pages: usize) {
         arena::set_tags(tail, 0, KIND_FREE, 0);
         (*m).pages = new_pages as u32;
         arena::set_tags(m, 0, arena::KIND_LARGE, 0);
-        let bits = mask(i + new_pages, n - new_pages);
-        let h = (*s).heap;
-        if heap::heap_of_slot(tls::get()) == h {
-            (*s).free |= bits;
-        } else {
-            (*s).remote.fetch_or(bits, Release);
-        }
+        give_back(s, mask(i + new_pages, n - new_pages));
     }
 }
 
