@@ -107,28 +107,16 @@ pub unsafe fn take(h: *mut Heap, pages: usize) -> Option<(*mut PageMeta, *mut Se
         let ss = segs(h);
         let mut folded = false;
         loop {
-            // The first place whose pages are all resident; else the one
-            // with the fewest pages not resident: as few page faults, and
-            // as few pages newly resident, as the free room allows.
             let mut best: Option<(*mut Segment, usize, u32)> = None;
             for k in 0..SEGS {
                 let s = ss.add(k);
                 if (*s).meta.is_null() {
                     continue;
                 }
-                let f = runs_of((*s).free, pages);
-                if f == 0 {
-                    continue;
-                }
-                let d = f & runs_of((*s).dirty, pages);
-                if d != 0 {
-                    return Some(carve(s, d.trailing_zeros() as usize, pages));
-                }
-                let mut x = f;
-                while x != 0 {
-                    let i = x.trailing_zeros() as usize;
-                    x &= x - 1;
-                    let fresh = (mask(i, pages) & !(*s).dirty).count_ones();
+                if let Some((i, fresh)) = place(s, pages) {
+                    if fresh == 0 {
+                        return Some(carve(s, i, pages));
+                    }
                     if best.is_none_or(|b| fresh < b.2) {
                         best = Some((s, i, fresh));
                     }
@@ -148,11 +136,42 @@ pub unsafe fn take(h: *mut Heap, pages: usize) -> Option<(*mut PageMeta, *mut Se
                 if !open(s, h) {
                     return None;
                 }
-                return Some(carve(s, 0, pages));
+                let (i, _) = place(s, pages)?;
+                return Some(carve(s, i, pages));
             }
         }
         None
     }
+}
+
+/// Where a block of `pages` pages goes in open segment `s`: the first
+/// place whose pages are all resident (no page fault), else the one with
+/// the fewest pages not resident; with how many those are. None when no
+/// place is free.
+///
+/// # Safety
+/// `s` is an open descriptor of a heap the caller holds.
+unsafe fn place(s: *mut Segment, pages: usize) -> Option<(usize, u32)> {
+    // SAFETY: s is open and ours.
+    let (free, dirty) = unsafe { ((*s).free, (*s).dirty) };
+    let f = runs_of(free, pages);
+    if f == 0 {
+        return None;
+    }
+    let d = f & runs_of(dirty, pages);
+    if d != 0 {
+        return Some((d.trailing_zeros() as usize, 0));
+    }
+    let (mut best, mut x) = ((0, u32::MAX), f);
+    while x != 0 {
+        let i = x.trailing_zeros() as usize;
+        x &= x - 1;
+        let fresh = (mask(i, pages) & !dirty).count_ones();
+        if fresh < best.1 {
+            best = (i, fresh);
+        }
+    }
+    Some(best)
 }
 
 /// Takes a run for unused descriptor `s` of heap `h`.
