@@ -57,8 +57,6 @@ pub struct Segment {
     heap: *mut Heap,
     /// Address of page 0.
     base: usize,
-    /// Arena page index of page 0.
-    idx0: u32,
     free: u64,
     dirty: u64,
     idle: u64,
@@ -190,7 +188,6 @@ unsafe fn open(s: *mut Segment, h: *mut Heap) -> bool {
         (*s).meta = m;
         (*s).heap = h;
         (*s).base = run.addr as usize;
-        (*s).idx0 = idx0;
         (*s).free = ALL;
         (*s).idle = 0;
         // The pages the run was taken with resident.
@@ -210,19 +207,31 @@ unsafe fn open(s: *mut Segment, h: *mut Heap) -> bool {
 /// `s` is an open descriptor of a heap the caller holds; the pages are free.
 unsafe fn carve(s: *mut Segment, i: usize, n: usize) -> (*mut PageMeta, *mut Segment, bool) {
     let bits = mask(i, n);
-    // SAFETY: s is open and ours; its metas are contiguous in its arena's
-    // table and page i + n - 1 is inside the segment.
+    // SAFETY: s is open and ours; the pages are free.
     unsafe {
         (*s).free &= !bits;
         (*s).idle &= !bits;
         let clean = (*s).dirty & bits == 0;
         (*s).dirty |= bits;
+        (head(s, i, n), s, clean)
+    }
+}
+
+/// Pages `[i, i + n)` of segment `s` as a run: the meta of page `i`, with
+/// its `arena`, `addr` and `pages` written (not `state`: the page
+/// allocator's, see the module invariants).
+///
+/// # Safety
+/// `s` is open; the pages are the caller's (being carved, or a block's).
+unsafe fn head(s: *mut Segment, i: usize, n: usize) -> *mut PageMeta {
+    // SAFETY: the metas of a segment are contiguous in its arena's table
+    // and page i + n - 1 is inside the segment.
+    unsafe {
         let m = (*s).meta.add(i);
-        // (Not `state`: the page allocator's, see the module invariants.)
         (*m).arena = (*(*s).meta).arena;
         (*m).addr = (*s).base + (i << PAGE_SHIFT);
         (*m).pages = n as u32;
-        (m, s, clean)
+        m
     }
 }
 
@@ -282,13 +291,9 @@ pub unsafe fn shrink(m: *mut PageMeta, new_pages: usize) {
         let s = (*m).seg;
         let n = (*m).pages as usize;
         let i = ((*m).addr - (*s).base) >> PAGE_SHIFT;
-        let tail = m.add(new_pages);
-        (*tail).arena = (*m).arena;
-        (*tail).addr = (*m).addr + (new_pages << PAGE_SHIFT);
-        (*tail).pages = (n - new_pages) as u32;
-        arena::set_tags(tail, 0, KIND_FREE, 0);
+        // The first new_pages keep their tags; the tail's are cleared.
+        arena::set_tags(head(s, i + new_pages, n - new_pages), 0, KIND_FREE, 0);
         (*m).pages = new_pages as u32;
-        arena::set_tags(m, 0, arena::KIND_LARGE, 0);
         give_back(s, mask(i + new_pages, n - new_pages));
     }
 }
@@ -356,7 +361,7 @@ unsafe fn release(s: *mut Segment) {
         let (lo, hi) = if d == 0 {
             (0, 0)
         } else {
-            let i0 = (*s).idx0;
+            let i0 = arena::meta_index(m) as u32;
             (
                 i0 + d.trailing_zeros(),
                 i0 + SEG_PAGES as u32 - d.leading_zeros(),
