@@ -6,7 +6,9 @@
  *   NAME: larson | pipeline | xmalloc | cache-scratch | cache-thrash | realloc | large
  * prints: HZB_WORK ns=.. ops=.. maxrss_kib=..
  * environment: HZB_PIN=1 pins each worker thread to the next allowed CPU,
- * round robin, in the order the threads start. */
+ * round robin, in the order the threads start. HZB_LARGE_MIN / HZB_LARGE_MAX
+ * (bytes) change the block sizes of `large` (default 128 KiB .. 1 MiB; the
+ * Rust version has no such setting). */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <sched.h>
@@ -220,6 +222,7 @@ static void run_realloc(void) {
 }
 
 /* ---- large: 16 slots per thread of 128 KiB..1 MiB blocks, freed or filled at random */
+static size_t large_min = 128u << 10, large_max = 1u << 20;
 static void *large_thread(void *arg) {
     hzb_pin_next();
     uint64_t s = xs_seed(17, (size_t)arg);
@@ -230,7 +233,7 @@ static void *large_thread(void *arg) {
             free(slot[k]);
             slot[k] = NULL;
         } else {
-            size_t size = (128u << 10) + (size_t)xs_below(&s, (1u << 20) - (128u << 10));
+            size_t size = large_min + (size_t)xs_below(&s, large_max - large_min);
             slot[k] = xmalloc_or_die(size);
             slot[k][size - 1] = (unsigned char)k;
         }
@@ -239,6 +242,13 @@ static void *large_thread(void *arg) {
     return NULL;
 }
 static void run_large(void) {
+    const char *lo = getenv("HZB_LARGE_MIN"), *hi = getenv("HZB_LARGE_MAX");
+    if (lo) large_min = strtoull(lo, NULL, 0);
+    if (hi) large_max = strtoull(hi, NULL, 0);
+    if (large_max <= large_min || large_min < 16) {
+        fprintf(stderr, "bench_workloads: need 16 <= HZB_LARGE_MIN < HZB_LARGE_MAX\n");
+        exit(2);
+    }
     pthread_t *th = map(T * sizeof(pthread_t));
     for (size_t i = 0; i < T; i++) pthread_create(&th[i], NULL, large_thread, (void *)i);
     for (size_t i = 0; i < T; i++) pthread_join(th[i], NULL);

@@ -485,7 +485,7 @@ fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
     let align_pages = (align >> PAGE_SHIFT).max(1);
     // The settings (`HZ_THP`, `HZ_ARENA_*`) when this is the first call.
     heap::init_once();
-    // Up to 1 MiB: from the thread's own segments (E67), then a kept run,
+    // Below 2 MiB: from the thread's own segments (E67, E68), then a kept run,
     // which needs no tick: no page changes hands (the free that kept it
     // ticked).
     #[cfg(not(feature = "secure"))]

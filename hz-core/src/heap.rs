@@ -167,8 +167,8 @@ pub struct Heap {
     /// no test of the mode.
     #[cfg(feature = "secure")]
     decoy: Bins,
-    /// Default build: the segments this heap's large blocks of up to
-    /// 1 MiB are carved from (`segment`).
+    /// Default build: the segments this heap's large blocks below 2 MiB
+    /// are carved from (`segment`).
     #[cfg(not(feature = "secure"))]
     pub segs: [crate::segment::Segment; crate::segment::SEGS],
     pub inbox: Inbox,

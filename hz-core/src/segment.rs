@@ -1,5 +1,5 @@
 //! Large-block segments (default build): each thread heap cuts its large
-//! blocks of up to [`RUN_MAX`] pages (1 MiB) out of segments of its own, so
+//! blocks of up to [`RUN_MAX`] pages (below 2 MiB) out of segments of its own, so
 //! that a thread allocating and freeing such blocks touches no line another
 //! thread writes (E67; mimalloc's thread-local segments).
 //!
@@ -40,8 +40,10 @@ use crossbeam_utils::CachePadded;
 
 /// Pages per segment (4 MiB): one bit each in a `u64`.
 pub const SEG_PAGES: usize = 64;
-/// The longest block carved from a segment, in pages (1 MiB).
-pub const RUN_MAX: usize = 16;
+/// The longest block carved from a segment, in pages: every length below
+/// the huge zone's 2 MiB (E68), so that a segment holds at least two.
+pub const RUN_MAX: usize = arena::HUGE_RUN_PAGES - 1;
+const _: () = assert!(2 * RUN_MAX <= SEG_PAGES);
 /// Segments per heap (32 MiB of large blocks per thread; beyond, blocks
 /// come from the shared page allocator).
 pub const SEGS: usize = 8;

@@ -1,8 +1,9 @@
-//! Kept large runs (default build): a run of more than 1 MiB and less than
-//! 2 MiB that the program frees is kept whole (blocks of up to 1 MiB come
-//! from the thread's own segments instead: large_segments.rs), in one slot per length shared by all threads, for
-//! the next large block of about its length (`arena::kept_take`), taken
-//! without the page lock. What must hold: the run is reused (same address);
+//! Kept large runs (default build): a run below 2 MiB that did not come
+//! from the thread's own segments (large_segments.rs: they serve such
+//! blocks first, so each test here fills its thread's segments before it
+//! starts) is kept whole when the program frees it, in one slot per length
+//! shared by all threads, for the next large block of about its length
+//! (`arena::kept_take`), taken without the page lock. What must hold: the run is reused (same address);
 //! a second free of the block is ignored, as for a run returned to the
 //! page allocator, and never hands one run out twice; `calloc` from a kept
 //! run that its last owner wrote returns zeros; a run up to a quarter
@@ -25,6 +26,27 @@ use std::time::{Duration, Instant};
 
 const MARKER: &str = "HZ_LARGE_KEPT_CHILD";
 
+/// Fills the calling thread's segments (8 of 64 pages, each holding two
+/// blocks of the longest length they serve, 31 pages), so that its next
+/// blocks of 3 or more pages take the kept runs and the page allocator.
+/// Returns the fillers, for [`free_all`].
+fn fill_segments() -> Vec<usize> {
+    (0..16)
+        .map(|_| {
+            let p = hz_core::malloc(31 * (64 << 10));
+            assert!(!p.is_null());
+            p as usize
+        })
+        .collect()
+}
+
+fn free_all(v: Vec<usize>) {
+    for p in v {
+        // SAFETY: live blocks of hz, each freed once.
+        unsafe { hz_core::free(p as *mut u8) };
+    }
+}
+
 fn write_all(p: *mut u8, n: usize, v: u8) {
     // SAFETY: p is a live block of at least n bytes.
     unsafe { core::ptr::write_bytes(p, v, n) };
@@ -40,12 +62,25 @@ fn a_freed_large_run_serves_the_next_block_and_a_double_free_is_ignored() {
     ) {
         return;
     }
+    let fill = fill_segments();
     let n = 1200 << 10;
-    let p = hz_core::malloc(n);
-    assert!(!p.is_null());
-    write_all(p, n, 0xab);
-    // SAFETY: p is live; the second free is the misuse under test.
-    unsafe { hz_core::free(p) };
+    // A run kept by one thread serves another's next block (a segment's
+    // would not: it goes back to its own heap).
+    let p = std::thread::spawn(move || {
+        let fill = fill_segments();
+        let p = hz_core::malloc(n);
+        write_all(p, n, 0xab);
+        // SAFETY: p is a live block of hz.
+        unsafe { hz_core::free(p) };
+        free_all(fill);
+        p as usize
+    })
+    .join()
+    .unwrap() as *mut u8;
+    let q = hz_core::malloc(n);
+    assert_eq!(q, p, "a run kept by another thread did not serve this one");
+    // SAFETY: q (= p) is live; the second free is the misuse under test.
+    unsafe { hz_core::free(q) };
     let foreign = hz_core::stats().foreign_frees;
     // SAFETY: see above: hz must ignore it (its tags say "free").
     unsafe { hz_core::free(p) };
@@ -68,6 +103,7 @@ fn a_freed_large_run_serves_the_next_block_and_a_double_free_is_ignored() {
         hz_core::free(a);
         hz_core::free(b);
     }
+    free_all(fill);
 }
 
 #[test]
@@ -80,6 +116,7 @@ fn calloc_from_a_kept_run_is_zeroed_and_a_longer_run_gives_the_asked_size() {
     ) {
         return;
     }
+    let fill = fill_segments();
     // 20 pages of 64 KiB, written whole, then kept; `g`, live to the end,
     // keeps the run from merging with the runs after it when they go back.
     let n = 20 * (64 << 10);
@@ -117,6 +154,7 @@ fn calloc_from_a_kept_run_is_zeroed_and_a_longer_run_gives_the_asked_size() {
     );
     // SAFETY: live block of hz.
     unsafe { hz_core::free(g) };
+    free_all(fill);
 }
 
 #[test]
@@ -129,6 +167,7 @@ fn kept_runs_go_back_when_idle_and_serve_other_threads() {
     ) {
         return;
     }
+    let fill = fill_segments();
     let n = 20 * (64 << 10);
     let p = hz_core::malloc(n);
     write_all(p, n, 1);
@@ -160,10 +199,12 @@ fn kept_runs_go_back_when_idle_and_serve_other_threads() {
     // The run a thread kept before it exited serves this thread's next
     // block of that length, and goes back at collect().
     let q = std::thread::spawn(move || {
+        let fill = fill_segments();
         let q = hz_core::malloc(n);
         write_all(q, n, 2);
         // SAFETY: live block of hz.
         unsafe { hz_core::free(q) };
+        free_all(fill);
         q as usize
     })
     .join()
@@ -181,9 +222,10 @@ fn kept_runs_go_back_when_idle_and_serve_other_threads() {
         0,
         "a kept run stayed resident after collect()"
     );
+    free_all(fill);
 }
 
-/// Threads that allocate only large blocks above 1 MiB never claim a heap; their
+/// Threads that allocate only large blocks of 2 MiB and more never claim a heap; their
 /// counts go to per-thread shards (E62). `stats()` must still report every
 /// live large block and its bytes, also when one thread frees the blocks
 /// another allocated (one shard then counts "negative" blocks).
@@ -198,7 +240,7 @@ fn large_blocks_of_threads_without_a_heap_are_counted() {
         return;
     }
     let before = hz_core::stats();
-    let n = 1200 << 10;
+    let n = 2 << 20;
     // Each thread allocates 3 blocks and hands their addresses back.
     let blocks: Vec<usize> = (0..4)
         .map(|_| {

@@ -1,5 +1,5 @@
-//! Large blocks of up to 1 MiB from the thread's own segments (default
-//! build, E67). What must hold: a block its thread frees serves that
+//! Large blocks below 2 MiB from the thread's own segments (default
+//! build, E67, E68). What must hold: a block its thread frees serves that
 //! thread's next block of that length or shorter (same place), and not
 //! another thread's (the segments are per heap); a second free is ignored
 //! and counted; `calloc` of pages an earlier block wrote returns zeros;
@@ -33,6 +33,23 @@ fn free(p: *mut u8) {
     unsafe { hz_core::free(p) };
 }
 
+/// Asserts that a new thread's block of `n` bytes is not `p`, which the
+/// calling thread has just freed: it comes from the new thread's own
+/// segments, not from a place shared by all threads.
+fn another_thread_gets_another_block(p: *mut u8, n: usize) {
+    let other = std::thread::spawn(move || {
+        let q = hz_core::malloc(n);
+        free(q);
+        q as usize
+    })
+    .join()
+    .unwrap();
+    assert_ne!(
+        other, p as usize,
+        "another thread got this thread's freed block of {n} B"
+    );
+}
+
 #[test]
 fn a_freed_block_serves_its_threads_next_block_and_not_another_threads() {
     if !child::in_child(
@@ -56,17 +73,7 @@ fn a_freed_block_serves_its_threads_next_block_and_not_another_threads() {
         "a second free of a segment block is not ignored and counted"
     );
     // Another thread's block of that length comes from its own segment.
-    let other = std::thread::spawn(move || {
-        let q = hz_core::malloc(n);
-        free(q);
-        q as usize
-    })
-    .join()
-    .unwrap();
-    assert_ne!(
-        other, p as usize,
-        "another thread got this thread's freed block"
-    );
+    another_thread_gets_another_block(p, n);
     // This thread's next block of 3 pages takes the freed place, zeroed by
     // calloc although the earlier block wrote it.
     let q = hz_core::calloc(3 * PAGE);
@@ -99,6 +106,31 @@ fn a_freed_block_serves_its_threads_next_block_and_not_another_threads() {
     for b in [q, r, r2, keep] {
         free(b);
     }
+}
+
+/// The longest blocks a segment serves, 31 pages (just under 2 MiB), are
+/// per thread too (E68; before, they went through the shared kept runs).
+#[test]
+fn the_longest_blocks_below_2_mib_come_from_the_threads_segments() {
+    if !child::in_child(
+        MARKER,
+        "the_longest_blocks_below_2_mib_come_from_the_threads_segments",
+        &[],
+        &[],
+    ) {
+        return;
+    }
+    let n = 31 * PAGE;
+    let a = hz_core::malloc(n);
+    write_all(a, n, 0xcd);
+    free(a);
+    another_thread_gets_another_block(a, n);
+    let b = hz_core::malloc(n);
+    assert_eq!(
+        b, a,
+        "the freed place did not serve the thread's next block"
+    );
+    free(b);
 }
 
 #[test]
