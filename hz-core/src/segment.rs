@@ -26,9 +26,13 @@
 //!   or part of a block since); a purge clears the bits it returns. `idle`
 //!   is the free dirty pages at the last GC not carved since: the next GC
 //!   purges them, so free pages stay resident for one to two GC periods.
-//! * A segment whose pages are all free is released to the page allocator
-//!   when the heap has another empty one, when a GC finds it idle and
-//!   purged, and at `flush_all(h, true)` (thread exit, `collect()`).
+//! * A segment whose pages are all free stays with its heap until a GC
+//!   finds it purged (its pages free through a whole GC period), or
+//!   `flush_all(h, true)` runs (thread exit, `collect()`); then it goes back
+//!   to the page allocator. Releasing it as soon as it emptied made a
+//!   thread whose live blocks hover around a segment's worth give back and
+//!   take again a segment, through the page lock and the purges, again and
+//!   again (E69).
 
 use crate::arena::{self, PageMeta, KIND_FREE};
 use crate::heap::{self, Heap, HEAP_ABANDONED};
@@ -268,9 +272,6 @@ unsafe fn give_back(s: *mut Segment, bits: u64) {
         let h = (*s).heap;
         if heap::heap_of_slot(tls::get()) == h {
             (*s).free |= bits;
-            if (*s).free == ALL {
-                on_empty(h, s);
-            }
         } else {
             (*s).remote.fetch_or(bits, Release);
             if (*h).state.load(Relaxed) == HEAP_ABANDONED {
@@ -300,25 +301,6 @@ pub unsafe fn shrink(m: *mut PageMeta, new_pages: usize) {
     }
 }
 
-/// Segment `s` of heap `h` has just become empty: released when `h` has
-/// another empty segment (one is kept for the next blocks).
-///
-/// # Safety
-/// `h` is held; `s` is its open, empty descriptor.
-unsafe fn on_empty(h: *mut Heap, s: *mut Segment) {
-    // SAFETY: h is held.
-    unsafe {
-        let ss = segs(h);
-        for k in 0..SEGS {
-            let o = ss.add(k);
-            if o != s && !(*o).meta.is_null() && (*o).free == ALL {
-                release(s);
-                return;
-            }
-        }
-    }
-}
-
 /// Folds the remote frees of every segment of `h` into `free`; true when
 /// there were some.
 ///
@@ -336,12 +318,6 @@ unsafe fn fold(h: *mut Heap) -> bool {
             }
             (*s).free |= (*s).remote.swap(0, Acquire);
             any = true;
-        }
-        for k in 0..SEGS {
-            let s = ss.add(k);
-            if !(*s).meta.is_null() && (*s).free == ALL {
-                on_empty(h, s);
-            }
         }
     }
     any

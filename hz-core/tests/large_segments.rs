@@ -133,6 +133,43 @@ fn the_longest_blocks_below_2_mib_come_from_the_threads_segments() {
     free(b);
 }
 
+/// A segment that empties stays with its heap for the thread's next
+/// blocks (E69), until a GC period finds it unused or `collect()` runs.
+#[test]
+fn emptied_segments_stay_with_their_heap_until_collect() {
+    if !child::in_child(
+        MARKER,
+        "emptied_segments_stay_with_their_heap_until_collect",
+        &[],
+        &[],
+    ) {
+        return;
+    }
+    // Two blocks of 31 pages per segment of 64: two segments.
+    let n = 31 * PAGE;
+    let take = || (0..4).map(|_| hz_core::malloc(n)).collect::<Vec<_>>();
+    let blocks = take();
+    let held = hz_core::stats().in_use;
+    blocks.into_iter().for_each(free);
+    assert_eq!(
+        hz_core::stats().in_use,
+        held,
+        "an emptied segment went back to the page allocator at once"
+    );
+    let again = take();
+    assert_eq!(
+        hz_core::stats().in_use,
+        held,
+        "the next blocks did not come from the emptied segments"
+    );
+    again.into_iter().for_each(free);
+    hz_core::collect();
+    assert!(
+        hz_core::stats().in_use + 2 * 64 * PAGE as u64 <= held,
+        "emptied segments stayed after collect()"
+    );
+}
+
 #[test]
 fn blocks_freed_by_another_thread_serve_the_owners_next_blocks() {
     if !child::in_child(
