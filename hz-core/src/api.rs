@@ -950,12 +950,14 @@ pub struct Stats {
     /// Bytes in blocks handed out of spans and page runs (live, plus small
     /// blocks cached in thread bins).
     pub allocated: u64,
-    /// Bytes of pages taken from the page allocator (spans, large runs,
-    /// heap metadata): an upper bound of resident heap memory.
+    /// Bytes of pages that hold spans, large blocks and heap metadata (of
+    /// a heap's segments, only the pages of their blocks).
     pub in_use: u64,
-    /// Highest `in_use` seen.
+    /// Highest count of pages taken from the page allocator (segments
+    /// whole).
     pub peak: u64,
-    /// `in_use` plus free pages not yet purged.
+    /// `in_use` plus free pages not yet purged (of the page allocator and
+    /// of the segments): what `collect()` can return.
     pub resident: u64,
     /// Address space reserved.
     pub mapped: u64,

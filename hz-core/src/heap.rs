@@ -1738,6 +1738,15 @@ pub fn sum_heaps(s: &mut crate::Stats) {
                 s.classes[c].blocks += (*h).blocks_out[c].load(Relaxed);
                 s.classes[c].spans += (*h).spans[c].load(Relaxed);
             }
+            // A segment is in use as a whole for the page allocator; its
+            // free pages are not in use, and those never written since
+            // their last purge are not resident either.
+            #[cfg(not(feature = "secure"))]
+            {
+                let (free, free_dirty) = crate::segment::free_pages(h);
+                s.in_use = s.in_use.saturating_sub(free << PAGE_SHIFT);
+                s.resident = s.resident.saturating_sub((free - free_dirty) << PAGE_SHIFT);
+            }
         }
     }
 }

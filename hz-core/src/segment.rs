@@ -63,8 +63,12 @@ pub struct Segment {
     heap: *mut Heap,
     /// Address of page 0.
     base: usize,
-    free: u64,
-    dirty: u64,
+    /// `free` and `dirty` are atomics only so that [`free_pages`] (the
+    /// statistics, any thread) may read them; their owner alone writes
+    /// them, with plain loads and stores. Both are 0 while the descriptor
+    /// is unused.
+    free: AtomicU64,
+    dirty: AtomicU64,
     idle: u64,
     /// Pages of blocks freed by other threads, not yet in `free`.
     remote: CachePadded<AtomicU64>,
@@ -157,7 +161,7 @@ pub unsafe fn take(h: *mut Heap, pages: usize) -> Option<(*mut PageMeta, *mut Se
 /// `s` is an open descriptor of a heap the caller holds.
 unsafe fn place(s: *mut Segment, pages: usize) -> Option<(usize, u32)> {
     // SAFETY: s is open and ours.
-    let (free, dirty) = unsafe { ((*s).free, (*s).dirty) };
+    let (free, dirty) = unsafe { ((*s).free.load(Relaxed), (*s).dirty.load(Relaxed)) };
     let f = runs_of(free, pages);
     if f == 0 {
         return None;
@@ -194,14 +198,17 @@ unsafe fn open(s: *mut Segment, h: *mut Heap) -> bool {
         (*s).meta = m;
         (*s).heap = h;
         (*s).base = run.addr as usize;
-        (*s).free = ALL;
+        (*s).free.store(ALL, Relaxed);
         (*s).idle = 0;
         // The pages the run was taken with resident.
-        (*s).dirty = if (*m).dlo == (*m).dhi {
-            0
-        } else {
-            mask(((*m).dlo - idx0) as usize, ((*m).dhi - (*m).dlo) as usize)
-        };
+        (*s).dirty.store(
+            if (*m).dlo == (*m).dhi {
+                0
+            } else {
+                mask(((*m).dlo - idx0) as usize, ((*m).dhi - (*m).dlo) as usize)
+            },
+            Relaxed,
+        );
         (*s).remote.store(0, Relaxed);
     }
     true
@@ -215,10 +222,11 @@ unsafe fn carve(s: *mut Segment, i: usize, n: usize) -> (*mut PageMeta, *mut Seg
     let bits = mask(i, n);
     // SAFETY: s is open and ours; the pages are free.
     unsafe {
-        (*s).free &= !bits;
+        (*s).free.store((*s).free.load(Relaxed) & !bits, Relaxed);
         (*s).idle &= !bits;
-        let clean = (*s).dirty & bits == 0;
-        (*s).dirty |= bits;
+        let dirty = (*s).dirty.load(Relaxed);
+        let clean = dirty & bits == 0;
+        (*s).dirty.store(dirty | bits, Relaxed);
         (head(s, i, n), s, clean)
     }
 }
@@ -271,7 +279,7 @@ unsafe fn give_back(s: *mut Segment, bits: u64) {
     unsafe {
         let h = (*s).heap;
         if heap::heap_of_slot(tls::get()) == h {
-            (*s).free |= bits;
+            (*s).free.store((*s).free.load(Relaxed) | bits, Relaxed);
         } else {
             (*s).remote.fetch_or(bits, Release);
             if (*h).state.load(Relaxed) == HEAP_ABANDONED {
@@ -316,7 +324,8 @@ unsafe fn fold(h: *mut Heap) -> bool {
             if (*s).meta.is_null() || (*s).remote.load(Relaxed) == 0 {
                 continue;
             }
-            (*s).free |= (*s).remote.swap(0, Acquire);
+            let f = (*s).free.load(Relaxed) | (*s).remote.swap(0, Acquire);
+            (*s).free.store(f, Relaxed);
             any = true;
         }
     }
@@ -332,7 +341,9 @@ unsafe fn release(s: *mut Segment) {
     // SAFETY: s is ours and empty: no block names its pages.
     unsafe {
         let m = (*s).meta;
-        let d = (*s).dirty;
+        let d = (*s).dirty.load(Relaxed);
+        (*s).free.store(0, Relaxed);
+        (*s).dirty.store(0, Relaxed);
         (*m).pages = SEG_PAGES as u32;
         (*m).addr = (*s).base;
         (*m).given = 0;
@@ -370,7 +381,7 @@ unsafe fn purge(s: *mut Segment, bits: u64) {
         x &= !mask(lo, n);
     }
     // SAFETY: as above.
-    unsafe { (*s).dirty &= !bits };
+    unsafe { (*s).dirty.store((*s).dirty.load(Relaxed) & !bits, Relaxed) };
 }
 
 /// Heap `h`'s segment GC: folds remote frees; purges the free pages that
@@ -390,19 +401,43 @@ pub unsafe fn gc(h: *mut Heap, all: bool) {
             if (*s).meta.is_null() {
                 continue;
             }
-            let mut p = (*s).free & (*s).dirty;
+            let free = (*s).free.load(Relaxed);
+            let mut p = free & (*s).dirty.load(Relaxed);
             if !all {
                 p &= (*s).idle;
             }
             if p != 0 {
                 purge(s, p);
             }
-            (*s).idle = (*s).free & (*s).dirty;
-            if (*s).free == ALL && (all || (*s).dirty == 0) {
+            let dirty = (*s).dirty.load(Relaxed);
+            (*s).idle = free & dirty;
+            if free == ALL && (all || dirty == 0) {
                 release(s);
             }
         }
     }
+}
+
+/// Pages free in heap `h`'s segments, and how many of those may be
+/// resident: `(free, free and written)`. Any thread; a snapshot, each
+/// segment read at a different moment (frees of other threads not yet
+/// folded count as in use).
+///
+/// # Safety
+/// `h` is a registered heap (heaps are never freed).
+pub unsafe fn free_pages(h: *mut Heap) -> (u64, u64) {
+    let (mut f, mut fd) = (0, 0);
+    // SAFETY: descriptors live inside the heap; only their atomics are read.
+    unsafe {
+        let ss = segs(h);
+        for k in 0..SEGS {
+            let s = ss.add(k);
+            let free = (*s).free.load(Relaxed);
+            f += free.count_ones() as u64;
+            fd += (free & (*s).dirty.load(Relaxed)).count_ones() as u64;
+        }
+    }
+    (f, fd)
 }
 
 #[cfg(test)]
