@@ -474,6 +474,14 @@ fn foreign_free(p: *mut u8) {
 
 #[cold]
 fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
+    alloc_large_in(size, align, zero, false)
+}
+
+/// [`alloc_large`]; `grown`: the block is the target of a `realloc` that
+/// grows a large block (its old contents are copied or moved in, so its
+/// pages are written densely), which may come from the huge zone.
+#[cold]
+fn alloc_large_in(size: usize, align: usize, zero: bool, grown: bool) -> *mut u8 {
     if size > MAX_REQUEST || align > (1 << 40) || !align.is_power_of_two() {
         counters::STATS.oom.fetch_add(1, Relaxed);
         return null_mut();
@@ -502,7 +510,7 @@ fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
         }
     }
     heap::tick_current();
-    let Some(run) = arena::alloc_run(pages, align_pages, zone_for(pages)) else {
+    let Some(run) = arena::alloc_run(pages, align_pages, zone_for(pages, grown)) else {
         counters::STATS.oom.fetch_add(1, Relaxed);
         return null_mut();
     };
@@ -606,10 +614,16 @@ unsafe fn in_segment(m: *mut arena::PageMeta) -> bool {
 }
 
 /// The zone a large run of `pages` pages comes from: runs of 2 MiB and more
-/// are backed by transparent huge pages (one fault and one TLB entry per
-/// 2 MiB instead of 512 of each), see [`arena::huge_zone_on`].
-fn zone_for(pages: usize) -> arena::Zone {
-    if pages >= arena::HUGE_RUN_PAGES && arena::huge_zone_on() {
+/// that a `realloc` grows into (`grown`) are backed by transparent huge
+/// pages (one fault and one TLB entry per 2 MiB instead of 512 of each),
+/// see [`arena::huge_zone_on`]. Other runs are not (E70): the first touch
+/// of a huge page zeroes all 2 MiB of it, so a program that writes a few
+/// bytes of each big block, or whose freed blocks are purged and taken
+/// again, pays for 2 MiB per page it touches (50× the time of 4 KiB pages
+/// with 2–8 MiB blocks written at both ends); a buffer that realloc grows
+/// has its old contents copied in, densely.
+fn zone_for(pages: usize, grown: bool) -> arena::Zone {
+    if grown && pages >= arena::HUGE_RUN_PAGES && arena::huge_zone_on() {
         arena::Zone::Huge
     } else {
         arena::Zone::Normal
@@ -852,7 +866,7 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
             // happens in place (the doubling that makes glibc's mremap'd
             // chunks cheap to grow), moving the pages by mremap when they
             // are many.
-            let q = alloc_large(roomy << PAGE_SHIFT, align, false);
+            let q = alloc_large_in(roomy << PAGE_SHIFT, align, false, true);
             if q.is_null() {
                 return null_mut();
             }

@@ -1,8 +1,9 @@
-//! Large blocks of 2 MiB and more come from arenas of their own, advised
-//! for transparent huge pages (`arena::Zone::Huge`): each such block starts
-//! on a 2 MiB boundary, its mapping carries the advice (`hg` in the VMA's
-//! flags in /proc/self/smaps), smaller blocks' mappings do not, `HZ_THP=0`
-//! turns the zone off, blocks keep their contents when `realloc` moves them
+//! Large blocks of 2 MiB and more that `realloc` grows into come from
+//! arenas of their own, advised for transparent huge pages
+//! (`arena::Zone::Huge`): each such block starts on a 2 MiB boundary, its
+//! mapping carries the advice (`hg` in the VMA's flags in /proc/self/smaps),
+//! the mappings of smaller blocks and of blocks `malloc` hands out directly
+//! do not (E70), `HZ_THP=0` turns the zone off, blocks keep their contents when `realloc` moves them
 //! into, inside and out of the zone, and freeing such a block leaves none
 //! of its 2 MiB extents resident once purged (a huge page makes all of an
 //! extent resident when one byte of it is touched).
@@ -79,10 +80,17 @@ fn large_blocks_come_from_the_huge_zone() {
     }
     let small = hz_core::malloc(1000);
     let medium = hz_core::malloc(MIB);
-    let big: Vec<*mut u8> = [2 * MIB, 3 * MIB + 5, 17 * MIB]
-        .iter()
-        .map(|&n| hz_core::malloc(n))
-        .collect();
+    let sizes = [2 * MIB, 3 * MIB + 5, 17 * MIB];
+    // Handed out by malloc: 4 KiB pages, like every smaller block.
+    let plain: Vec<*mut u8> = sizes.iter().map(|&n| hz_core::malloc(n)).collect();
+    for &p in &plain {
+        assert!(
+            !p.is_null() && !advised_huge(p),
+            "a block from malloc is advised for huge pages"
+        );
+    }
+    // Grown by realloc from a large block: the huge zone.
+    let big: Vec<*mut u8> = sizes.iter().map(|&n| grown_to(n)).collect();
     assert!(!small.is_null() && !medium.is_null());
     assert!(
         !advised_huge(small),
@@ -104,10 +112,22 @@ fn large_blocks_come_from_the_huge_zone() {
     unsafe {
         hz_core::free(small);
         hz_core::free(medium);
-        for p in big {
+        for p in big.into_iter().chain(plain) {
             hz_core::free(p);
         }
     }
+}
+
+/// A block of `n` bytes (2 MiB or more) that `realloc` grew from a 1 MiB
+/// block: it moves, into the huge zone when that is on.
+#[cfg(not(feature = "secure"))]
+fn grown_to(n: usize) -> *mut u8 {
+    let p = hz_core::malloc(MIB);
+    assert!(!p.is_null());
+    // SAFETY: p is a live block of hz.
+    let q = unsafe { hz_core::realloc(p, n) };
+    assert!(!q.is_null());
+    q
 }
 
 #[test]
@@ -192,8 +212,7 @@ fn freed_extents_are_purged_whole() {
     }
     for _ in 0..10 {
         let n = 3 * MIB + (64 << 10);
-        let p = hz_core::malloc(n);
-        assert!(!p.is_null());
+        let p = grown_to(n);
         // SAFETY: p has n bytes.
         unsafe { std::ptr::write_bytes(p, 0x5a, n) };
         let before = resident_pages(p, 4 * MIB);
@@ -209,7 +228,7 @@ fn freed_extents_are_purged_whole() {
     }
 }
 
-/// Free pages of blocks of 2 MiB and more count against their own cap
+/// Free pages of the huge zone's blocks count against their own cap
 /// (`HZ_PURGE_MAX_DIRTY_LARGE_MB`), not the spans' (`HZ_PURGE_MAX_DIRTY_MB`):
 /// with caps of 8 and 40 MiB and purging by age held off, 24 MiB of freed
 /// large blocks stay resident, and 80 MiB are purged down to 40.
@@ -235,8 +254,7 @@ fn large_blocks_have_their_own_dirty_cap() {
     let cycle = |blocks: usize| {
         let v: Vec<*mut u8> = (0..blocks)
             .map(|_| {
-                let p = hz_core::malloc(4 * MIB);
-                assert!(!p.is_null());
+                let p = grown_to(4 * MIB);
                 // SAFETY: p has 4 MiB.
                 unsafe { std::ptr::write_bytes(p, 0x3c, 4 * MIB) };
                 p
