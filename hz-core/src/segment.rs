@@ -74,6 +74,13 @@ pub struct Segment {
     remote: CachePadded<AtomicU64>,
 }
 
+/// Sets owner-only word `a` of a segment to `f` of its value: a plain
+/// load and store (no read-modify-write: no other thread writes it).
+#[inline]
+fn update(a: &AtomicU64, f: impl FnOnce(u64) -> u64) {
+    a.store(f(a.load(Relaxed)), Relaxed);
+}
+
 /// Pages `[i, i + n)` as bits.
 #[inline]
 fn mask(i: usize, n: usize) -> u64 {
@@ -222,11 +229,10 @@ unsafe fn carve(s: *mut Segment, i: usize, n: usize) -> (*mut PageMeta, *mut Seg
     let bits = mask(i, n);
     // SAFETY: s is open and ours; the pages are free.
     unsafe {
-        (*s).free.store((*s).free.load(Relaxed) & !bits, Relaxed);
+        update(&(*s).free, |f| f & !bits);
         (*s).idle &= !bits;
-        let dirty = (*s).dirty.load(Relaxed);
-        let clean = dirty & bits == 0;
-        (*s).dirty.store(dirty | bits, Relaxed);
+        let clean = (*s).dirty.load(Relaxed) & bits == 0;
+        update(&(*s).dirty, |d| d | bits);
         (head(s, i, n), s, clean)
     }
 }
@@ -279,7 +285,7 @@ unsafe fn give_back(s: *mut Segment, bits: u64) {
     unsafe {
         let h = (*s).heap;
         if heap::heap_of_slot(tls::get()) == h {
-            (*s).free.store((*s).free.load(Relaxed) | bits, Relaxed);
+            update(&(*s).free, |f| f | bits);
         } else {
             (*s).remote.fetch_or(bits, Release);
             if (*h).state.load(Relaxed) == HEAP_ABANDONED {
@@ -324,8 +330,8 @@ unsafe fn fold(h: *mut Heap) -> bool {
             if (*s).meta.is_null() || (*s).remote.load(Relaxed) == 0 {
                 continue;
             }
-            let f = (*s).free.load(Relaxed) | (*s).remote.swap(0, Acquire);
-            (*s).free.store(f, Relaxed);
+            let r = (*s).remote.swap(0, Acquire);
+            update(&(*s).free, |f| f | r);
             any = true;
         }
     }
@@ -381,7 +387,7 @@ unsafe fn purge(s: *mut Segment, bits: u64) {
         x &= !mask(lo, n);
     }
     // SAFETY: as above.
-    unsafe { (*s).dirty.store((*s).dirty.load(Relaxed) & !bits, Relaxed) };
+    unsafe { update(&(*s).dirty, |d| d & !bits) };
 }
 
 /// Heap `h`'s segment GC: folds remote frees; purges the free pages that
