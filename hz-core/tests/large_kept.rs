@@ -22,7 +22,6 @@
 mod child;
 
 use child::resident_pages;
-use std::time::{Duration, Instant};
 
 const MARKER: &str = "HZ_LARGE_KEPT_CHILD";
 
@@ -179,23 +178,8 @@ fn kept_runs_go_back_when_idle_and_serve_other_threads() {
         "the kept run was purged at once"
     );
     // Small blocks only, for a few GC periods: the run goes back to the
-    // page allocator and is purged after the delay, with no call to
-    // collect (no background thread: the thread's slow paths do it).
-    let t0 = Instant::now();
-    while resident_pages(p, n) != 0 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(2),
-            "a kept run stayed resident for 2 s of small-block work"
-        );
-        // More blocks than a bin holds: refills and overflows, the slow
-        // paths where a heap's ticks (and so its GC) run.
-        let v: Vec<*mut u8> = (0..2000).map(|i| hz_core::malloc(16 + i % 1000)).collect();
-        for b in v {
-            // SAFETY: live blocks of hz.
-            unsafe { hz_core::free(b) };
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    // page allocator and is purged after the delay.
+    child::wait_until_purged_by_small_work(p, n, "a kept run");
     // The run a thread kept before it exited serves this thread's next
     // block of that length, and goes back at collect().
     let q = std::thread::spawn(move || {

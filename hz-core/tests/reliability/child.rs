@@ -76,6 +76,26 @@ impl Rng {
     }
 }
 
+/// Does small-block work (more blocks than a bin holds: refills and
+/// overflows, the slow paths where a heap's ticks, and so its GC, run)
+/// every 10 ms until no page of `[p, p + len)` is resident, with no call to
+/// collect (hz has no background thread). Fails after 2 s, naming `what`.
+pub fn wait_until_purged_by_small_work(p: *mut u8, len: usize, what: &str) {
+    let t0 = std::time::Instant::now();
+    while resident_pages(p, len) != 0 {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(2),
+            "{what} stayed resident for 2 s of small-block work"
+        );
+        let v: Vec<*mut u8> = (0..2000).map(|i| hz_core::malloc(16 + i % 1000)).collect();
+        for b in v {
+            // SAFETY: live blocks of hz, each freed once.
+            unsafe { hz_core::free(b) };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Pages of `[p, p + len)` resident now (`mincore`, 4 KiB pages).
 pub fn resident_pages(p: *mut u8, len: usize) -> usize {
     let mut v = vec![0u8; len.div_ceil(4096)];
