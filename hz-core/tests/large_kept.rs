@@ -46,6 +46,23 @@ fn free_all(v: Vec<usize>) {
     }
 }
 
+/// The address of a block of `n` bytes that a new thread (its segments
+/// filled) allocates, fills with `v` and frees, so that its run is kept;
+/// the thread then exits.
+fn kept_by_another_thread(n: usize, v: u8) -> usize {
+    std::thread::spawn(move || {
+        let fill = fill_segments();
+        let p = hz_core::malloc(n);
+        write_all(p, n, v);
+        // SAFETY: p is a live block of hz.
+        unsafe { hz_core::free(p) };
+        free_all(fill);
+        p as usize
+    })
+    .join()
+    .unwrap()
+}
+
 fn write_all(p: *mut u8, n: usize, v: u8) {
     // SAFETY: p is a live block of at least n bytes.
     unsafe { core::ptr::write_bytes(p, v, n) };
@@ -65,17 +82,7 @@ fn a_freed_large_run_serves_the_next_block_and_a_double_free_is_ignored() {
     let n = 1200 << 10;
     // A run kept by one thread serves another's next block (a segment's
     // would not: it goes back to its own heap).
-    let p = std::thread::spawn(move || {
-        let fill = fill_segments();
-        let p = hz_core::malloc(n);
-        write_all(p, n, 0xab);
-        // SAFETY: p is a live block of hz.
-        unsafe { hz_core::free(p) };
-        free_all(fill);
-        p as usize
-    })
-    .join()
-    .unwrap() as *mut u8;
+    let p = kept_by_another_thread(n, 0xab) as *mut u8;
     let q = hz_core::malloc(n);
     assert_eq!(q, p, "a run kept by another thread did not serve this one");
     // SAFETY: q (= p) is live; the second free is the misuse under test.
@@ -182,17 +189,7 @@ fn kept_runs_go_back_when_idle_and_serve_other_threads() {
     child::wait_until_purged_by_small_work(p, n, "a kept run");
     // The run a thread kept before it exited serves this thread's next
     // block of that length, and goes back at collect().
-    let q = std::thread::spawn(move || {
-        let fill = fill_segments();
-        let q = hz_core::malloc(n);
-        write_all(q, n, 2);
-        // SAFETY: live block of hz.
-        unsafe { hz_core::free(q) };
-        free_all(fill);
-        q as usize
-    })
-    .join()
-    .unwrap();
+    let q = kept_by_another_thread(n, 2);
     let again = hz_core::malloc(n);
     assert_eq!(
         again as usize, q,
