@@ -7,8 +7,9 @@
  * prints: HZB_WORK ns=.. ops=.. maxrss_kib=..
  * environment: HZB_PIN=1 pins each worker thread to the next allowed CPU,
  * round robin, in the order the threads start. HZB_LARGE_MIN / HZB_LARGE_MAX
- * (bytes) change the block sizes of `large` (default 128 KiB .. 1 MiB; the
- * Rust version has no such setting). */
+ * (bytes) change the block sizes of `large` (default 128 KiB .. 1 MiB), and
+ * HZB_LARGE_FILL=1 makes it write every byte of each block instead of its
+ * first and last (the Rust version has neither setting). */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <sched.h>
@@ -223,6 +224,7 @@ static void run_realloc(void) {
 
 /* ---- large: 16 slots per thread of 128 KiB..1 MiB blocks, freed or filled at random */
 static size_t large_min = 128u << 10, large_max = 1u << 20;
+static int large_fill;
 static void *large_thread(void *arg) {
     hzb_pin_next();
     uint64_t s = xs_seed(17, (size_t)arg);
@@ -235,6 +237,7 @@ static void *large_thread(void *arg) {
         } else {
             size_t size = large_min + (size_t)xs_below(&s, large_max - large_min);
             slot[k] = xmalloc_or_die(size);
+            if (large_fill) memset(slot[k], (int)k, size);
             slot[k][size - 1] = (unsigned char)k;
         }
     }
@@ -245,6 +248,7 @@ static void run_large(void) {
     const char *lo = getenv("HZB_LARGE_MIN"), *hi = getenv("HZB_LARGE_MAX");
     if (lo) large_min = strtoull(lo, NULL, 0);
     if (hi) large_max = strtoull(hi, NULL, 0);
+    large_fill = getenv("HZB_LARGE_FILL") && atoi(getenv("HZB_LARGE_FILL")) == 1;
     if (large_max <= large_min || large_min < 16) {
         fprintf(stderr, "bench_workloads: need 16 <= HZB_LARGE_MIN < HZB_LARGE_MAX\n");
         exit(2);

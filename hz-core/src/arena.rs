@@ -206,6 +206,13 @@ struct PageState {
     /// Size to try for the next reservation (halved on refusal).
     next_reserve: usize,
     last_purge_check: u64,
+    /// Pages of the in-use runs of 2 MiB or more ([`big`]), and the most
+    /// seen in the previous and in the current [`PEAK_WINDOW_MS`] window
+    /// (begun at `big_peak_at`): the dirty caps stretch by how far the
+    /// big runs in use are below that peak (E71, [`maybe_purge`]).
+    big_in_use: usize,
+    big_peak: [usize; 2],
+    big_peak_at: u64,
 }
 
 struct Pages {
@@ -225,6 +232,9 @@ static PAGES: Pages = Pages {
         top: [0; MAX_ARENAS],
         next_reserve: 0,
         last_purge_check: 0,
+        big_in_use: 0,
+        big_peak: [0; 2],
+        big_peak_at: 0,
     }),
 };
 
@@ -569,14 +579,52 @@ pub fn alloc_run(pages: usize, align_pages: usize, zone: Zone) -> Option<Run> {
         // SAFETY: PAGES held.
         r = unsafe { alloc_run_locked(st, p, a, z) };
     }
-    PAGES.lock.unlock();
     if let Some(r) = &r {
         // SAFETY: r's meta heads the run just taken.
-        STATS
-            .pages_in_use
-            .fetch_add(unsafe { (*r.meta).pages } as u64, Relaxed);
+        let pages = unsafe { (*r.meta).pages } as usize;
+        STATS.pages_in_use.fetch_add(pages as u64, Relaxed);
+        if big(pages) != 0 {
+            set_big_in_use(st, st.big_in_use + pages);
+        }
     }
+    PAGES.lock.unlock();
     r
+}
+
+/// `pages` when a run of that length counts in [`PageState::big_in_use`]
+/// (2 MiB or more), else 0.
+const fn big(pages: usize) -> usize {
+    if pages >= HUGE_RUN_PAGES {
+        pages
+    } else {
+        0
+    }
+}
+
+/// Length of the windows of [`PageState::big_peak`].
+const PEAK_WINDOW_MS: u64 = 1000;
+
+/// Sets [`PageState::big_in_use`] and notes it in the peak.
+fn set_big_in_use(st: &mut PageState, pages: usize) {
+    st.big_in_use = pages;
+    big_peak(st, os::now_ms());
+}
+
+/// The most pages of big runs in use in the current window and the last
+/// (a window ends `PEAK_WINDOW_MS` after it began; the next begins at the
+/// first call after that).
+fn big_peak(st: &mut PageState, now: u64) -> usize {
+    if now >= st.big_peak_at + PEAK_WINDOW_MS {
+        let last = if now < st.big_peak_at + 2 * PEAK_WINDOW_MS {
+            st.big_peak[1]
+        } else {
+            0
+        };
+        st.big_peak = [last, 0];
+        st.big_peak_at = now;
+    }
+    st.big_peak[1] = st.big_peak[1].max(st.big_in_use);
+    st.big_peak[0].max(st.big_peak[1])
 }
 
 /// Large runs of 2 MiB and more come from [`Zone::Huge`]: not in secure
@@ -603,8 +651,9 @@ fn arena_zone(a: usize) -> Zone {
     }
 }
 
-/// How many of the newest dirty runs [`alloc_run`] looks at first.
-const DIRTY_SCAN: usize = 8;
+/// How many of the newest dirty runs [`alloc_run`] looks at first (for the
+/// one that fits best, E71).
+const DIRTY_SCAN: usize = 32;
 
 unsafe fn alloc_run_locked(
     st: &mut PageState,
@@ -615,18 +664,28 @@ unsafe fn alloc_run_locked(
     let want = pages + align - 1;
     // 0. The newest dirty runs: their pages are resident, so reusing them
     //    costs no page faults and keeps the resident total (and purging)
-    //    down (E21).
+    //    down (E21). The smallest that fits: a big dirty run split for a
+    //    short block no longer holds the next long one (E71).
     let mut m = st.dirty_tail[zone as usize];
     let mut k = 0;
+    let mut best: *mut PageMeta = null_mut();
     while !m.is_null() && k < DIRTY_SCAN {
         // SAFETY: m is a dirty free head (PAGES held).
         unsafe {
-            if (*m).pages as usize >= want {
-                return Some(take_from_free(st, m, pages, align));
+            let p = (*m).pages as usize;
+            if p >= want && (best.is_null() || p < (*best).pages as usize) {
+                best = m;
+                if p == want {
+                    break;
+                }
             }
             m = (*m).dprev;
         }
         k += 1;
+    }
+    if !best.is_null() {
+        // SAFETY: best is a dirty free head that fits (PAGES held).
+        return Some(unsafe { take_from_free(st, best, pages, align) });
     }
     // 1. Free runs: the exact list first, then larger ones.
     let mut l = list_of(want);
@@ -906,6 +965,7 @@ unsafe fn free_run_as(m: *mut PageMeta, k: usize, moved: bool) {
     // SAFETY: PAGES held; m is an in-use head.
     unsafe {
         let st = &mut *PAGES.st.get();
+        st.big_in_use -= big(pages as usize);
         free_run_locked(st, m, k, moved);
         maybe_purge(st, false);
     }
@@ -957,15 +1017,23 @@ unsafe fn free_run_locked(st: &mut PageState, m: *mut PageMeta, k: usize, moved:
 /// Purges dirty runs older than the delay, or all of them (`force`), or the
 /// oldest while a zone's dirty total is over its cap: the normal zone's
 /// `HZ_PURGE_MAX_DIRTY_MB`, the huge zone's `HZ_PURGE_MAX_DIRTY_LARGE_MB`
-/// (E55: a program that cycles big buffers reuses them resident).
+/// (E55: a program that cycles big buffers reuses them resident). Both
+/// stretch by how far the pages of big runs (2 MiB or more) in use are
+/// below their peak of the last one to two seconds, and by a quarter of
+/// those in use (E71): a program that frees big blocks and takes others
+/// of other lengths, which its free runs fit only now and then, keeps them
+/// resident (as every rival does) instead of purging them and faulting
+/// pages in again, while the pages freed by small blocks and segments, and
+/// big ones beyond the recent peak, are held to the caps as before.
 unsafe fn maybe_purge(st: &mut PageState, force: bool) {
     let cfg = &crate::config::CONFIG;
     let delay = cfg.purge_delay_ms.load(Relaxed);
-    let max_dirty = [
-        (cfg.max_dirty_bytes.load(Relaxed) as usize) >> PAGE_SHIFT,
-        (cfg.max_dirty_large_bytes.load(Relaxed) as usize) >> PAGE_SHIFT,
-    ];
     let now = os::now_ms();
+    let slack = big_peak(st, now) - st.big_in_use + st.big_in_use / 4;
+    let max_dirty = [
+        ((cfg.max_dirty_bytes.load(Relaxed) as usize) >> PAGE_SHIFT) + slack,
+        ((cfg.max_dirty_large_bytes.load(Relaxed) as usize) >> PAGE_SHIFT) + slack,
+    ];
     if !force
         && delay > 0
         && st.dirty_pages[0] <= max_dirty[0]
@@ -1070,6 +1138,7 @@ unsafe fn resize_locked(st: &mut PageState, m: *mut PageMeta, new_pages: usize) 
         if new_pages == n {
             return true;
         }
+        let big_in_use = st.big_in_use - big(n) + big(new_pages);
         if new_pages < n {
             let hull = ((*m).dlo, (*m).dhi);
             set_run(a, idx, new_pages, STATE_USED);
@@ -1085,6 +1154,7 @@ unsafe fn resize_locked(st: &mut PageState, m: *mut PageMeta, new_pages: usize) 
             STATS
                 .pages_in_use
                 .fetch_sub((n - new_pages) as u64, Relaxed);
+            set_big_in_use(st, big_in_use);
             return true;
         }
         let extra = new_pages - n;
@@ -1111,6 +1181,7 @@ unsafe fn resize_locked(st: &mut PageState, m: *mut PageMeta, new_pages: usize) 
         }
         set_run(a, idx, new_pages, STATE_USED);
         STATS.pages_in_use.fetch_add(extra as u64, Relaxed);
+        set_big_in_use(st, big_in_use);
         true
     }
 }
