@@ -7,9 +7,10 @@
  * prints: HZB_WORK ns=.. ops=.. maxrss_kib=..
  * environment: HZB_PIN=1 pins each worker thread to the next allowed CPU,
  * round robin, in the order the threads start. HZB_LARGE_MIN / HZB_LARGE_MAX
- * (bytes) change the block sizes of `large` (default 128 KiB .. 1 MiB), and
- * HZB_LARGE_FILL=1 makes it write every byte of each block instead of its
- * first and last (the Rust version has neither setting). */
+ * (bytes) change the block sizes of `large` (default 128 KiB .. 1 MiB);
+ * HZB_LARGE_FILL=1 makes it write every byte of each block, 2 one byte of
+ * each 4 KiB page, instead of its first and last (the Rust version has none
+ * of these settings). */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <sched.h>
@@ -237,7 +238,9 @@ static void *large_thread(void *arg) {
         } else {
             size_t size = large_min + (size_t)xs_below(&s, large_max - large_min);
             slot[k] = xmalloc_or_die(size);
-            if (large_fill) memset(slot[k], (int)k, size);
+            if (large_fill == 1) memset(slot[k], (int)k, size);
+            if (large_fill == 2)
+                for (size_t o = 0; o < size; o += 4096) slot[k][o] = (unsigned char)k;
             slot[k][size - 1] = (unsigned char)k;
         }
     }
@@ -248,7 +251,7 @@ static void run_large(void) {
     const char *lo = getenv("HZB_LARGE_MIN"), *hi = getenv("HZB_LARGE_MAX");
     if (lo) large_min = strtoull(lo, NULL, 0);
     if (hi) large_max = strtoull(hi, NULL, 0);
-    large_fill = getenv("HZB_LARGE_FILL") && atoi(getenv("HZB_LARGE_FILL")) == 1;
+    if (getenv("HZB_LARGE_FILL")) large_fill = atoi(getenv("HZB_LARGE_FILL"));
     if (large_max <= large_min || large_min < 16) {
         fprintf(stderr, "bench_workloads: need 16 <= HZB_LARGE_MIN < HZB_LARGE_MAX\n");
         exit(2);

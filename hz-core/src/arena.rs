@@ -653,7 +653,7 @@ fn arena_zone(a: usize) -> Zone {
 
 /// How many of the newest dirty runs [`alloc_run`] looks at first (for the
 /// one that fits best, E71).
-const DIRTY_SCAN: usize = 32;
+const DIRTY_SCAN: usize = 8;
 
 unsafe fn alloc_run_locked(
     st: &mut PageState,
