@@ -99,9 +99,20 @@ fn span_free_lists_hand_each_block_out_once() {
 /// in a scattered order, with another thread's blocks among them, every
 /// span must still come out empty and go back: afterwards the class holds
 /// no more spans than the blocks still in caches keep in use, and none
-/// once the caches are flushed.
+/// once the caches are flushed. In a child process: a thread of another
+/// test could claim the exited thread's heap first, and its inbox then
+/// holds the foreign blocks until that thread's next slow path (2 runs in
+/// 60 failed so, with 3 087 blocks out).
 #[test]
 fn scattered_frees_leave_every_span_empty() {
+    if !child::in_child(
+        "HZ_SPAN_LISTS_CHILD",
+        "scattered_frees_leave_every_span_empty",
+        &[],
+        &[],
+    ) {
+        return;
+    }
     const SIZE: usize = 640; // a class no other test here uses
     let class = |s: &hz_core::Stats| {
         s.classes
