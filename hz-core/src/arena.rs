@@ -206,7 +206,8 @@ struct PageState {
     /// Size to try for the next reservation (halved on refusal).
     next_reserve: usize,
     last_purge_check: u64,
-    /// Pages of the in-use runs of 2 MiB or more ([`big`]), and the most
+    /// Pages of the in-use runs of 2 MiB or more ([`big`]: large blocks,
+    /// kept runs and the heaps' 4 MiB segments), and the most
     /// seen in the previous and in the current [`PEAK_WINDOW_MS`] window
     /// (begun at `big_peak_at`): the dirty caps stretch by how far the
     /// big runs in use are below that peak (E71, [`maybe_purge`]).
@@ -1023,8 +1024,8 @@ unsafe fn free_run_locked(st: &mut PageState, m: *mut PageMeta, k: usize, moved:
 /// those in use (E71): a program that frees big blocks and takes others
 /// of other lengths, which its free runs fit only now and then, keeps them
 /// resident (as every rival does) instead of purging them and faulting
-/// pages in again, while the pages freed by small blocks and segments, and
-/// big ones beyond the recent peak, are held to the caps as before.
+/// pages in again, while a program that frees small blocks only, or big
+/// ones past their recent peak, is held to the caps as before.
 unsafe fn maybe_purge(st: &mut PageState, force: bool) {
     let cfg = &crate::config::CONFIG;
     let delay = cfg.purge_delay_ms.load(Relaxed);
