@@ -252,11 +252,10 @@ unsafe fn shrink_large(m: *mut arena::PageMeta, pages: usize, new_pages: usize, 
         // SAFETY: forwarded contract.
         return unsafe { resize_large(m, pages, new_pages) };
     }
+    // A segment's block keeps whole units: its length may stay longer.
     #[cfg(not(feature = "secure"))]
     // SAFETY: the caller owns the block; nothing past new_pages is used.
-    unsafe {
-        crate::segment::shrink(m, new_pages)
-    };
+    let new_pages = unsafe { crate::segment::shrink(m, new_pages) };
     let delta = (new_pages as i64 - pages as i64) << PAGE_SHIFT;
     counters::STATS
         .large_allocated
@@ -493,13 +492,15 @@ fn alloc_large_in(size: usize, align: usize, zero: bool, grown: bool) -> *mut u8
     let align_pages = (align >> PAGE_SHIFT).max(1);
     // The settings (`HZ_THP`, `HZ_ARENA_*`) when this is the first call.
     heap::init_once();
-    // Below 2 MiB: from the thread's own segments (E67, E68), then a kept run,
-    // which needs no tick: no page changes hands (the free that kept it
-    // ticked).
+    // Up to 8 MiB: from the thread's own segments (E67, E68; blocks of 2
+    // MiB and more from its big segments, E74, unless a `realloc` grows
+    // into them: those go to the huge zone), then a kept run, which needs
+    // no tick: no page changes hands (the free that kept it ticked).
     #[cfg(not(feature = "secure"))]
     if align_pages == 1 {
-        if pages <= crate::segment::RUN_MAX {
-            let p = alloc_large_seg(size, pages, zero);
+        let big = pages > crate::segment::RUN_MAX;
+        if !big || (!grown && pages <= crate::segment::BIG_RUN_MAX) {
+            let p = alloc_large_seg(size, pages, zero, big);
             if !p.is_null() {
                 return p;
             }
@@ -510,7 +511,29 @@ fn alloc_large_in(size: usize, align: usize, zero: bool, grown: bool) -> *mut u8
         }
     }
     heap::tick_current();
-    let Some(run) = arena::alloc_run(pages, align_pages, zone_for(pages, grown)) else {
+    #[cfg_attr(feature = "secure", allow(unused_mut))]
+    let mut run = arena::alloc_run(pages, align_pages, zone_for(pages, grown));
+    // Out of memory: the thread's empty segments go back first (their
+    // pages could serve this run), then one more try.
+    #[cfg(not(feature = "secure"))]
+    if run.is_none() {
+        let h = heap::heap_of_slot(tls::get());
+        // SAFETY: h, when not null, is the calling thread's heap, between
+        // operations.
+        if !h.is_null() && unsafe { crate::segment::release_for_retry(h) } {
+            run = arena::alloc_run(pages, align_pages, zone_for(pages, grown));
+        }
+        // Then the room left in the thread's big segments, whatever the
+        // length (their units are 512 KiB: a block below 2 MiB is rounded
+        // up), rather than failing.
+        if run.is_none() && align_pages == 1 && pages <= crate::segment::BIG_RUN_MAX {
+            let p = alloc_large_seg(size, pages, zero, true);
+            if !p.is_null() {
+                return p;
+            }
+        }
+    }
+    let Some(run) = run else {
         counters::STATS.oom.fetch_add(1, Relaxed);
         return null_mut();
     };
@@ -570,12 +593,13 @@ fn alloc_large_kept(size: usize, pages: usize, zero: bool) -> *mut u8 {
     unsafe { hand_out_large(m, pages, size, zero) }
 }
 
-/// A large block of `pages` pages (at most `segment::RUN_MAX`) carved from
-/// the calling thread's segments (claiming a heap for a thread that has
-/// none); null when it has no heap and can get none, or its segments
-/// have no room and no more can be added.
+/// A large block of `pages` pages carved from the calling thread's
+/// segments (claiming a heap for a thread that has none): small ones (at
+/// most `segment::RUN_MAX` pages), or big ones when `big` (at most
+/// `segment::BIG_RUN_MAX`); null when it has no heap and can get none, or
+/// its segments of that kind have no room and no more can be added.
 #[cfg(not(feature = "secure"))]
-fn alloc_large_seg(size: usize, pages: usize, zero: bool) -> *mut u8 {
+fn alloc_large_seg(size: usize, pages: usize, zero: bool, big: bool) -> *mut u8 {
     let mut h = heap::heap_of_slot(tls::get());
     if h.is_null() {
         h = heap::current_or_claim();
@@ -584,7 +608,7 @@ fn alloc_large_seg(size: usize, pages: usize, zero: bool) -> *mut u8 {
         }
     }
     // SAFETY: h is this thread's heap.
-    let Some((m, s, clean)) = (unsafe { crate::segment::take(h, pages) }) else {
+    let Some((m, s, clean)) = (unsafe { crate::segment::take(h, pages, big) }) else {
         return null_mut();
     };
     // SAFETY: m heads the block just carved, ours; then it names its

@@ -167,10 +167,10 @@ pub struct Heap {
     /// no test of the mode.
     #[cfg(feature = "secure")]
     decoy: Bins,
-    /// Default build: the segments this heap's large blocks below 2 MiB
+    /// Default build: the segments this heap's large blocks up to 8 MiB
     /// are carved from (`segment`).
     #[cfg(not(feature = "secure"))]
-    pub segs: [crate::segment::Segment; crate::segment::SEGS],
+    pub segs: [crate::segment::Segment; crate::segment::SEG_SLOTS],
     pub inbox: Inbox,
     slots: [*mut u8; BIN_SLOTS],
     spill: [*mut u8; SPILL_SLOTS],

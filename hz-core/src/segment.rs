@@ -1,19 +1,23 @@
 //! Large-block segments (default build): each thread heap cuts its large
-//! blocks of up to [`RUN_MAX`] pages (below 2 MiB) out of segments of its own, so
-//! that a thread allocating and freeing such blocks touches no line another
-//! thread writes (E67; mimalloc's thread-local segments).
+//! blocks of up to [`RUN_MAX`] pages (below 2 MiB) out of small segments of
+//! its own, and those of 2 MiB up to [`BIG_RUN_MAX`] pages (8 MiB) out of big
+//! segments of its own, so that a thread allocating and freeing such blocks
+//! touches no line another thread writes (E67, E74; mimalloc's thread-local
+//! segments).
 //!
 //! Owns: the [`Segment`] descriptors inside each [`Heap`] (at most
-//! [`SEGS`]); the runs carved from them.
+//! [`SEGS`] small and [`BIG_SEGS`] big ones); the runs carved from them.
 //! May touch: `arena` (a segment is one in-use run of the page allocator;
 //! the metas and tags of the pages inside it), `heap` (the owner's state),
 //! `os` (purging), `stats`.
 //!
 //! Invariants:
-//! * A segment is [`SEG_PAGES`] pages taken from the page allocator as one
-//!   run. Bit `i` of `free` is set when page `i` is in no block; a block is
-//!   a run of consecutive pages whose head meta has `seg` pointing at the
-//!   descriptor, `pages` its length and `addr` its address. The segment's
+//! * A segment is [`SEG_PAGES`] units taken from the page allocator as one
+//!   run; a unit is one page in a small segment, `1 << BIG_UNIT` pages in a
+//!   big one (the descriptor's `unit`), and every bitmap below counts units.
+//!   Bit `i` of `free` is set when unit `i` is in no block; a block is a run
+//!   of consecutive units whose head meta has `seg` pointing at the
+//!   descriptor, `pages` its length (whole units) and `addr` its address. The segment's
 //!   first and last page metas keep the `state` the page allocator wrote
 //!   (their neighbours read it under the page lock); the head meta's
 //!   `pages`, which a block at page 0 overwrites, is restored on release.
@@ -42,15 +46,28 @@ use crate::{os, tls, PAGE_SHIFT};
 use core::ptr::null_mut;
 use crossbeam_utils::CachePadded;
 
-/// Pages per segment (4 MiB): one bit each in a `u64`.
+/// Units per segment: one bit each in a `u64`. A small segment's unit is
+/// a page (4 MiB segments), a big segment's `1 << BIG_UNIT` pages (32 MiB segments).
 pub const SEG_PAGES: usize = 64;
-/// The longest block carved from a segment, in pages: every length below
-/// the huge zone's 2 MiB (E68), so that a segment holds at least two.
+/// The longest block carved from a small segment, in pages: every length
+/// below the huge zone's 2 MiB (E68), so that a segment holds at least two.
 pub const RUN_MAX: usize = arena::HUGE_RUN_PAGES - 1;
 const _: () = assert!(2 * RUN_MAX <= SEG_PAGES);
-/// Segments per heap (32 MiB of large blocks per thread; beyond, blocks
-/// come from the shared page allocator).
+/// Small segments per heap (32 MiB of large blocks below 2 MiB per
+/// thread; beyond, blocks come from the shared page allocator).
 pub const SEGS: usize = 8;
+/// log2 of a big segment's unit in pages: 8 pages (512 KiB), so a big
+/// segment is 32 MiB (E74).
+pub const BIG_UNIT: u32 = 3;
+/// The longest block carved from a big segment, in pages (8 MiB): a big
+/// segment holds at least four. Blocks of 2 MiB up to this come from big
+/// segments, rounded up to whole units (address space: the pages past the
+/// block's end are never handed out, so they are not written).
+pub const BIG_RUN_MAX: usize = (SEG_PAGES << BIG_UNIT) / 4;
+/// Big segments per heap (128 MiB of blocks of 2-8 MiB per thread).
+pub const BIG_SEGS: usize = 4;
+/// Descriptors per heap: the small segments, then the big ones.
+pub const SEG_SLOTS: usize = SEGS + BIG_SEGS;
 
 const ALL: u64 = u64::MAX;
 
@@ -70,7 +87,10 @@ pub struct Segment {
     free: AtomicU64,
     dirty: AtomicU64,
     idle: u64,
-    /// Pages of blocks freed by other threads, not yet in `free`.
+    /// log2 of the pages per unit (bit): 0, or [`BIG_UNIT`] in a big
+    /// segment. Written when the descriptor is opened.
+    unit: u32,
+    /// Units of blocks freed by other threads, not yet in `free`.
     remote: CachePadded<AtomicU64>,
 }
 
@@ -108,22 +128,34 @@ unsafe fn segs(h: *mut Heap) -> *mut Segment {
     unsafe { core::ptr::addr_of_mut!((*h).segs) as *mut Segment }
 }
 
-/// A block of `pages` pages (1..=[`RUN_MAX`]) from heap `h`'s segments:
-/// its head meta (`pages`, `addr`, `arena` written; the caller writes its
-/// tags and then `seg`), its segment, and whether its pages are clean
-/// (never written since they were last purged or mapped). None when the
-/// heap's segments have no room and no segment can be added.
+/// A block of `pages` pages from heap `h`'s segments: from a small one
+/// (1..=[`RUN_MAX`] pages), or when `big` from a big one (up to
+/// [`BIG_RUN_MAX`], rounded up to its units): its head meta (`pages`,
+/// `addr`, `arena` written; the caller writes its tags and then `seg`),
+/// its segment, and whether its pages are clean (never written since they
+/// were last purged or mapped). None when the heap's segments of that kind
+/// have no room and no segment can be added.
 ///
 /// # Safety
-/// `h` is held by the calling thread.
-pub unsafe fn take(h: *mut Heap, pages: usize) -> Option<(*mut PageMeta, *mut Segment, bool)> {
+/// `h` is held by the calling thread; `pages` is in the range of the kind.
+pub unsafe fn take(
+    h: *mut Heap,
+    pages: usize,
+    big: bool,
+) -> Option<(*mut PageMeta, *mut Segment, bool)> {
+    let (lo, hi, unit) = if big {
+        (SEGS, SEG_SLOTS, BIG_UNIT)
+    } else {
+        (0, SEGS, 0)
+    };
+    let pages = pages.div_ceil(1 << unit);
     // SAFETY: h is held: its descriptors are ours.
     unsafe {
         let ss = segs(h);
         let mut folded = false;
         loop {
             let mut best: Option<(*mut Segment, usize, u32)> = None;
-            for k in 0..SEGS {
+            for k in lo..hi {
                 let s = ss.add(k);
                 if (*s).meta.is_null() {
                     continue;
@@ -145,10 +177,10 @@ pub unsafe fn take(h: *mut Heap, pages: usize) -> Option<(*mut PageMeta, *mut Se
             }
             folded = true;
         }
-        for k in 0..SEGS {
+        for k in lo..hi {
             let s = ss.add(k);
             if (*s).meta.is_null() {
-                if !open(s, h) {
+                if !open(s, h, unit) {
                     return None;
                 }
                 let (i, _) = place(s, pages)?;
@@ -159,9 +191,9 @@ pub unsafe fn take(h: *mut Heap, pages: usize) -> Option<(*mut PageMeta, *mut Se
     }
 }
 
-/// Where a block of `pages` pages goes in open segment `s`: the first
-/// place whose pages are all resident (no page fault), else the one with
-/// the fewest pages not resident; with how many those are. None when no
+/// Where a block of `pages` units goes in open segment `s`: the first
+/// place whose units are all resident (no page fault), else the one with
+/// the fewest units not resident; with how many those are. None when no
 /// place is free.
 ///
 /// # Safety
@@ -189,12 +221,13 @@ unsafe fn place(s: *mut Segment, pages: usize) -> Option<(usize, u32)> {
     Some(best)
 }
 
-/// Takes a run for unused descriptor `s` of heap `h`.
+/// Takes a run for unused descriptor `s` of heap `h`, of units of
+/// `1 << unit` pages.
 ///
 /// # Safety
 /// `h` is held; `s` is one of its unused descriptors.
-unsafe fn open(s: *mut Segment, h: *mut Heap) -> bool {
-    let Some(run) = arena::alloc_run(SEG_PAGES, 1, arena::Zone::Normal) else {
+unsafe fn open(s: *mut Segment, h: *mut Heap, unit: u32) -> bool {
+    let Some(run) = arena::alloc_run(SEG_PAGES << unit, 1, arena::Zone::Normal) else {
         return false;
     };
     crate::stats::note_pages();
@@ -207,12 +240,15 @@ unsafe fn open(s: *mut Segment, h: *mut Heap) -> bool {
         (*s).base = run.addr as usize;
         (*s).free.store(ALL, Relaxed);
         (*s).idle = 0;
-        // The pages the run was taken with resident.
+        (*s).unit = unit;
+        // The units holding the pages the run was taken with resident.
         (*s).dirty.store(
             if (*m).dlo == (*m).dhi {
                 0
             } else {
-                mask(((*m).dlo - idx0) as usize, ((*m).dhi - (*m).dlo) as usize)
+                let lo = ((*m).dlo - idx0) as usize >> unit;
+                let hi = (((*m).dhi - idx0) as usize).div_ceil(1 << unit);
+                mask(lo, hi - lo)
             },
             Relaxed,
         );
@@ -221,7 +257,7 @@ unsafe fn open(s: *mut Segment, h: *mut Heap) -> bool {
     true
 }
 
-/// Pages `[i, i + n)` of segment `s` become a block: its head meta.
+/// Units `[i, i + n)` of segment `s` become a block: its head meta.
 ///
 /// # Safety
 /// `s` is an open descriptor of a heap the caller holds; the pages are free.
@@ -237,21 +273,37 @@ unsafe fn carve(s: *mut Segment, i: usize, n: usize) -> (*mut PageMeta, *mut Seg
     }
 }
 
-/// Pages `[i, i + n)` of segment `s` as a run: the meta of page `i`, with
-/// its `arena`, `addr` and `pages` written (not `state`: the page
-/// allocator's, see the module invariants).
+/// Units `[i, i + n)` of segment `s` as a run: the meta of its first
+/// page, with its `arena`, `addr` and `pages` written (not `state`: the
+/// page allocator's, see the module invariants).
 ///
 /// # Safety
-/// `s` is open; the pages are the caller's (being carved, or a block's).
+/// `s` is open; the units are the caller's (being carved, or a block's).
 unsafe fn head(s: *mut Segment, i: usize, n: usize) -> *mut PageMeta {
     // SAFETY: the metas of a segment are contiguous in its arena's table
-    // and page i + n - 1 is inside the segment.
+    // and unit i + n - 1 is inside the segment.
     unsafe {
-        let m = (*s).meta.add(i);
+        let u = (*s).unit;
+        let m = (*s).meta.add(i << u);
         (*m).arena = (*(*s).meta).arena;
-        (*m).addr = (*s).base + (i << PAGE_SHIFT);
-        (*m).pages = n as u32;
+        (*m).addr = (*s).base + ((i << u) << PAGE_SHIFT);
+        (*m).pages = (n << u) as u32;
         m
+    }
+}
+
+/// Block `m` of segment `s` as units: (first, count).
+///
+/// # Safety
+/// `m` heads a live block of open segment `s`.
+unsafe fn units(s: *mut Segment, m: *mut PageMeta) -> (usize, usize) {
+    // SAFETY: caller's contract.
+    unsafe {
+        let u = (*s).unit;
+        (
+            ((*m).addr - (*s).base) >> (PAGE_SHIFT + u as usize),
+            (*m).pages as usize >> u,
+        )
     }
 }
 
@@ -265,7 +317,8 @@ pub unsafe fn free(m: *mut PageMeta) {
     // and `base` do not change while the block is live.
     unsafe {
         let s = (*m).seg;
-        let bits = mask(((*m).addr - (*s).base) >> PAGE_SHIFT, (*m).pages as usize);
+        let (i, n) = units(s, m);
+        let bits = mask(i, n);
         // Tags first: a second free of the block is then ignored.
         arena::set_tags(m, 0, KIND_FREE, 0);
         give_back(s, bits);
@@ -295,23 +348,28 @@ unsafe fn give_back(s: *mut Segment, bits: u64) {
     }
 }
 
-/// Shortens live block `m` of a segment to `new_pages` pages (any thread):
-/// the pages after them go back to the segment.
+/// Shortens live block `m` of a segment to `new_pages` pages rounded up to
+/// its segment's units (any thread): the units after them go back to the
+/// segment. Returns the block's length in pages now.
 ///
 /// # Safety
 /// `m` heads a live segment block of more than `new_pages` (>= 1) pages,
 /// held by the caller; nothing past the first `new_pages` pages is used.
-pub unsafe fn shrink(m: *mut PageMeta, new_pages: usize) {
-    // SAFETY: m heads a live block (see `free`); its tail pages are the
+pub unsafe fn shrink(m: *mut PageMeta, new_pages: usize) -> usize {
+    // SAFETY: m heads a live block (see `free`); its tail units are the
     // caller's, and their meta is inside the segment past page 0.
     unsafe {
         let s = (*m).seg;
-        let n = (*m).pages as usize;
-        let i = ((*m).addr - (*s).base) >> PAGE_SHIFT;
-        // The first new_pages keep their tags; the tail's are cleared.
-        arena::set_tags(head(s, i + new_pages, n - new_pages), 0, KIND_FREE, 0);
-        (*m).pages = new_pages as u32;
-        give_back(s, mask(i + new_pages, n - new_pages));
+        let (i, n) = units(s, m);
+        let u = (*s).unit;
+        let keep = new_pages.div_ceil(1 << u);
+        if keep < n {
+            // The first units keep their tags; the tail's are cleared.
+            arena::set_tags(head(s, i + keep, n - keep), 0, KIND_FREE, 0);
+            (*m).pages = (keep << u) as u32;
+            give_back(s, mask(i + keep, n - keep));
+        }
+        (*m).pages as usize
     }
 }
 
@@ -325,7 +383,7 @@ unsafe fn fold(h: *mut Heap) -> bool {
     // SAFETY: h is held.
     unsafe {
         let ss = segs(h);
-        for k in 0..SEGS {
+        for k in 0..SEG_SLOTS {
             let s = ss.add(k);
             if (*s).meta.is_null() || (*s).remote.load(Relaxed) == 0 {
                 continue;
@@ -347,10 +405,11 @@ unsafe fn release(s: *mut Segment) {
     // SAFETY: s is ours and empty: no block names its pages.
     unsafe {
         let m = (*s).meta;
+        let u = (*s).unit;
         let d = (*s).dirty.load(Relaxed);
         (*s).free.store(0, Relaxed);
         (*s).dirty.store(0, Relaxed);
-        (*m).pages = SEG_PAGES as u32;
+        (*m).pages = (SEG_PAGES << u) as u32;
         (*m).addr = (*s).base;
         (*m).given = 0;
         let (lo, hi) = if d == 0 {
@@ -358,8 +417,8 @@ unsafe fn release(s: *mut Segment) {
         } else {
             let i0 = arena::meta_index(m) as u32;
             (
-                i0 + d.trailing_zeros(),
-                i0 + SEG_PAGES as u32 - d.leading_zeros(),
+                i0 + (d.trailing_zeros() << u),
+                i0 + ((SEG_PAGES as u32 - d.leading_zeros()) << u),
             )
         };
         (*m).dlo = lo;
@@ -370,18 +429,20 @@ unsafe fn release(s: *mut Segment) {
     }
 }
 
-/// Gives the pages in `bits` of segment `s` back to the kernel.
+/// Gives the units in `bits` of segment `s` back to the kernel.
 ///
 /// # Safety
-/// `s` is open and ours; the pages are free.
+/// `s` is open and ours; the units are free.
 unsafe fn purge(s: *mut Segment, bits: u64) {
+    // SAFETY: s is open: its unit is set.
+    let u = unsafe { (*s).unit } as usize;
     let mut x = bits;
     while x != 0 {
         let lo = x.trailing_zeros() as usize;
         let n = (!(x >> lo)).trailing_zeros() as usize;
-        let len = n << PAGE_SHIFT;
-        // SAFETY: free pages of our segment: no live data.
-        unsafe { os::purge(((*s).base + (lo << PAGE_SHIFT)) as *mut u8, len) };
+        let len = n << (PAGE_SHIFT + u);
+        // SAFETY: free units of our segment: no live data.
+        unsafe { os::purge(((*s).base + (lo << (PAGE_SHIFT + u))) as *mut u8, len) };
         STATS.purges.fetch_add(1, Relaxed);
         STATS.purged_bytes.fetch_add(len as u64, Relaxed);
         x &= !mask(lo, n);
@@ -402,7 +463,7 @@ pub unsafe fn gc(h: *mut Heap, all: bool) {
     unsafe {
         fold(h);
         let ss = segs(h);
-        for k in 0..SEGS {
+        for k in 0..SEG_SLOTS {
             let s = ss.add(k);
             if (*s).meta.is_null() {
                 continue;
@@ -424,6 +485,26 @@ pub unsafe fn gc(h: *mut Heap, all: bool) {
     }
 }
 
+/// Under memory pressure (the page allocator refused a run): runs heap
+/// `h`'s segment GC with everything due ([`gc`] with `all`), so that its
+/// empty segments go back to the page allocator; true when one did.
+///
+/// # Safety
+/// `h` is held.
+pub unsafe fn release_for_retry(h: *mut Heap) -> bool {
+    // SAFETY: h is held: its descriptors are ours.
+    unsafe {
+        let open = |h: *mut Heap| {
+            (0..SEG_SLOTS)
+                .filter(|&k| !(*segs(h).add(k)).meta.is_null())
+                .count()
+        };
+        let before = open(h);
+        gc(h, true);
+        open(h) < before
+    }
+}
+
 /// Pages free in heap `h`'s segments, and how many of those may be
 /// resident: `(free, free and written)`. Any thread; a snapshot, each
 /// segment read at a different moment (frees of other threads not yet
@@ -436,11 +517,13 @@ pub unsafe fn free_pages(h: *mut Heap) -> (u64, u64) {
     // SAFETY: descriptors live inside the heap; only their atomics are read.
     unsafe {
         let ss = segs(h);
-        for k in 0..SEGS {
+        for k in 0..SEG_SLOTS {
             let s = ss.add(k);
             let free = (*s).free.load(Relaxed);
-            f += free.count_ones() as u64;
-            fd += (free & (*s).dirty.load(Relaxed)).count_ones() as u64;
+            // (From the slot, not `unit`: that is the owner's to write.)
+            let u = if k < SEGS { 0 } else { BIG_UNIT };
+            f += (free.count_ones() as u64) << u;
+            fd += ((free & (*s).dirty.load(Relaxed)).count_ones() as u64) << u;
         }
     }
     (f, fd)

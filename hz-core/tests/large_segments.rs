@@ -16,7 +16,6 @@
 mod child;
 
 use child::{resident_pages, MIB};
-use std::sync::mpsc;
 use std::time::Duration;
 
 const MARKER: &str = "HZ_LARGE_SEGMENTS_CHILD";
@@ -199,36 +198,9 @@ fn blocks_freed_by_another_thread_serve_the_owners_next_blocks() {
         blocks.iter().all(|&p| p < lo + 64 * PAGE) && (stay as usize) < lo + 64 * PAGE,
         "the first 64 pages of blocks are not one segment"
     );
-    let (tx, rx) = mpsc::channel();
-    let freed = blocks.clone();
-    std::thread::spawn(move || {
-        for p in freed {
-            free(p as *mut u8);
-        }
-        tx.send(()).unwrap();
-    })
-    .join()
-    .unwrap();
-    rx.recv().unwrap();
-    // The owner's next ten blocks take the places the other thread freed,
+    // The owner's next ten blocks take the places another thread freed,
     // without taking pages from the page allocator.
-    let in_use = hz_core::stats().in_use;
-    let mut again: Vec<usize> = (0..10).map(|_| hz_core::malloc(n) as usize).collect();
-    assert_eq!(
-        hz_core::stats().in_use,
-        in_use,
-        "the owner took new pages instead of the blocks freed by another thread"
-    );
-    again.sort();
-    let mut want = blocks.clone();
-    want.sort();
-    assert_eq!(
-        again, want,
-        "blocks freed by another thread did not serve their owner"
-    );
-    for p in again {
-        free(p as *mut u8);
-    }
+    child::remote_frees_serve_the_owner(&blocks, n);
     free(stay);
 }
 

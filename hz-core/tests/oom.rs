@@ -123,11 +123,14 @@ fn exhaust_and_recover() {
     };
     let failed0 = hz_core::stats().failed_allocations;
 
-    // Run out: big runs first, then pages, then every small path.
+    // Run out: big runs first, then the room left in this thread's big
+    // segment (the 3 MiB block opened one), then pages, then every small
+    // path.
     let n16 = held.until_null("malloc(16 MiB)", 1 << 16, || hz_core::malloc(16 * MIB));
+    let n2 = held.until_null("malloc(2 MiB)", 1 << 16, || hz_core::malloc(2 * MIB));
     let n1 = held.until_null("malloc(1 MiB)", 1 << 16, || hz_core::malloc(MIB));
     held.until_null("malloc(64 KiB)", 1 << 18, || hz_core::malloc(64 << 10));
-    let total = n16 * 16 * MIB + n1 * MIB;
+    let total = n16 * 16 * MIB + n2 * 2 * MIB + n1 * MIB;
     println!("exhausted after {} MiB in large blocks", total / MIB);
     assert!(total >= 16 * MIB, "ran out after only {} MiB", total / MIB);
     check_all("after exhausting large blocks");

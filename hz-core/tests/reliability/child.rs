@@ -105,3 +105,40 @@ pub fn resident_pages(p: *mut u8, len: usize) -> usize {
     assert_eq!(r, 0, "mincore: {}", std::io::Error::last_os_error());
     v.iter().filter(|&&b| b & 1 != 0).count()
 }
+
+/// Another thread frees `blocks` (live blocks of hz, allocated by the
+/// calling thread, each of `n` bytes, in the calling thread's segments);
+/// then the calling thread's next as many blocks of `n` bytes must be the
+/// same places, taken without new pages from the page allocator. They are
+/// freed before returning.
+pub fn remote_frees_serve_the_owner(blocks: &[usize], n: usize) {
+    let freed = blocks.to_vec();
+    std::thread::spawn(move || {
+        for p in freed {
+            // SAFETY: live blocks of hz, each freed once.
+            unsafe { hz_core::free(p as *mut u8) };
+        }
+    })
+    .join()
+    .unwrap();
+    let in_use = hz_core::stats().in_use;
+    let mut again: Vec<usize> = (0..blocks.len())
+        .map(|_| hz_core::malloc(n) as usize)
+        .collect();
+    assert_eq!(
+        hz_core::stats().in_use,
+        in_use,
+        "the owner took new pages instead of the blocks freed by another thread"
+    );
+    again.sort();
+    let mut want = blocks.to_vec();
+    want.sort();
+    assert_eq!(
+        again, want,
+        "blocks freed by another thread did not serve their owner"
+    );
+    for p in again {
+        // SAFETY: live blocks of hz, each freed once.
+        unsafe { hz_core::free(p as *mut u8) };
+    }
+}

@@ -1,0 +1,266 @@
+//! Blocks of 2-8 MiB from the thread's own big segments (default build,
+//! E74): 32 MiB segments cut into 512 KiB units. What must hold: a block
+//! its thread frees serves that thread's next block of that length or
+//! shorter (same place), not another thread's; `usable_size` is the
+//! pages asked, not the rounded units; `calloc` of units an earlier block
+//! wrote returns zeros; blocks another thread frees go back to the owner's
+//! segment and serve its next blocks without new pages; a block shrunk by
+//! `realloc` keeps whole units and gives the rest back; free units are
+//! purged at `collect()` and by the thread's own work; a thread's big
+//! segments go back when it exits; blocks that `realloc` grows into do
+//! not come from big segments (they go to the huge zone).
+//!
+//! Each test runs in a child process, so that no other test's blocks share
+//! its segments.
+#![cfg(not(feature = "secure"))]
+
+#[path = "reliability/child.rs"]
+mod child;
+
+use child::{resident_pages, MIB};
+
+const MARKER: &str = "HZ_BIG_SEGMENTS_CHILD";
+const PAGE: usize = 64 << 10;
+/// A big segment's unit.
+const UNIT: usize = 512 << 10;
+
+fn write_all(p: *mut u8, n: usize, v: u8) {
+    // SAFETY: p is a live block of at least n bytes.
+    unsafe { core::ptr::write_bytes(p, v, n) };
+}
+
+fn all_are(p: *mut u8, n: usize, v: u8) -> bool {
+    // SAFETY: p is a live block of at least n bytes.
+    unsafe { core::slice::from_raw_parts(p, n) }
+        .iter()
+        .all(|&b| b == v)
+}
+
+fn free(p: *mut u8) {
+    // SAFETY: callers pass live blocks of hz, each once (or, where the
+    // test says so, a block freed before: the misuse under test).
+    unsafe { hz_core::free(p) };
+}
+
+#[test]
+fn a_freed_big_block_serves_its_threads_next_block_and_not_another_threads() {
+    if !child::in_child(
+        MARKER,
+        "a_freed_big_block_serves_its_threads_next_block_and_not_another_threads",
+        &[],
+        &[],
+    ) {
+        return;
+    }
+    let n = 5 * MIB;
+    let p = hz_core::malloc(n);
+    let keep = hz_core::malloc(2 * MIB + 1);
+    assert!(!p.is_null() && !keep.is_null());
+    assert_eq!(p as usize % PAGE, 0, "a big block is not page-aligned");
+    // SAFETY: keep is a live block of hz.
+    assert_eq!(
+        unsafe { hz_core::usable_size(keep) },
+        33 * PAGE,
+        "usable size is not the pages asked for"
+    );
+    write_all(p, n, 0xab);
+    write_all(keep, 2 * MIB + 1, 0x5a);
+    free(p);
+    let foreign = hz_core::stats().foreign_frees;
+    free(p);
+    assert_eq!(
+        hz_core::stats().foreign_frees,
+        foreign + 1,
+        "a second free of a big segment block is not ignored and counted"
+    );
+    let other = std::thread::spawn(move || {
+        let q = hz_core::malloc(n);
+        free(q);
+        q as usize
+    })
+    .join()
+    .unwrap();
+    assert_ne!(
+        other, p as usize,
+        "another thread got this thread's freed big block"
+    );
+    // The thread's next, shorter block takes the freed place, zeroed by
+    // calloc although the earlier block wrote it.
+    let q = hz_core::calloc(3 * MIB);
+    assert_eq!(
+        q, p,
+        "the freed place did not serve the thread's next block"
+    );
+    assert!(
+        all_are(q, 3 * MIB, 0),
+        "calloc of written units is not zeroed"
+    );
+    // The other 2 MiB of the freed place serve a block of 2 MiB, once.
+    let r = hz_core::malloc(2 * MIB);
+    assert_eq!(
+        r as usize,
+        q as usize + 3 * MIB,
+        "the rest of the freed place was lost"
+    );
+    let r2 = hz_core::malloc(2 * MIB);
+    assert!(
+        (r2 as usize) < q as usize || r2 as usize >= r as usize + 2 * MIB,
+        "one place handed out twice"
+    );
+    assert!(
+        all_are(keep, 2 * MIB + 1, 0x5a),
+        "a live block was overwritten"
+    );
+    for b in [q, r, r2, keep] {
+        free(b);
+    }
+}
+
+#[test]
+fn big_blocks_freed_by_another_thread_serve_the_owners_next_blocks() {
+    if !child::in_child(
+        MARKER,
+        "big_blocks_freed_by_another_thread_serve_the_owners_next_blocks",
+        &[],
+        &[],
+    ) {
+        return;
+    }
+    // Seven blocks of 4 MiB and one that stays: one segment of 32 MiB.
+    let n = 4 * MIB;
+    let blocks: Vec<usize> = (0..7).map(|_| hz_core::malloc(n) as usize).collect();
+    let stay = hz_core::malloc(n);
+    let lo = *blocks.iter().min().unwrap();
+    assert!(
+        blocks.iter().all(|&p| p < lo + 32 * MIB) && (stay as usize) < lo + 32 * MIB,
+        "eight blocks of 4 MiB are not one segment"
+    );
+    for (i, &p) in blocks.iter().enumerate() {
+        write_all(p as *mut u8, n, i as u8);
+    }
+    // The owner's next seven blocks take the places another thread freed,
+    // without taking pages from the page allocator.
+    child::remote_frees_serve_the_owner(&blocks, n);
+    free(stay);
+}
+
+#[test]
+fn realloc_shrinking_a_big_block_keeps_whole_units() {
+    if !child::in_child(
+        MARKER,
+        "realloc_shrinking_a_big_block_keeps_whole_units",
+        &[],
+        &[],
+    ) {
+        return;
+    }
+    let p = hz_core::malloc(8 * MIB);
+    write_all(p, 8 * MIB, 7);
+    // SAFETY: p is a live block of hz.
+    let q = unsafe { hz_core::realloc(p, MIB + 100) };
+    assert_eq!(q, p, "shrinking moved the block");
+    // SAFETY: q is a live block of hz.
+    assert_eq!(unsafe { hz_core::usable_size(q) }, 17 * PAGE);
+    assert!(all_are(q, MIB + 100, 7), "shrinking lost the contents");
+    // Three units stay the block's (1.5 MiB); the rest serves the next one.
+    let r = hz_core::malloc(6 * MIB);
+    assert_eq!(
+        r as usize,
+        q as usize + 3 * UNIT,
+        "the shrunk block's tail did not serve the next block"
+    );
+    // The block grows back into its own units in place.
+    // SAFETY: q is a live block of hz.
+    let q2 = unsafe { hz_core::realloc(q, 3 * UNIT) };
+    assert_eq!(q2, q, "growing within the block's units moved it");
+    assert!(all_are(q2, MIB + 100, 7), "growing lost the contents");
+    // Grown past them, it moves (to the huge zone: not a big segment's
+    // block, whose free would go back to the segment).
+    // SAFETY: q2 is a live block of hz.
+    let g = unsafe { hz_core::realloc(q2, 3 * MIB) };
+    assert!(
+        !g.is_null() && g != q2,
+        "growing past the units did not move"
+    );
+    assert!(all_are(g, MIB + 100, 7), "moving lost the contents");
+    // Its units and the next block's, freed, serve a 4 MiB block.
+    free(r);
+    let s = hz_core::malloc(4 * MIB);
+    assert_eq!(
+        s, q,
+        "the moved block's units did not go back to the segment"
+    );
+    for b in [g, s] {
+        free(b);
+    }
+}
+
+#[test]
+fn free_units_of_big_segments_go_back_to_the_kernel() {
+    if !child::in_child(
+        MARKER,
+        "free_units_of_big_segments_go_back_to_the_kernel",
+        &[],
+        &[],
+    ) {
+        return;
+    }
+    let n = 3 * MIB;
+    let keep = hz_core::malloc(2 * MIB);
+    // At collect().
+    let p = hz_core::malloc(n);
+    write_all(p, n, 1);
+    free(p);
+    assert_eq!(
+        resident_pages(p, n),
+        n / 4096,
+        "a freed big block was purged at once"
+    );
+    hz_core::collect();
+    assert_eq!(
+        resident_pages(p, n),
+        0,
+        "free units stayed resident after collect()"
+    );
+    // Without collect: the thread's small-block work runs its GC.
+    let p = hz_core::malloc(n);
+    write_all(p, n, 2);
+    free(p);
+    child::wait_until_purged_by_small_work(p, n, "free units of a big segment");
+    free(keep);
+}
+
+#[test]
+fn a_threads_big_segments_go_back_when_it_exits() {
+    if !child::in_child(
+        MARKER,
+        "a_threads_big_segments_go_back_when_it_exits",
+        &[],
+        &[],
+    ) {
+        return;
+    }
+    let base = hz_core::stats().in_use;
+    let (p, n) = std::thread::spawn(|| {
+        let n = 6 * MIB;
+        let bs: Vec<*mut u8> = (0..12).map(|_| hz_core::malloc(n)).collect();
+        for &b in &bs {
+            write_all(b, n, 3);
+        }
+        let first = bs[0] as usize;
+        bs.into_iter().for_each(free);
+        (first, n)
+    })
+    .join()
+    .unwrap();
+    assert!(
+        hz_core::stats().in_use < base + 8 * MIB as u64,
+        "the exited thread's big segments are still in use: {} MiB over the start",
+        (hz_core::stats().in_use - base) >> 20
+    );
+    assert_eq!(
+        resident_pages(p as *mut u8, n),
+        0,
+        "the exited thread's big blocks stayed resident"
+    );
+}
