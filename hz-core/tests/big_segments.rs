@@ -17,29 +17,18 @@
 #[path = "reliability/child.rs"]
 mod child;
 
-use child::{resident_pages, MIB};
+use child::{free, resident_pages, write_all, MIB};
 
 const MARKER: &str = "HZ_BIG_SEGMENTS_CHILD";
 const PAGE: usize = 64 << 10;
 /// A big segment's unit.
 const UNIT: usize = 512 << 10;
 
-fn write_all(p: *mut u8, n: usize, v: u8) {
-    // SAFETY: p is a live block of at least n bytes.
-    unsafe { core::ptr::write_bytes(p, v, n) };
-}
-
 fn all_are(p: *mut u8, n: usize, v: u8) -> bool {
     // SAFETY: p is a live block of at least n bytes.
     unsafe { core::slice::from_raw_parts(p, n) }
         .iter()
         .all(|&b| b == v)
-}
-
-fn free(p: *mut u8) {
-    // SAFETY: callers pass live blocks of hz, each once (or, where the
-    // test says so, a block freed before: the misuse under test).
-    unsafe { hz_core::free(p) };
 }
 
 #[test]

@@ -21,7 +21,7 @@
 #[path = "reliability/child.rs"]
 mod child;
 
-use child::resident_pages;
+use child::{resident_pages, write_all};
 
 const MARKER: &str = "HZ_LARGE_KEPT_CHILD";
 
@@ -61,11 +61,6 @@ fn kept_by_another_thread(n: usize, v: u8) -> usize {
     })
     .join()
     .unwrap()
-}
-
-fn write_all(p: *mut u8, n: usize, v: u8) {
-    // SAFETY: p is a live block of at least n bytes.
-    unsafe { core::ptr::write_bytes(p, v, n) };
 }
 
 #[test]

@@ -15,22 +15,11 @@
 #[path = "reliability/child.rs"]
 mod child;
 
-use child::{resident_pages, MIB};
+use child::{free, resident_pages, write_all, MIB};
 use std::time::Duration;
 
 const MARKER: &str = "HZ_LARGE_SEGMENTS_CHILD";
 const PAGE: usize = 64 << 10;
-
-fn write_all(p: *mut u8, n: usize, v: u8) {
-    // SAFETY: p is a live block of at least n bytes.
-    unsafe { core::ptr::write_bytes(p, v, n) };
-}
-
-fn free(p: *mut u8) {
-    // SAFETY: callers pass live blocks of hz, each once (or, where the
-    // test says so, a block freed before: the misuse under test).
-    unsafe { hz_core::free(p) };
-}
 
 /// Asserts that a new thread's block of `n` bytes is not `p`, which the
 /// calling thread has just freed: it comes from the new thread's own

@@ -142,3 +142,16 @@ pub fn remote_frees_serve_the_owner(blocks: &[usize], n: usize) {
         unsafe { hz_core::free(p as *mut u8) };
     }
 }
+
+/// Writes `v` into the first `n` bytes of `p`.
+pub fn write_all(p: *mut u8, n: usize, v: u8) {
+    // SAFETY: callers pass a live block of at least n bytes.
+    unsafe { core::ptr::write_bytes(p, v, n) };
+}
+
+/// Frees `p` through hz.
+pub fn free(p: *mut u8) {
+    // SAFETY: callers pass live blocks of hz, each once (or, where the
+    // test says so, a block freed before: the misuse under test).
+    unsafe { hz_core::free(p) };
+}
