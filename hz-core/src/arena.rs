@@ -93,7 +93,7 @@ pub struct PageMeta {
     #[cfg(feature = "secure")]
     pub free: *mut u8,
     /// The span's first block: its first page plus its colour
-    /// (`class::COLOR_MIN_SIZE`; the secure build does not colour).
+    /// (`class::coloured`; the secure build does not colour).
     pub base: usize,
     /// Start of the span's never-carved tail (`secure` builds copy it to
     /// the word beside each page's tag for other threads to read).

@@ -1,30 +1,55 @@
-//! Spans of the classes above 32 KiB start their blocks at a per-span
+//! Spans of the classes above 32 KiB, and of the classes from 2 KiB to
+//! 32 KiB that are not powers of two, start their blocks at a per-span
 //! colour (a multiple of 64 bytes below 4 KiB) in the default build, so
-//! that the first lines of big blocks do not all fall into the same cache
-//! sets (E56). Their blocks are then only 64-byte aligned, so requests
-//! aligned to more must still get aligned blocks (served as page runs).
+//! that the first lines of their blocks do not all fall into the same
+//! cache sets (E56, E76). Their blocks are then only 64-byte aligned, so
+//! requests aligned to more must still get aligned blocks (from another
+//! class or as page runs).
 
-/// Blocks of 100 000 bytes from many spans start at many different
-/// offsets within a 4 KiB page (without colours: all at offset 0).
-#[test]
+/// Allocates `count` blocks of `size` bytes and asserts that they start
+/// on cache lines at `min` or more distinct offsets modulo `modulus`.
 #[cfg(not(feature = "secure"))]
-fn big_blocks_start_at_many_colours() {
-    let blocks: Vec<*mut u8> = (0..256).map(|_| hz_core::malloc(100_000)).collect();
-    let mut offsets: Vec<usize> = blocks.iter().map(|&p| p as usize % 4096).collect();
+fn assert_spread(size: usize, count: usize, modulus: usize, min: usize) {
+    let blocks: Vec<*mut u8> = (0..count).map(|_| hz_core::malloc(size)).collect();
+    let mut offsets: Vec<usize> = blocks.iter().map(|&p| p as usize % modulus).collect();
     for &o in &offsets {
-        assert_eq!(o % 64, 0, "a block not on a cache-line boundary");
+        assert_eq!(
+            o % 64,
+            0,
+            "a block of {size} B not on a cache-line boundary"
+        );
     }
     offsets.sort_unstable();
     offsets.dedup();
     assert!(
-        offsets.len() >= 8,
-        "256 blocks of 100 000 B start at only {} offsets within a page: {offsets:?}",
+        offsets.len() >= min,
+        "{count} blocks of {size} B start at only {} offsets modulo {modulus}: {offsets:?}",
         offsets.len()
     );
     for p in blocks {
         // SAFETY: live blocks of hz.
         unsafe { hz_core::free(p) };
     }
+}
+
+/// Blocks of 100 000 bytes from many spans start at many different
+/// offsets within a 4 KiB page (without colours: all at offset 0).
+#[test]
+#[cfg(not(feature = "secure"))]
+fn big_blocks_start_at_many_colours() {
+    assert_spread(100_000, 256, 4096, 8);
+}
+
+/// Blocks of the coloured classes from 2 KiB to 32 KiB, from many spans,
+/// start at many offsets modulo the class's power-of-two factor (without
+/// colours: 2500 B blocks (class 2560 = 5 * 512, 25 a span) all at
+/// multiples of 512, 20 000 B blocks (class 20 480 = 5 * 4096, 9 a span)
+/// all at multiples of 4096).
+#[test]
+#[cfg(not(feature = "secure"))]
+fn mid_blocks_start_at_many_colours() {
+    assert_spread(2500, 25 * 64, 512, 4);
+    assert_spread(20_000, 9 * 64, 4096, 4);
 }
 
 /// Every alignment up to a page is honoured for sizes around and above
@@ -35,6 +60,10 @@ fn aligned_requests_of_big_sizes_are_aligned() {
     let mut live = Vec::new();
     for round in 0..4 {
         for size in [
+            2500,
+            3000,
+            20_000,
+            24_576,
             32 << 10,
             (32 << 10) + 1,
             40_000,
