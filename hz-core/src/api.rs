@@ -1011,6 +1011,8 @@ pub struct Stats {
     pub heaps_created: u64,
     /// Allocation requests refused (out of memory or impossible size).
     pub failed_allocations: u64,
+    /// Per size class, by class index (`class::CLASS_SIZE`); the last four
+    /// are the aligned twins of 4–32 KiB (`class::TWIN_FIRST`).
     pub classes: [ClassStats; NUM_CLASSES],
 }
 
@@ -1115,12 +1117,18 @@ pub fn write_stats(fd: i32) {
         "  {:>8} {:>12} {:>8} {:>12}",
         "class", "blocks", "spans", "KiB"
     );
-    for c in &s.classes[1..] {
+    for (i, c) in s.classes.iter().enumerate().skip(1) {
         if c.blocks != 0 || c.spans != 0 {
             let _ = writeln!(
                 b,
-                "  {:>8} {:>12} {:>8} {:>12}",
+                "  {:>7}{} {:>12} {:>8} {:>12}",
                 c.size,
+                // `a`: an aligned twin (uncoloured spans, `class::TWIN_FIRST`).
+                if i >= crate::class::TWIN_FIRST {
+                    'a'
+                } else {
+                    ' '
+                },
                 c.blocks,
                 c.spans,
                 c.blocks * c.size as u64 / 1024
@@ -1151,10 +1159,13 @@ pub fn write_info<W: core::fmt::Write>(w: &mut W) -> core::fmt::Result {
     for (c, k) in s.classes.iter().enumerate().skip(1) {
         let size = u64::from(k.size);
         let room = (k.spans * crate::class::span_blocks(c) as u64).saturating_sub(k.blocks);
+        // An aligned twin serves the sizes above half its own.
+        let twin = c >= crate::class::TWIN_FIRST;
         if room != 0 {
             writeln!(
                 w,
-                "<size from=\"{from}\" to=\"{size}\" total=\"{}\" count=\"{room}\"/>",
+                "<size from=\"{}\" to=\"{size}\" total=\"{}\" count=\"{room}\"/>",
+                if twin { size / 2 + 1 } else { from },
                 room * size
             )?;
         }

@@ -7,7 +7,10 @@
 //! * 1..=8: 16, 32, …, 128 — exact 16-byte steps;
 //! * 9..=48: four per power of two, `2^b + k·2^(b-2)` for k = 1..4, from
 //!   160 up to 131072 (128 KiB). Worst-case internal waste above 128 bytes is
-//!   just under 20%, about 10% on average.
+//!   just under 20%, about 10% on average;
+//! * 49..=52: *aligned twins* of 4, 8, 16 and 32 KiB, whose spans are not
+//!   coloured, for requests of 2–32 KiB aligned to more than 64 bytes
+//!   (the default build colours every other class above 2 KiB, [`coloured`]).
 //!
 //! Every class size is a multiple of 16, and each power of two is a class,
 //! which is how over-aligned small requests are served (see [`class_for`]).
@@ -16,7 +19,12 @@
 
 use crate::PAGE_SIZE;
 
-pub const NUM_CLASSES: usize = 49;
+/// Classes a size maps to ([`class_of`]): sizes increase with the index.
+pub const SIZED_CLASSES: usize = 49;
+/// The first aligned twin: class `TWIN_FIRST + k` holds blocks of
+/// `4096 << k` bytes (k = 0..4) from uncoloured spans.
+pub const TWIN_FIRST: usize = SIZED_CLASSES;
+pub const NUM_CLASSES: usize = TWIN_FIRST + 4;
 /// Largest size served by size classes; larger blocks are page runs.
 pub const SMALL_MAX: usize = 128 << 10;
 
@@ -28,7 +36,7 @@ const fn gen_sizes() -> [u32; NUM_CLASSES] {
         i += 1;
     }
     let mut b = 7;
-    while i < NUM_CLASSES {
+    while i < SIZED_CLASSES {
         let base = 1u32 << b;
         let step = base >> 2;
         let mut k = 1;
@@ -38,6 +46,10 @@ const fn gen_sizes() -> [u32; NUM_CLASSES] {
             k += 1;
         }
         b += 1;
+    }
+    while i < NUM_CLASSES {
+        s[i] = 4096 << (i - TWIN_FIRST);
+        i += 1;
     }
     s
 }
@@ -139,28 +151,32 @@ fn class_for_aligned(size: usize, align: usize) -> usize {
     }
     let mut c = class_of(if size < align { align } else { size });
     // Span bases are page-aligned, so a class whose size is a multiple of
-    // `align` yields aligned blocks, unless its spans are coloured (default
-    // build: then its blocks are only 64-byte aligned). Powers of two up to
-    // 32 KiB are uncoloured classes: below them this ends at a class.
-    while c != 0 && !aligned_class(CLASS_SIZE[c] as usize, align) {
+    // `align` yields aligned blocks. Powers of two are classes: this ends.
+    while c != 0 && (CLASS_SIZE[c] as usize) & (align - 1) != 0 {
         c += 1;
-        if c == NUM_CLASSES {
+        if c == SIZED_CLASSES {
             return 0;
         }
     }
+    // Coloured classes' blocks are only 64-byte aligned (default build):
+    // up to 32 KiB the aligned twin of the power of two at or above the
+    // class serves instead, above that a page run.
+    if !cfg!(feature = "secure") && align > 64 && coloured(c) {
+        let size = CLASS_SIZE[c] as usize;
+        if size > 32 << 10 {
+            return 0;
+        }
+        let pow2 = size.next_power_of_two();
+        return TWIN_FIRST + (pow2.trailing_zeros() - 12) as usize;
+    }
     c
-}
-
-/// True when every block of a class of `size` bytes is aligned to `align`.
-#[inline]
-const fn aligned_class(size: usize, align: usize) -> bool {
-    size & (align - 1) == 0 && (cfg!(feature = "secure") || align <= 64 || !coloured(size))
 }
 
 /// `FIT[c]`: the request sizes of class `c` at the default alignment,
 /// `[lo, lo + span]`, as `[lo, span]` (`class_of(size) == c` exactly when
 /// `size - lo <= span`, unsigned). Values of a tag's 6-bit class field
-/// that name no class (0 included) get `[u32::MAX, 0]`: only a size of exactly
+/// that no size maps to (0, the aligned twins and the values past the
+/// last class) get `[u32::MAX, 0]`: only a size of exactly
 /// `u32::MAX` fits them (only a corrupted tag names such a class, and the
 /// secure free's boundary test, whose divisor table has 0 there, rejects
 /// every pointer of one).
@@ -168,7 +184,7 @@ static FIT: [[u32; 2]; 64] = {
     let sizes = gen_sizes();
     let mut t = [[u32::MAX, 0u32]; 64];
     let mut c = 1;
-    while c < NUM_CLASSES {
+    while c < SIZED_CLASSES {
         let lo = if c == 1 { 0 } else { sizes[c - 1] + 1 };
         t[c] = [lo, sizes[c] - lo];
         c += 1;
@@ -189,41 +205,40 @@ pub fn fits_class(size: usize, align: usize, c: usize) -> bool {
     (size as u64).wrapping_sub(lo as u64) <= span as u64
 }
 
-/// Spans of the classes above 32 KiB start their blocks at a per-span
+/// True when the spans of class `c` start their blocks at a per-span
 /// offset ("colour", a multiple of 64 bytes up to [`COLOR_SPAN`]) in the
-/// default build: otherwise every such block starts at a multiple of 8 KiB
-/// or more from a 64 KiB-aligned span, so the first lines of all big
-/// blocks fall into the same few cache sets and evict each other (E56).
-/// Their blocks are then only 64-byte aligned: requests aligned to more
-/// are served as page runs ([`class_for`]).
-pub const COLOR_MIN_SIZE: usize = (32 << 10) + 1;
-/// True when spans of blocks of `size` bytes start at a colour (default
-/// build): the classes above 32 KiB (with room kept for it,
-/// [`COLOR_MIN_SIZE`]) and the classes from 2 KiB to 32 KiB that are not
-/// powers of two (in their span's natural slack, up to [`COLOR_SPAN`]).
-/// Those are multiples of 512 B to 4 KiB from a 64 KiB-aligned span, so
-/// without a colour their block starts crowd into a few L1 sets: 92% of a
-/// program's first stores to fresh blocks missed L1 in the 16..32768 lane
-/// (E76). Requests aligned to more than 64 bytes skip these classes.
-pub const fn coloured(size: usize) -> bool {
-    size >= COLOR_MIN_SIZE || (size > 2048 && !size.is_power_of_two())
+/// default build: the classes above 2 KiB except the aligned twins.
+/// Their sizes are multiples of 512 B or more, so from a 64 KiB-aligned
+/// span the first lines of all their blocks would fall into 1 to 8 of
+/// the L1's 64 sets and evict each other (E56 above 32 KiB; E76 and E77
+/// below, where 92% of a program's first stores to fresh blocks of
+/// 16..32768 B missed L1). Their blocks are then only 64-byte aligned:
+/// requests aligned to more go to an aligned twin or a page run
+/// ([`class_for`]).
+pub const fn coloured(c: usize) -> bool {
+    c < SIZED_CLASSES && SIZES[c] > 2048
 }
-/// Bytes at the end of a coloured class's span left for the colour.
+const SIZES: [u32; NUM_CLASSES] = gen_sizes();
+/// The most bytes a colour moves a span's first block by.
 pub const COLOR_SPAN: usize = 4096;
 
-/// Bytes of a class's span set aside for its colour.
-const fn color_reserve(size: usize) -> usize {
-    if size >= COLOR_MIN_SIZE {
+/// Bytes at the end of class `c`'s span set aside for its colour:
+/// [`COLOR_SPAN`] for the coloured classes whose spans would otherwise
+/// have no slack to colour in (the powers of two, whose blocks fill their
+/// spans, and the classes above 32 KiB); the other coloured classes use
+/// the slack their spans have anyway (1–12 KiB, 0 for 24 KiB).
+const fn color_reserve(c: usize) -> usize {
+    let size = SIZES[c] as usize;
+    if coloured(c) && (size > 32 << 10 || size.is_power_of_two()) {
         COLOR_SPAN
     } else {
         0
     }
 }
 
-/// Blocks of `size` bytes in a span of `pages` pages, its colour's room
-/// kept.
-const fn blocks_in(pages: usize, size: usize) -> usize {
-    (pages * PAGE_SIZE - color_reserve(size)) / size
+/// Blocks of class `c` in a span of `pages` pages, its colour's room kept.
+const fn blocks_in(pages: usize, c: usize) -> usize {
+    (pages * PAGE_SIZE - color_reserve(c)) / SIZES[c] as usize
 }
 
 const fn gen_span_pages() -> [u32; NUM_CLASSES] {
@@ -236,7 +251,7 @@ const fn gen_span_pages() -> [u32; NUM_CLASSES] {
         let mut pages = 1;
         loop {
             let bytes = pages * PAGE_SIZE;
-            let n = blocks_in(pages, s);
+            let n = blocks_in(pages, c);
             let waste = bytes - n * s;
             if n >= min_blocks && waste * 8 <= bytes {
                 break;
@@ -252,12 +267,11 @@ const fn gen_span_pages() -> [u32; NUM_CLASSES] {
 pub static SPAN_PAGES: [u32; NUM_CLASSES] = gen_span_pages();
 
 const fn gen_span_blocks() -> [u32; NUM_CLASSES] {
-    let sizes = gen_sizes();
     let pages = gen_span_pages();
     let mut n = [0u32; NUM_CLASSES];
     let mut c = 1;
     while c < NUM_CLASSES {
-        n[c] = blocks_in(pages[c] as usize, sizes[c] as usize) as u32;
+        n[c] = blocks_in(pages[c] as usize, c) as u32;
         c += 1;
     }
     n
@@ -324,20 +338,30 @@ mod tests {
         assert_eq!(CLASS_SIZE[8], 128);
         assert_eq!(CLASS_SIZE[9], 160);
         assert_eq!(CLASS_SIZE[12], 256);
-        assert_eq!(CLASS_SIZE[NUM_CLASSES - 1] as usize, SMALL_MAX);
-        for c in 1..NUM_CLASSES {
+        assert_eq!(CLASS_SIZE[SIZED_CLASSES - 1] as usize, SMALL_MAX);
+        for c in 1..SIZED_CLASSES {
             assert_eq!(CLASS_SIZE[c] % 16, 0);
             if c > 1 {
                 assert!(CLASS_SIZE[c] > CLASS_SIZE[c - 1]);
             }
         }
+        // The aligned twins: 4, 8, 16, 32 KiB, each the size of a sized
+        // class, uncoloured where that class is coloured.
+        for k in 0..4 {
+            let t = TWIN_FIRST + k;
+            assert_eq!(CLASS_SIZE[t] as usize, 4096 << k);
+            let c = class_of(4096 << k);
+            assert_eq!(CLASS_SIZE[c], CLASS_SIZE[t]);
+            assert!(coloured(c) && !coloured(t));
+        }
+        assert_eq!(NUM_CLASSES, TWIN_FIRST + 4);
     }
 
     #[test]
     fn every_size_maps_to_smallest_fitting_class() {
         for size in 0..=SMALL_MAX {
             let c = class_of(size);
-            assert!((1..NUM_CLASSES).contains(&c), "size {size}");
+            assert!((1..SIZED_CLASSES).contains(&c), "size {size}");
             assert!(CLASS_SIZE[c] as usize >= size.max(1), "size {size}");
             if c > 1 {
                 assert!(
@@ -368,7 +392,7 @@ mod tests {
         for size in sizes {
             for c in 0..64 {
                 for align in [1, 16] {
-                    if (c == 0 || c >= NUM_CLASSES) && size == u32::MAX as usize {
+                    if (c == 0 || c >= SIZED_CLASSES) && size == u32::MAX as usize {
                         continue;
                     }
                     assert_eq!(
@@ -401,7 +425,7 @@ mod tests {
                     assert_eq!(CLASS_SIZE[c] as usize % align, 0);
                     assert!(CLASS_SIZE[c] as usize >= size);
                     // Blocks of coloured spans are only 64-byte aligned.
-                    let colour = !cfg!(feature = "secure") && coloured(CLASS_SIZE[c] as usize);
+                    let colour = !cfg!(feature = "secure") && coloured(c);
                     assert!(
                         align <= 64 || !colour,
                         "size {size} align {align}: class {c}"
@@ -424,7 +448,7 @@ mod tests {
             let bytes = SPAN_PAGES[c] as usize * PAGE_SIZE;
             let n = SPAN_BLOCKS[c] as usize;
             assert!(n >= 4);
-            assert!(n * CLASS_SIZE[c] as usize + color_reserve(CLASS_SIZE[c] as usize) <= bytes);
+            assert!(n * CLASS_SIZE[c] as usize + color_reserve(c) <= bytes);
             assert!((bytes - n * CLASS_SIZE[c] as usize) * 8 <= bytes);
             assert!(BIN_CAP[c] >= 16 && BIN_CAP[c] <= 256);
         }

@@ -1,10 +1,10 @@
-//! Spans of the classes above 32 KiB, and of the classes from 2 KiB to
-//! 32 KiB that are not powers of two, start their blocks at a per-span
+//! Spans of the classes above 2 KiB (except the aligned twins of 4–32 KiB,
+//! which serve over-aligned requests) start their blocks at a per-span
 //! colour (a multiple of 64 bytes below 4 KiB) in the default build, so
 //! that the first lines of their blocks do not all fall into the same
 //! cache sets (E56, E76). Their blocks are then only 64-byte aligned, so
-//! requests aligned to more must still get aligned blocks (from another
-//! class or as page runs).
+//! requests aligned to more must still get aligned blocks (from an aligned
+//! twin or as page runs).
 
 /// Allocates `count` blocks of `size` bytes and asserts that they start
 /// on cache lines at `min` or more distinct offsets modulo `modulus`.
@@ -43,13 +43,15 @@ fn big_blocks_start_at_many_colours() {
 /// Blocks of the coloured classes from 2 KiB to 32 KiB, from many spans,
 /// start at many offsets modulo the class's power-of-two factor (without
 /// colours: 2500 B blocks (class 2560 = 5 * 512, 25 a span) all at
-/// multiples of 512, 20 000 B blocks (class 20 480 = 5 * 4096, 9 a span)
-/// all at multiples of 4096).
+/// multiples of 512; 4000, 20 000 and 30 000 B blocks (classes 4096,
+/// 5 * 4096 and 32 768) all at multiples of 4096).
 #[test]
 #[cfg(not(feature = "secure"))]
 fn mid_blocks_start_at_many_colours() {
     assert_spread(2500, 25 * 64, 512, 4);
+    assert_spread(4000, 15 * 64, 4096, 4);
     assert_spread(20_000, 9 * 64, 4096, 4);
+    assert_spread(30_000, 9 * 64, 4096, 4);
 }
 
 /// Every alignment up to a page is honoured for sizes around and above
@@ -100,5 +102,38 @@ fn aligned_requests_of_big_sizes_are_aligned() {
                 unsafe { hz_core::free(p) };
             }
         }
+    }
+}
+
+/// Requests of 2–32 KiB aligned to more than 64 bytes get a block of the
+/// power of two at or above them from its aligned twin (uncoloured spans),
+/// in the default build: `usable_size` is that power of two (a page run's
+/// would be the size asked), and the blocks are aligned. (The secure build
+/// does not colour: the first class that is a multiple of the alignment.)
+#[test]
+#[cfg(not(feature = "secure"))]
+fn over_aligned_mid_requests_get_power_of_two_blocks() {
+    for (size, align, want) in [
+        (2049usize, 128usize, 4096usize),
+        (2500, 4096, 4096),
+        (4000, 256, 4096),
+        (4096, 4096, 4096),
+        (5000, 1024, 8192),
+        (20_000, 128, 32_768),
+        (32_768, 32_768, 32_768),
+    ] {
+        let p = hz_core::malloc_aligned(size, align);
+        assert!(!p.is_null());
+        assert_eq!(p as usize % align, 0, "size {size} align {align}");
+        // SAFETY: p is a live block of hz.
+        assert_eq!(
+            unsafe { hz_core::usable_size(p) },
+            want,
+            "size {size} align {align}"
+        );
+        // SAFETY: p has `want` usable bytes.
+        unsafe { std::ptr::write_bytes(p, 0x5a, want) };
+        // SAFETY: live block of hz.
+        unsafe { hz_core::free(p) };
     }
 }
