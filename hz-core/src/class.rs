@@ -55,7 +55,9 @@ const fn gen_sizes() -> [u32; NUM_CLASSES] {
 }
 
 /// Block size of each class.
-pub static CLASS_SIZE: [u32; NUM_CLASSES] = gen_sizes();
+pub static CLASS_SIZE: [u32; NUM_CLASSES] = SIZES;
+/// The same table for `const fn`s, which cannot read a `static`.
+const SIZES: [u32; NUM_CLASSES] = gen_sizes();
 
 /// Requests up to this many bytes find their class in one table lookup.
 /// 2 KiB: a program whose sizes straddle the cut-off pays a mispredicted
@@ -218,7 +220,6 @@ pub fn fits_class(size: usize, align: usize, c: usize) -> bool {
 pub const fn coloured(c: usize) -> bool {
     c < SIZED_CLASSES && SIZES[c] > 2048
 }
-const SIZES: [u32; NUM_CLASSES] = gen_sizes();
 /// The most bytes a colour moves a span's first block by.
 pub const COLOR_SPAN: usize = 4096;
 
