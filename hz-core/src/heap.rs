@@ -573,7 +573,7 @@ unsafe fn new_span(h: *mut Heap, c: usize) -> bool {
         let n = crate::class::SPAN_BLOCKS[c] as usize;
         // The colour: a multiple of 64 bytes up to the span's slack (at
         // most `COLOR_SPAN`), from the span's address, so that the first
-        // lines of its blocks spread over the cache sets (E56, E76).
+        // lines of its blocks spread over the cache sets (E56, E76, E77).
         let off = if crate::class::coloured(c) {
             let steps = ((span_bytes - n * size).min(crate::class::COLOR_SPAN) / 64) as u64;
             let h = ((run.addr as u64) >> 16).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58;
