@@ -94,6 +94,23 @@ scripts/build-secure.sh
 step "cargo test --workspace --release"
 cargo test --workspace --release
 
+# The floor allocator of scripts/bench-floor.sh (M24 in docs/PERFORMANCE.md):
+# it must build without warnings and run the ring benchmark with threads and
+# remote frees, every block sent freed by its receiver.
+step "floor allocator (hz-bench/c/floor_alloc.c) under the ring benchmark"
+tdir="${CARGO_TARGET_DIR:-target}"
+mkdir -p "$tdir/floor"
+"${CC:-cc}" -O2 -Wall -Wextra -Werror -fno-builtin -fPIC -shared -ftls-model=initial-exec \
+    -o "$tdir/floor/libfloor.so" hz-bench/c/floor_alloc.c
+bm=$(ls "$tdir"/release/build/hz-bench-*/out/bench_matrix | head -n1)
+out=$(LD_PRELOAD="$(cd "$tdir/floor" && pwd)/libfloor.so" "$bm" 4 90 16 131072 20000 400 20000 1)
+echo "$out"
+if ! [[ $out =~ sent=([0-9]+)\ recv=([0-9]+) ]] || [ "${BASH_REMATCH[1]}" != "${BASH_REMATCH[2]}" ] ||
+    [ "${BASH_REMATCH[1]}" -eq 0 ]; then
+    echo "floor allocator: the ring benchmark did not run through" >&2
+    exit 1
+fi
+
 step "cargo test -p hz-core --release --features secure"
 cargo test -p hz-core --release --features secure
 
