@@ -214,6 +214,14 @@ struct PageState {
     big_in_use: usize,
     big_peak: [usize; 2],
     big_peak_at: u64,
+    /// Purge back-off (E81, [`maybe_purge`]): when the last purge was;
+    /// the clean pages of free runs handed out within a second of a purge
+    /// (pages about to be faulted in again) in the window that began at
+    /// `refault_since`; and until when purging holds back.
+    last_purge_at: u64,
+    refault_pages: usize,
+    refault_since: u64,
+    churn_until: u64,
 }
 
 struct Pages {
@@ -236,6 +244,10 @@ static PAGES: Pages = Pages {
         big_in_use: 0,
         big_peak: [0; 2],
         big_peak_at: 0,
+        last_purge_at: 0,
+        refault_pages: 0,
+        refault_since: 0,
+        churn_until: 0,
     }),
 };
 
@@ -652,6 +664,43 @@ fn arena_zone(a: usize) -> Zone {
     }
 }
 
+/// Purge back-off (E81). Purged pages that a program soon takes again
+/// cost a page fault and a zeroed page each, and the purge a TLB shootdown:
+/// a program whose footprint swings (queues that back up and drain) paid
+/// that on every swing. When at least [`CHURN_PAGES`] clean pages of free
+/// runs (purged, or never used) are handed out within [`CHURN_WINDOW_MS`],
+/// each within [`CHURN_WINDOW_MS`] of a purge, purging holds back for
+/// [`BACKOFF_MS`]: free runs wait 100 times `HZ_PURGE_DELAY_MS` (at most
+/// [`BACKOFF_DELAY_MS`]; a longer delay is kept) and the normal zone's
+/// dirty cap is [`BACKOFF_DIRTY_MULT`] times `HZ_PURGE_MAX_DIRTY_MB`.
+/// Renewed while the churn goes on; a program that stops churning is back
+/// to the plain delay and cap [`BACKOFF_MS`] later. `collect()` and
+/// `malloc_trim` purge everything whatever the back-off.
+const CHURN_PAGES: usize = 64;
+const CHURN_WINDOW_MS: u64 = 1000;
+const BACKOFF_MS: u64 = 2000;
+const BACKOFF_DELAY_MS: u64 = 1000;
+const BACKOFF_DIRTY_MULT: usize = 8;
+
+/// `clean` pages of a free run were just handed out: counts them toward
+/// the purge back-off when a purge was recent.
+fn note_refault(st: &mut PageState, clean: usize) {
+    let now = os::now_ms();
+    if now >= st.last_purge_at + CHURN_WINDOW_MS {
+        return;
+    }
+    if now >= st.refault_since + CHURN_WINDOW_MS {
+        st.refault_since = now;
+        st.refault_pages = 0;
+    }
+    st.refault_pages += clean;
+    if st.refault_pages >= CHURN_PAGES {
+        st.churn_until = now + BACKOFF_MS;
+        st.refault_pages = 0;
+        st.refault_since = now;
+    }
+}
+
 /// How many of the newest dirty runs [`alloc_run`] looks at first (for the
 /// one that fits best, E71).
 const DIRTY_SCAN: usize = 8;
@@ -783,6 +832,10 @@ unsafe fn take_from_free(st: &mut PageState, m: *mut PageMeta, pages: usize, ali
         let taken = hull_clip(hull, start, pages);
         (*u).dlo = taken.0;
         (*u).dhi = taken.1;
+        let clean = pages - (taken.1 - taken.0) as usize;
+        if clean > 0 && st.last_purge_at != 0 {
+            note_refault(st, clean);
+        }
         Run {
             meta: u,
             addr: (*u).addr as *mut u8,
@@ -1028,11 +1081,17 @@ unsafe fn free_run_locked(st: &mut PageState, m: *mut PageMeta, k: usize, moved:
 /// ones past their recent peak, is held to the caps as before.
 unsafe fn maybe_purge(st: &mut PageState, force: bool) {
     let cfg = &crate::config::CONFIG;
-    let delay = cfg.purge_delay_ms.load(Relaxed);
+    let mut delay = cfg.purge_delay_ms.load(Relaxed);
     let now = os::now_ms();
     let slack = big_peak(st, now) - st.big_in_use + st.big_in_use / 4;
+    // Pages purged lately came back: keep more, longer (E81).
+    let backoff = now < st.churn_until;
+    if backoff && delay < BACKOFF_DELAY_MS {
+        delay = (delay * 100).min(BACKOFF_DELAY_MS);
+    }
+    let mult = if backoff { BACKOFF_DIRTY_MULT } else { 1 };
     let max_dirty = [
-        ((cfg.max_dirty_bytes.load(Relaxed) as usize) >> PAGE_SHIFT) + slack,
+        ((cfg.max_dirty_bytes.load(Relaxed) as usize) >> PAGE_SHIFT) * mult + slack,
         ((cfg.max_dirty_large_bytes.load(Relaxed) as usize) >> PAGE_SHIFT) + slack,
     ];
     if !force
@@ -1063,6 +1122,7 @@ unsafe fn maybe_purge(st: &mut PageState, force: bool) {
                 let addr = ARENAS[a].base.load(Relaxed) + (((*m).dlo as usize) << PAGE_SHIFT);
                 let len = (((*m).dhi - (*m).dlo) as usize) << PAGE_SHIFT;
                 os::purge(addr as *mut u8, len);
+                st.last_purge_at = now;
                 (*m).dlo = 0;
                 (*m).dhi = 0;
                 STATS.purges.fetch_add(1, Relaxed);

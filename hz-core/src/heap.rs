@@ -1184,10 +1184,12 @@ const EMPTY_POOL: Pool = Pool {
     taken: AtomicU32::new(0),
 };
 static POOL: [Pool; NUM_CLASSES] = [EMPTY_POOL; NUM_CLASSES];
-/// Bytes of blocks one class's pool may hold.
-const POOL_CLASS_BYTES: u64 = 16 << 20;
-/// Bytes of blocks all pools together may hold.
-const POOL_BYTES: u64 = 64 << 20;
+/// Bytes of blocks one class's pool may hold (E81: 16 MiB before; at T >= 8
+/// with queues backed up, the pool was full and most remote blocks went
+/// home to owners waiting for a core, while the running threads carved).
+const POOL_CLASS_BYTES: u64 = 64 << 20;
+/// Bytes of blocks all pools together may hold (E81: 64 MiB before).
+const POOL_BYTES: u64 = 256 << 20;
 static POOL_TOTAL: AtomicU64 = AtomicU64::new(0);
 /// When the pools are next looked at by [`pool_gc`] (coarse ms).
 static POOL_GC_AT: AtomicU64 = AtomicU64::new(0);

@@ -473,3 +473,80 @@ fn secure_refill_touches_few_pages() {
         unsafe { hz_core::free(p) };
     }
 }
+
+/// Purge back-off (E81): pages purged and soon taken again (a footprint
+/// that swings) hold purging back for a while — free runs then wait far
+/// longer than `HZ_PURGE_DELAY_MS` and the normal zone's dirty cap is 8
+/// times `HZ_PURGE_MAX_DIRTY_MB` — and once the swinging stops, purging is
+/// back to the plain delay and cap within a few seconds.
+#[test]
+fn purge_backs_off_while_purged_pages_come_back() {
+    if !in_child("purge_backs_off_while_purged_pages_come_back") {
+        return;
+    }
+    const BLOCK: usize = 30_000;
+    const N: usize = 64 * MIB / BLOCK;
+    let fill = |tag: u8| {
+        let v: Vec<usize> = (0..N)
+            .map(|_| {
+                let p = hz_core::malloc(BLOCK);
+                assert!(!p.is_null());
+                // SAFETY: a live block of BLOCK bytes.
+                unsafe { std::ptr::write_bytes(p, tag, BLOCK) };
+                p as usize
+            })
+            .collect();
+        v
+    };
+    let drop_all = |v: Vec<usize>, tag: u8| {
+        for p in v {
+            // SAFETY: live blocks of fill(); the program's bytes intact.
+            unsafe {
+                assert_eq!(*(p as *const u8).add(BLOCK - 1), tag);
+                hz_core::free(p as *mut u8);
+            }
+        }
+    };
+    // 64 MiB of spans, freed and purged (collect purges everything) ...
+    drop_all(fill(1), 1);
+    hz_core::collect();
+    assert!(
+        dirty() <= 4 * MIB,
+        "collect left {:.1} MiB dirty",
+        mib(dirty())
+    );
+    // ... and taken again at once: 64 MiB of purged pages faulted back in.
+    let v = fill(2);
+    drop_all(v, 2);
+    let kept = |when: &str| {
+        let d = dirty();
+        println!("{when}: {:.1} MiB dirty", mib(d));
+        assert!(
+            d >= 48 * MIB,
+            "{when}: {:.1} MiB dirty, purged at the plain delay or cap (32 MiB) despite the churn",
+            mib(d)
+        );
+    };
+    kept("right after the second free");
+    // Past the plain delay (50 ms), with slow paths running: still there.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_millis(300) {
+        some_work();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kept("300 ms later");
+    // No more churn: back to the plain delay once the back-off lapses.
+    let limit = Duration::from_secs(6);
+    while dirty() > 4 * MIB {
+        assert!(
+            t0.elapsed() < limit,
+            "{:.1} MiB still dirty {:?} after the last free",
+            mib(dirty()),
+            t0.elapsed()
+        );
+        some_work();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("purged {:?} after the last free", t0.elapsed());
+    assert!(t0.elapsed() >= Duration::from_millis(900));
+}
