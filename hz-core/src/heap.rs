@@ -1200,12 +1200,11 @@ static POOL_GC_AT: AtomicU64 = AtomicU64::new(0);
 unsafe fn pool_put(h: *mut Heap, c: usize, blocks: &[*mut u8]) -> bool {
     // SAFETY: h is held; the blocks are free and ours to give away.
     unsafe {
-        // `secure` builds pool classes up to 2 KiB only (E22): with them
-        // the guard lane's remote cells gain 20-30% as in default builds,
-        // while pooling the larger classes made the main lane's remote
-        // cells slower (LD_PRELOAD main T=4 R=90: 1.5-1.7x; why is not
-        // settled).
-        if (*h).pool_off || (cfg!(feature = "secure") && CLASS_SIZE[c] > 2048) {
+        // (`secure` builds pooled classes up to 2 KiB only from E22 to
+        // E81: pooling the larger ones made the main lane's remote cells
+        // 1.5-1.7x slower, which was the purge-and-refault churn E81's
+        // back-off removed.)
+        if (*h).pool_off {
             return false;
         }
         let n = blocks.len();
