@@ -98,12 +98,9 @@ cargo test --workspace --release
 # it must build without warnings and run the ring benchmark with threads and
 # remote frees, every block sent freed by its receiver.
 step "floor allocator (hz-bench/c/floor_alloc.c) under the ring benchmark"
-tdir="${CARGO_TARGET_DIR:-target}"
-mkdir -p "$tdir/floor"
-"${CC:-cc}" -O2 -Wall -Wextra -Werror -fno-builtin -fPIC -shared -ftls-model=initial-exec \
-    -o "$tdir/floor/libfloor.so" hz-bench/c/floor_alloc.c
-bm=$(ls "$tdir"/release/build/hz-bench-*/out/bench_matrix | head -n1)
-out=$(LD_PRELOAD="$(cd "$tdir/floor" && pwd)/libfloor.so" "$bm" 4 90 16 131072 20000 400 20000 1)
+floor=$(scripts/bench-floor.sh --build-only)
+bm=$(ls "${CARGO_TARGET_DIR:-target}"/release/build/hz-bench-*/out/bench_matrix | head -n1)
+out=$(LD_PRELOAD="$floor" "$bm" 4 90 16 131072 20000 400 20000 1)
 echo "$out"
 if ! [[ $out =~ sent=([0-9]+)\ recv=([0-9]+) ]] || [ "${BASH_REMATCH[1]}" != "${BASH_REMATCH[2]}" ] ||
     [ "${BASH_REMATCH[1]}" -eq 0 ]; then
