@@ -486,8 +486,8 @@ fn purge_backs_off_while_purged_pages_come_back() {
     }
     const BLOCK: usize = 30_000;
     const N: usize = 64 * MIB / BLOCK;
-    let fill = |tag: u8| {
-        let v: Vec<usize> = (0..N)
+    let fill = |tag: u8| -> Vec<usize> {
+        (0..N)
             .map(|_| {
                 let p = hz_core::malloc(BLOCK);
                 assert!(!p.is_null());
@@ -495,8 +495,7 @@ fn purge_backs_off_while_purged_pages_come_back() {
                 unsafe { std::ptr::write_bytes(p, tag, BLOCK) };
                 p as usize
             })
-            .collect();
-        v
+            .collect()
     };
     let drop_all = |v: Vec<usize>, tag: u8| {
         for p in v {
