@@ -85,16 +85,22 @@ __attribute__((noinline)) static void *carve(unsigned c) {
     return p;
 }
 
-__attribute__((noinline)) static void grow(unsigned c) {
-    uint32_t nc = cap[c] ? cap[c] * 2 : 1 << 16;
-    void **s = mmap(0, (size_t)nc * sizeof(void *), PROT_READ | PROT_WRITE,
+/* A pointer array of `nc` slots holding the `used` first of `old` (`oc`
+ * slots, or null), which is unmapped. */
+static void **regrow(void **old, size_t used, size_t oc, size_t nc) {
+    void **s = mmap(0, nc * sizeof(void *), PROT_READ | PROT_WRITE,
                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (s == MAP_FAILED) __builtin_trap();
-    if (stk[c]) {
-        memcpy(s, stk[c], (size_t)top[c] * sizeof(void *));
-        munmap(stk[c], (size_t)cap[c] * sizeof(void *));
+    if (old) {
+        memcpy(s, old, used * sizeof(void *));
+        munmap(old, oc * sizeof(void *));
     }
-    stk[c] = s;
+    return s;
+}
+
+__attribute__((noinline)) static void grow(unsigned c) {
+    uint32_t nc = cap[c] ? cap[c] * 2 : 1 << 16;
+    stk[c] = regrow(stk[c], top[c], cap[c], nc);
     cap[c] = nc;
 }
 
@@ -128,14 +134,7 @@ __attribute__((noinline)) static void full(unsigned c) {
     lock(c);
     if (shared[c].n + k > shared[c].cap) {
         size_t nc = shared[c].cap ? shared[c].cap * 2 : 1 << 20;
-        void **s = mmap(0, nc * sizeof(void *), PROT_READ | PROT_WRITE,
-                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (s == MAP_FAILED) __builtin_trap();
-        if (shared[c].s) {
-            memcpy(s, shared[c].s, shared[c].n * sizeof(void *));
-            munmap(shared[c].s, shared[c].cap * sizeof(void *));
-        }
-        shared[c].s = s;
+        shared[c].s = regrow(shared[c].s, shared[c].n, shared[c].cap, nc);
         shared[c].cap = nc;
     }
     memcpy(shared[c].s + shared[c].n, stk[c], k * sizeof(void *));
@@ -160,16 +159,13 @@ void *malloc(size_t n) {
     if (__builtin_expect(n > MAX_SMALL, 0)) return big(n, 16);
     unsigned c = class_of(n);
     uint32_t t = top[c];
+#ifndef UNBOUNDED
+    if (__builtin_expect(t == 0, 0)) t = take_shared(c);
+#endif
     if (__builtin_expect(t != 0, 1)) {
         top[c] = t - 1;
         return stk[c][t - 1];
     }
-#ifndef UNBOUNDED
-    if ((t = take_shared(c)) != 0) {
-        top[c] = t - 1;
-        return stk[c][t - 1];
-    }
-#endif
     char *p = cur[c];
     if (p && p < lim[c]) {
         cur[c] = p + class_size(c);
@@ -177,7 +173,6 @@ void *malloc(size_t n) {
     }
     return carve(c);
 }
-
 
 void free(void *p) {
     size_t off = (char *)p - base;
