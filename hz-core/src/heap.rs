@@ -1166,6 +1166,7 @@ unsafe fn release_blocks(h: *mut Heap, c: usize, bs: *const *mut u8, n: usize) {
 /// takes a batch holds them like remote blocks freed into its bin. The
 /// pool is bounded, softly ([`POOL_CLASS_BYTES`], [`POOL_BYTES`]), and a class's
 /// batches not taken within a GC period go home ([`pool_gc`]).
+#[repr(align(128))]
 struct Pool {
     lock: Mutex,
     /// Batches linked through their heads' second word; written with
@@ -1175,6 +1176,9 @@ struct Pool {
     count: AtomicU64,
     /// A batch was taken since the last [`pool_gc`].
     taken: AtomicU32,
+    /// Bytes of this class last added to [`POOL_TOTAL`] (written with
+    /// `lock` held): the total moves in steps of [`TOTAL_STEP`] or more.
+    reported: AtomicU64,
 }
 #[allow(clippy::declare_interior_mutable_const)]
 const EMPTY_POOL: Pool = Pool {
@@ -1182,6 +1186,7 @@ const EMPTY_POOL: Pool = Pool {
     head: AtomicPtr::new(null_mut()),
     count: AtomicU64::new(0),
     taken: AtomicU32::new(0),
+    reported: AtomicU64::new(0),
 };
 static POOL: [Pool; NUM_CLASSES] = [EMPTY_POOL; NUM_CLASSES];
 /// Bytes of blocks one class's pool may hold (E81: 16 MiB before; at T >= 8
@@ -1191,6 +1196,11 @@ const POOL_CLASS_BYTES: u64 = 64 << 20;
 /// Bytes of blocks all pools together may hold (E81: 64 MiB before).
 const POOL_BYTES: u64 = 256 << 20;
 static POOL_TOTAL: AtomicU64 = AtomicU64::new(0);
+/// How far a class's pooled bytes may drift from what it last added to
+/// [`POOL_TOTAL`] before the total is updated (E85): the one line every
+/// class shares is written about once per 1 MiB of blocks pooled or taken,
+/// not once per batch, and the total is off by at most this much per class.
+const TOTAL_STEP: u64 = 1 << 20;
 /// When the pools are next looked at by [`pool_gc`] (coarse ms).
 static POOL_GC_AT: AtomicU64 = AtomicU64::new(0);
 
@@ -1219,9 +1229,11 @@ unsafe fn pool_put(h: *mut Heap, c: usize, blocks: &[*mut u8]) -> bool {
         p.lock.lock();
         inbox::set_next_batch(batch, p.head.load(Relaxed));
         p.head.store(batch, Relaxed);
-        p.count.store(p.count.load(Relaxed) + n as u64, Relaxed);
+        let n = p.count.load(Relaxed) + n as u64;
+        p.count.store(n, Relaxed);
+        let delta = report(p, n * CLASS_SIZE[c] as u64);
         p.lock.unlock();
-        POOL_TOTAL.fetch_add(bytes, Relaxed);
+        total_add(delta);
         true
     }
 }
@@ -1242,31 +1254,47 @@ fn pool_take(c: usize) -> *mut u8 {
     batch
 }
 
-/// Returns what is left of a batch of class `c` to the pool.
-unsafe fn pool_return(c: usize, batch: *mut u8) {
+/// Notes that `k` blocks of class `c` left the pool and returns to it
+/// what is left of the batch they came from (`rest`, may be null), with
+/// the lock taken once. The counts are soft (a [`pool_gc`] racing with a
+/// taker may count a batch out twice), so they saturate at 0; [`pool_gc`]
+/// resets a class's count with its list.
+///
+/// # Safety
+/// `rest` is null or heads a batch of free blocks of class `c`.
+unsafe fn pool_count_out(c: usize, k: u64, rest: *mut u8) {
     let p = &POOL[c];
     p.lock.lock();
-    // SAFETY: batch heads a batch of free blocks of class c.
-    unsafe { inbox::set_next_batch(batch, p.head.load(Relaxed)) };
-    p.head.store(batch, Relaxed);
+    if !rest.is_null() {
+        // SAFETY: rest heads a batch of free blocks of class c.
+        unsafe { inbox::set_next_batch(rest, p.head.load(Relaxed)) };
+        p.head.store(rest, Relaxed);
+    }
+    let n = p.count.load(Relaxed).saturating_sub(k);
+    p.count.store(n, Relaxed);
+    let delta = report(p, n * CLASS_SIZE[c] as u64);
     p.lock.unlock();
+    total_add(delta);
 }
 
-/// Notes that `k` blocks of class `c` left the pool. The counts are soft
-/// (a [`pool_gc`] racing with a taker may count a batch out twice, or a
-/// returned rest not at all), so they saturate at 0; [`pool_gc`] resets a
-/// class's count with its list.
-fn pool_count_out(c: usize, k: u64) {
-    let p = &POOL[c];
-    p.lock.lock();
-    p.count
-        .store(p.count.load(Relaxed).saturating_sub(k), Relaxed);
-    p.lock.unlock();
-    total_sub(k * CLASS_SIZE[c] as u64);
+/// With pool `p`'s lock held and `bytes` pooled in it now: how much to add
+/// to [`POOL_TOTAL`] (0 while within [`TOTAL_STEP`] of what it last added).
+fn report(p: &Pool, bytes: u64) -> i64 {
+    let was = p.reported.load(Relaxed);
+    if bytes.abs_diff(was) < TOTAL_STEP && bytes != 0 {
+        return 0;
+    }
+    p.reported.store(bytes, Relaxed);
+    bytes as i64 - was as i64
 }
 
-fn total_sub(bytes: u64) {
-    let _ = POOL_TOTAL.fetch_update(Relaxed, Relaxed, |t| Some(t.saturating_sub(bytes)));
+fn total_add(delta: i64) {
+    if delta > 0 {
+        POOL_TOTAL.fetch_add(delta as u64, Relaxed);
+    } else if delta < 0 {
+        let d = delta.unsigned_abs();
+        let _ = POOL_TOTAL.fetch_update(Relaxed, Relaxed, |t| Some(t.saturating_sub(d)));
+    }
 }
 
 /// Fills bin `c` of `h` from the pool.
@@ -1285,10 +1313,7 @@ unsafe fn fill_from_pool(h: *mut Heap, c: usize, want: usize) -> bool {
         let before = bin.top;
         let b = take_chain(bin, batch, c, cap, target);
         let got = bin.top.offset_from(before) as u64;
-        if !b.is_null() {
-            pool_return(c, b);
-        }
-        pool_count_out(c, got);
+        pool_count_out(c, got, b);
         got > 0
     }
 }
@@ -1314,10 +1339,10 @@ pub unsafe fn pool_gc(h: *mut Heap, all: bool) {
             p.lock.lock();
             let mut batch = p.head.load(Relaxed);
             p.head.store(null_mut(), Relaxed);
-            let n = p.count.load(Relaxed);
             p.count.store(0, Relaxed);
+            let delta = report(p, 0);
             p.lock.unlock();
-            total_sub(n * CLASS_SIZE[c] as u64);
+            total_add(delta);
             while !batch.is_null() {
                 let nb = inbox::next_batch(batch);
                 for_each_in_chain(batch, c, |b| release_blocks(h, c, &b, 1));
@@ -1749,5 +1774,41 @@ pub fn sum_heaps(s: &mut crate::Stats) {
                 s.resident = s.resident.saturating_sub((free - free_dirty) << PAGE_SHIFT);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+
+    /// The pool's share of the global total moves in steps (E85): small
+    /// changes leave the shared line alone, a change of a step or more, or
+    /// an emptied pool, reports the exact difference, so the total stays
+    /// within one step per class of the truth and returns to 0.
+    #[test]
+    fn pool_reports_its_bytes_in_steps() {
+        let p = EMPTY_POOL;
+        let mut total: i64 = 0;
+        let mut pooled = 0u64;
+        for (bytes, reported) in [
+            (64 << 10, false),
+            (TOTAL_STEP - 1, false),
+            (TOTAL_STEP, true),
+            (TOTAL_STEP + (512 << 10), false),
+            (3 * TOTAL_STEP, true),
+            (2 * TOTAL_STEP + 1, false),
+            (TOTAL_STEP / 2, true),
+            (0, true),
+        ] {
+            pooled = bytes;
+            let d = report(&p, bytes);
+            assert_eq!(d != 0, reported, "at {bytes} bytes");
+            total += d;
+            assert!(
+                (total - pooled as i64).unsigned_abs() < TOTAL_STEP,
+                "total {total} drifted from {pooled}"
+            );
+        }
+        assert_eq!((total, pooled), (0, 0));
     }
 }
