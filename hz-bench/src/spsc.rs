@@ -71,7 +71,7 @@ impl Spsc {
     }
 
     /// Producer side: appends `e`, or returns false when the ring is full.
-    #[inline]
+    #[inline(always)]
     pub fn push(&self, e: Entry) -> bool {
         let t = self.tail.0.load(Ordering::Relaxed);
         let h = self.head.0.load(Ordering::Acquire);
@@ -86,7 +86,7 @@ impl Spsc {
     }
 
     /// Consumer side: hands every published entry to `f`; returns how many.
-    #[inline]
+    #[inline(always)]
     pub fn drain(&self, mut f: impl FnMut(Entry)) -> usize {
         let h = self.head.0.load(Ordering::Relaxed);
         let t = self.tail.0.load(Ordering::Acquire);
@@ -105,7 +105,7 @@ impl Spsc {
     }
 
     /// Consumer side: takes one entry, if any.
-    #[inline]
+    #[inline(always)]
     pub fn pop(&self) -> Option<Entry> {
         let h = self.head.0.load(Ordering::Relaxed);
         let t = self.tail.0.load(Ordering::Acquire);
