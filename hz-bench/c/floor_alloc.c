@@ -107,13 +107,19 @@ __attribute__((noinline)) static void grow(unsigned c) {
 #ifdef UNBOUNDED
 __attribute__((noinline)) static void full(unsigned c) { grow(c); }
 #else
-/* A thread cache holds at most LIMIT bytes of a class (at least 64
- * blocks); a full one moves its older half to the class's shared stack,
+/* A thread cache holds at most LIMIT bytes of a class (at least
+ * MIN_BLOCKS blocks; -D to change either); a full one moves its older
+ * half to the class's shared stack,
  * from which an empty one takes up to half a cache before it carves. */
+#ifndef LIMIT
 #define LIMIT (256 << 10)
+#endif
+#ifndef MIN_BLOCKS
+#define MIN_BLOCKS 64
+#endif
 static inline uint32_t limit(unsigned c) {
     size_t n = LIMIT / class_size(c);
-    return n < 64 ? 64 : (uint32_t)n;
+    return n < MIN_BLOCKS ? MIN_BLOCKS : (uint32_t)n;
 }
 static struct {
     atomic_flag lock;
