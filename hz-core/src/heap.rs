@@ -1229,9 +1229,9 @@ unsafe fn pool_put(h: *mut Heap, c: usize, blocks: &[*mut u8]) -> bool {
         p.lock.lock();
         inbox::set_next_batch(batch, p.head.load(Relaxed));
         p.head.store(batch, Relaxed);
-        let n = p.count.load(Relaxed) + n as u64;
-        p.count.store(n, Relaxed);
-        let delta = report(p, n * CLASS_SIZE[c] as u64);
+        let pooled = p.count.load(Relaxed) + n as u64;
+        p.count.store(pooled, Relaxed);
+        let delta = report(p, pooled * CLASS_SIZE[c] as u64);
         p.lock.unlock();
         total_add(delta);
         true
@@ -1270,9 +1270,9 @@ unsafe fn pool_count_out(c: usize, k: u64, rest: *mut u8) {
         unsafe { inbox::set_next_batch(rest, p.head.load(Relaxed)) };
         p.head.store(rest, Relaxed);
     }
-    let n = p.count.load(Relaxed).saturating_sub(k);
-    p.count.store(n, Relaxed);
-    let delta = report(p, n * CLASS_SIZE[c] as u64);
+    let pooled = p.count.load(Relaxed).saturating_sub(k);
+    p.count.store(pooled, Relaxed);
+    let delta = report(p, pooled * CLASS_SIZE[c] as u64);
     p.lock.unlock();
     total_add(delta);
 }
