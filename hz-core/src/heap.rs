@@ -1210,8 +1210,8 @@ static POOL_GC_AT: AtomicU64 = AtomicU64::new(0);
 unsafe fn pool_put(h: *mut Heap, c: usize, blocks: &[*mut u8]) -> bool {
     // SAFETY: h is held; the blocks are free and ours to give away.
     unsafe {
-        // (`secure` builds pooled classes up to 2 KiB only from E22 to
-        // E81: pooling the larger ones made the main lane's remote cells
+        // (`secure` builds pooled classes up to 2 KiB only from E22 until
+        // E82: pooling the larger ones made the main lane's remote cells
         // 1.5-1.7x slower, which was the purge-and-refault churn E81's
         // back-off removed.)
         if (*h).pool_off {
