@@ -1011,6 +1011,15 @@ pub struct Stats {
     pub heaps_created: u64,
     /// Allocation requests refused (out of memory or impossible size).
     pub failed_allocations: u64,
+    /// Acquisitions that found a lock taken (and spun, then maybe slept in
+    /// the kernel): the page allocator's lock, the remote pools' (all
+    /// classes), the heap registry's (thread start and exit) and the
+    /// shared heap's. Where a multithreaded program spends time in `futex`
+    /// or `sched_yield`, these say which of hz's locks, if any, it is.
+    pub page_lock_waits: u64,
+    pub pool_lock_waits: u64,
+    pub registry_lock_waits: u64,
+    pub shared_lock_waits: u64,
     /// Per size class, by class index (`class::CLASS_SIZE`); the last four
     /// are the aligned twins of 4–32 KiB (`class::TWIN_FIRST`).
     pub classes: [ClassStats; NUM_CLASSES],
@@ -1033,6 +1042,10 @@ impl Default for Stats {
             heaps_live: 0,
             heaps_created: 0,
             failed_allocations: 0,
+            page_lock_waits: 0,
+            pool_lock_waits: 0,
+            registry_lock_waits: 0,
+            shared_lock_waits: 0,
             classes: [ClassStats::default(); NUM_CLASSES],
         }
     }
@@ -1058,8 +1071,14 @@ pub fn stats() -> Stats {
         heaps_live: g.heaps_live.load(Relaxed),
         heaps_created: g.heaps_created.load(Relaxed),
         failed_allocations: g.oom.load(Relaxed),
+        page_lock_waits: arena::page_lock_waits(),
         ..Stats::default()
     };
+    (
+        s.pool_lock_waits,
+        s.registry_lock_waits,
+        s.shared_lock_waits,
+    ) = heap::lock_waits();
     s.resident = s.in_use + ((arena::dirty_pages() as u64) << PAGE_SHIFT);
     heap::sum_heaps(&mut s);
     let mut small = 0;
@@ -1112,6 +1131,11 @@ pub fn write_stats(fd: i32) {
         s.heaps_live, s.heaps_created
     );
     let _ = writeln!(b, "  failed allocs  {:>12}", s.failed_allocations);
+    let _ = writeln!(
+        b,
+        "  lock waits     {:>12} page, {} pool, {} registry, {} shared",
+        s.page_lock_waits, s.pool_lock_waits, s.registry_lock_waits, s.shared_lock_waits
+    );
     let _ = writeln!(
         b,
         "  {:>8} {:>12} {:>8} {:>12}",

@@ -1166,6 +1166,11 @@ pub fn purge_tick() {
     }
 }
 
+/// Acquisitions of the page lock that found it taken (statistics).
+pub fn page_lock_waits() -> u64 {
+    PAGES.lock.waits()
+}
+
 /// Free but resident pages (for statistics).
 pub fn dirty_pages() -> usize {
     PAGES.lock.lock();

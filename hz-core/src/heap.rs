@@ -1354,6 +1354,16 @@ pub unsafe fn pool_gc(h: *mut Heap, all: bool) {
     }
 }
 
+/// Acquisitions that found a lock taken (statistics): the remote pools'
+/// (all classes together), the heap registry's, the shared heap's.
+pub fn lock_waits() -> (u64, u64, u64) {
+    (
+        POOL.iter().map(|p| p.lock.waits()).sum(),
+        REGISTRY_LOCK.waits(),
+        SHARED_LOCK.waits(),
+    )
+}
+
 /// fork(): the pools' locks are held across the fork.
 fn pool_fork_prepare() {
     for p in POOL.iter() {

@@ -18,13 +18,23 @@ pub use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Atomic
 /// the time slice of the very thread it waits for.
 pub struct Mutex {
     state: core::sync::atomic::AtomicU32,
+    /// Acquisitions that found the lock taken (statistics: `Stats`'
+    /// `*_lock_waits`); written only on the contended path.
+    waits: core::sync::atomic::AtomicU64,
 }
 
 impl Mutex {
     pub const fn new() -> Self {
         Self {
             state: core::sync::atomic::AtomicU32::new(0),
+            waits: core::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// How many acquisitions found the lock taken (and spun, then maybe
+    /// slept) since the process started.
+    pub fn waits(&self) -> u64 {
+        self.waits.load(core::sync::atomic::Ordering::Relaxed)
     }
 
     #[inline]
@@ -39,6 +49,7 @@ impl Mutex {
     #[cold]
     fn lock_contended(&self) {
         use core::sync::atomic::Ordering::*;
+        self.waits.fetch_add(1, Relaxed);
         for _ in 0..64 {
             core::hint::spin_loop();
             if self.state.load(Relaxed) == 0
@@ -103,5 +114,36 @@ fn futex_wake(a: &core::sync::atomic::AtomicU32) {
             libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
             1,
         );
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::Mutex;
+    use core::sync::atomic::Ordering::*;
+
+    #[test]
+    fn counts_only_acquisitions_that_wait() {
+        let m = Mutex::new();
+        m.lock();
+        m.unlock();
+        assert!(m.try_lock());
+        m.unlock();
+        assert_eq!(m.waits(), 0, "uncontended acquisitions are not waits");
+        m.lock();
+        std::thread::scope(|s| {
+            let t = s.spawn(|| {
+                m.lock();
+                m.unlock();
+            });
+            // The other thread has given up spinning and sleeps on the
+            // futex (state 2) while this one holds the lock.
+            while m.state.load(Relaxed) != 2 {
+                std::thread::yield_now();
+            }
+            m.unlock();
+            t.join().unwrap();
+        });
+        assert_eq!(m.waits(), 1);
     }
 }
