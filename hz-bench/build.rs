@@ -7,7 +7,7 @@ use std::process::Command;
 fn main() {
     let out = std::env::var("OUT_DIR").expect("OUT_DIR");
     println!("cargo:rerun-if-changed=c/hzb_common.h");
-    for prog in ["bench_matrix", "bench_workloads"] {
+    for prog in ["bench_matrix", "bench_workloads", "pairs"] {
         let src = format!("c/{prog}.c");
         println!("cargo:rerun-if-changed={src}");
         let exe = Path::new(&out).join(prog);

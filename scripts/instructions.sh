@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Instructions per single-thread malloc+free pair, counted by callgrind
+# (exact and repeatable, unlike time on a shared machine): issue 7's fourth
+# target, "at most mimalloc's". Sizes 16..1024 B cycling, one live block per
+# size kept, 100 000 warm-up pairs; each probe runs N = 1 000 000 and
+# 2 000 000 pairs and the difference of the two counts / 1 000 000 is the
+# cost of one loop iteration, process start and exit cancelled out.
+#
+#   scripts/instructions.sh            # table on stdout
+#
+# In-process (hz-bench/examples/probe.rs): hz through `GlobalAlloc`
+# (HzAlloc) and through hz_core::malloc/free, the mimalloc crate through
+# `GlobalAlloc` and through mi_malloc/mi_free, and Rust's System (glibc).
+# Under LD_PRELOAD (hz-bench/c/pairs.c, malloc/free through the PLT):
+# libhz.so, and Debian's mimalloc, jemalloc and tcmalloc where installed
+# (scripts/bench.sh installs them), and glibc. The figures include the
+# loop's own instructions (size arithmetic, the write, the loop counter; in
+# C also the two PLT stubs), the same for every allocator of a group, so
+# rows compare within a group. Takes about 15 s.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+command -v valgrind >/dev/null || { echo "valgrind is not installed" >&2; exit 1; }
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+"${CARGO:-cargo}" build --release -q -p hz-ffi -p hz-bench --example probe
+probe="$target/release/examples/probe"
+pairs="$("$probe" --c-pairs)"
+hz="$target/release/libhz.so"
+lib=/usr/lib/x86_64-linux-gnu
+[ -d "$lib" ] || lib=/usr/lib/aarch64-linux-gnu
+
+# Instructions callgrind counted for one run of "$@" (LD_PRELOAD from env).
+count() {
+    local out
+    out=$(valgrind --tool=callgrind --callgrind-out-file=/dev/null "$@" 2>&1 >/dev/null) || {
+        echo "callgrind failed for: $*" >&2
+        return 1
+    }
+    sed -n 's/.*Collected : \([0-9]*\).*/\1/p' <<<"$out" | tail -1
+}
+# Instructions per iteration: (count at 2 M − count at 1 M) / 1 M.
+per_pair() {
+    local a b
+    a=$(count "$@" 1000000) && b=$(count "$@" 2000000) || return 1
+    awk -v a="$a" -v b="$b" 'BEGIN { printf "%.1f", (b - a) / 1e6 }'
+}
+
+echo "| group | allocator | instructions per malloc+free iteration | ÷ mimalloc |"
+echo "|---|---|--:|--:|"
+declare -A ir
+for m in hz hz-c mimalloc mi-c system; do
+    ir[$m]=$(per_pair "$probe" "$m")
+done
+row() { awk -v g="$1" -v n="$2" -v x="$3" -v m="$4" \
+    'BEGIN { printf "| %s | %s | %s | %.2f |\n", g, n, x, x / m }'; }
+row in-process "hz_core::HzAlloc (GlobalAlloc)" "${ir[hz]}" "${ir[mimalloc]}"
+row in-process "mimalloc::MiMalloc (GlobalAlloc)" "${ir[mimalloc]}" "${ir[mimalloc]}"
+row in-process "hz_core::malloc / free" "${ir[hz-c]}" "${ir[mi-c]}"
+row in-process "mi_malloc / mi_free" "${ir[mi-c]}" "${ir[mi-c]}"
+row in-process "std::alloc::System" "${ir[system]}" "${ir[mimalloc]}"
+mi=""
+[ -e "$lib/libmimalloc.so.2" ] && mi=$(LD_PRELOAD="$lib/libmimalloc.so.2" per_pair "$pairs")
+for l in "$hz" "$lib/libmimalloc.so.2" "$lib/libjemalloc.so.2" "$lib/libtcmalloc_minimal.so.4" glibc; do
+    if [ "$l" = glibc ]; then
+        x=$(per_pair "$pairs")
+    elif [ -e "$l" ]; then
+        x=$(LD_PRELOAD="$l" per_pair "$pairs")
+    else
+        continue
+    fi
+    if [ -n "$mi" ]; then
+        row LD_PRELOAD "$(basename "$l")" "$x" "$mi"
+    else
+        echo "| LD_PRELOAD | $(basename "$l") | $x | — |"
+    fi
+done
