@@ -7,6 +7,9 @@
 # cost of one loop iteration, process start and exit cancelled out.
 #
 #   scripts/instructions.sh            # table on stdout
+#   scripts/instructions.sh --secure   # and the hardened builds' table (hz-core
+#                                      # and the mimalloc crate with `secure`,
+#                                      # libhz-secure.so), about 30 s more
 #
 # In-process (hz-bench/examples/probe.rs): hz through `GlobalAlloc`
 # (HzAlloc) and through hz_core::malloc/free, the mimalloc crate through
@@ -19,6 +22,12 @@
 # rows compare within a group. Takes about 15 s.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+secure=0
+case "${1:-}" in
+    --secure) secure=1 ;;
+    "") ;;
+    *) echo "usage: scripts/instructions.sh [--secure]" >&2; exit 2 ;;
+esac
 command -v valgrind >/dev/null || { echo "valgrind is not installed" >&2; exit 1; }
 target="${CARGO_TARGET_DIR:-$PWD/target}"
 "${CARGO:-cargo}" build --release -q -p hz-ffi -p hz-bench --example probe
@@ -73,3 +82,29 @@ for l in "$hz" "$lib/libmimalloc.so.2" "$lib/libjemalloc.so.2" "$lib/libtcmalloc
         echo "| LD_PRELOAD | $(basename "$l") | $x | — |"
     fi
 done
+
+[ "$secure" -eq 1 ] || exit 0
+
+# The hardened builds: the same probes, hz-core and the mimalloc crate with
+# their `secure` features (one binary, its own target dir, as hz-bench
+# secure does), and libhz-secure.so under LD_PRELOAD.
+"${CARGO:-cargo}" build --release -q -p hz-bench --features secure --example probe \
+    --target-dir "$target/bench-secure"
+scripts/build-secure.sh -q >/dev/null
+sprobe="$target/bench-secure/release/examples/probe"
+declare -A sir
+for m in hz hz-c mimalloc mi-c; do
+    sir[$m]=$(per_pair "$sprobe" "$m")
+done
+sir[ld]=$(LD_PRELOAD="$target/release/libhz-secure.so" per_pair "$pairs")
+ir[ld]=$(LD_PRELOAD="$hz" per_pair "$pairs")
+echo
+echo "| hardened build | default | secure | secure ÷ default |"
+echo "|---|--:|--:|--:|"
+srow() { awk -v n="$1" -v d="$2" -v x="$3" \
+    'BEGIN { printf "| %s | %s | %s | %.2f |\n", n, d, x, x / d }'; }
+srow "hz_core::HzAlloc (GlobalAlloc)" "${ir[hz]}" "${sir[hz]}"
+srow "hz_core::malloc / free" "${ir[hz-c]}" "${sir[hz-c]}"
+srow "libhz.so / libhz-secure.so (LD_PRELOAD)" "${ir[ld]}" "${sir[ld]}"
+srow "mimalloc::MiMalloc (GlobalAlloc)" "${ir[mimalloc]}" "${sir[mimalloc]}"
+srow "mi_malloc / mi_free" "${ir[mi-c]}" "${sir[mi-c]}"
