@@ -308,9 +308,9 @@ unsafe fn secure_free(p: *mut u8, layout: Option<Layout>) {
         // SAFETY: forwarded contract.
         return unsafe { secure_free_elsewhere(p, layout) };
     }
-    let pg = off >> PAGE_SHIFT;
-    // SAFETY: off < len: pg is a page of arena 0.
-    let t = unsafe { *arena::tag_ptr(a0, pg) };
+    let tp = arena::tag_ptr(a0, off >> PAGE_SHIFT);
+    // SAFETY: off < len: tp is the tag of a page of arena 0.
+    let t = unsafe { *tp };
     if let Some(l) = layout {
         // The layout must name the tag's class (`class::fits_class`: one
         // table entry, where computing the layout's class and comparing
@@ -324,9 +324,8 @@ unsafe fn secure_free(p: *mut u8, layout: Option<Layout>) {
         }
     }
     if tag_class(t) != 0 {
-        let cw = arena::carved_word(0, pg);
-        // SAFETY: forwarded contract; t is p's tag, cw its page's word.
-        return unsafe { secure_free_small(p, t, cw) };
+        // SAFETY: forwarded contract; t is p's tag, tp its page's entry.
+        return unsafe { secure_free_small(p, t, tp) };
     }
     // SAFETY: forwarded contract; t is p's tag in arena 0.
     unsafe { secure_free_not_small(p, t, 0) }
@@ -339,18 +338,24 @@ fn layout_mismatch(p: *mut u8) -> ! {
     crate::secure::fatal_ptr("dealloc with a layout that does not match the block", p)
 }
 
-/// `secure`: the free of small block `p` (tag `t`, `cw` the carving-point
-/// word of its page), checked: block boundary, free marker (see
-/// `secure::mark`), carving point. Every value of word 0 that can mean
-/// "free" decodes below 2^47, so one test keeps the common case (a live
-/// block: a random-looking word) off the exact check. Any doubt goes to
-/// [`secure_free_checked`] by a tail call, which sorts the cases out and
-/// aborts or goes on: the common path makes no call that returns, so it
-/// needs no stack frame.
+/// `secure`: the free of small block `p` (tag `t`, `tp` its page's entry
+/// in the tag table: tag, carving point, boundary key), checked: block
+/// boundary (through the span's boundary key, `secure::on_boundary_key`),
+/// free marker (see `secure::mark`), carving point. Every value of word 0
+/// that can mean "free" decodes below 2^47, so one test keeps the common
+/// case (a live block: a random-looking word) off the exact check. Any
+/// doubt goes to [`secure_free_checked`] by a tail call, which sorts the
+/// cases out and aborts or goes on: the common path makes no call that
+/// returns, so it needs no stack frame.
 #[cfg(feature = "secure")]
 #[inline(always)]
-unsafe fn secure_free_small(p: *mut u8, t: u64, cw: *const core::sync::atomic::AtomicUsize) {
-    if !crate::secure::on_boundary(p as usize, t) {
+unsafe fn secure_free_small(p: *mut u8, t: u64, tp: *const u64) {
+    // SAFETY: tp is the entry of p's page: its words 1 and 2 are the
+    // carving point (`secure::set_carved`) and the boundary key
+    // (`arena::set_tags`), written before any block of the span was
+    // handed out.
+    let (cw, key) = unsafe { (arena::carved_word_of(tp), *arena::key_word(tp)) };
+    if !crate::secure::on_boundary_key(p as usize, tag_class(t), key) {
         // SAFETY: forwarded contract.
         return unsafe { secure_free_checked(p, t, cw) };
     }
@@ -370,8 +375,9 @@ unsafe fn secure_free_small(p: *mut u8, t: u64, cw: *const core::sync::atomic::A
 }
 
 /// `secure`: a free that [`secure_free_small`] could not pass at a glance:
-/// each check again, exactly, aborting on the first that fails; if none
-/// does (word 0 only looked like a marker), the rest of the free.
+/// each check again, exactly (the boundary from the tag alone), aborting
+/// on the first that fails; if none does (word 0 only looked like a
+/// marker), the rest of the free.
 #[cfg(feature = "secure")]
 #[cold]
 #[inline(never)]
@@ -426,10 +432,10 @@ unsafe fn secure_free_elsewhere(p: *mut u8, layout: Option<Layout>) {
 #[inline(always)]
 unsafe fn secure_free_tagged(p: *mut u8, t: u64, a: usize) {
     if tag_class(t) != 0 {
-        let base = arena::ARENAS[a].base.load(Relaxed);
-        let cw = arena::carved_word(a, (p as usize - base) >> PAGE_SHIFT);
-        // SAFETY: forwarded contract; (t, a) is p's tag, cw its page's word.
-        return unsafe { secure_free_small(p, t, cw) };
+        let slot = &arena::ARENAS[a];
+        let tp = arena::tag_ptr(slot, (p as usize - slot.base.load(Relaxed)) >> PAGE_SHIFT);
+        // SAFETY: forwarded contract; (t, a) is p's tag, tp its page's entry.
+        return unsafe { secure_free_small(p, t, tp) };
     }
     // SAFETY: forwarded contract.
     unsafe { secure_free_not_small(p, t, a) }

@@ -262,12 +262,14 @@ const META_BYTES: usize = core::mem::size_of::<PageMeta>() + 8 + SPAN_BITMAP_WOR
 const META_BYTES: usize = core::mem::size_of::<PageMeta>() + 8 * TAG_WORDS;
 
 /// Words per page in an arena's tag table: the tag, and in `secure` builds
-/// the carving point of the small span holding the page beside it
-/// (`secure::set_carved`), so that a checked `free` reads one line of
-/// metadata for both. Apart from the page metas, whose lines the owner
-/// writes on every refill, so a remote free reads a line that stays shared.
+/// beside it the carving point of the small span holding the page
+/// (`secure::set_carved`) and the span's boundary key
+/// (`secure::boundary_key`, E94), so that a checked `free` reads one line
+/// of metadata for all three; the fourth word pads the entry to 32 bytes.
+/// Apart from the page metas, whose lines the owner writes on every
+/// refill, so a remote free reads a line that stays shared.
 #[cfg(feature = "secure")]
-pub const TAG_WORDS: usize = 2;
+pub const TAG_WORDS: usize = 4;
 #[cfg(not(feature = "secure"))]
 pub const TAG_WORDS: usize = 1;
 
@@ -322,11 +324,28 @@ pub fn head_meta(p: usize, t: u64, arena: usize) -> *mut PageMeta {
     unsafe { a.metas.load(Relaxed).add(idx) }
 }
 
+/// `secure`: the boundary key of the small span holding the page whose tag
+/// is at `tag` (the word after the carving point; `secure::boundary_key`).
+#[cfg(feature = "secure")]
+#[inline(always)]
+pub fn key_word(tag: *const u64) -> *const u64 {
+    // The third of the page's TAG_WORDS words.
+    tag.wrapping_add(2)
+}
+
+/// `secure`: the carving-point word of the page whose tag is at `tag`.
+#[cfg(feature = "secure")]
+#[inline(always)]
+pub fn carved_word_of(tag: *const u64) -> *const core::sync::atomic::AtomicUsize {
+    // The word after the page's tag, 8-byte aligned.
+    tag.wrapping_add(1) as *const _
+}
+
 /// `secure`: the carving-point word of page `idx` of arena `arena`.
 #[cfg(feature = "secure")]
 #[inline(always)]
 pub fn carved_word(arena: usize, idx: usize) -> *const core::sync::atomic::AtomicUsize {
-    // The word after the page's tag (TAG_WORDS = 2), 8-byte aligned.
+    // The word after the page's tag (TAG_WORDS = 4), 8-byte aligned.
     tag_ptr(&ARENAS[arena], idx).wrapping_add(1) as *const _
 }
 
@@ -346,9 +365,19 @@ pub unsafe fn set_tags(m: *mut PageMeta, class: usize, kind: u64, owner: u32) {
     let (arena, addr, pages) = unsafe { ((*m).arena as usize, (*m).addr, (*m).pages as usize) };
     let a = &ARENAS[arena];
     let idx = (addr - a.base.load(Relaxed)) >> PAGE_SHIFT;
+    #[cfg(feature = "secure")]
+    let key = crate::secure::boundary_key(addr, class);
     for i in 0..pages {
-        // SAFETY: idx + i within the arena's tag table.
-        unsafe { *tag_ptr(a, idx + i) = make_tag(class, kind, owner, i) };
+        // SAFETY: idx + i within the arena's tag table (TAG_WORDS words
+        // per page: the key is its third word).
+        unsafe {
+            let tp = tag_ptr(a, idx + i);
+            *tp = make_tag(class, kind, owner, i);
+            #[cfg(feature = "secure")]
+            {
+                *tp.add(2) = key;
+            }
+        }
     }
 }
 

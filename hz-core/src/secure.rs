@@ -158,6 +158,26 @@ fn multiple_of_class(off: usize, c: usize) -> bool {
     (off as u64).wrapping_mul(d) < d && off < 1 << 21
 }
 
+/// The boundary key of a small span of class `c` whose blocks start at
+/// `base`: `base × DIV[c]` (mod 2^64), written beside every page's tag
+/// (`arena::set_tags`). For `p` in the span, `p × DIV[c] − key` is
+/// `(p − base) × DIV[c]`, so [`on_boundary_key`] needs neither the page's
+/// offset in its span nor the span's address (E94). Any value for classes
+/// that are not small: [`on_boundary_key`] is only asked for small tags.
+#[inline(always)]
+pub fn boundary_key(base: usize, c: usize) -> u64 {
+    (base as u64).wrapping_mul(DIV[c & 63])
+}
+
+/// [`on_boundary`] through the span's boundary key `k` (the page's third
+/// tag word, [`boundary_key`]): the same answer, with one multiplication
+/// and a subtraction (the offset in the span below 2 MiB keeps it exact).
+#[inline(always)]
+pub fn on_boundary_key(p: usize, c: usize, k: u64) -> bool {
+    let d = DIV[c & 63];
+    (p as u64).wrapping_mul(d).wrapping_sub(k) < d
+}
+
 /// True when `p` (tag `t`, a small-block tag) sits on a block boundary
 /// of its span. A span starts on a page boundary and is at most 2 MiB
 /// (`SPAN_PAGES` ≤ 32, checked at compile time), so the offset in the span
@@ -403,7 +423,7 @@ pub fn next_rand(s: &mut u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{multiple_of_class, on_boundary, DIV};
+    use super::{boundary_key, multiple_of_class, on_boundary, on_boundary_key, DIV};
     use crate::arena::{make_tag, KIND_SMALL};
     use crate::class::{CLASS_SIZE, SIZED_CLASSES, SPAN_PAGES};
     use crate::{PAGE_SHIFT, PAGE_SIZE};
@@ -428,18 +448,28 @@ mod tests {
                     8
                 };
             }
-            // Through the tag: page offset plus the page's offset in its span.
-            let base = 1usize << 40;
-            for page in 0..SPAN_PAGES[c] as usize {
-                let t = make_tag(c, KIND_SMALL, 7, page);
-                for within in [0, 8, 16, size % PAGE_SIZE, PAGE_SIZE - 16] {
-                    let off = (page << PAGE_SHIFT) + within;
-                    let p = base + off;
-                    assert_eq!(
-                        on_boundary(p, t),
-                        off.is_multiple_of(size),
-                        "class {c} off {off}"
-                    );
+            // Through the tag (page offset plus the page's offset in its
+            // span), and through the span's boundary key (E94), for spans
+            // at page-aligned addresses of every kind of low bits.
+            for base in [1usize << 40, 0x7f3a_9c51_0000, 0x5555_5555_0000] {
+                let key = boundary_key(base, c);
+                for page in 0..SPAN_PAGES[c] as usize {
+                    let t = make_tag(c, KIND_SMALL, 7, page);
+                    for within in [0, 8, 16, size % PAGE_SIZE, PAGE_SIZE - 16] {
+                        let off = (page << PAGE_SHIFT) + within;
+                        let p = base + off;
+                        let want = off.is_multiple_of(size);
+                        assert_eq!(on_boundary(p, t), want, "class {c} off {off}");
+                        assert_eq!(on_boundary_key(p, c, key), want, "key: class {c} off {off}");
+                    }
+                }
+                // Every block start of the span's first page passes, and
+                // the byte after each fails.
+                let mut off = 0;
+                while off < PAGE_SIZE {
+                    assert!(on_boundary_key(base + off, c, key));
+                    assert!(!on_boundary_key(base + off + 1, c, key));
+                    off += size;
                 }
             }
         }
