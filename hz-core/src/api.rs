@@ -350,12 +350,18 @@ fn layout_mismatch(p: *mut u8) -> ! {
 #[cfg(feature = "secure")]
 #[inline(always)]
 unsafe fn secure_free_small(p: *mut u8, t: u64, tp: *const u64) {
-    // SAFETY: tp is the entry of p's page: its words 1 and 2 are the
-    // carving point (`secure::set_carved`) and the boundary key
-    // (`arena::set_tags`), written before any block of the span was
-    // handed out.
-    let (cw, key) = unsafe { (arena::carved_word_of(tp), *arena::key_word(tp)) };
-    if !crate::secure::on_boundary_key(p as usize, tag_class(t), key) {
+    // SAFETY: tp is the entry of p's page: its words 1, 2 and 3 are the
+    // carving point (`secure::set_carved`), the boundary key and the
+    // class's divisor (`arena::set_tags`), written before any block of the
+    // span was handed out.
+    let (cw, key, div) = unsafe {
+        (
+            arena::carved_word_of(tp),
+            *arena::key_word(tp),
+            *arena::divisor_word(tp),
+        )
+    };
+    if !crate::secure::on_boundary_key(p as usize, div, key) {
         // SAFETY: forwarded contract.
         return unsafe { secure_free_checked(p, t, cw) };
     }

@@ -263,9 +263,10 @@ const META_BYTES: usize = core::mem::size_of::<PageMeta>() + 8 * TAG_WORDS;
 
 /// Words per page in an arena's tag table: the tag, and in `secure` builds
 /// beside it the carving point of the small span holding the page
-/// (`secure::set_carved`) and the span's boundary key
-/// (`secure::boundary_key`, E94), so that a checked `free` reads one line
-/// of metadata for all three; the fourth word pads the entry to 32 bytes.
+/// (`secure::set_carved`), the span's boundary key
+/// (`secure::boundary_key`, E94) and its class's divisor
+/// (`secure::divisor`), so that a checked `free` reads one line of
+/// metadata for all its span checks.
 /// Apart from the page metas, whose lines the owner writes on every
 /// refill, so a remote free reads a line that stays shared.
 #[cfg(feature = "secure")]
@@ -333,6 +334,14 @@ pub fn key_word(tag: *const u64) -> *const u64 {
     tag.wrapping_add(2)
 }
 
+/// `secure`: the divisor of the class of the small span holding the page
+/// whose tag is at `tag` (`secure::divisor`; the fourth word).
+#[cfg(feature = "secure")]
+#[inline(always)]
+pub fn divisor_word(tag: *const u64) -> *const u64 {
+    tag.wrapping_add(3)
+}
+
 /// `secure`: the carving-point word of the page whose tag is at `tag`.
 #[cfg(feature = "secure")]
 #[inline(always)]
@@ -366,16 +375,20 @@ pub unsafe fn set_tags(m: *mut PageMeta, class: usize, kind: u64, owner: u32) {
     let a = &ARENAS[arena];
     let idx = (addr - a.base.load(Relaxed)) >> PAGE_SHIFT;
     #[cfg(feature = "secure")]
-    let key = crate::secure::boundary_key(addr, class);
+    let (key, div) = (
+        crate::secure::boundary_key(addr, class),
+        crate::secure::divisor(class),
+    );
     for i in 0..pages {
         // SAFETY: idx + i within the arena's tag table (TAG_WORDS words
-        // per page: the key is its third word).
+        // per page: the key and the divisor are its third and fourth).
         unsafe {
             let tp = tag_ptr(a, idx + i);
             *tp = make_tag(class, kind, owner, i);
             #[cfg(feature = "secure")]
             {
                 *tp.add(2) = key;
+                *tp.add(3) = div;
             }
         }
     }

@@ -169,12 +169,20 @@ pub fn boundary_key(base: usize, c: usize) -> u64 {
     (base as u64).wrapping_mul(DIV[c & 63])
 }
 
-/// [`on_boundary`] through the span's boundary key `k` (the page's third
-/// tag word, [`boundary_key`]): the same answer, with one multiplication
-/// and a subtraction (the offset in the span below 2 MiB keeps it exact).
+/// The divisor of class `c` for [`on_boundary_key`] (`DIV[c]`), written
+/// beside every page's tag with the key, so that `free` reads it from the
+/// tag's line instead of a table of its own.
 #[inline(always)]
-pub fn on_boundary_key(p: usize, c: usize, k: u64) -> bool {
-    let d = DIV[c & 63];
+pub fn divisor(c: usize) -> u64 {
+    DIV[c & 63]
+}
+
+/// [`on_boundary`] through the span's boundary key `k` and its class's
+/// divisor `d` (the page's third and fourth tag words, [`boundary_key`],
+/// [`divisor`]): the same answer, with one multiplication and a
+/// subtraction (the offset in the span below 2 MiB keeps it exact).
+#[inline(always)]
+pub fn on_boundary_key(p: usize, d: u64, k: u64) -> bool {
     (p as u64).wrapping_mul(d).wrapping_sub(k) < d
 }
 
@@ -423,7 +431,7 @@ pub fn next_rand(s: &mut u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{boundary_key, multiple_of_class, on_boundary, on_boundary_key, DIV};
+    use super::{boundary_key, divisor, multiple_of_class, on_boundary, on_boundary_key, DIV};
     use crate::arena::{make_tag, KIND_SMALL};
     use crate::class::{CLASS_SIZE, SIZED_CLASSES, SPAN_PAGES};
     use crate::{PAGE_SHIFT, PAGE_SIZE};
@@ -460,15 +468,19 @@ mod tests {
                         let p = base + off;
                         let want = off.is_multiple_of(size);
                         assert_eq!(on_boundary(p, t), want, "class {c} off {off}");
-                        assert_eq!(on_boundary_key(p, c, key), want, "key: class {c} off {off}");
+                        assert_eq!(
+                            on_boundary_key(p, divisor(c), key),
+                            want,
+                            "key: class {c} off {off}"
+                        );
                     }
                 }
                 // Every block start of the span's first page passes, and
                 // the byte after each fails.
                 let mut off = 0;
                 while off < PAGE_SIZE {
-                    assert!(on_boundary_key(base + off, c, key));
-                    assert!(!on_boundary_key(base + off + 1, c, key));
+                    assert!(on_boundary_key(base + off, divisor(c), key));
+                    assert!(!on_boundary_key(base + off + 1, divisor(c), key));
                     off += size;
                 }
             }
