@@ -339,7 +339,7 @@ fn layout_mismatch(p: *mut u8) -> ! {
 }
 
 /// `secure`: the free of small block `p` (tag `t`, `tp` its page's entry
-/// in the tag table: tag, carving point, boundary key), checked: block
+/// in the tag table: tag, carving point, boundary key, divisor), checked: block
 /// boundary (through the span's boundary key, `secure::on_boundary_key`),
 /// free marker (see `secure::mark`), carving point. Every value of word 0
 /// that can mean "free" decodes below 2^47, so one test keeps the common

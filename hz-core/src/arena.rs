@@ -266,9 +266,9 @@ const META_BYTES: usize = core::mem::size_of::<PageMeta>() + 8 * TAG_WORDS;
 /// (`secure::set_carved`), the span's boundary key
 /// (`secure::boundary_key`, E94) and its class's divisor
 /// (`secure::divisor`), so that a checked `free` reads one line of
-/// metadata for all its span checks.
-/// Apart from the page metas, whose lines the owner writes on every
-/// refill, so a remote free reads a line that stays shared.
+/// metadata for all its span checks, apart from the page metas, whose
+/// lines the owner writes on every refill: a remote free reads a line
+/// that stays shared.
 #[cfg(feature = "secure")]
 pub const TAG_WORDS: usize = 4;
 #[cfg(not(feature = "secure"))]
