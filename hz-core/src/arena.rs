@@ -354,8 +354,7 @@ pub fn carved_word_of(tag: *const u64) -> *const core::sync::atomic::AtomicUsize
 #[cfg(feature = "secure")]
 #[inline(always)]
 pub fn carved_word(arena: usize, idx: usize) -> *const core::sync::atomic::AtomicUsize {
-    // The word after the page's tag (TAG_WORDS = 4), 8-byte aligned.
-    tag_ptr(&ARENAS[arena], idx).wrapping_add(1) as *const _
+    carved_word_of(tag_ptr(&ARENAS[arena], idx))
 }
 
 /// `secure`: page index of head meta `m` in its arena, and the arena.
