@@ -66,20 +66,26 @@ row in-process "mimalloc::MiMalloc (GlobalAlloc)" "${ir[mimalloc]}" "${ir[mimall
 row in-process "hz_core::malloc / free" "${ir[hz-c]}" "${ir[mi-c]}"
 row in-process "mi_malloc / mi_free" "${ir[mi-c]}" "${ir[mi-c]}"
 row in-process "std::alloc::System" "${ir[system]}" "${ir[mimalloc]}"
-mi=""
-[ -e "$lib/libmimalloc.so.2" ] && mi=$(LD_PRELOAD="$lib/libmimalloc.so.2" per_pair "$pairs")
+# Each library measured once: the table's rows, the mimalloc row's figure
+# as the divisor, and libhz.so's again in the hardened table.
+declare -A ld
+libs=()
 for l in "$hz" "$lib/libmimalloc.so.2" "$lib/libjemalloc.so.2" "$lib/libtcmalloc_minimal.so.4" glibc; do
     if [ "$l" = glibc ]; then
-        x=$(per_pair "$pairs")
+        ld[$l]=$(per_pair "$pairs")
     elif [ -e "$l" ]; then
-        x=$(LD_PRELOAD="$l" per_pair "$pairs")
+        ld[$l]=$(LD_PRELOAD="$l" per_pair "$pairs")
     else
         continue
     fi
+    libs+=("$l")
+done
+mi="${ld[$lib/libmimalloc.so.2]:-}"
+for l in "${libs[@]}"; do
     if [ -n "$mi" ]; then
-        row LD_PRELOAD "$(basename "$l")" "$x" "$mi"
+        row LD_PRELOAD "$(basename "$l")" "${ld[$l]}" "$mi"
     else
-        echo "| LD_PRELOAD | $(basename "$l") | $x | — |"
+        echo "| LD_PRELOAD | $(basename "$l") | ${ld[$l]} | — |"
     fi
 done
 
@@ -97,7 +103,6 @@ for m in hz hz-c mimalloc mi-c; do
     sir[$m]=$(per_pair "$sprobe" "$m")
 done
 sir[ld]=$(LD_PRELOAD="$target/release/libhz-secure.so" per_pair "$pairs")
-ir[ld]=$(LD_PRELOAD="$hz" per_pair "$pairs")
 echo
 echo "| hardened build | default | secure | secure ÷ default |"
 echo "|---|--:|--:|--:|"
@@ -105,6 +110,6 @@ srow() { awk -v n="$1" -v d="$2" -v x="$3" \
     'BEGIN { printf "| %s | %s | %s | %.2f |\n", n, d, x, x / d }'; }
 srow "hz_core::HzAlloc (GlobalAlloc)" "${ir[hz]}" "${sir[hz]}"
 srow "hz_core::malloc / free" "${ir[hz-c]}" "${sir[hz-c]}"
-srow "libhz.so / libhz-secure.so (LD_PRELOAD)" "${ir[ld]}" "${sir[ld]}"
+srow "libhz.so / libhz-secure.so (LD_PRELOAD)" "${ld[$hz]}" "${sir[ld]}"
 srow "mimalloc::MiMalloc (GlobalAlloc)" "${ir[mimalloc]}" "${sir[mimalloc]}"
 srow "mi_malloc / mi_free" "${ir[mi-c]}" "${sir[mi-c]}"
