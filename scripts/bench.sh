@@ -7,6 +7,8 @@
 #   scripts/bench.sh --full               # T=1,2,4,8,16 × R=0,50,90 × 3 lanes
 #   scripts/bench.sh --threads 4,16 --remote 90 --lanes main --reps 5
 #   BENCH=all scripts/bench.sh            # matrix, then the workloads
+#   BENCH=programs scripts/bench.sh       # python3, sqlite3, perl, gcc, redis
+#                                         # under each allocator (installs them)
 #
 # Arguments go to `cargo run --release -p hz-bench -- matrix`; see --help.
 # Results: tables on stdout, CSV/JSON/markdown/SVG in bench-out/ (--out DIR).
@@ -53,7 +55,22 @@ install_rivals() {
     done
 }
 
+# The real programs of `hz-bench programs` (only for that benchmark).
+install_programs() {
+    command -v apt-get >/dev/null 2>&1 || return 0
+    local pkgs=() p
+    for p in python3 sqlite3 perl gcc redis-server redis-tools; do
+        installed "$p" || pkgs+=("$p")
+    done
+    [ ${#pkgs[@]} -gt 0 ] || return 0
+    echo "installing ${pkgs[*]} (apt-get) ..." >&2
+    as_root apt-get update -qq || true
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" ||
+        echo "warning: could not install ${pkgs[*]} (missing programs are skipped)" >&2
+}
+
 install_rivals
+[ "${BENCH:-matrix}" != programs ] || install_programs
 echo "building libhz.so (cargo build --release -p hz-ffi) ..." >&2
 cargo build --release -q -p hz-ffi
 exec cargo run --release -q -p hz-bench -- "${BENCH:-matrix}" "$@"

@@ -7,12 +7,14 @@
 //! `allocs` and `runner` (who runs a measurement, in a child process so peak
 //! RSS is per cell), `report` and `chart` (medians, ratios, tables, SVG),
 //! `suite` (command line and run plan), `machine` (what the header says),
+//! `programs` (real programs under LD_PRELOAD),
 //! `secure` (hardened builds against default builds, two binaries).
 
 pub mod allocs;
 pub mod chart;
 pub mod machine;
 pub mod matrix;
+pub mod programs;
 pub mod report;
 pub mod rng;
 pub mod runner;

@@ -1,4 +1,4 @@
-//! `cargo run --release -p hz-bench -- matrix|workloads|all|secure [options]`.
+//! `cargo run --release -p hz-bench -- matrix|workloads|all|programs|secure [options]`.
 //! Hidden subcommands `__cell` and `__workload` run one measurement in a
 //! child process (so that peak RSS is per cell) and print one result line;
 //! `__names` prints this build's in-process allocator names.
@@ -59,6 +59,10 @@ fn main() {
                 }
                 suite::workloads(&o);
             }
+        }
+        "programs" => {
+            let o = Opts::parse(rest).unwrap_or_else(|e| die(&e));
+            suite::programs(&o);
         }
         "secure" => {
             let o = Opts::parse(rest).unwrap_or_else(|e| die(&e));

@@ -368,9 +368,29 @@ fn ratio_cell(s: &Summary, sums: &[Summary]) -> String {
     }
 }
 
-/// Markdown tables, one per (mode, group) for the matrix (`ring`), or one per
-/// mode for workloads.
-pub fn markdown(sums: &[Summary], cores: usize, ring: bool) -> String {
+/// What a report's rows are: matrix cells (the ring), workloads, programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Ring,
+    Workloads,
+    Programs,
+}
+
+impl Kind {
+    /// The table title's word and the first column's name (not the ring's).
+    fn labels(self) -> (&'static str, &'static str) {
+        match self {
+            Kind::Programs => ("programs", "program"),
+            _ => ("workloads", "workload"),
+        }
+    }
+}
+
+/// Markdown tables, one per (mode, group) for the matrix ([`Kind::Ring`]),
+/// or one per mode for workloads and programs.
+pub fn markdown(sums: &[Summary], cores: usize, kind: Kind) -> String {
+    let ring = kind == Kind::Ring;
+    let (title, col) = kind.labels();
     let mut md = String::new();
     let mut tables: Vec<(&'static str, String, String)> = Vec::new();
     for s in sums {
@@ -389,8 +409,11 @@ pub fn markdown(sums: &[Summary], cores: usize, ring: bool) -> String {
             md.push_str("| T | R% | allocator | Mops/s | time ms | hz time ÷ this | remote % | fallback % | peak RSS MiB | backlog | note |\n");
             md.push_str("|--:|--:|:--|--:|--:|:--|--:|--:|--:|--:|:--|\n");
         } else {
-            let _ = writeln!(md, "\n### workloads · {mode}\n");
-            md.push_str("| workload | T | allocator | Mops/s | time ms | hz time ÷ this | peak RSS MiB | note |\n");
+            let _ = writeln!(md, "\n### {title} · {mode}\n");
+            let _ = writeln!(
+                md,
+                "| {col} | T | allocator | Mops/s | time ms | hz time ÷ this | peak RSS MiB | note |"
+            );
             md.push_str("|:--|--:|:--|--:|--:|:--|--:|:--|\n");
         }
         let mut last: Option<(String, usize, Option<u32>)> = None;
@@ -455,7 +478,8 @@ pub fn markdown(sums: &[Summary], cores: usize, ring: bool) -> String {
 }
 
 /// The headline table: per cell, hz against the fastest rival and each rival.
-pub fn versus_markdown(sums: &[Summary], ring: bool) -> String {
+pub fn versus_markdown(sums: &[Summary], kind: Kind) -> String {
+    let ring = kind == Kind::Ring;
     let v = versus(sums);
     if v.is_empty() {
         return String::new();
@@ -475,7 +499,7 @@ pub fn versus_markdown(sums: &[Summary], ring: bool) -> String {
     let _ = write!(
         md,
         "| mode | {} | T |{} hz Mops/s | best rival | hz ÷ best |",
-        if ring { "lane" } else { "workload" },
+        if ring { "lane" } else { kind.labels().1 },
         if ring { " R% |" } else { "" }
     );
     for r in &rivals {
@@ -1029,7 +1053,7 @@ mod tests {
         assert!((v[0].ratio - 2.5).abs() < 1e-9);
         // 1 fallback of 221 attempted remote frees: 0.45% > 0.1%.
         assert!(!sums[0].comparable());
-        let md = markdown(&sums, 2, true);
+        let md = markdown(&sums, 2, Kind::Ring);
         assert!(
             md.contains("not comparable") && md.contains("oversubscribed"),
             "{md}"

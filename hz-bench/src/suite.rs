@@ -5,7 +5,8 @@
 use crate::allocs::{preload_allocators, InProc};
 use crate::machine::Machine;
 use crate::matrix::{lane, Lane, RingConfig, FALLBACK_LIMIT_PCT, LANES};
-use crate::report::{self, Cell, Sample, Summary};
+use crate::programs::{self, PROGRAMS};
+use crate::report::{self, Cell, Kind, Sample, Summary};
 use crate::runner::{run_cell, run_workload, Runner};
 use crate::workloads::WORKLOADS;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -59,14 +60,17 @@ pub struct Opts {
     pub workloads: Vec<String>,
     pub wl_threads: usize,
     pub scale: f64,
+    pub programs: Vec<String>,
 }
 
 pub const USAGE: &str = "\
-usage: hz-bench <matrix|workloads|all|secure> [options]
+usage: hz-bench <matrix|workloads|all|programs|secure> [options]
 
   matrix     the T/R ring benchmark (quick subset by default, --full for all)
   workloads  larson, pipeline, xmalloc, cache-scratch, cache-thrash, realloc, rust-collections
   all        matrix, then workloads
+  programs   python3, sqlite3, perl, gcc and redis-server under LD_PRELOAD, each
+             allocator in turn (the ones installed; --scale sizes their inputs)
   secure     the matrix for hz vs hz-secure and mimalloc vs mimalloc-secure
              (in-process: runs a second hz-bench built with --features secure;
              LD_PRELOAD: libhz.so, libhz-secure.so, Debian mimalloc), one table
@@ -94,7 +98,8 @@ options (lists are comma-separated):
   --no-build           do not build libhz.so when it is missing
   --workloads LIST     which workloads (default: all)
   --wl-threads N       threads of the workloads (default 4)
-  --scale F            workload size factor (default 1.0)
+  --scale F            workload and program input size factor (default 1.0)
+  --programs LIST      which programs (default: all installed)
 
 libhz.so is found at $HZ_LIB, else $CARGO_TARGET_DIR/release/libhz.so, else
 <repo>/target/release/libhz.so (built with `cargo build --release -p hz-ffi` if missing);
@@ -141,6 +146,7 @@ impl Opts {
             workloads: WORKLOADS.iter().map(|s| s.to_string()).collect(),
             wl_threads: 4,
             scale: if full { 3.0 } else { 1.0 },
+            programs: PROGRAMS.iter().map(|s| s.to_string()).collect(),
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -208,6 +214,15 @@ impl Opts {
                         return Err(format!(
                             "unknown workload {bad} (known: {})",
                             WORKLOADS.join(",")
+                        ));
+                    }
+                }
+                "--programs" => {
+                    o.programs = list(&val()?, "program")?;
+                    if let Some(bad) = o.programs.iter().find(|p| !PROGRAMS.contains(&p.as_str())) {
+                        return Err(format!(
+                            "unknown program {bad} (known: {})",
+                            PROGRAMS.join(",")
                         ));
                     }
                 }
@@ -396,12 +411,15 @@ pub fn measure_matrix(
                         counts: Some(res.counts),
                         xcore_ns,
                     }),
-                    Err(e) => pb.println(format!(
-                        "error: {} {} T={t} R={r} {}: {e}",
-                        run.mode(),
-                        l.name,
-                        run.name()
-                    )),
+                    // (eprintln: a hidden progress bar's println prints nothing.)
+                    Err(e) => pb.suspend(|| {
+                        eprintln!(
+                            "error: {} {} T={t} R={r} {}: {e}",
+                            run.mode(),
+                            l.name,
+                            run.name()
+                        )
+                    }),
                 }
                 pb.inc(1);
             }
@@ -453,8 +471,8 @@ pub fn matrix(o: &Opts) -> Vec<Summary> {
     print!("{head}");
     let (samples, probes) = measure_matrix(o, &cells, &runners);
     let sums = report::summarize(&samples);
-    print!("{}", report::markdown(&sums, m.cores, true));
-    print!("{}", report::versus_markdown(&sums, true));
+    print!("{}", report::markdown(&sums, m.cores, Kind::Ring));
+    print!("{}", report::versus_markdown(&sums, Kind::Ring));
     print!("{}", report::rss_markdown(&sums, "mimalloc", RSS_LIMIT));
     if sums.iter().any(|s| !s.comparable()) {
         println!("\nCells marked **not comparable** had more than {FALLBACK_LIMIT_PCT}% of remote frees fall back to local frees (ring full): rerun with a larger --ring.");
@@ -470,7 +488,16 @@ pub fn matrix(o: &Opts) -> Vec<Summary> {
         None => head,
     };
     write_out(
-        o, "matrix", &head, &m, &runners, &notes, &sums, &samples, true, &paired,
+        o,
+        "matrix",
+        &head,
+        &m,
+        &runners,
+        &notes,
+        &sums,
+        &samples,
+        Kind::Ring,
+        &paired,
     );
     sums
 }
@@ -511,45 +538,167 @@ pub fn workloads(o: &Opts) -> Vec<Summary> {
         for (w, run) in &jobs {
             pb.set_message(format!("rep {} {} {w} {}", rep + 1, run.mode(), run.name()));
             match run_workload(run, w, o.wl_threads, o.scale, o.pin) {
-                Ok(res) => samples.push(Sample {
-                    cell: Cell {
-                        mode: run.mode(),
-                        group: w.to_string(),
-                        desc: crate::workloads::describe(w).to_string(),
-                        threads: o.wl_threads,
-                        remote: None,
-                        alloc: run.name().to_string(),
-                    },
+                Ok(res) => samples.push(whole_run(
+                    run,
+                    w,
+                    crate::workloads::describe(w),
+                    o.wl_threads,
                     rep,
-                    ns: res.ns,
-                    ops: res.ops,
-                    maxrss_kib: res.maxrss_kib,
-                    counts: None,
-                    xcore_ns: None,
-                }),
-                Err(e) => pb.println(format!("error: {} {w} {}: {e}", run.mode(), run.name())),
+                    (res.ns, res.ops, res.maxrss_kib),
+                )),
+                // (eprintln: a hidden progress bar's println prints nothing.)
+                Err(e) => pb.suspend(|| eprintln!("error: {} {w} {}: {e}", run.mode(), run.name())),
             }
             pb.inc(1);
         }
     }
     pb.finish_and_clear();
-    let sums = report::summarize(&samples);
-    print!("{}", report::markdown(&sums, m.cores, false));
-    print!("{}", report::versus_markdown(&sums, false));
-    print!("{}", report::rss_markdown(&sums, "mimalloc", RSS_LIMIT));
-    write_out(
-        o,
-        "workloads",
-        &head,
-        &m,
-        &runners,
-        &notes,
-        &sums,
-        &samples,
-        false,
-        "",
+    Run::new(o, &m, &head, &runners, &notes).finish("workloads", Kind::Workloads, &samples)
+}
+
+/// The sample of a workload or program run (no ring accounting):
+/// `(ns, ops, maxrss_kib)` measured by `run` in repetition `rep`.
+fn whole_run(
+    run: &Runner,
+    group: &str,
+    desc: &str,
+    threads: usize,
+    rep: usize,
+    (ns, ops, maxrss_kib): (u64, u64, u64),
+) -> Sample {
+    Sample {
+        cell: Cell {
+            mode: run.mode(),
+            group: group.to_string(),
+            desc: desc.to_string(),
+            threads,
+            remote: None,
+            alloc: run.name().to_string(),
+        },
+        rep,
+        ns,
+        ops,
+        maxrss_kib,
+        counts: None,
+        xcore_ns: None,
+    }
+}
+
+/// What a workloads or programs run reports with its samples.
+struct Run<'a> {
+    o: &'a Opts,
+    m: &'a Machine,
+    head: &'a str,
+    runners: &'a [Runner],
+    notes: &'a [String],
+}
+
+impl<'a> Run<'a> {
+    fn new(
+        o: &'a Opts,
+        m: &'a Machine,
+        head: &'a str,
+        runners: &'a [Runner],
+        notes: &'a [String],
+    ) -> Self {
+        Run {
+            o,
+            m,
+            head,
+            runners,
+            notes,
+        }
+    }
+
+    /// Medians, the tables on stdout, and the files (`name`.md, ...).
+    fn finish(&self, name: &str, kind: Kind, samples: &[Sample]) -> Vec<Summary> {
+        let sums = report::summarize(samples);
+        print!("{}", report::markdown(&sums, self.m.cores, kind));
+        print!("{}", report::versus_markdown(&sums, kind));
+        print!("{}", report::rss_markdown(&sums, "mimalloc", RSS_LIMIT));
+        write_out(
+            self.o,
+            name,
+            self.head,
+            self.m,
+            self.runners,
+            self.notes,
+            &sums,
+            samples,
+            kind,
+            "",
+        );
+        sums
+    }
+}
+
+/// `hz-bench programs`: real programs under each LD_PRELOAD allocator
+/// (see [`crate::programs`]), repetitions interleaved, medians.
+pub fn programs(o: &Opts) -> Vec<Summary> {
+    let m = Machine::probe();
+    let mut notes = Vec::new();
+    let (pre, n) = preload_allocators(&o.allocators, o.build_hz);
+    notes.extend(n);
+    let runners: Vec<Runner> = pre.into_iter().map(Runner::Preload).collect();
+    let mut progs: Vec<&str> = Vec::new();
+    for p in &o.programs {
+        match programs::missing(p) {
+            Some(why) => notes.push(why),
+            None => progs.push(p),
+        }
+    }
+    notes.push(
+        "programs run under LD_PRELOAD only; a run's time is the whole process's wall time \
+         (start-up and exit included), its peak RSS what wait4 reports (children included)"
+            .into(),
     );
-    sums
+    if progs.contains(&"redis") {
+        notes.push(
+            "redis: the server is preloaded, redis-benchmark is not; without LD_PRELOAD \
+             (glibc) the server uses the allocator it was linked with (Debian's: jemalloc)"
+                .into(),
+        );
+    }
+    let head = format!(
+        "{}- scale {}, {} repetition(s) interleaved across the allocators, medians\n",
+        header_text("programs", &m, &runners, &notes),
+        o.scale,
+        o.reps
+    );
+    print!("{head}");
+    let scratch = match programs::Scratch::new(o.scale) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("programs: cannot write the inputs: {e}");
+            return Vec::new();
+        }
+    };
+    let jobs: Vec<(&str, &Runner)> = progs
+        .iter()
+        .flat_map(|p| runners.iter().map(move |r| (*p, r)))
+        .collect();
+    let pb = progress((o.reps * jobs.len()) as u64);
+    let mut samples = Vec::new();
+    for rep in 0..o.reps {
+        for (name, run) in &jobs {
+            pb.set_message(format!("rep {} {name} {}", rep + 1, run.name()));
+            let Runner::Preload(p) = run else { continue };
+            match programs::run(p, name, scratch.path()) {
+                Ok(res) => samples.push(whole_run(
+                    run,
+                    name,
+                    programs::describe(name),
+                    1,
+                    rep,
+                    (res.ns, 0, res.maxrss_kib),
+                )),
+                Err(e) => pb.suspend(|| eprintln!("error: {name} {}: {e}", run.name())),
+            }
+            pb.inc(1);
+        }
+    }
+    pb.finish_and_clear();
+    Run::new(o, &m, &head, &runners, &notes).finish("programs", Kind::Programs, &samples)
 }
 
 /// The JSON header of a run: machine, options, notes, LD_PRELOAD origins.
@@ -593,7 +742,7 @@ fn write_out(
     notes: &[String],
     sums: &[Summary],
     samples: &[Sample],
-    ring: bool,
+    kind: Kind,
     extra_md: &str,
 ) {
     let Some(dir) = &o.out else { return };
@@ -604,8 +753,8 @@ fn write_out(
     let header = json_header(name, o, m, runners, notes);
     let md = format!(
         "{head}{}{}{}{extra_md}",
-        report::markdown(sums, m.cores, ring),
-        report::versus_markdown(sums, ring),
+        report::markdown(sums, m.cores, kind),
+        report::versus_markdown(sums, kind),
         report::rss_markdown(sums, "mimalloc", RSS_LIMIT)
     );
     let files = [
