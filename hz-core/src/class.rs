@@ -5,10 +5,16 @@
 //!
 //! Classes (index 0 means "not a small block"):
 //! * 1..=8: 16, 32, …, 128 — exact 16-byte steps;
-//! * 9..=48: four per power of two, `2^b + k·2^(b-2)` for k = 1..4, from
-//!   160 up to 131072 (128 KiB). Worst-case internal waste above 128 bytes is
-//!   just under 20%, about 10% on average;
-//! * 49..=52: *aligned twins* of 4, 8, 16 and 32 KiB, whose spans are not
+//! * 9..=16: four per power of two, `2^b + k·2^(b-2)` for k = 1..4, from
+//!   160 up to 512;
+//! * 17..=36: five per power of two from 512 B to 8 KiB: `2^b · 9/8` (576,
+//!   1152, 2304, 4608: E97), then `2^b + k·2^(b-2)` for k = 1..4 — so a
+//!   power of two plus a small header (a 4 KiB page and its bookkeeping,
+//!   1 KiB and a length), the commonest shape of a real program's larger
+//!   requests, wastes at most 11% there instead of up to 20%;
+//! * 37..=52: four per power of two from 8 KiB up to 131072 (128 KiB).
+//!   Worst-case internal waste above 128 bytes is just under 20%;
+//! * 53..=56: *aligned twins* of 4, 8, 16 and 32 KiB, whose spans are not
 //!   coloured, for requests of 2–32 KiB aligned to more than 64 bytes
 //!   (the default build colours every other class above 2 KiB, [`coloured`]).
 //!
@@ -20,7 +26,7 @@
 use crate::PAGE_SIZE;
 
 /// Classes a size maps to ([`class_of`]): sizes increase with the index.
-pub const SIZED_CLASSES: usize = 49;
+pub const SIZED_CLASSES: usize = 53;
 /// The first aligned twin: class `TWIN_FIRST + k` holds blocks of
 /// `4096 << k` bytes (k = 0..4) from uncoloured spans.
 pub const TWIN_FIRST: usize = SIZED_CLASSES;
@@ -39,6 +45,11 @@ const fn gen_sizes() -> [u32; NUM_CLASSES] {
     while i < SIZED_CLASSES {
         let base = 1u32 << b;
         let step = base >> 2;
+        if b >= 9 && b <= 12 {
+            // 2^b · 9/8: a power of two plus a header (E97).
+            s[i] = base + (base >> 3);
+            i += 1;
+        }
         let mut k = 1;
         while k <= 4 {
             s[i] = base + k * step;
@@ -63,7 +74,7 @@ const SIZES: [u32; NUM_CLASSES] = gen_sizes();
 /// 2 KiB: a program whose sizes straddle the cut-off pays a mispredicted
 /// branch on about every call where they do (the guard lane, 16..2048 B
 /// uniform, straddled 1 KiB half the time); above 2 KiB a second table
-/// with 512-byte steps follows ([`STEP_TABLE`]).
+/// with 256-byte steps follows ([`STEP_TABLE`]).
 const TABLE_MAX: usize = 2048;
 const TABLE_LEN: usize = TABLE_MAX / 16 + 1;
 
@@ -95,7 +106,7 @@ pub fn class_of(size: usize) -> usize {
         unsafe { *SMALL_TABLE.get_unchecked((size + 15) >> 4) as usize }
     } else if size <= SMALL_MAX {
         // SAFETY: TABLE_MAX < size <= SMALL_MAX, so the index is < STEP_LEN.
-        unsafe { *STEP_TABLE.get_unchecked((size - TABLE_MAX - 1) >> 9) as usize }
+        unsafe { *STEP_TABLE.get_unchecked((size - TABLE_MAX - 1) >> 8) as usize }
     } else {
         return 0;
     };
@@ -106,24 +117,24 @@ pub fn class_of(size: usize) -> usize {
     c
 }
 
-/// Above [`TABLE_MAX`] every class size is a multiple of 512, so sizes in
-/// one 512-byte step share a class: a second table, one entry per step up
-/// to [`SMALL_MAX`] (252 entries), replaces the `bsr` formula (E13 in
-/// docs/PERFORMANCE.md).
-const STEP_LEN: usize = (SMALL_MAX - TABLE_MAX) / 512;
+/// Above [`TABLE_MAX`] every class size is a multiple of 256 (2304 is the
+/// one that is not a multiple of 512), so sizes in one 256-byte step share
+/// a class: a second table, one entry per step up to [`SMALL_MAX`] (504
+/// entries, 1 KiB), replaces the `bsr` formula (E13 in docs/PERFORMANCE.md).
+const STEP_LEN: usize = (SMALL_MAX - TABLE_MAX) / 256;
 
 const fn gen_step_table() -> [u16; STEP_LEN] {
     let sizes = gen_sizes();
     let mut t = [0u16; STEP_LEN];
     let mut k = 0;
     while k < STEP_LEN {
-        let top = TABLE_MAX + 512 * (k + 1);
+        let top = TABLE_MAX + 256 * (k + 1);
         let mut c = 1;
         while (sizes[c] as usize) < top {
             c += 1;
         }
         // Every size of the step fits the class, and none fits the one below.
-        assert!(c < NUM_CLASSES && sizes[c - 1] as usize <= top - 512);
+        assert!(c < NUM_CLASSES && sizes[c - 1] as usize <= top - 256);
         t[k] = c as u16;
         k += 1;
     }
@@ -300,8 +311,8 @@ const fn gen_bin_cap() -> [u32; NUM_CLASSES] {
     let mut c = 1;
     while c < NUM_CLASSES {
         let mut n = (64 << 10) / sizes[c];
-        if n > 256 {
-            n = 256;
+        if n > BIN_CAP_MAX {
+            n = BIN_CAP_MAX;
         }
         if n < 16 {
             n = 16;
@@ -311,8 +322,13 @@ const fn gen_bin_cap() -> [u32; NUM_CLASSES] {
     }
     cap
 }
+/// The most blocks a bin holds: 240, not 256, so that the heap, with the
+/// bins and spill arrays of E97's four classes, stays within its 64 KiB
+/// page (a bin of 16-byte blocks holds 3.75 KiB).
+const BIN_CAP_MAX: u32 = 240;
+
 /// Thread-cache (bin) capacity of each class, in blocks: about 64 KiB of
-/// blocks, between 16 and 256. Bins of the classes above 4 KiB hold more
+/// blocks, between 16 and [`BIN_CAP_MAX`]. Bins of the classes above 4 KiB hold more
 /// than 64 KiB (up to 2 MiB at 128 KiB); the bin GC (`heap::gc`) shrinks
 /// bins that are not being used, so what they pin does not stay.
 pub static BIN_CAP: [u32; NUM_CLASSES] = gen_bin_cap();
@@ -380,6 +396,24 @@ mod tests {
         }
         assert_eq!(class_of(SMALL_MAX + 1), 0);
         assert_eq!(class_of(usize::MAX), 0);
+    }
+
+    /// A power of two from 512 B to 4 KiB plus a header of up to an eighth
+    /// of it (E97: sqlite's 4 KiB pages with their 8–272 bytes of
+    /// bookkeeping, 1 KiB buffers with a length) wastes at most 11.2%.
+    #[test]
+    fn power_of_two_plus_a_header_wastes_little() {
+        for b in 9..=12 {
+            let p = 1usize << b;
+            for h in [8, 16, 64, 272.min(p / 8), p / 8] {
+                let size = p + h;
+                let c = class_of(size);
+                assert_eq!(CLASS_SIZE[c] as usize, p + p / 8, "size {size}");
+                assert!((CLASS_SIZE[c] as usize - size) * 9 <= CLASS_SIZE[c] as usize);
+            }
+            // Just past 9/8 the next class, 5/4, takes over.
+            assert_eq!(CLASS_SIZE[class_of(p + p / 8 + 1)] as usize, p + p / 4);
+        }
     }
 
     #[test]
@@ -451,7 +485,7 @@ mod tests {
             assert!(n >= 4);
             assert!(n * CLASS_SIZE[c] as usize + color_reserve(c) <= bytes);
             assert!((bytes - n * CLASS_SIZE[c] as usize) * 8 <= bytes);
-            assert!(BIN_CAP[c] >= 16 && BIN_CAP[c] <= 256);
+            assert!(BIN_CAP[c] >= 16 && BIN_CAP[c] <= BIN_CAP_MAX);
         }
     }
 }
