@@ -380,14 +380,15 @@ pub unsafe fn set_tags(m: *mut PageMeta, class: usize, kind: u64, owner: u32) {
     );
     for i in 0..pages {
         // SAFETY: idx + i within the arena's tag table (TAG_WORDS words
-        // per page: the key and the divisor are its third and fourth).
+        // per page: `key_word` and `divisor_word` name the key's and the
+        // divisor's).
         unsafe {
             let tp = tag_ptr(a, idx + i);
             *tp = make_tag(class, kind, owner, i);
             #[cfg(feature = "secure")]
             {
-                *tp.add(2) = key;
-                *tp.add(3) = div;
+                *(key_word(tp) as *mut u64) = key;
+                *(divisor_word(tp) as *mut u64) = div;
             }
         }
     }
