@@ -63,6 +63,11 @@ pub fn which(prog: &str) -> Option<PathBuf> {
         .find(|p| is_file(p))
 }
 
+/// A command for `prog`, found as [`which`] finds it.
+fn command(prog: &str) -> Command {
+    Command::new(which(prog).unwrap_or_else(|| PathBuf::from(prog)))
+}
+
 /// Why `name` cannot run here (a binary it needs is missing), or None.
 pub fn missing(name: &str) -> Option<String> {
     let absent: Vec<&str> = needs(name)
@@ -237,26 +242,25 @@ fn timed(mut cmd: Command, what: &str, dir: &Path) -> Result<ProgResult, String>
 
 /// Runs program `name` once with allocator `p`, inputs in `dir`.
 pub fn run(p: &Preload, name: &str, dir: &Path) -> Result<ProgResult, String> {
-    let bin = |b: &str| Command::new(which(b).unwrap_or_else(|| PathBuf::from(b)));
     let mut cmd = match name {
         "python-json" => {
-            let mut c = bin("python3");
+            let mut c = command("python3");
             c.arg(dir.join("py_json_bench.py"));
             c
         }
         "sqlite" => {
-            let mut c = bin("sqlite3");
+            let mut c = command("sqlite3");
             c.arg(":memory:")
                 .arg(format!(".read {}", dir.join("db.sql").display()));
             c
         }
         "perl-hash" => {
-            let mut c = bin("perl");
+            let mut c = command("perl");
             c.arg(dir.join("hash.pl"));
             c
         }
         "gcc" => {
-            let mut c = bin("gcc");
+            let mut c = command("gcc");
             c.args(["-O2", "-c", "-o"])
                 .arg(dir.join(format!("gen-{}.o", p.name)))
                 .arg(dir.join("gen.c"));
@@ -265,8 +269,8 @@ pub fn run(p: &Preload, name: &str, dir: &Path) -> Result<ProgResult, String> {
         "redis" => return run_redis(p, dir),
         _ => return Err(format!("unknown program {name}")),
     };
-    // python3 must not use pymalloc's arenas for everything it can: the
-    // default, as users run it (PYTHONMALLOC unset).
+    // python3 as users run it: pymalloc for small objects, the allocator
+    // under test for the rest (no PYTHONMALLOC from our environment).
     cmd.env_remove("PYTHONMALLOC");
     preload_env(&mut cmd, p);
     timed(cmd, name, dir)
@@ -278,22 +282,28 @@ fn free_port() -> Result<u16, String> {
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
 
-/// Sends `SHUTDOWN NOSAVE` to the redis server on `port`.
-fn redis_shutdown(port: u16) {
-    if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-        let _ = s.write_all(b"*2\r\n$8\r\nSHUTDOWN\r\n$6\r\nNOSAVE\r\n");
-        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        let mut b = [0u8; 64];
-        let _ = s.read(&mut b);
+/// Sends `SHUTDOWN NOSAVE` to the redis server on `port`; false when it
+/// could not be sent.
+fn redis_shutdown(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    if s.write_all(b"*2\r\n$8\r\nSHUTDOWN\r\n$6\r\nNOSAVE\r\n")
+        .is_err()
+    {
+        return false;
     }
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut b = [0u8; 64];
+    let _ = s.read(&mut b);
+    true
 }
 
 fn run_redis(p: &Preload, dir: &Path) -> Result<ProgResult, String> {
     let n = std::fs::read_to_string(dir.join("redis-n")).map_err(|e| e.to_string())?;
     let port = free_port()?;
     let ps = port.to_string();
-    let exe = |b: &str| which(b).unwrap_or_else(|| PathBuf::from(b));
-    let mut srv = Command::new(exe("redis-server"));
+    let mut srv = command("redis-server");
     srv.args([
         "--port",
         &ps,
@@ -320,7 +330,7 @@ fn run_redis(p: &Preload, dir: &Path) -> Result<ProgResult, String> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let mut bench = Command::new(exe("redis-benchmark"));
+    let mut bench = command("redis-benchmark");
     bench
         .args([
             "-h",
@@ -340,7 +350,10 @@ fn run_redis(p: &Preload, dir: &Path) -> Result<ProgResult, String> {
     // allocator whichever one the server has.
     bench.env_remove("LD_PRELOAD");
     let r = timed(bench, "redis-benchmark", dir);
-    redis_shutdown(port);
+    if !redis_shutdown(port) {
+        // Not waiting for a server that was not told to stop.
+        let _ = child.kill();
+    }
     let (_, rss) = wait_rusage(&child)?;
     r.map(|r| ProgResult {
         ns: r.ns,
