@@ -82,14 +82,18 @@ macro_rules! with_inproc {
 /// (read once, at its first allocation, with `getenv`, which does not allocate).
 pub const GLOBAL_ENV: &str = "HZ_BENCH_GLOBAL";
 
+/// The name that selects [`crate::floor::Floor`], the measuring stick (not a
+/// rival: no table lists it unless asked for).
+pub const FLOOR_NAME: &str = "floor";
+
 /// A `#[global_allocator]` that forwards to the allocator named by
-/// `HZ_BENCH_GLOBAL` ([`HZ_NAME`], [`MIMALLOC_NAME`]; anything else: System). The choice is
+/// `HZ_BENCH_GLOBAL` ([`HZ_NAME`], [`MIMALLOC_NAME`], [`FLOOR_NAME`]; anything else: System). The choice is
 /// made at the process's first allocation and never changes, so every block
 /// is freed by the allocator that made it. Used by workloads that exercise
 /// std collections, which cannot take an allocator parameter on stable Rust.
 pub struct Switch;
 
-static CHOICE: AtomicU8 = AtomicU8::new(0); // 0 unset, 1 system, 2 hz, 3 mimalloc
+static CHOICE: AtomicU8 = AtomicU8::new(0); // 0 unset, 1 system, 2 hz, 3 mimalloc, 4 floor
 
 #[inline]
 fn choice() -> u8 {
@@ -110,6 +114,8 @@ fn choice() -> u8 {
                 2
             } else if v == MIMALLOC_NAME.as_bytes() {
                 3
+            } else if v == FLOOR_NAME.as_bytes() {
+                4
             } else {
                 1
             }
@@ -124,6 +130,7 @@ pub fn global_choice() -> &'static str {
     match choice() {
         2 => HZ_NAME,
         3 => MIMALLOC_NAME,
+        4 => FLOOR_NAME,
         _ => "system",
     }
 }
@@ -138,6 +145,7 @@ unsafe impl GlobalAlloc for Switch {
             match choice() {
                 2 => hz_core::HzAlloc.alloc(l),
                 3 => mimalloc::MiMalloc.alloc(l),
+                4 => crate::floor::Floor.alloc(l),
                 _ => System.alloc(l),
             }
         }
@@ -149,6 +157,7 @@ unsafe impl GlobalAlloc for Switch {
             match choice() {
                 2 => hz_core::HzAlloc.alloc_zeroed(l),
                 3 => mimalloc::MiMalloc.alloc_zeroed(l),
+                4 => crate::floor::Floor.alloc_zeroed(l),
                 _ => System.alloc_zeroed(l),
             }
         }
@@ -160,6 +169,7 @@ unsafe impl GlobalAlloc for Switch {
             match choice() {
                 2 => hz_core::HzAlloc.dealloc(p, l),
                 3 => mimalloc::MiMalloc.dealloc(p, l),
+                4 => crate::floor::Floor.dealloc(p, l),
                 _ => System.dealloc(p, l),
             }
         }
@@ -171,6 +181,7 @@ unsafe impl GlobalAlloc for Switch {
             match choice() {
                 2 => hz_core::HzAlloc.realloc(p, l, n),
                 3 => mimalloc::MiMalloc.realloc(p, l, n),
+                4 => crate::floor::Floor.realloc(p, l, n),
                 _ => System.realloc(p, l, n),
             }
         }

@@ -7,11 +7,13 @@
 //! `allocs` and `runner` (who runs a measurement, in a child process so peak
 //! RSS is per cell), `report` and `chart` (medians, ratios, tables, SVG),
 //! `suite` (command line and run plan), `machine` (what the header says),
-//! `programs` (real programs under LD_PRELOAD),
+//! `programs` (real programs under LD_PRELOAD), `floor` (a measuring-stick
+//! global allocator for the in-process workloads),
 //! `secure` (hardened builds against default builds, two binaries).
 
 pub mod allocs;
 pub mod chart;
+pub mod floor;
 pub mod machine;
 pub mod matrix;
 pub mod programs;

@@ -3,7 +3,7 @@
 //! child process (so that peak RSS is per cell) and print one result line;
 //! `__names` prints this build's in-process allocator names.
 
-use hz_bench::allocs::{InProc, Switch};
+use hz_bench::allocs::{InProc, Switch, FLOOR_NAME};
 use hz_bench::matrix::{result_line, run_ring, self_maxrss_kib};
 use hz_bench::runner::{parse_cell_args, work_line};
 use hz_bench::suite::{self, Opts, USAGE};
@@ -34,15 +34,24 @@ fn main() {
             println!("{}", result_line(&r, self_maxrss_kib()));
         }
         "__workload" => {
+            // ALLOC is an in-process allocator's name, or `floor` (the measuring
+            // stick, hz_bench::floor; not a rival).
+            let floor = rest.first().map(String::as_str) == Some(FLOOR_NAME);
             let (Some(which), Some(name), Some(t), Some(scale)) = (
-                rest.first().and_then(|a| InProc::from_name(a)),
+                rest.first()
+                    .and_then(|a| InProc::from_name(a))
+                    .or(floor.then_some(InProc::System)),
                 rest.get(1),
                 rest.get(2).and_then(|t| t.parse().ok()),
                 rest.get(3).and_then(|s| s.parse().ok()),
             ) else {
                 die("__workload ALLOC NAME THREADS SCALE")
             };
-            let r = with_inproc!(which, |a| hz_bench::workloads::run(a, name, t, scale));
+            let r = if floor {
+                hz_bench::workloads::run(&hz_bench::floor::Floor, name, t, scale)
+            } else {
+                with_inproc!(which, |a| hz_bench::workloads::run(a, name, t, scale))
+            };
             match r {
                 Some(r) => println!("{}", work_line(&r)),
                 None => die(&format!("unknown workload {name}")),
