@@ -138,10 +138,8 @@ fn cross_thread<A: GlobalAlloc + Sync>(g: &mut BenchmarkGroup<'_, WallTime>, nam
                 });
                 for _ in 0..n {
                     // SAFETY: non-zero size.
-                    let e = Entry {
-                        ptr: unsafe { a.alloc(l) },
-                        size: 64,
-                    };
+                    let ptr = unsafe { a.alloc(l) };
+                    let e = Entry { ptr, size: 64 };
                     while !ring.push(e) {
                         std::thread::yield_now();
                     }

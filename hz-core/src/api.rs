@@ -282,6 +282,7 @@ unsafe fn free_large(m: *mut arena::PageMeta, moved: bool) {
     // (`arena::kept_put`); its tags are cleared first, so a second free of
     // the block is ignored as it is for a returned run.
     #[cfg(not(feature = "secure"))]
+    // SAFETY: m heads the live run the caller gives up.
     if !moved && unsafe { (*m).pages as usize } < arena::HUGE_RUN_PAGES {
         // SAFETY: m heads the run the caller gives up: its tags are ours.
         unsafe { arena::set_tags(m, 0, arena::KIND_FREE, 0) };
@@ -917,20 +918,20 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
                 (*mq).given = new_pages as u32;
                 !in_segment(mq) && arena::taken_clean(mq)
             };
-            // SAFETY: q is a fresh run of at least old_usable bytes; the old
-            // range is p's whole run, which we then free.
             // Pages move only within a zone: `mremap` carries the source
             // range's huge-page advice along, and a range advised unlike its
             // neighbours is a VMA of its own. In the huge zone whole 2 MiB
             // extents move (both runs are made of them), so that the kernel
             // moves huge pages without splitting them.
             // SAFETY: m and mq are metas of arenas.
-            let zone = unsafe { arena::zone_of(m) };
-            let same_zone = zone == unsafe { arena::zone_of(mq) };
+            let (zone, zone_q) = unsafe { (arena::zone_of(m), arena::zone_of(mq)) };
+            let same_zone = zone == zone_q;
             let move_len = match zone {
                 arena::Zone::Normal => old_usable,
                 arena::Zone::Huge => zone.round(given) << PAGE_SHIFT,
             };
+            // SAFETY: q is a fresh run of at least old_usable bytes; the old
+            // range is p's whole run, which we then free.
             unsafe {
                 if clean
                     && !seg

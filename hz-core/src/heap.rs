@@ -1385,10 +1385,10 @@ fn pool_fork_child() {
 /// pool (see [`Pool`]) as one batch, the rest home grouped by owner, one
 /// CAS per owner.
 unsafe fn flush_spill(h: *mut Heap, c: usize) {
+    let mut orphan_fed = false;
     // SAFETY: h is held; the spill array holds free blocks of other heaps,
     // n <= spill_cap(c) <= SPILL_MAX of them (checked at compile time), so
     // every index below stays inside the scratch arrays.
-    let mut orphan_fed = false;
     unsafe {
         let mut s = (*h).spill_base[c];
         let mut n = (*h).spill_len[c] as usize;

@@ -47,11 +47,8 @@ fn a_freed_big_block_serves_its_threads_next_block_and_not_another_threads() {
     assert!(!p.is_null() && !keep.is_null());
     assert_eq!(p as usize % PAGE, 0, "a big block is not page-aligned");
     // SAFETY: keep is a live block of hz.
-    assert_eq!(
-        unsafe { hz_core::usable_size(keep) },
-        33 * PAGE,
-        "usable size is not the pages asked for"
-    );
+    let usable = unsafe { hz_core::usable_size(keep) };
+    assert_eq!(usable, 33 * PAGE, "usable size is not the pages asked for");
     write_all(p, n, 0xab);
     write_all(keep, 2 * MIB + 1, 0x5a);
     free(p);

@@ -126,11 +126,8 @@ fn over_aligned_mid_requests_get_power_of_two_blocks() {
         assert!(!p.is_null());
         assert_eq!(p as usize % align, 0, "size {size} align {align}");
         // SAFETY: p is a live block of hz.
-        assert_eq!(
-            unsafe { hz_core::usable_size(p) },
-            want,
-            "size {size} align {align}"
-        );
+        let usable = unsafe { hz_core::usable_size(p) };
+        assert_eq!(usable, want, "size {size} align {align}");
         // SAFETY: p has `want` usable bytes.
         unsafe { std::ptr::write_bytes(p, 0x5a, want) };
         // SAFETY: live block of hz.
