@@ -373,6 +373,52 @@ pub unsafe fn shrink(m: *mut PageMeta, new_pages: usize) -> usize {
     }
 }
 
+/// Lengthens live block `m` of a segment in place to `new_pages` pages
+/// rounded up to its segment's units, when the calling thread owns the
+/// segment, the units after the block are free (remote frees folded in if
+/// that makes them so) and the block stays within its kind's longest run
+/// ([`RUN_MAX`] pages in a small segment, [`BIG_RUN_MAX`] in a big one).
+/// Returns the block's length in pages now, or None (the block unchanged).
+/// A `realloc` that grows a block a little at a time then copies nothing
+/// while its neighbours are free.
+///
+/// # Safety
+/// `m` heads a live segment block of fewer than `new_pages` pages, held by
+/// the caller.
+pub unsafe fn grow(m: *mut PageMeta, new_pages: usize) -> Option<usize> {
+    // SAFETY: m heads a live block (see `free`); `free`, `idle` and `dirty`
+    // are written only on the owner's thread, which is checked first to
+    // be the calling one; the new units' metas are inside the segment.
+    unsafe {
+        let s = (*m).seg;
+        let h = (*s).heap;
+        if heap::heap_of_slot(tls::get()) != h {
+            return None;
+        }
+        let u = (*s).unit;
+        let (i, n) = units(s, m);
+        let want = new_pages.div_ceil(1 << u);
+        let longest = if u == 0 { RUN_MAX } else { BIG_RUN_MAX >> u };
+        if want <= n || want > longest || i + want > SEG_PAGES {
+            return None;
+        }
+        let extra = mask(i + n, want - n);
+        if (*s).free.load(Relaxed) & extra != extra
+            && ((*s).remote.load(Relaxed) & extra == 0
+                || !fold(h)
+                || (*s).free.load(Relaxed) & extra != extra)
+        {
+            return None;
+        }
+        update(&(*s).free, |f| f & !extra);
+        (*s).idle &= !extra;
+        update(&(*s).dirty, |d| d | extra);
+        (*m).pages = (want << u) as u32;
+        arena::set_tags(m, 0, arena::KIND_LARGE, 0);
+        Some((*m).pages as usize)
+    }
+}
+
 /// Folds the remote frees of every segment of `h` into `free`; true when
 /// there were some.
 ///

@@ -4,9 +4,11 @@
 //! another thread's (the segments are per heap); a second free is ignored
 //! and counted; `calloc` of pages an earlier block wrote returns zeros;
 //! blocks another thread frees go back to the owner's segment and serve its
-//! next blocks; a block shrunk by `realloc` gives its tail back; free pages
-//! are purged at `collect()`, and without it after a few GC periods of the
-//! thread's work.
+//! next blocks; a block shrunk by `realloc` gives its tail back, and one
+//! grown by `realloc` takes the free pages after it in place, on its owner's
+//! thread (remote frees of those pages folded in first), and moves when they
+//! are taken or another thread grows it; free pages are purged at
+//! `collect()`, and without it after a few GC periods of the thread's work.
 //!
 //! Each test runs in a child process, so that no other test's blocks share
 //! its segments.
@@ -262,4 +264,115 @@ fn free_pages_of_segments_go_back_to_the_kernel() {
     free(p);
     child::wait_until_purged_by_small_work(p, n, "free segment pages");
     free(keep);
+}
+
+fn all_are(p: *mut u8, n: usize, v: u8) -> bool {
+    // SAFETY: p is a live block of at least n bytes.
+    unsafe { core::slice::from_raw_parts(p, n) }
+        .iter()
+        .all(|&b| b == v)
+}
+
+#[test]
+fn realloc_growing_a_block_takes_the_free_pages_after_it() {
+    if !child::in_child(
+        MARKER,
+        "realloc_growing_a_block_takes_the_free_pages_after_it",
+        &[],
+        &[],
+    ) {
+        return;
+    }
+    // A fresh segment: the block is its first, the pages after it free.
+    let p = hz_core::malloc(3 * PAGE - 100);
+    write_all(p, 3 * PAGE - 100, 3);
+    let mut q = p;
+    for (pages, v) in [(4, 4u8), (6, 6), (9, 9)] {
+        let n = pages * PAGE - 100;
+        // SAFETY: q is a live block of hz.
+        let r = unsafe { hz_core::realloc(q, n) };
+        assert_eq!(r, p, "growing to {pages} pages moved the block");
+        // SAFETY: r is a live block of hz.
+        assert_eq!(unsafe { hz_core::usable_size(r) }, pages * PAGE);
+        let before = (pages * PAGE).min(3 * PAGE) - 100;
+        assert!(all_are(r, before, 3), "lost bytes at {pages} pages");
+        // SAFETY: r has n usable bytes; the first 3 pages keep the mark
+        // written above, the rest is marked by size.
+        unsafe { core::ptr::write_bytes(r.add(3 * PAGE), v, n - 3 * PAGE) };
+        q = r;
+    }
+    assert!(all_are(q, 3 * PAGE - 100, 3));
+    // SAFETY: q has 9 pages; the last three (less 100 bytes) hold 9s.
+    let tail = unsafe { q.add(6 * PAGE) };
+    assert!(all_are(tail, 3 * PAGE - 100, 9));
+    // The pages it grew over are the block's: a free inside them is a
+    // foreign free, ignored and counted.
+    let foreign = hz_core::stats().foreign_frees;
+    // SAFETY: not a block start: the misuse under test (ignored by hz).
+    free(unsafe { q.add(7 * PAGE) });
+    assert_eq!(hz_core::stats().foreign_frees, foreign + 1);
+    free(q);
+}
+
+#[test]
+fn realloc_growing_a_block_moves_when_the_next_pages_are_taken() {
+    if !child::in_child(
+        MARKER,
+        "realloc_growing_a_block_moves_when_the_next_pages_are_taken",
+        &[],
+        &[],
+    ) {
+        return;
+    }
+    let n = 3 * PAGE;
+    let p = hz_core::malloc(n);
+    let next = hz_core::malloc(n);
+    assert_eq!(
+        next as usize,
+        p as usize + n,
+        "the second block is not the next pages"
+    );
+    write_all(p, n, 1);
+    write_all(next, n, 2);
+    // SAFETY: p is a live block of hz.
+    let q = unsafe { hz_core::realloc(p, 5 * PAGE) };
+    assert!(!q.is_null() && q != p, "grew over a live block");
+    assert!(all_are(q, n, 1) && all_are(next, n, 2));
+    let r = hz_core::malloc(n);
+    assert_eq!(r, p, "the moved block's pages did not serve the next block");
+    write_all(r, n, 3);
+    // Another thread frees the next block: its pages wait in the segment's
+    // remote set until the owner grows into them.
+    let next_addr = next as usize;
+    std::thread::spawn(move || free(next_addr as *mut u8))
+        .join()
+        .unwrap();
+    // SAFETY: r is a live block of hz.
+    let s = unsafe { hz_core::realloc(r, 5 * PAGE) };
+    assert_eq!(s, r, "the pages another thread freed were not grown over");
+    assert!(all_are(s, n, 3));
+    free(q);
+    free(s);
+}
+
+#[test]
+fn realloc_on_another_thread_moves_a_block() {
+    if !child::in_child(MARKER, "realloc_on_another_thread_moves_a_block", &[], &[]) {
+        return;
+    }
+    // The segment's free pages are its owner's to hand out: another
+    // thread's realloc moves the block (into its own segment) instead.
+    let n = 3 * PAGE;
+    let p = hz_core::malloc(n) as usize;
+    write_all(p as *mut u8, n, 5);
+    let q = std::thread::spawn(move || {
+        // SAFETY: p is a live block of hz, given to this thread.
+        let q = unsafe { hz_core::realloc(p as *mut u8, 5 * PAGE) };
+        assert!(all_are(q, n, 5));
+        q as usize
+    })
+    .join()
+    .unwrap();
+    assert_ne!(q, p, "another thread grew the block in its owner's segment");
+    free(q as *mut u8);
 }
