@@ -17,19 +17,12 @@
 #[path = "reliability/child.rs"]
 mod child;
 
-use child::{free, resident_pages, write_all, MIB};
+use child::{all_are, free, resident_pages, write_all, MIB};
 
 const MARKER: &str = "HZ_BIG_SEGMENTS_CHILD";
 const PAGE: usize = 64 << 10;
 /// A big segment's unit.
 const UNIT: usize = 512 << 10;
-
-fn all_are(p: *mut u8, n: usize, v: u8) -> bool {
-    // SAFETY: p is a live block of at least n bytes.
-    unsafe { core::slice::from_raw_parts(p, n) }
-        .iter()
-        .all(|&b| b == v)
-}
 
 #[test]
 fn a_freed_big_block_serves_its_threads_next_block_and_not_another_threads() {

@@ -17,7 +17,7 @@
 #[path = "reliability/child.rs"]
 mod child;
 
-use child::{free, resident_pages, write_all, MIB};
+use child::{all_are, free, resident_pages, write_all, MIB};
 use std::time::Duration;
 
 const MARKER: &str = "HZ_LARGE_SEGMENTS_CHILD";
@@ -264,13 +264,6 @@ fn free_pages_of_segments_go_back_to_the_kernel() {
     free(p);
     child::wait_until_purged_by_small_work(p, n, "free segment pages");
     free(keep);
-}
-
-fn all_are(p: *mut u8, n: usize, v: u8) -> bool {
-    // SAFETY: p is a live block of at least n bytes.
-    unsafe { core::slice::from_raw_parts(p, n) }
-        .iter()
-        .all(|&b| b == v)
 }
 
 #[test]

@@ -143,6 +143,14 @@ pub fn remote_frees_serve_the_owner(blocks: &[usize], n: usize) {
     }
 }
 
+/// Whether the first `n` bytes of `p` are all `v`.
+pub fn all_are(p: *mut u8, n: usize, v: u8) -> bool {
+    // SAFETY: callers pass a live block of at least n bytes.
+    unsafe { core::slice::from_raw_parts(p, n) }
+        .iter()
+        .all(|&b| b == v)
+}
+
 /// Writes `v` into the first `n` bytes of `p`.
 pub fn write_all(p: *mut u8, n: usize, v: u8) {
     // SAFETY: callers pass a live block of at least n bytes.
