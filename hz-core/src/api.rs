@@ -224,6 +224,15 @@ unsafe fn free_not_small_inner(p: *mut u8) {
     foreign_free(p);
 }
 
+/// Counts a large block resized in place from `pages` to `now` pages (the
+/// allocated bytes of the statistics; its free counts its length then).
+fn count_resized(pages: usize, now: usize) {
+    let delta = (now as i64 - pages as i64) << PAGE_SHIFT;
+    counters::STATS
+        .large_allocated
+        .fetch_add(delta as u64, Relaxed);
+}
+
 /// Resizes large run `m` (now `pages` long) in place to `new_pages`.
 unsafe fn resize_large(m: *mut arena::PageMeta, pages: usize, new_pages: usize) -> bool {
     // SAFETY: the caller owns the run.
@@ -236,10 +245,7 @@ unsafe fn resize_large(m: *mut arena::PageMeta, pages: usize, new_pages: usize) 
         arena::set_tags(m, 0, KIND_LARGE, 0);
         (*m).pages as usize
     };
-    let delta = (now as i64 - pages as i64) << PAGE_SHIFT;
-    counters::STATS
-        .large_allocated
-        .fetch_add(delta as u64, Relaxed);
+    count_resized(pages, now);
     counters::note_pages();
     true
 }
@@ -256,10 +262,7 @@ unsafe fn grow_in_segment(m: *mut arena::PageMeta, pages: usize, new_pages: usiz
     let Some(now) = (unsafe { crate::segment::grow(m, new_pages) }) else {
         return false;
     };
-    let delta = (now as i64 - pages as i64) << PAGE_SHIFT;
-    counters::STATS
-        .large_allocated
-        .fetch_add(delta as u64, Relaxed);
+    count_resized(pages, now);
     // What a move would have done through the allocation it makes: the
     // heap's periodic work (bin GC, purges) runs from slow paths only, and
     // a program whose small blocks all hit the bins relies on these (python
@@ -280,10 +283,7 @@ unsafe fn shrink_large(m: *mut arena::PageMeta, pages: usize, new_pages: usize, 
     #[cfg(not(feature = "secure"))]
     // SAFETY: the caller owns the block; nothing past new_pages is used.
     let new_pages = unsafe { crate::segment::shrink(m, new_pages) };
-    let delta = (new_pages as i64 - pages as i64) << PAGE_SHIFT;
-    counters::STATS
-        .large_allocated
-        .fetch_add(delta as u64, Relaxed);
+    count_resized(pages, new_pages);
     true
 }
 

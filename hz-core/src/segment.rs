@@ -262,14 +262,26 @@ unsafe fn open(s: *mut Segment, h: *mut Heap, unit: u32) -> bool {
 /// # Safety
 /// `s` is an open descriptor of a heap the caller holds; the pages are free.
 unsafe fn carve(s: *mut Segment, i: usize, n: usize) -> (*mut PageMeta, *mut Segment, bool) {
-    let bits = mask(i, n);
-    // SAFETY: s is open and ours; the pages are free.
+    // SAFETY: forwarded contract.
+    unsafe {
+        let clean = take_units(s, mask(i, n));
+        (head(s, i, n), s, clean)
+    }
+}
+
+/// Free units `bits` of segment `s` become part of a block: neither free
+/// nor idle, and dirty from now on. Returns whether they were all clean.
+///
+/// # Safety
+/// `s` is an open descriptor of a heap the caller holds; the units are free.
+unsafe fn take_units(s: *mut Segment, bits: u64) -> bool {
+    // SAFETY: s is open and ours.
     unsafe {
         update(&(*s).free, |f| f & !bits);
         (*s).idle &= !bits;
         let clean = (*s).dirty.load(Relaxed) & bits == 0;
         update(&(*s).dirty, |d| d | bits);
-        (head(s, i, n), s, clean)
+        clean
     }
 }
 
@@ -410,9 +422,7 @@ pub unsafe fn grow(m: *mut PageMeta, new_pages: usize) -> Option<usize> {
         {
             return None;
         }
-        update(&(*s).free, |f| f & !extra);
-        (*s).idle &= !extra;
-        update(&(*s).dirty, |d| d | extra);
+        take_units(s, extra);
         (*m).pages = (want << u) as u32;
         arena::set_tags(m, 0, arena::KIND_LARGE, 0);
         Some((*m).pages as usize)

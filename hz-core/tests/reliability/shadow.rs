@@ -267,7 +267,7 @@ impl Model {
     }
 
     /// Records a fresh block: checks it, fills it, registers its extent.
-    fn adopt_new(&mut self, b: Block, zeroed: bool, keep_prefix: usize) {
+    fn adopt_new(&mut self, b: Block, zeroed: bool, keep_prefix: usize, resized: bool) {
         if b.p & (b.align.max(16) - 1) != 0 {
             self.fail(format!(
                 "block {:#x} of {} bytes is not aligned to {}",
@@ -277,9 +277,12 @@ impl Model {
             ));
         }
         // A large block that realloc resized may keep headroom (growth in
-        // place later): up to twice its pages, never less than needed.
+        // place later, or the pages of a shrink that kept its tail): up to
+        // twice its pages, never less than needed. (Also for a realloc to
+        // 0 bytes, which keeps no prefix: a soak found hz keeping a 2-page
+        // block's second page when an aligned realloc asked for 0 bytes.)
         let exp = expected_usable(b.size, b.align);
-        let resized_large = keep_prefix > 0 && class_for(b.size, b.align.max(1)) == 0;
+        let resized_large = resized && class_for(b.size, b.align.max(1)) == 0;
         let usable_ok = if resized_large {
             b.usable >= exp && b.usable <= 2 * exp + PAGE_SIZE
         } else {
@@ -361,6 +364,7 @@ impl Model {
             },
             zeroed,
             0,
+            false,
         );
     }
 
@@ -467,7 +471,7 @@ impl Model {
         let keep = b.size.min(new_size);
         // SAFETY: q has at least new_size >= keep bytes.
         self.ok(unsafe { check(nb.p, keep, b.seed) });
-        self.adopt_new(nb, false, keep);
+        self.adopt_new(nb, false, keep, true);
     }
 
     pub fn free_all(&mut self) {
