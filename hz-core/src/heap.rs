@@ -1116,11 +1116,13 @@ unsafe fn release_blocks(h: *mut Heap, c: usize, bs: *const *mut u8, n: usize) {
             let b = *bs.add(i) as usize;
             let mut off = b.wrapping_sub(r.base);
             if off >= r.len {
-                r = switch_run(h, c, r, k, b);
-                k = 0;
-                if r.m.is_null() {
+                // Another heap's block leaves the run as it is: bins that
+                // hold remote blocks mix them with their own.
+                let Some(next) = switch_run(h, c, r, k, b) else {
                     continue;
-                }
+                };
+                r = next;
+                k = 0;
                 off = b - r.base;
             }
             let j = ((off >> shift) as u64).wrapping_mul(inv) as usize;
@@ -1165,38 +1167,40 @@ const NO_RUN: SpanRun = SpanRun {
     free_lo: 0,
 };
 
-/// Leaves span run `r` when `k` blocks went back to it, and enters the
-/// span of free block `b`: [`NO_RUN`] when `b` is another heap's (it goes
-/// to the spill array). Inlined, so that the run stays in registers (out
-/// of line, E99's first version, a run passed or returned through memory
-/// cost more than the call saved).
+/// The span run of free block `b`, after leaving run `r` if `k` blocks
+/// went back to it; None when `b` is another heap's (it goes to the spill
+/// array, and `r` stays the run). Inlined, so that the run stays in
+/// registers (out of line, E99's first version, a run passed or returned
+/// through memory cost more than the call saved).
 ///
 /// # Safety
 /// As in [`release_blocks`]; `b` is a free block of class `c`.
 #[cfg(not(feature = "secure"))]
 #[inline(always)]
-unsafe fn switch_run(h: *mut Heap, c: usize, r: SpanRun, k: u32, b: usize) -> SpanRun {
+unsafe fn switch_run(h: *mut Heap, c: usize, r: SpanRun, k: u32, b: usize) -> Option<SpanRun> {
     // SAFETY: caller's contract; m heads b's span, whose meta only h's
-    // thread writes when it is h's.
+    // thread writes when it is h's. spill_push moves other heaps' blocks
+    // only (to the pool, their inboxes, or abandoned heaps' spans), so r's
+    // meta, not yet written back, is not read meanwhile.
     unsafe {
-        if k != 0 {
-            leave_run(h, c, r, k);
-        }
         let (t, a) = arena::lookup(b);
         if arena::tag_owner(t) != (*h).id {
             spill_push(h, c, b as *mut u8);
-            return NO_RUN;
+            return None;
+        }
+        if k != 0 {
+            leave_run(h, c, r, k);
         }
         let m = arena::head_meta(b, t, a);
         let base = (*m).base;
-        SpanRun {
+        Some(SpanRun {
             m,
             base,
             len: (*m).end as usize - base,
             bits: (*m).bits,
             carved: block_index(m, c, (*m).bump.load(Relaxed)),
             free_lo: (*m).free_lo,
-        }
+        })
     }
 }
 
