@@ -42,8 +42,9 @@ const RESERVE: usize = 1 << 40;
 static BASE: AtomicPtr<u8> = AtomicPtr::new(null_mut());
 /// Bytes of the reservation handed out as chunks.
 static NEXT: AtomicUsize = AtomicUsize::new(0);
-/// Bytes reserved (`RESERVE`, or less where the system refused it).
-static LEN: AtomicUsize = AtomicUsize::new(0);
+/// Bytes reserved (`RESERVE`, or less where the system refused it): the
+/// least any racing first call mapped, so never more than the winner's.
+static LEN: AtomicUsize = AtomicUsize::new(usize::MAX);
 
 /// Pointers a class's stack holds.
 const STACK: usize = 64 << 10;
@@ -129,8 +130,10 @@ fn base() -> *mut u8 {
         unsafe { libc::madvise(aligned.cast(), len, libc::MADV_HUGEPAGE) };
     }
     // The length is published before the base (the base's Release orders
-    // it); racing first calls map the same length, so either's is right.
-    LEN.store(len, Ordering::Relaxed);
+    // it). Racing first calls may map different lengths (one may find less
+    // address space left); keeping the least keeps any carving inside the
+    // winner's mapping.
+    LEN.fetch_min(len, Ordering::Relaxed);
     match BASE.compare_exchange(null_mut(), aligned, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => aligned,
         Err(winner) => {
@@ -164,7 +167,7 @@ fn carve(l: &mut Local, r: usize, n: usize, align: usize) -> *mut u8 {
 pub struct Floor;
 
 // SAFETY: alloc returns blocks of at least `size` bytes at the requested
-// alignment, from memory nobody else holds (carved once, or taken off a list
+// alignment, from memory nobody else holds (carved once, or taken off a stack
 // it was put on by dealloc); dealloc puts a block on a stack only under the
 // class its layout names, which is the class alloc carved it for.
 unsafe impl GlobalAlloc for Floor {
