@@ -779,13 +779,19 @@ unsafe fn alloc_run_locked(
         // SAFETY: best is a dirty free head that fits (PAGES held).
         return Some(unsafe { take_from_free(st, best, pages, align) });
     }
-    // 1. Free runs: the exact list first, then larger ones.
-    let mut l = list_of(want);
+    // 1. Free runs: the exact list first, then larger ones. An aligned
+    //    request also looks at runs shorter than `pages + align - 1` that
+    //    hold an aligned start with `pages` after it: the run that a freed
+    //    aligned block and the pages skipped to align it leave behind is
+    //    one of those, and without this a request aligned to about an
+    //    arena's size found no room anywhere and reserved a new arena each
+    //    time (64 arenas, then ENOMEM for every later reservation).
+    let mut l = list_of(if align > 1 { pages } else { want });
     while l < FREE_LISTS {
         let mut m = st.free[zone as usize][l];
         while !m.is_null() {
             // SAFETY: m is a free head meta in a list (PAGES held).
-            if unsafe { (*m).pages as usize } >= want {
+            if unsafe { fits(m, pages, align) } {
                 // SAFETY: as above.
                 return Some(unsafe { take_from_free(st, m, pages, align) });
             }
@@ -809,6 +815,25 @@ unsafe fn alloc_run_locked(
     let a = new_arena(st, want, zone)?;
     // SAFETY: the new arena has room for `want` pages.
     unsafe { bump(st, a, pages, align) }
+}
+
+/// Whether free run `m` holds `pages` pages from its first page whose
+/// absolute index is a multiple of `align`.
+///
+/// # Safety
+/// `m` is a free head meta (PAGES held).
+unsafe fn fits(m: *mut PageMeta, pages: usize, align: usize) -> bool {
+    // SAFETY: forwarded contract.
+    unsafe {
+        let n = (*m).pages as usize;
+        if align <= 1 {
+            return n >= pages;
+        }
+        let base_idx = ARENAS[(*m).arena as usize].base.load(Relaxed) >> PAGE_SHIFT;
+        let idx = page_index(m);
+        let start = (base_idx + idx).next_multiple_of(align) - base_idx;
+        start + pages <= idx + n
+    }
 }
 
 /// Carves from the never-used top of arena `a`.
@@ -843,7 +868,7 @@ unsafe fn bump(st: &mut PageState, a: usize, pages: usize, align: usize) -> Opti
     })
 }
 
-/// Takes `pages` (aligned) out of the free run `m` (`pages + align - 1 <= m.pages`).
+/// Takes `pages` (aligned) out of the free run `m`, which [`fits`] them.
 unsafe fn take_from_free(st: &mut PageState, m: *mut PageMeta, pages: usize, align: usize) -> Run {
     // SAFETY: m is a free head; PAGES held. Every piece is re-marked.
     unsafe {

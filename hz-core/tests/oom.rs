@@ -13,6 +13,8 @@
 //! * `oom_before_first_use`: no reservation ever succeeds: no heap can be
 //!   created; every entry point returns null, on any thread; after
 //!   `fail_reservations(-1)` hz works.
+//! * `aligned_runs_reused`: blocks aligned to an arena's size, freed and
+//!   requested again 200 times, reserve no more address space.
 //! * `huge_requests`: 1 TiB (under the rlimit), `usize::MAX / 2`,
 //!   `isize::MAX`, `usize::MAX`, overflowing alignments: null, nothing
 //!   reserved or in use afterwards, live blocks untouched.
@@ -393,4 +395,46 @@ fn huge_requests() {
         hz_core::free(keep.p);
         hz_core::free(keep_large.p);
     }
+}
+
+/// Blocks aligned to about an arena's size, allocated and freed over and
+/// over (64 MiB arenas here, so the alignment costs little address
+/// space): each freed block, with the pages skipped to align it, is a free
+/// run that the next such request must find. Before, the search wanted
+/// `pages + align - 1` free pages in one run, found none, reserved a new
+/// arena every time and ran out of arenas after 64 (every later
+/// reservation then failing).
+#[test]
+fn aligned_runs_reused() {
+    if !in_child("aligned_runs_reused", &[("HZ_ARENA_MB", "64")]) {
+        return;
+    }
+    for align in [64 * MIB, 128 * MIB] {
+        // The first few may reserve an arena: a freed one-page run can be
+        // kept whole for the next large block (E61) instead of going back
+        // to the free runs. After that, nothing more.
+        let mut mapped_after_warmup = 0;
+        for i in 0..200 {
+            let p = hz_core::malloc_aligned(4096, align);
+            assert!(!p.is_null(), "align {align:#x}: request {i} failed");
+            assert_eq!(p as usize % align, 0, "align {align:#x}: misaligned");
+            // SAFETY: p is a live 4 KiB block of hz.
+            unsafe {
+                p.write_bytes(0x5a, 4096);
+                hz_core::free(p);
+            }
+            if i == 9 {
+                mapped_after_warmup = hz_core::stats().mapped;
+            }
+        }
+        assert_eq!(
+            hz_core::stats().mapped,
+            mapped_after_warmup,
+            "align {align:#x}: freed aligned runs were not reused"
+        );
+    }
+    let p = hz_core::malloc(100 * MIB);
+    assert!(!p.is_null(), "hz no longer serves after aligned requests");
+    // SAFETY: live block.
+    unsafe { hz_core::free(p) };
 }
