@@ -411,8 +411,10 @@ extern "C" fn thread_exit(v: *mut libc::c_void) {
     // From now on this thread allocates through the shared heap and frees
     // by publishing to owners' inboxes.
     tls::set(tls::dead());
-    // SAFETY: h was this thread's heap; no one else uses it.
-    unsafe { flush_all(h, true) };
+    // SAFETY: h was this thread's heap; no one else uses it. Its segments
+    // keep their recently freed pages for the thread that adopts the heap
+    // next; a reclaim purges them if none does (E101).
+    unsafe { flush_all(h, false) };
     abandon(h);
 }
 
@@ -1628,12 +1630,16 @@ unsafe fn flush_spills(h: *mut Heap) {
     }
 }
 
-/// Empties every cache of `h`: bins, spills, inbox and chains; returns
-/// empty spans to the page allocator (all of them when `release_empty`).
+/// Empties every cache of `h`: bins, spills, inbox and chains; returns its
+/// empty spans to the page allocator. With `segments_now`, its segments'
+/// free pages are purged and its empty segments released too (`collect()`,
+/// and heaps whose threads have exited, at the next reclaim); without, its
+/// segments keep the pages freed since their last GC (a thread's exit:
+/// the next thread adopts the heap and reuses them, E101).
 ///
 /// # Safety
 /// `h` is held by the caller.
-pub unsafe fn flush_all(h: *mut Heap, release_empty: bool) {
+pub unsafe fn flush_all(h: *mut Heap, segments_now: bool) {
     // SAFETY: h is held.
     unsafe {
         for c in 1..NUM_CLASSES {
@@ -1647,7 +1653,7 @@ pub unsafe fn flush_all(h: *mut Heap, release_empty: bool) {
         flush_spills(h);
         drain_inbox(h);
         #[cfg(not(feature = "secure"))]
-        crate::segment::gc(h, release_empty);
+        crate::segment::gc(h, segments_now);
         for c in 1..NUM_CLASSES {
             let mut ch = (*h).chains[c];
             (*h).chains[c] = null_mut();
@@ -1663,16 +1669,14 @@ pub unsafe fn flush_all(h: *mut Heap, release_empty: bool) {
                     .store((*h).remote_received.load(Relaxed) + k, Relaxed);
                 ch = nc;
             }
-            if release_empty {
-                let mut m = (*h).partial[c];
-                while !m.is_null() {
-                    let next = (*m).snext;
-                    if (*m).used == 0 {
-                        (*h).empty_kept[c] -= 1;
-                        release_span(h, c, m);
-                    }
-                    m = next;
+            let mut m = (*h).partial[c];
+            while !m.is_null() {
+                let next = (*m).snext;
+                if (*m).used == 0 {
+                    (*h).empty_kept[c] -= 1;
+                    release_span(h, c, m);
                 }
+                m = next;
             }
         }
     }

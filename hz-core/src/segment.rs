@@ -32,7 +32,8 @@
 //!   purges them, so free pages stay resident for one to two GC periods.
 //! * A segment whose pages are all free stays with its heap until a GC
 //!   finds it purged (its pages free through a whole GC period), or
-//!   `flush_all(h, true)` runs (thread exit, `collect()`); then it goes back
+//!   `flush_all(h, true)` runs (`collect()`, the reclaim of an exited
+//!   thread's heap; not the exit itself: E101); then it goes back
 //!   to the page allocator. Releasing it as soon as it emptied made a
 //!   thread whose live blocks hover around a segment's worth give back and
 //!   take again a segment, through the page lock and the purges, again and
@@ -510,7 +511,7 @@ unsafe fn purge(s: *mut Segment, bits: u64) {
 /// Heap `h`'s segment GC: folds remote frees; purges the free pages that
 /// stayed free and resident since the last GC (all free resident pages,
 /// when `all`); releases empty segments that are purged (every empty one,
-/// when `all`: thread exit and `collect()`).
+/// when `all`: `collect()` and the reclaim of an exited thread's heap).
 ///
 /// # Safety
 /// `h` is held.

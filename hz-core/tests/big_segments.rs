@@ -7,7 +7,8 @@
 //! segment and serve its next blocks without new pages; a block shrunk by
 //! `realloc` keeps whole units and gives the rest back; free units are
 //! purged at `collect()` and by the thread's own work; a thread's big
-//! segments go back when it exits; blocks that `realloc` grows into do
+//! segments go back after it exits (kept for the next thread until a
+//! reclaim), and the next thread reuses them without faults; blocks that `realloc` grows into do
 //! not come from big segments (they go to the huge zone).
 //!
 //! Each test runs in a child process, so that no other test's blocks share
@@ -210,10 +211,10 @@ fn free_units_of_big_segments_go_back_to_the_kernel() {
 }
 
 #[test]
-fn a_threads_big_segments_go_back_when_it_exits() {
+fn a_threads_big_segments_go_back_after_it_exits() {
     if !child::in_child(
         MARKER,
-        "a_threads_big_segments_go_back_when_it_exits",
+        "a_threads_big_segments_go_back_after_it_exits",
         &[],
         &[],
     ) {
@@ -232,14 +233,53 @@ fn a_threads_big_segments_go_back_when_it_exits() {
     })
     .join()
     .unwrap();
+    // The exited thread's heap keeps the pages its blocks freed last for
+    // the next thread to adopt it (E101); with none, the reclaim that any
+    // thread's slow paths run every 100 ms purges and releases them.
+    child::wait_until_purged_by_small_work(p as *mut u8, n, "an exited thread's big block");
     assert!(
         hz_core::stats().in_use < base + 8 * MIB as u64,
         "the exited thread's big segments are still in use: {} MiB over the start",
         (hz_core::stats().in_use - base) >> 20
     );
-    assert_eq!(
-        resident_pages(p as *mut u8, n),
-        0,
-        "the exited thread's big blocks stayed resident"
-    );
+}
+
+#[test]
+fn the_next_thread_reuses_an_exited_threads_segments_without_faults() {
+    if !child::in_child(
+        MARKER,
+        "the_next_thread_reuses_an_exited_threads_segments_without_faults",
+        &[],
+        &[],
+    ) {
+        return;
+    }
+    // A thread per task, each writing and freeing large blocks: the next
+    // thread adopts the exited one's heap, and its blocks are the same
+    // places, still resident (before E101 the exit purged them, and every
+    // thread faulted its blocks in again).
+    for n in [MIB, 6 * MIB] {
+        let spawn = move || {
+            std::thread::spawn(move || {
+                let p = hz_core::malloc(n);
+                let resident = resident_pages(p, n);
+                write_all(p, n, 4);
+                free(p);
+                (p as usize, resident)
+            })
+            .join()
+            .unwrap()
+        };
+        let (p, _) = spawn();
+        let (q, resident) = spawn();
+        assert_eq!(
+            q, p,
+            "{n} B: the next thread's block is not the exited thread's"
+        );
+        assert_eq!(
+            resident,
+            n / 4096,
+            "{n} B: the exited thread's pages were purged before the next thread took them"
+        );
+    }
 }
