@@ -1654,6 +1654,8 @@ pub unsafe fn flush_all(h: *mut Heap, segments_now: bool) {
         drain_inbox(h);
         #[cfg(not(feature = "secure"))]
         crate::segment::gc(h, segments_now);
+        #[cfg(feature = "secure")]
+        let _ = segments_now; // (no segments in the secure build)
         for c in 1..NUM_CLASSES {
             let mut ch = (*h).chains[c];
             (*h).chains[c] = null_mut();
