@@ -779,26 +779,28 @@ unsafe fn alloc_run_locked(
         // SAFETY: best is a dirty free head that fits (PAGES held).
         return Some(unsafe { take_from_free(st, best, pages, align) });
     }
-    // 1. Free runs: the exact list first, then larger ones. An aligned
-    //    request also looks at runs shorter than `pages + align - 1` that
-    //    hold an aligned start with `pages` after it: the run that a freed
-    //    aligned block and the pages skipped to align it leave behind is
-    //    one of those, and without this a request aligned to about an
-    //    arena's size found no room anywhere and reserved a new arena each
-    //    time (64 arenas, then ENOMEM for every later reservation).
-    let mut l = list_of(if align > 1 { pages } else { want });
-    while l < FREE_LISTS {
-        let mut m = st.free[zone as usize][l];
-        while !m.is_null() {
-            // SAFETY: m is a free head meta in a list (PAGES held).
-            if unsafe { fits(m, pages, align) } {
-                // SAFETY: as above.
-                return Some(unsafe { take_from_free(st, m, pages, align) });
-            }
-            // SAFETY: as above.
-            m = unsafe { (*m).fnext };
+    // 1. Free runs: the exact list first, then larger ones. Every run of
+    //    `want` pages holds an aligned start with `pages` after it; in the
+    //    last list, which holds every length from its own up, `fits` checks
+    //    each run exactly.
+    // 1b. An aligned request, before it takes never-used pages or a new
+    //    arena: the shorter runs that happen to hold an aligned start with
+    //    `pages` after it. The run that a freed aligned block and the gap
+    //    skipped to align it leave behind is one of those; without this a
+    //    request aligned to about an arena's size found no room anywhere
+    //    and reserved a new arena each time (64 arenas, then ENOMEM for
+    //    every later reservation; test `oom::aligned_runs_reused`).
+    let shorter = if align > 1 {
+        list_of(pages)..list_of(want)
+    } else {
+        0..0
+    };
+    for lists in [list_of(want)..FREE_LISTS, shorter] {
+        // SAFETY: PAGES held.
+        if let Some(m) = unsafe { first_fit(st, zone, lists, pages, align) } {
+            // SAFETY: m is a free head that fits (PAGES held).
+            return Some(unsafe { take_from_free(st, m, pages, align) });
         }
-        l += 1;
     }
     // 2. Never-used pages at the top of an arena.
     let n = NARENAS.load(Relaxed);
@@ -815,6 +817,33 @@ unsafe fn alloc_run_locked(
     let a = new_arena(st, want, zone)?;
     // SAFETY: the new arena has room for `want` pages.
     unsafe { bump(st, a, pages, align) }
+}
+
+/// The first free run in free lists `lists` of `zone` that [`fits`]
+/// `pages` pages aligned to `align`.
+///
+/// # Safety
+/// PAGES held.
+unsafe fn first_fit(
+    st: &PageState,
+    zone: Zone,
+    lists: core::ops::Range<usize>,
+    pages: usize,
+    align: usize,
+) -> Option<*mut PageMeta> {
+    for l in lists {
+        let mut m = st.free[zone as usize][l];
+        while !m.is_null() {
+            // SAFETY: m is a free head meta in a list (PAGES held).
+            unsafe {
+                if fits(m, pages, align) {
+                    return Some(m);
+                }
+                m = (*m).fnext;
+            }
+        }
+    }
+    None
 }
 
 /// Whether free run `m` holds `pages` pages from its first page whose
