@@ -551,13 +551,18 @@ fn alloc_large_in(size: usize, align: usize, zero: bool, grown: bool) -> *mut u8
     #[cfg_attr(feature = "secure", allow(unused_mut))]
     let mut run = arena::alloc_run(pages, align_pages, zone_for(pages, grown));
     // Out of memory: the thread's empty segments go back first (their
-    // pages could serve this run), then one more try.
+    // pages could serve this run), then those of exited threads' heaps,
+    // which keep theirs for the next thread until a reclaim (E101); one
+    // more try after each.
     #[cfg(not(feature = "secure"))]
     if run.is_none() {
         let h = heap::heap_of_slot(tls::get());
         // SAFETY: h, when not null, is the calling thread's heap, between
         // operations.
         if !h.is_null() && unsafe { crate::segment::release_for_retry(h) } {
+            run = arena::alloc_run(pages, align_pages, zone_for(pages, grown));
+        }
+        if run.is_none() && heap::reclaim_now() {
             run = arena::alloc_run(pages, align_pages, zone_for(pages, grown));
         }
         // Then the room left in the thread's big segments, whatever the

@@ -1810,7 +1810,15 @@ fn reclaim_at(now: u64) {
     {
         return;
     }
-    reclaim_abandoned();
+    let _ = reclaim_abandoned();
+}
+
+/// Flushes every abandoned heap now, whenever the last reclaim was: under
+/// memory pressure, their segments' pages may be what a request needs.
+/// False when there was none to flush (or a reclaim is running).
+#[cfg(not(feature = "secure"))]
+pub fn reclaim_now() -> bool {
+    reclaim_abandoned()
 }
 
 /// Flushes the shared heap and every abandoned heap (their threads are
@@ -1823,7 +1831,7 @@ pub fn collect_shared_and_abandoned() {
         unsafe { flush_all(s, true) };
     }
     SHARED_LOCK.unlock();
-    reclaim_abandoned();
+    let _ = reclaim_abandoned();
 }
 
 static RECLAIMING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
@@ -1832,22 +1840,26 @@ static RECLAIMING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBo
 /// thread claiming a heap meanwhile waits and adopts one (instead of
 /// finding the list empty and creating a heap: a leak under thread churn).
 /// Lock order REGISTRY_LOCK → PAGES, as in `create`. A nested call (a
-/// flush that feeds another abandoned heap) returns at once.
-fn reclaim_abandoned() {
+/// flush that feeds another abandoned heap) returns at once. True when it
+/// flushed a heap.
+fn reclaim_abandoned() -> bool {
     if RECLAIMING.swap(true, Acquire) {
-        return;
+        return false;
     }
     REGISTRY_LOCK.lock();
     // SAFETY: REGISTRY_LOCK held: the abandoned heaps are nobody's.
-    unsafe {
+    let any = unsafe {
         let mut h = (*REGISTRY.0.get()).abandoned;
+        let any = !h.is_null();
         while !h.is_null() {
             flush_all(h, true);
             h = (*h).next_abandoned;
         }
-    }
+        any
+    };
     REGISTRY_LOCK.unlock();
     RECLAIMING.store(false, Release);
+    any
 }
 
 /// Counts a large block of `bytes` allocated (or `freed`) by the calling

@@ -13,6 +13,9 @@
 //! * `oom_before_first_use`: no reservation ever succeeds: no heap can be
 //!   created; every entry point returns null, on any thread; after
 //!   `fail_reservations(-1)` hz works.
+//! * `oom_reclaims_exited_threads_segments`: the pages a request needs are
+//!   in the segment an exited thread's heap keeps for the next thread:
+//!   the out-of-memory path reclaims it before failing.
 //! * `aligned_runs_reused`: blocks aligned to an arena's size, freed and
 //!   requested again 200 times, reserve no more address space.
 //! * `huge_requests`: 1 TiB (under the rlimit), `usize::MAX / 2`,
@@ -437,4 +440,50 @@ fn aligned_runs_reused() {
     assert!(!p.is_null(), "hz no longer serves after aligned requests");
     // SAFETY: live block.
     unsafe { hz_core::free(p) };
+}
+
+/// Out of memory right after a thread exits: the exited thread's heap
+/// still holds the segment its last block came from (E101: kept for the
+/// next thread), and that segment's pages are what the request needs. The
+/// out-of-memory path reclaims exited threads' heaps before it gives up.
+#[test]
+fn oom_reclaims_exited_threads_segments() {
+    if !in_child(
+        "oom_reclaims_exited_threads_segments",
+        &[("HZ_ARENA_MB", "64")],
+    ) {
+        return;
+    }
+    // SAFETY: a live block.
+    unsafe { hz_core::free(hz_core::malloc(16)) };
+    hz_core::fail_reservations(0);
+    // A thread's 6 MiB block comes from a 32 MiB big segment of its heap.
+    std::thread::spawn(|| {
+        let p = hz_core::malloc(6 * MIB);
+        assert!(!p.is_null());
+        // SAFETY: p is a live block of 6 MiB.
+        unsafe {
+            p.write_bytes(1, 6 * MIB);
+            hz_core::free(p);
+        }
+    })
+    .join()
+    .unwrap();
+    // The rest of the 64 MiB arena's never-used pages: 28 MiB.
+    let filler = hz_core::malloc(28 * MIB);
+    assert!(
+        !filler.is_null(),
+        "the arena is smaller than this test thinks"
+    );
+    // 30 MiB more fits only in that segment's pages.
+    let p = hz_core::malloc(30 * MIB);
+    assert!(
+        !p.is_null(),
+        "out of memory while an exited thread's empty segment held the pages"
+    );
+    // SAFETY: live blocks.
+    unsafe {
+        hz_core::free(p);
+        hz_core::free(filler);
+    }
 }
