@@ -559,12 +559,11 @@ fn alloc_large_in(size: usize, align: usize, zero: bool, grown: bool) -> *mut u8
         let h = heap::heap_of_slot(tls::get());
         // SAFETY: h, when not null, is the calling thread's heap, between
         // operations.
-        if !h.is_null() && unsafe { crate::segment::release_for_retry(h) } {
-            run = arena::alloc_run(pages, align_pages, zone_for(pages, grown));
-        }
-        if run.is_none() && heap::reclaim_now() {
-            run = arena::alloc_run(pages, align_pages, zone_for(pages, grown));
-        }
+        run = unsafe {
+            heap::retry_after_reclaim(h, || {
+                arena::alloc_run(pages, align_pages, zone_for(pages, grown))
+            })
+        };
         // Then the room left in the thread's big segments, whatever the
         // length (their units are 512 KiB: a block below 2 MiB is rounded
         // up), rather than failing.

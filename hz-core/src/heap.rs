@@ -541,7 +541,13 @@ unsafe fn release_span(h: *mut Heap, c: usize, m: *mut PageMeta) {
 
 /// Carves a fresh span for class c. False when out of memory.
 unsafe fn new_span(h: *mut Heap, c: usize) -> bool {
-    let Some(run) = arena::alloc_run(SPAN_PAGES[c] as usize, 1, arena::Zone::Normal) else {
+    let take = || arena::alloc_run(SPAN_PAGES[c] as usize, 1, arena::Zone::Normal);
+    #[cfg(not(feature = "secure"))]
+    // SAFETY: h is held by the calling thread, between operations on it.
+    let run = take().or_else(|| unsafe { retry_after_reclaim(h, take) });
+    #[cfg(feature = "secure")]
+    let run = take();
+    let Some(run) = run else {
         return false;
     };
     crate::stats::note_pages();
@@ -1813,12 +1819,28 @@ fn reclaim_at(now: u64) {
     let _ = reclaim_abandoned();
 }
 
-/// Flushes every abandoned heap now, whenever the last reclaim was: under
-/// memory pressure, their segments' pages may be what a request needs.
-/// False when there was none to flush (or a reclaim is running).
+/// Out of memory (`take` found no run): gives back what heaps keep for
+/// later — `h`'s empty segments, then the segments that exited threads'
+/// heaps keep for the next thread (E101) — and calls `take` again after
+/// each that freed something.
+///
+/// # Safety
+/// `h` is null or held by the calling thread, between operations on it.
 #[cfg(not(feature = "secure"))]
-pub fn reclaim_now() -> bool {
-    reclaim_abandoned()
+pub unsafe fn retry_after_reclaim<T>(
+    h: *mut Heap,
+    mut take: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    // SAFETY: caller's contract.
+    if !h.is_null() && unsafe { crate::segment::release_for_retry(h) } {
+        if let Some(r) = take() {
+            return Some(r);
+        }
+    }
+    if reclaim_abandoned() {
+        return take();
+    }
+    None
 }
 
 /// Flushes the shared heap and every abandoned heap (their threads are

@@ -16,6 +16,8 @@
 //! * `oom_reclaims_exited_threads_segments`: the pages a request needs are
 //!   in the segment an exited thread's heap keeps for the next thread:
 //!   the out-of-memory path reclaims it before failing.
+//! * `oom_small_reclaims_exited_threads_segments`: the same for a new
+//!   span of a small class.
 //! * `aligned_runs_reused`: blocks aligned to an arena's size, freed and
 //!   requested again 200 times, reserve no more address space.
 //! * `huge_requests`: 1 TiB (under the rlimit), `usize::MAX / 2`,
@@ -442,22 +444,17 @@ fn aligned_runs_reused() {
     unsafe { hz_core::free(p) };
 }
 
-/// Out of memory right after a thread exits: the exited thread's heap
-/// still holds the segment its last block came from (E101: kept for the
-/// next thread), and that segment's pages are what the request needs. The
-/// out-of-memory path reclaims exited threads' heaps before it gives up.
-#[test]
-fn oom_reclaims_exited_threads_segments() {
-    if !in_child(
-        "oom_reclaims_exited_threads_segments",
-        &[("HZ_ARENA_MB", "64")],
-    ) {
-        return;
-    }
+/// In a child with one 64 MiB arena (`HZ_ARENA_MB=64`) and no further
+/// reservations: a thread's 6 MiB block comes from a 32 MiB big segment
+/// of its heap, freed before the thread exits (E101: the exited heap keeps
+/// the segment for the next thread). Then `filler` bytes take the arena's
+/// never-used pages but less than `request` needs, so `request` fits only
+/// in that segment's pages: the out-of-memory path must reclaim the exited
+/// thread's heap before it gives up.
+fn needs_an_exited_threads_segment(filler: usize, request: usize) {
     // SAFETY: a live block.
     unsafe { hz_core::free(hz_core::malloc(16)) };
     hz_core::fail_reservations(0);
-    // A thread's 6 MiB block comes from a 32 MiB big segment of its heap.
     std::thread::spawn(|| {
         let p = hz_core::malloc(6 * MIB);
         assert!(!p.is_null());
@@ -469,14 +466,9 @@ fn oom_reclaims_exited_threads_segments() {
     })
     .join()
     .unwrap();
-    // The rest of the 64 MiB arena's never-used pages: 28 MiB.
-    let filler = hz_core::malloc(28 * MIB);
-    assert!(
-        !filler.is_null(),
-        "the arena is smaller than this test thinks"
-    );
-    // 30 MiB more fits only in that segment's pages.
-    let p = hz_core::malloc(30 * MIB);
+    let f = hz_core::malloc(filler);
+    assert!(!f.is_null(), "the arena is smaller than this test thinks");
+    let p = hz_core::malloc(request);
     assert!(
         !p.is_null(),
         "out of memory while an exited thread's empty segment held the pages"
@@ -484,6 +476,32 @@ fn oom_reclaims_exited_threads_segments() {
     // SAFETY: live blocks.
     unsafe {
         hz_core::free(p);
-        hz_core::free(filler);
+        hz_core::free(f);
+    }
+}
+
+/// A large request (a page run above 8 MiB).
+#[test]
+fn oom_reclaims_exited_threads_segments() {
+    if in_child(
+        "oom_reclaims_exited_threads_segments",
+        &[("HZ_ARENA_MB", "64")],
+    ) {
+        // 28 MiB of the 31.8 MiB left; 30 MiB more.
+        needs_an_exited_threads_segment(28 * MIB, 30 * MIB);
+    }
+}
+
+/// A small block whose class needs a new span.
+#[test]
+fn oom_small_reclaims_exited_threads_segments() {
+    if in_child(
+        "oom_small_reclaims_exited_threads_segments",
+        &[("HZ_ARENA_MB", "64")],
+    ) {
+        // All but one page of the arena: 64 MiB less the segment, two
+        // heaps and a span (a 64 KiB page each) and one page; then a
+        // 64 KiB block, whose class's spans are 8 pages.
+        needs_an_exited_threads_segment(32 * MIB - 4 * 65536, 65536);
     }
 }
