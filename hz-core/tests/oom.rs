@@ -451,6 +451,7 @@ fn aligned_runs_reused() {
 /// never-used pages but less than `request` needs, so `request` fits only
 /// in that segment's pages: the out-of-memory path must reclaim the exited
 /// thread's heap before it gives up.
+#[cfg(not(feature = "secure"))] // (segments: default build only)
 fn needs_an_exited_threads_segment(filler: usize, request: usize) {
     // SAFETY: a live block.
     unsafe { hz_core::free(hz_core::malloc(16)) };
@@ -481,6 +482,7 @@ fn needs_an_exited_threads_segment(filler: usize, request: usize) {
 }
 
 /// A large request (a page run above 8 MiB).
+#[cfg(not(feature = "secure"))] // (segments: default build only)
 #[test]
 fn oom_reclaims_exited_threads_segments() {
     if in_child(
@@ -493,6 +495,7 @@ fn oom_reclaims_exited_threads_segments() {
 }
 
 /// A small block whose class needs a new span.
+#[cfg(not(feature = "secure"))] // (segments: default build only)
 #[test]
 fn oom_small_reclaims_exited_threads_segments() {
     if in_child(
