@@ -160,6 +160,11 @@ pub struct Heap {
     /// line shared between threads on the large paths; read by `stats()`.
     large_blocks: AtomicU64,
     large_bytes: AtomicU64,
+    /// Default build: bytes of free resident pages that this heap's
+    /// segments kept when its thread exited, counted in [`KEPT_AT_EXIT`]
+    /// until a thread adopts the heap or a reclaim purges them (E101).
+    #[cfg(not(feature = "secure"))]
+    kept_at_exit: u64,
     /// `secure` builds with `HZ_SECURE_FILL=1`: what the TLS slot points at
     /// instead of `bins` ([`slot_of`]). Its bins are all empty and full and
     /// never written, so every `malloc` and `free` leaves the fast path for
@@ -177,6 +182,48 @@ pub struct Heap {
 }
 
 pub const HEAP_BYTES: usize = core::mem::size_of::<Heap>();
+
+/// Default build: free resident segment pages that exited threads' heaps
+/// keep for the threads that adopt them (E101), in bytes; at most the
+/// dirty cap (`HZ_PURGE_MAX_DIRTY_MB`): past it, an exiting thread's
+/// segments purge theirs, so that threads that exit and are not replaced
+/// leave at most that much resident while no thread calls the allocator.
+#[cfg(not(feature = "secure"))]
+static KEPT_AT_EXIT: AtomicU64 = AtomicU64::new(0);
+
+/// Exiting thread's heap `h`, flushed: its segments keep their free
+/// resident pages if they fit under the cap of [`KEPT_AT_EXIT`], else
+/// purge them and release their empty segments.
+///
+/// # Safety
+/// `h` is the exiting thread's heap, not yet abandoned.
+#[cfg(not(feature = "secure"))]
+unsafe fn keep_at_exit(h: *mut Heap) {
+    // SAFETY: h is held.
+    unsafe {
+        let bytes = crate::segment::free_pages(h).1 << PAGE_SHIFT;
+        let cap = crate::config::CONFIG.max_dirty_bytes.load(Relaxed);
+        if KEPT_AT_EXIT.fetch_add(bytes, Relaxed) + bytes > cap {
+            KEPT_AT_EXIT.fetch_sub(bytes, Relaxed);
+            crate::segment::gc(h, true);
+        } else {
+            (*h).kept_at_exit = bytes;
+        }
+    }
+}
+
+/// Heap `h`, adopted or reclaimed, no longer keeps pages for an adopter.
+///
+/// # Safety
+/// `h` is held (adopted by the caller, or abandoned with REGISTRY_LOCK held).
+#[cfg(not(feature = "secure"))]
+unsafe fn unkeep(h: *mut Heap) {
+    // SAFETY: h is held.
+    unsafe {
+        KEPT_AT_EXIT.fetch_sub((*h).kept_at_exit, Relaxed);
+        (*h).kept_at_exit = 0;
+    }
+}
 const HEAP_PAGES: usize = HEAP_BYTES.div_ceil(PAGE_SIZE);
 
 /// Heap ids: 1..=MAX_HEAPS (0 means "no owner").
@@ -229,6 +276,8 @@ fn claim() -> *mut Heap {
     if !h.is_null() {
         // SAFETY: h is ours now.
         unsafe {
+            #[cfg(not(feature = "secure"))]
+            unkeep(h);
             (*h).generation = (*h).generation.wrapping_add(1);
             (*h).state.store(HEAP_ACTIVE, Release);
         }
@@ -413,8 +462,12 @@ extern "C" fn thread_exit(v: *mut libc::c_void) {
     tls::set(tls::dead());
     // SAFETY: h was this thread's heap; no one else uses it. Its segments
     // keep their recently freed pages for the thread that adopts the heap
-    // next; a reclaim purges them if none does (E101).
-    unsafe { flush_all(h, false) };
+    // next, within a cap; a reclaim purges them if none does (E101).
+    unsafe {
+        flush_all(h, false);
+        #[cfg(not(feature = "secure"))]
+        keep_at_exit(h);
+    }
     abandon(h);
 }
 
@@ -1875,6 +1928,8 @@ fn reclaim_abandoned() -> bool {
         let any = !h.is_null();
         while !h.is_null() {
             flush_all(h, true);
+            #[cfg(not(feature = "secure"))]
+            unkeep(h);
             h = (*h).next_abandoned;
         }
         any

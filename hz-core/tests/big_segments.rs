@@ -283,3 +283,47 @@ fn the_next_thread_reuses_an_exited_threads_segments_without_faults() {
         );
     }
 }
+
+#[test]
+fn what_exited_threads_keep_is_capped() {
+    if !child::in_child(
+        MARKER,
+        "what_exited_threads_keep_is_capped",
+        &[("HZ_PURGE_MAX_DIRTY_MB", "8")],
+        &[],
+    ) {
+        return;
+    }
+    // An exiting thread keeps its segments' free pages for the next
+    // thread only within the dirty cap, over all exited threads (E101):
+    // threads that exit and are not replaced leave at most that much
+    // resident while no thread calls the allocator. Here 24 MiB against
+    // a cap of 8: purged at the exit, with no call after it.
+    let spawn = |k: usize| {
+        std::thread::spawn(move || {
+            let n = 6 * MIB;
+            let bs: Vec<*mut u8> = (0..k).map(|_| hz_core::malloc(n)).collect();
+            for &b in &bs {
+                write_all(b, n, 5);
+            }
+            let first = bs[0] as usize;
+            bs.into_iter().for_each(free);
+            first
+        })
+        .join()
+        .unwrap()
+    };
+    let p = spawn(4);
+    assert_eq!(
+        resident_pages(p as *mut u8, 6 * MIB),
+        0,
+        "an exited thread kept 24 MiB over a cap of 8"
+    );
+    // One block of 6 MiB fits under the cap: kept.
+    let q = spawn(1);
+    assert_eq!(
+        resident_pages(q as *mut u8, 6 * MIB),
+        6 * MIB / 4096,
+        "an exited thread's 6 MiB under a cap of 8 was not kept"
+    );
+}
