@@ -182,48 +182,6 @@ pub struct Heap {
 }
 
 pub const HEAP_BYTES: usize = core::mem::size_of::<Heap>();
-
-/// Default build: free resident segment pages that exited threads' heaps
-/// keep for the threads that adopt them (E101), in bytes; at most the
-/// dirty cap (`HZ_PURGE_MAX_DIRTY_MB`): past it, an exiting thread's
-/// segments purge theirs, so that threads that exit and are not replaced
-/// leave at most that much resident while no thread calls the allocator.
-#[cfg(not(feature = "secure"))]
-static KEPT_AT_EXIT: AtomicU64 = AtomicU64::new(0);
-
-/// Exiting thread's heap `h`, flushed: its segments keep their free
-/// resident pages if they fit under the cap of [`KEPT_AT_EXIT`], else
-/// purge them and release their empty segments.
-///
-/// # Safety
-/// `h` is the exiting thread's heap, not yet abandoned.
-#[cfg(not(feature = "secure"))]
-unsafe fn keep_at_exit(h: *mut Heap) {
-    // SAFETY: h is held.
-    unsafe {
-        let bytes = crate::segment::free_pages(h).1 << PAGE_SHIFT;
-        let cap = crate::config::CONFIG.max_dirty_bytes.load(Relaxed);
-        if KEPT_AT_EXIT.fetch_add(bytes, Relaxed) + bytes > cap {
-            KEPT_AT_EXIT.fetch_sub(bytes, Relaxed);
-            crate::segment::gc(h, true);
-        } else {
-            (*h).kept_at_exit = bytes;
-        }
-    }
-}
-
-/// Heap `h`, adopted or reclaimed, no longer keeps pages for an adopter.
-///
-/// # Safety
-/// `h` is held (adopted by the caller, or abandoned with REGISTRY_LOCK held).
-#[cfg(not(feature = "secure"))]
-unsafe fn unkeep(h: *mut Heap) {
-    // SAFETY: h is held.
-    unsafe {
-        KEPT_AT_EXIT.fetch_sub((*h).kept_at_exit, Relaxed);
-        (*h).kept_at_exit = 0;
-    }
-}
 const HEAP_PAGES: usize = HEAP_BYTES.div_ceil(PAGE_SIZE);
 
 /// Heap ids: 1..=MAX_HEAPS (0 means "no owner").
@@ -449,6 +407,48 @@ pub fn current_or_claim() -> *mut Heap {
         unsafe { libc::pthread_setspecific(k as libc::pthread_key_t, h as *const libc::c_void) };
     }
     h
+}
+
+/// Default build: free resident segment pages that exited threads' heaps
+/// keep for the threads that adopt them (E101), in bytes; at most the
+/// dirty cap (`HZ_PURGE_MAX_DIRTY_MB`): past it, an exiting thread's
+/// segments purge theirs, so that threads that exit and are not replaced
+/// leave at most that much resident while no thread calls the allocator.
+#[cfg(not(feature = "secure"))]
+static KEPT_AT_EXIT: AtomicU64 = AtomicU64::new(0);
+
+/// Exiting thread's heap `h`, flushed: its segments keep their free
+/// resident pages if they fit under the cap of [`KEPT_AT_EXIT`], else
+/// purge them and release their empty segments.
+///
+/// # Safety
+/// `h` is the exiting thread's heap, not yet abandoned.
+#[cfg(not(feature = "secure"))]
+unsafe fn keep_at_exit(h: *mut Heap) {
+    // SAFETY: h is held.
+    unsafe {
+        let bytes = crate::segment::free_pages(h).1 << PAGE_SHIFT;
+        let cap = crate::config::CONFIG.max_dirty_bytes.load(Relaxed);
+        if KEPT_AT_EXIT.fetch_add(bytes, Relaxed) + bytes > cap {
+            KEPT_AT_EXIT.fetch_sub(bytes, Relaxed);
+            crate::segment::gc(h, true);
+        } else {
+            (*h).kept_at_exit = bytes;
+        }
+    }
+}
+
+/// Heap `h`, adopted or reclaimed, no longer keeps pages for an adopter.
+///
+/// # Safety
+/// `h` is held (adopted by the caller, or abandoned with REGISTRY_LOCK held).
+#[cfg(not(feature = "secure"))]
+unsafe fn unkeep(h: *mut Heap) {
+    // SAFETY: h is held.
+    unsafe {
+        KEPT_AT_EXIT.fetch_sub((*h).kept_at_exit, Relaxed);
+        (*h).kept_at_exit = 0;
+    }
 }
 
 /// pthread key destructor: the thread is exiting.
