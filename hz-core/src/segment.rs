@@ -24,8 +24,8 @@
 //! * `free`, `dirty` and `idle` belong to the owning heap (whose thread
 //!   alone carves and frees locally). Another thread frees a block by
 //!   setting its pages in `remote` with one `fetch_or`; the owner folds
-//!   `remote` into `free` with one swap when no segment has room, at its
-//!   GC and at `flush_all`.
+//!   `remote` into `free` with one swap when no segment has a place whose
+//!   pages are all resident (E103), at its GC and at `flush_all`.
 //! * `dirty` holds every page that may be resident (taken with the run,
 //!   or part of a block since); a purge clears the bits it returns. `idle`
 //!   is the free dirty pages at the last GC not carved since: the next GC
@@ -170,13 +170,20 @@ pub unsafe fn take(
                     }
                 }
             }
+            // No place all resident, or none at all: fold the blocks other
+            // threads freed (their pages are likely resident) and look
+            // again, before carving units that fault or opening a segment
+            // (E103: before, remote frees were folded only when no segment
+            // had room, so an owner touched fresh pages while the ones its
+            // consumers had freed sat resident).
+            if !folded && fold(h) {
+                folded = true;
+                continue;
+            }
             if let Some((s, i, _)) = best {
                 return Some(carve(s, i, pages));
             }
-            if folded || !fold(h) {
-                break;
-            }
-            folded = true;
+            break;
         }
         for k in lo..hi {
             let s = ss.add(k);

@@ -369,3 +369,36 @@ fn realloc_on_another_thread_moves_a_block() {
     assert_ne!(q, p, "another thread grew the block in its owner's segment");
     free(q as *mut u8);
 }
+
+#[test]
+fn a_block_another_thread_freed_serves_before_fresh_pages() {
+    if !child::in_child(
+        MARKER,
+        "a_block_another_thread_freed_serves_before_fresh_pages",
+        &[],
+        &[],
+    ) {
+        return;
+    }
+    // A producer's block, written and handed to a consumer that frees it:
+    // the producer's next block of that length is the same place, whose
+    // pages are resident, even though its segment still has never-used
+    // room (E103: before, the remote free waited until no segment had
+    // room, and the next block faulted fresh pages in).
+    let n = 5 * PAGE;
+    let keep = hz_core::malloc(3 * PAGE);
+    let p = hz_core::malloc(n);
+    write_all(p, n, 6);
+    let addr = p as usize;
+    std::thread::spawn(move || free(addr as *mut u8))
+        .join()
+        .unwrap();
+    let q = hz_core::malloc(n);
+    assert_eq!(
+        q, p,
+        "the producer's next block took fresh pages, not the freed block's"
+    );
+    assert_eq!(resident_pages(q, n), n / 4096);
+    free(q);
+    free(keep);
+}
