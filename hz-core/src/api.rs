@@ -1009,6 +1009,10 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
 /// Returns free memory to the OS now: flushes this thread's caches, those
 /// of heaps whose threads have exited, and purges every free page.
 pub fn collect() {
+    // Kept big blocks back to their segments first (E104), so that the
+    // flushes below purge them with their segments' free units.
+    #[cfg(not(feature = "secure"))]
+    crate::segment::kept_flush(false);
     let h = heap::heap_of_slot(tls::get());
     if !h.is_null() {
         // SAFETY: h is this thread's heap.

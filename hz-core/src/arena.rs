@@ -1089,11 +1089,7 @@ pub fn kept_flush() {
 /// none was taken during the last period.
 #[cfg(not(feature = "secure"))]
 pub fn kept_gc(now: u64, period: u64) {
-    let at = KEPT_GC_AT.load(Relaxed);
-    if now >= at
-        && KEPT_GC_AT
-            .compare_exchange(at, now + period, Relaxed, Relaxed)
-            .is_ok()
+    if os::due(&KEPT_GC_AT, now, period)
         && !KEPT_USED.swap(false, Relaxed)
         && KEPT_PAGES.load(Relaxed) != 0
     {

@@ -1061,19 +1061,16 @@ pub unsafe fn tick(h: *mut Heap) {
     reclaim_at(now);
     arena::purge_if_due(now);
     #[cfg(not(feature = "secure"))]
-    arena::kept_gc(now, GC_INTERVAL_MS);
+    {
+        arena::kept_gc(now, GC_INTERVAL_MS);
+        crate::segment::kept_gc(now, GC_INTERVAL_MS);
+    }
     // SAFETY: h is held (caller's contract).
     unsafe {
         if !h.is_null() && now >= (*h).gc_at {
             gc(h, now);
         }
-        let at = POOL_GC_AT.load(Relaxed);
-        if !h.is_null()
-            && now >= at
-            && POOL_GC_AT
-                .compare_exchange(at, now + GC_INTERVAL_MS, Relaxed, Relaxed)
-                .is_ok()
-        {
+        if !h.is_null() && os::due(&POOL_GC_AT, now, GC_INTERVAL_MS) {
             pool_gc(h, false);
         }
     }
@@ -1884,6 +1881,10 @@ pub unsafe fn retry_after_reclaim<T>(
     h: *mut Heap,
     mut take: impl FnMut() -> Option<T>,
 ) -> Option<T> {
+    // Big blocks kept for any thread (E104) go back to their segments
+    // first, so that empty ones can be released.
+    #[cfg(not(feature = "secure"))]
+    crate::segment::kept_flush(false);
     // SAFETY: caller's contract.
     if !h.is_null() && unsafe { crate::segment::release_for_retry(h) } {
         if let Some(r) = take() {

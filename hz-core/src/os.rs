@@ -9,7 +9,7 @@
 //! costs one relaxed load per reservation, which is rare.
 
 use core::ptr::null_mut;
-use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 pub static FAIL_MAPS: core::sync::atomic::AtomicIsize = core::sync::atomic::AtomicIsize::new(-1);
 
@@ -197,6 +197,17 @@ pub fn now_ms() -> u64 {
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// A periodic task shared by all threads, due when `now` reaches `at` (a
+/// time in [`now_ms`]): true for the one caller that moves `at` to `now +
+/// period`, false for every other.
+pub fn due(at: &AtomicU64, now: u64, period: u64) -> bool {
+    let t = at.load(Relaxed);
+    now >= t
+        && at
+            .compare_exchange(t, now + period, Relaxed, Relaxed)
+            .is_ok()
 }
 
 /// Writes all of `b` to file descriptor `fd`, ignoring errors.

@@ -26,6 +26,12 @@
 //!   setting its pages in `remote` with one `fetch_or`; the owner folds
 //!   `remote` into `free` with one swap when no segment has a place whose
 //!   pages are all resident (E103), at its GC and at `flush_all`.
+//! * A big block that another thread frees is kept whole, while there is
+//!   room, in [`KEPT`] (shared; E104): any thread's next big block of its
+//!   length takes it before carving units that fault. Its units stay in
+//!   use in the owner's segment; its head meta keeps `seg`. Kept blocks go
+//!   back to their segments (as frees) when no thread took one of their
+//!   length for a GC period, at `collect()` and out of memory.
 //! * `dirty` holds every page that may be resident (taken with the run,
 //!   or part of a block since); a purge clears the bits it returns. `idle`
 //!   is the free dirty pages at the last GC not carved since: the next GC
@@ -42,7 +48,7 @@
 use crate::arena::{self, PageMeta, KIND_FREE};
 use crate::heap::{self, Heap, HEAP_ABANDONED};
 use crate::stats::STATS;
-use crate::sync::{AtomicU64, Ordering::*};
+use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 use crate::{os, tls, PAGE_SHIFT};
 use core::ptr::null_mut;
 use crossbeam_utils::CachePadded;
@@ -179,6 +185,21 @@ pub unsafe fn take(
             if !folded && fold(h) {
                 folded = true;
                 continue;
+            }
+            // A big block another thread freed, resident, before units
+            // that fault (E104).
+            if big {
+                let m = kept_take(pages);
+                if !m.is_null() {
+                    // One unit longer: the unit goes back to its segment.
+                    let s = (*m).seg;
+                    let (i, q) = units(s, m);
+                    if q > pages {
+                        (*m).pages = (pages << (*s).unit) as u32;
+                        give_back(s, mask(i + pages, q - pages));
+                    }
+                    return Some((m, s, false));
+                }
             }
             if let Some((s, i, _)) = best {
                 return Some(carve(s, i, pages));
@@ -338,10 +359,14 @@ pub unsafe fn free(m: *mut PageMeta) {
     unsafe {
         let s = (*m).seg;
         let (i, n) = units(s, m);
-        let bits = mask(i, n);
         // Tags first: a second free of the block is then ignored.
         arena::set_tags(m, 0, KIND_FREE, 0);
-        give_back(s, bits);
+        // Another heap's big block is kept for any thread's next block of
+        // its length, while there is room (E104).
+        if (*s).unit != 0 && heap::heap_of_slot(tls::get()) != (*s).heap && keep(m, n) {
+            return;
+        }
+        give_back(s, mask(i, n));
     }
 }
 
@@ -591,6 +616,150 @@ pub unsafe fn free_pages(h: *mut Heap) -> (u64, u64) {
         }
     }
     (f, fd)
+}
+
+// ---------------------------------------------------------------------------
+// Kept big blocks (E104)
+
+/// The fewest units of a big segment's block (a block of more than
+/// [`RUN_MAX`] pages).
+const KEPT_MIN_UNITS: usize = (RUN_MAX >> BIG_UNIT) + 1;
+/// The most units of a big segment's block.
+const KEPT_MAX_UNITS: usize = BIG_RUN_MAX >> BIG_UNIT;
+/// Slots per block length.
+const KEPT_WAYS: usize = 4;
+
+/// At most this many units kept: twice the dirty cap
+/// (`HZ_PURGE_MAX_DIRTY_MB`), 64 MiB by default.
+fn kept_cap_units() -> usize {
+    let bytes = crate::config::CONFIG.max_dirty_bytes.load(Relaxed) as usize;
+    bytes.saturating_mul(2) >> (PAGE_SHIFT + BIG_UNIT as usize)
+}
+
+/// A slot for one kept block (its head meta), on a line of its own.
+#[repr(align(64))]
+struct KeptSlot(AtomicPtr<PageMeta>);
+#[allow(clippy::declare_interior_mutable_const)]
+const NO_BLOCK: KeptSlot = KeptSlot(AtomicPtr::new(null_mut()));
+#[allow(clippy::declare_interior_mutable_const)]
+const NO_BLOCKS: [KeptSlot; KEPT_WAYS] = [NO_BLOCK; KEPT_WAYS];
+
+/// Big blocks that a thread other than their segment's owner freed, kept
+/// whole (their units still in use in the owner's segment, tags cleared)
+/// for the next big block of about their length from any thread: the
+/// owner's thread could reuse them only after folding them in, and no
+/// other thread at all, so a program that passes blocks of 2–8 MiB
+/// between threads kept them resident in one heap while the others
+/// faulted fresh units in (M40). Shared and lock-free, as the page
+/// allocator's kept runs are (E61, E62): a block is put and taken with one
+/// atomic operation on its length's slots.
+static KEPT: [[KeptSlot; KEPT_WAYS]; KEPT_MAX_UNITS + 1 - KEPT_MIN_UNITS] =
+    [NO_BLOCKS; KEPT_MAX_UNITS + 1 - KEPT_MIN_UNITS];
+/// Units of the blocks in [`KEPT`].
+static KEPT_UNITS: AtomicUsize = AtomicUsize::new(0);
+/// Bit `n - KEPT_MIN_UNITS`: a block of `n` units was taken since the
+/// last [`kept_gc`].
+static KEPT_USED: AtomicU32 = AtomicU32::new(0);
+/// When the next [`kept_gc`] is due (coarse ms).
+static KEPT_GC_AT: AtomicU64 = AtomicU64::new(0);
+
+/// Keeps big block `m` of `n` units (given up, tags cleared) in [`KEPT`];
+/// false when its length's slots are taken, the kept units would pass
+/// [`kept_cap_units`], or it is shorter than 2 MiB.
+///
+/// # Safety
+/// `m` heads a block of a big segment that the caller gives up.
+unsafe fn keep(m: *mut PageMeta, n: usize) -> bool {
+    // (Out of memory, a block below 2 MiB may come from a big segment.)
+    if n < KEPT_MIN_UNITS {
+        return false;
+    }
+    let slots = &KEPT[n - KEPT_MIN_UNITS];
+    let Some(slot) = slots.iter().find(|k| k.0.load(Relaxed).is_null()) else {
+        return false;
+    };
+    if KEPT_UNITS.fetch_add(n, Relaxed) + n > kept_cap_units() {
+        KEPT_UNITS.fetch_sub(n, Relaxed);
+        return false;
+    }
+    if slot
+        .0
+        .compare_exchange(null_mut(), m, Release, Relaxed)
+        .is_ok()
+    {
+        return true;
+    }
+    KEPT_UNITS.fetch_sub(n, Relaxed);
+    false
+}
+
+/// A kept big block for a block of `n` units: of `n` units, or `n + 1`
+/// when `n` is at least 8 (its `pages` says which), the caller's now (in
+/// use, tags cleared, `seg` naming its segment, its pages written by an
+/// earlier block); null when none is kept.
+fn kept_take(n: usize) -> *mut PageMeta {
+    if n < KEPT_MIN_UNITS || KEPT_UNITS.load(Relaxed) == 0 {
+        return null_mut();
+    }
+    for q in n..=(n + n / 8).min(KEPT_MAX_UNITS) {
+        for k in KEPT[q - KEPT_MIN_UNITS].iter() {
+            if k.0.load(Relaxed).is_null() {
+                continue;
+            }
+            let m = k.0.swap(null_mut(), Acquire);
+            if !m.is_null() {
+                KEPT_UNITS.fetch_sub(q, Relaxed);
+                let bit = 1 << (q - KEPT_MIN_UNITS);
+                if KEPT_USED.load(Relaxed) & bit == 0 {
+                    KEPT_USED.fetch_or(bit, Relaxed);
+                }
+                return m;
+            }
+        }
+    }
+    null_mut()
+}
+
+/// Gives the kept blocks back to their segments: all of them, or when
+/// `idle` those of the lengths no thread took since the last call with
+/// `idle`.
+pub fn kept_flush(idle: bool) {
+    let used = if idle { KEPT_USED.swap(0, Relaxed) } else { 0 };
+    for (j, slots) in KEPT.iter().enumerate() {
+        if used & (1 << j) != 0 {
+            continue;
+        }
+        for k in slots.iter() {
+            if k.0.load(Relaxed).is_null() {
+                continue;
+            }
+            let m = k.0.swap(null_mut(), Acquire);
+            if m.is_null() {
+                continue;
+            }
+            // SAFETY: a kept block, ours now: its meta names its segment,
+            // which it holds open; its tags are cleared.
+            unsafe {
+                let s = (*m).seg;
+                let (i, n) = units(s, m);
+                KEPT_UNITS.fetch_sub(n, Relaxed);
+                give_back(s, mask(i, n));
+            }
+        }
+    }
+}
+
+/// Every `period` ms (from any thread's tick): the kept blocks of the
+/// lengths no thread took during the last period go back to their
+/// segments, whose owners' GC purges them a period or two later.
+pub fn kept_gc(now: u64, period: u64) {
+    if os::due(&KEPT_GC_AT, now, period) {
+        if KEPT_UNITS.load(Relaxed) != 0 {
+            kept_flush(true);
+        } else {
+            KEPT_USED.store(0, Relaxed);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -327,3 +327,138 @@ fn what_exited_threads_keep_is_capped() {
         "an exited thread's 6 MiB under a cap of 8 was not kept"
     );
 }
+
+/// Three blocks of `n` bytes from the calling thread, written, freed by
+/// another thread (kept for any thread, E104); with a block that stays so
+/// that the segment does.
+fn freed_by_another_thread(n: usize, k: usize) -> (Vec<usize>, *mut u8) {
+    let stay = hz_core::malloc(2 * MIB);
+    let bs: Vec<usize> = (0..k).map(|_| hz_core::malloc(n) as usize).collect();
+    for &b in &bs {
+        write_all(b as *mut u8, n, 0x77);
+    }
+    let freed = bs.clone();
+    std::thread::spawn(move || freed.into_iter().for_each(|b| free(b as *mut u8)))
+        .join()
+        .unwrap();
+    (bs, stay)
+}
+
+#[test]
+fn a_big_block_another_thread_freed_serves_a_third_threads_block() {
+    if !child::in_child(
+        MARKER,
+        "a_big_block_another_thread_freed_serves_a_third_threads_block",
+        &[],
+        &[],
+    ) {
+        return;
+    }
+    // Before E104 the block went back to its owner's segment only, and a
+    // third thread faulted fresh units of its own in.
+    let n = 3 * MIB;
+    let (bs, stay) = freed_by_another_thread(n, 1);
+    let p = bs[0];
+    let foreign = hz_core::stats().foreign_frees;
+    std::thread::spawn(move || free(p as *mut u8))
+        .join()
+        .unwrap();
+    assert_eq!(
+        hz_core::stats().foreign_frees,
+        foreign + 1,
+        "a second free of a kept big block is not ignored and counted"
+    );
+    let (q, resident, zero) = std::thread::spawn(move || {
+        let q = hz_core::calloc(n);
+        let resident = resident_pages(q, n);
+        let zero = all_are(q, n, 0);
+        free(q);
+        (q as usize, resident, zero)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(q, p, "a third thread did not get the freed big block");
+    assert_eq!(
+        resident,
+        n / 4096,
+        "the kept block's pages were not resident"
+    );
+    assert!(zero, "calloc of a kept block is not zeroed");
+    // Freed again by the third thread, it serves its owner too.
+    assert_eq!(
+        hz_core::malloc(n) as usize,
+        p,
+        "the owner did not get its block back"
+    );
+    free(p as *mut u8);
+    free(stay);
+}
+
+#[test]
+fn kept_big_blocks_are_capped_and_go_back_to_their_segments() {
+    if !child::in_child(
+        MARKER,
+        "kept_big_blocks_are_capped_and_go_back_to_their_segments",
+        &[("HZ_PURGE_MAX_DIRTY_MB", "4")],
+        &[],
+    ) {
+        return;
+    }
+    // Kept blocks are at most twice the dirty cap: here 8 MiB, two blocks
+    // of 3 MiB (six units of 512 KiB each); the third went to its segment.
+    let n = 3 * MIB;
+    let (bs, stay) = freed_by_another_thread(n, 3);
+    let got = std::thread::spawn(move || {
+        let got: Vec<usize> = (0..3).map(|_| hz_core::malloc(n) as usize).collect();
+        got.iter().for_each(|&b| free(b as *mut u8));
+        got
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        got[..2],
+        bs[..2],
+        "a third thread did not get the two kept blocks"
+    );
+    assert_ne!(got[2], bs[2], "more than the cap was kept");
+    // What the third thread freed is kept again; collect() gives it back to
+    // the segments and purges it.
+    hz_core::collect();
+    for &b in &bs {
+        assert_eq!(
+            resident_pages(b as *mut u8, n),
+            0,
+            "a kept block stayed resident after collect()"
+        );
+    }
+    let again: Vec<usize> = (0..3).map(|_| hz_core::malloc(n) as usize).collect();
+    assert_eq!(
+        again, bs,
+        "blocks kept at collect() did not go back to their segment"
+    );
+    again.into_iter().for_each(|b| free(b as *mut u8));
+    free(stay);
+}
+
+#[test]
+fn kept_big_blocks_no_thread_takes_are_purged_by_small_work() {
+    if !child::in_child(
+        MARKER,
+        "kept_big_blocks_no_thread_takes_are_purged_by_small_work",
+        &[],
+        &[],
+    ) {
+        return;
+    }
+    // A kept block of a length no thread asks for goes back to its segment
+    // after a GC period, and its owner's GC purges it.
+    let n = 5 * MIB;
+    let (bs, stay) = freed_by_another_thread(n, 1);
+    assert_eq!(
+        resident_pages(bs[0] as *mut u8, n),
+        n / 4096,
+        "a kept block was purged at once"
+    );
+    child::wait_until_purged_by_small_work(bs[0] as *mut u8, n, "a kept big block");
+    free(stay);
+}

@@ -508,3 +508,43 @@ fn oom_small_reclaims_exited_threads_segments() {
         needs_an_exited_threads_segment(32 * MIB - 4 * 65536, 65536);
     }
 }
+
+/// Out of memory, big blocks kept for any thread (E104) go back to their
+/// segments, so that the calling thread's emptied segment is released and
+/// its pages serve the request.
+#[cfg(not(feature = "secure"))] // (segments: default build only)
+#[test]
+fn oom_returns_kept_big_blocks() {
+    if in_child("oom_returns_kept_big_blocks", &[("HZ_ARENA_MB", "64")]) {
+        // SAFETY: a live block.
+        unsafe { hz_core::free(hz_core::malloc(16)) };
+        hz_core::fail_reservations(0);
+        // This thread's big segment (32 MiB) holds one block, which another
+        // thread frees: kept, the segment not empty. (The filler first: its
+        // tick runs the kept blocks' GC, the next one is a period away.)
+        let p = hz_core::malloc(6 * MIB) as usize;
+        assert_ne!(p, 0);
+        // 28 MiB of the 31.8 MiB left; 30 MiB more fit only in the segment.
+        let f = hz_core::malloc(28 * MIB);
+        assert!(!f.is_null(), "the arena is smaller than this test thinks");
+        std::thread::spawn(move || {
+            // SAFETY: p is a live block of 6 MiB.
+            unsafe {
+                (p as *mut u8).write_bytes(1, 6 * MIB);
+                hz_core::free(p as *mut u8);
+            }
+        })
+        .join()
+        .unwrap();
+        let q = hz_core::malloc(30 * MIB);
+        assert!(
+            !q.is_null(),
+            "out of memory while a kept big block held its segment"
+        );
+        // SAFETY: live blocks.
+        unsafe {
+            hz_core::free(q);
+            hz_core::free(f);
+        }
+    }
+}
