@@ -78,14 +78,18 @@ fn pick_align_log(rng: &mut Rng) -> u32 {
     }
 }
 
-/// Upper end of large requests.
+/// Upper end of large requests (blocks of 2 MiB and more come from the
+/// threads' big segments: [`BIG_MAX_LARGE`] for the test that covers them).
 const MAX_LARGE: usize = 2 << 20;
+/// Upper end of large requests in `differential_threads_big_blocks`: the
+/// longest block of a big segment (8 MiB).
+const BIG_MAX_LARGE: usize = 8 << 20;
 /// Live blocks a thread keeps before it prefers freeing.
 const LIVE_CAP: usize = 600;
 
 /// One random operation on `m`. Returns a block to send elsewhere, if the
 /// dice say so and `can_send`.
-fn step(m: &mut Model, rng: &mut Rng, can_send: bool) -> Option<Block> {
+fn step(m: &mut Model, rng: &mut Rng, can_send: bool, max_large: usize) -> Option<Block> {
     let n = m.live.len();
     let alloc_pct = if n < 16 {
         90
@@ -104,7 +108,7 @@ fn step(m: &mut Model, rng: &mut Rng, can_send: bool) -> Option<Block> {
             8 => AllocApi::Global,
             _ => AllocApi::GlobalZeroed,
         };
-        let size = pick_size(rng, MAX_LARGE);
+        let size = pick_size(rng, max_large);
         let al = pick_align_log(rng);
         let seed = rng.next();
         m.alloc(api, size, al, seed);
@@ -126,8 +130,8 @@ fn step(m: &mut Model, rng: &mut Rng, can_send: bool) -> Option<Block> {
         let size = match rng.below(4) {
             0 => old + rng.below(64) as usize,
             1 => old / 2,
-            2 => old.saturating_mul(2).min(MAX_LARGE),
-            _ => pick_size(rng, MAX_LARGE),
+            2 => old.saturating_mul(2).min(max_large),
+            _ => pick_size(rng, max_large),
         };
         let al = pick_align_log(rng);
         m.realloc(i, api, size, al);
@@ -144,7 +148,7 @@ fn single_thread(seed: u64, ops: u64) {
     let mut m = Model::new(ext.clone(), format!("single-thread seed {seed:#x}"));
     let mut rng = Rng(seed);
     for k in 0..ops {
-        step(&mut m, &mut rng, false);
+        step(&mut m, &mut rng, false, MAX_LARGE);
         if k % 200_000 == 199_999 {
             // A full drain now and then: collect must not disturb live blocks.
             hz_core::collect();
@@ -161,7 +165,7 @@ fn single_thread(seed: u64, ops: u64) {
 /// thread per round. Each thread sends blocks to random others; at the end
 /// of a round each thread frees some of its blocks and hands the rest to
 /// the next round's threads (its own heap is abandoned when it exits).
-fn threaded(seed: u64, threads: usize, rounds: usize, ops: u64) {
+fn threaded(seed: u64, threads: usize, rounds: usize, ops: u64, max_large: usize) {
     let ext = shadow::new_extents();
     let mut carry: Vec<Block> = Vec::new();
     let mut top = Rng(seed);
@@ -187,7 +191,7 @@ fn threaded(seed: u64, threads: usize, rounds: usize, ops: u64) {
                     while let Ok(b) = rx.try_recv() {
                         m.give(b);
                     }
-                    if let Some(b) = step(&mut m, &mut rng, true) {
+                    if let Some(b) = step(&mut m, &mut rng, true, max_large) {
                         let to = (t + 1 + rng.below(threads as u64 - 1) as usize) % threads;
                         txs[to].send(b).unwrap();
                     }
@@ -242,6 +246,17 @@ fn differential_single_thread() {
 #[test]
 fn differential_threads() {
     for_seeds("differential_threads", &[0x2, 0xbeef], |s| {
-        threaded(s, 4, 4, 50_000)
+        threaded(s, 4, 4, 50_000, MAX_LARGE)
+    });
+}
+
+/// ~240 k operations on 4 threads over 3 rounds, with large requests up to
+/// 8 MiB: blocks of 2–8 MiB from the threads' big segments (E74), freed by
+/// other threads into them or kept for any thread (E104), reused after the
+/// threads exit (E101).
+#[test]
+fn differential_threads_big_blocks() {
+    for_seeds("differential_threads_big_blocks", &[0x3, 0xb16b10c], |s| {
+        threaded(s, 4, 3, 20_000, BIG_MAX_LARGE)
     });
 }
