@@ -5,7 +5,14 @@
  * created and destroyed in waves; sizes run from 1 byte to 4 MiB; some
  * requests are over-aligned (posix_memalign up to 2 MiB, aligned_alloc,
  * memalign); some blocks are resized with realloc or zeroed with calloc.
- * Prints "stress: ok" and exits 0, or "FAIL ..." and exits 1. */
+ * Prints "stress: ok" and exits 0, or "FAIL ..." and exits 1.
+ *
+ * For measuring other allocators with it (scripts/stress-footprint.sh):
+ * STRESS_LARGE_MIN / STRESS_LARGE_MAX (bytes) set the range of the 1% of
+ * large blocks (default 64 KiB .. 4 MiB + 64 KiB); STRESS_NO_ALIGNED=1
+ * makes no over-aligned request; STRESS_PORTABLE=1 checks only the
+ * alignment C requires (a block under 16 bytes may be 8-aligned, as
+ * Debian's mimalloc returns after realloc), not glibc's 16 bytes. */
 #define _GNU_SOURCE
 #include <malloc.h>
 #include <pthread.h>
@@ -33,15 +40,38 @@ static uint64_t next(uint64_t *s) {
     return *s;
 }
 
+static size_t large_min = 65536, large_span = 4u << 20;
+static int no_aligned, portable;
+
+static size_t env_size(const char *name, size_t dflt) {
+    const char *v = getenv(name);
+    return v && *v ? strtoull(v, NULL, 10) : dflt;
+}
+
+static void settings(void) {
+    size_t max = env_size("STRESS_LARGE_MAX", large_min + large_span);
+    large_min = env_size("STRESS_LARGE_MIN", large_min);
+    CHECK(max > large_min);
+    large_span = max - large_min;
+    no_aligned = env_size("STRESS_NO_ALIGNED", 0) != 0;
+    portable = env_size("STRESS_PORTABLE", 0) != 0;
+}
+
 static size_t pick_size(uint64_t *s) {
     uint64_t r = next(s) % 1000;
     if (r < 900) return 1 + next(s) % 512;
     if (r < 990) return 513 + next(s) % (64 * 1024);
-    return 65536 + next(s) % (4u << 20);
+    return large_min + next(s) % large_span;
+}
+
+/* The alignment a block of n bytes must have: `align`, or with
+ * STRESS_PORTABLE at most what an object of n bytes needs. */
+static size_t needed(size_t align, size_t n) {
+    return portable && align == 16 && n < 16 ? 8 : align;
 }
 
 static void verify(const Blk *b) {
-    CHECK(ALIGNED(b->p, b->align));
+    CHECK(ALIGNED(b->p, needed(b->align, b->n)));
     CHECK(malloc_usable_size(b->p) >= b->n);
     const unsigned char *p = b->p;
     for (size_t i = 0; i < b->n; i++) {
@@ -67,6 +97,7 @@ static Blk *make(uint64_t *s) {
     b->align = 16;
     b->v = (unsigned char)(next(s) | 1);
     uint64_t kind = next(s) % 100;
+    if (no_aligned) kind = 7 + kind % 93;
     if (kind < 4) {
         b->align = (size_t)1 << (4 + next(s) % 18); /* 16 B .. 2 MiB */
         void *p = NULL;
@@ -95,7 +126,7 @@ static void resize(Blk *b, uint64_t *s) {
     verify(b);
     size_t n = pick_size(s);
     unsigned char *p = realloc(b->p, n);
-    CHECK(p && ALIGNED(p, 16));
+    CHECK(p && ALIGNED(p, needed(16, n)));
     size_t keep = n < b->n ? n : b->n;
     for (size_t i = 0; i < keep; i++) CHECK(p[i] == b->v);
     b->p = p;
@@ -148,6 +179,7 @@ int main(int argc, char **argv) {
     int waves = argc > 2 ? atoi(argv[2]) : 4;
     if (argc > 3) ops_per_thread = atoi(argv[3]);
     CHECK(threads > 0 && threads <= 256 && waves > 0 && ops_per_thread > 0);
+    settings();
     pthread_t tid[256];
     uintptr_t id = 1;
     for (int w = 0; w < waves; w++) {
