@@ -996,13 +996,43 @@ pub unsafe fn keep_written(m: *mut PageMeta, k: usize) {
 /// cache line: threads taking and putting runs of different lengths do not
 /// contend (E62).
 #[cfg(not(feature = "secure"))]
+static KEPT: [KeptSlot; HUGE_RUN_PAGES] = [KeptSlot::EMPTY; HUGE_RUN_PAGES];
+
+/// A slot for one kept run or block (its head meta), shared by all threads
+/// and on a cache line of its own: [`KEPT`] here, the kept big blocks of
+/// the segments (E104).
+#[cfg(not(feature = "secure"))]
 #[repr(align(64))]
-struct KeptSlot(AtomicPtr<PageMeta>);
+pub struct KeptSlot(AtomicPtr<PageMeta>);
+
 #[cfg(not(feature = "secure"))]
-#[allow(clippy::declare_interior_mutable_const)]
-const NO_RUN: KeptSlot = KeptSlot(AtomicPtr::new(null_mut()));
-#[cfg(not(feature = "secure"))]
-static KEPT: [KeptSlot; HUGE_RUN_PAGES] = [NO_RUN; HUGE_RUN_PAGES];
+impl KeptSlot {
+    #[allow(clippy::declare_interior_mutable_const)]
+    pub const EMPTY: KeptSlot = KeptSlot(AtomicPtr::new(null_mut()));
+
+    /// True when nothing is kept here (a relaxed load: a hint).
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.0.load(Relaxed).is_null()
+    }
+
+    /// What is kept here, the caller's now; null when nothing is.
+    #[inline]
+    pub fn take(&self) -> *mut PageMeta {
+        if self.is_empty() {
+            return null_mut();
+        }
+        self.0.swap(null_mut(), Acquire)
+    }
+
+    /// Keeps `m` here; false when the slot holds something.
+    #[inline]
+    pub fn put(&self, m: *mut PageMeta) -> bool {
+        self.0
+            .compare_exchange(null_mut(), m, Release, Relaxed)
+            .is_ok()
+    }
+}
 /// Pages of the runs in [`KEPT`].
 #[cfg(not(feature = "secure"))]
 static KEPT_PAGES: AtomicUsize = AtomicUsize::new(0);
@@ -1024,10 +1054,7 @@ pub fn kept_take(pages: usize) -> *mut PageMeta {
         return null_mut();
     }
     for q in pages..=(pages + pages / 4).min(HUGE_RUN_PAGES - 1) {
-        if KEPT[q].0.load(Relaxed).is_null() {
-            continue;
-        }
-        let m = KEPT[q].0.swap(null_mut(), Acquire);
+        let m = KEPT[q].take();
         if !m.is_null() {
             KEPT_PAGES.fetch_sub(q, Relaxed);
             if !KEPT_USED.load(Relaxed) {
@@ -1050,7 +1077,7 @@ pub fn kept_take(pages: usize) -> *mut PageMeta {
 pub unsafe fn kept_put(m: *mut PageMeta) -> bool {
     // SAFETY: m heads an in-use run (caller's contract).
     let (p, given) = unsafe { ((*m).pages as usize, (*m).given as usize) };
-    if p >= HUGE_RUN_PAGES || !KEPT[p].0.load(Relaxed).is_null() {
+    if p >= HUGE_RUN_PAGES || !KEPT[p].is_empty() {
         return false;
     }
     if KEPT_PAGES.fetch_add(p, Relaxed) + p > KEPT_MAX_PAGES {
@@ -1059,11 +1086,7 @@ pub unsafe fn kept_put(m: *mut PageMeta) -> bool {
     }
     // SAFETY: the run is still the caller's.
     unsafe { keep_written(m, given) };
-    if KEPT[p]
-        .0
-        .compare_exchange(null_mut(), m, Release, Relaxed)
-        .is_ok()
-    {
+    if KEPT[p].put(m) {
         return true;
     }
     KEPT_PAGES.fetch_sub(p, Relaxed);
@@ -1074,7 +1097,7 @@ pub unsafe fn kept_put(m: *mut PageMeta) -> bool {
 #[cfg(not(feature = "secure"))]
 pub fn kept_flush() {
     for k in KEPT.iter() {
-        let m = k.0.swap(null_mut(), Acquire);
+        let m = k.take();
         if !m.is_null() {
             // SAFETY: a kept run, ours now: in use, tags cleared.
             unsafe {

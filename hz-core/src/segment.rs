@@ -45,10 +45,10 @@
 //!   take again a segment, through the page lock and the purges, again and
 //!   again (E69).
 
-use crate::arena::{self, PageMeta, KIND_FREE};
+use crate::arena::{self, KeptSlot, PageMeta, KIND_FREE};
 use crate::heap::{self, Heap, HEAP_ABANDONED};
 use crate::stats::STATS;
-use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+use crate::sync::{AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 use crate::{os, tls, PAGE_SHIFT};
 use core::ptr::null_mut;
 use crossbeam_utils::CachePadded;
@@ -636,13 +636,8 @@ fn kept_cap_units() -> usize {
     bytes.saturating_mul(2) >> (PAGE_SHIFT + BIG_UNIT as usize)
 }
 
-/// A slot for one kept block (its head meta), on a line of its own.
-#[repr(align(64))]
-struct KeptSlot(AtomicPtr<PageMeta>);
 #[allow(clippy::declare_interior_mutable_const)]
-const NO_BLOCK: KeptSlot = KeptSlot(AtomicPtr::new(null_mut()));
-#[allow(clippy::declare_interior_mutable_const)]
-const NO_BLOCKS: [KeptSlot; KEPT_WAYS] = [NO_BLOCK; KEPT_WAYS];
+const NO_BLOCKS: [KeptSlot; KEPT_WAYS] = [KeptSlot::EMPTY; KEPT_WAYS];
 
 /// Big blocks that a thread other than their segment's owner freed, kept
 /// whole (their units still in use in the owner's segment, tags cleared)
@@ -675,18 +670,14 @@ unsafe fn keep(m: *mut PageMeta, n: usize) -> bool {
         return false;
     }
     let slots = &KEPT[n - KEPT_MIN_UNITS];
-    let Some(slot) = slots.iter().find(|k| k.0.load(Relaxed).is_null()) else {
+    let Some(slot) = slots.iter().find(|k| k.is_empty()) else {
         return false;
     };
     if KEPT_UNITS.fetch_add(n, Relaxed) + n > kept_cap_units() {
         KEPT_UNITS.fetch_sub(n, Relaxed);
         return false;
     }
-    if slot
-        .0
-        .compare_exchange(null_mut(), m, Release, Relaxed)
-        .is_ok()
-    {
+    if slot.put(m) {
         return true;
     }
     KEPT_UNITS.fetch_sub(n, Relaxed);
@@ -703,10 +694,7 @@ fn kept_take(n: usize) -> *mut PageMeta {
     }
     for q in n..=(n + n / 8).min(KEPT_MAX_UNITS) {
         for k in KEPT[q - KEPT_MIN_UNITS].iter() {
-            if k.0.load(Relaxed).is_null() {
-                continue;
-            }
-            let m = k.0.swap(null_mut(), Acquire);
+            let m = k.take();
             if !m.is_null() {
                 KEPT_UNITS.fetch_sub(q, Relaxed);
                 let bit = 1 << (q - KEPT_MIN_UNITS);
@@ -730,10 +718,7 @@ pub fn kept_flush(idle: bool) {
             continue;
         }
         for k in slots.iter() {
-            if k.0.load(Relaxed).is_null() {
-                continue;
-            }
-            let m = k.0.swap(null_mut(), Acquire);
+            let m = k.take();
             if m.is_null() {
                 continue;
             }
