@@ -31,7 +31,9 @@
 //!   length takes it before carving units that fault. Its units stay in
 //!   use in the owner's segment; its head meta keeps `seg`. Kept blocks go
 //!   back to their segments (as frees) when no thread took one of their
-//!   length for a GC period, at `collect()` and out of memory.
+//!   length for a GC period, at `collect()` and out of memory, and an
+//!   owner that finds none of its length takes its own back before it
+//!   carves units that fault.
 //! * `dirty` holds every page that may be resident (taken with the run,
 //!   or part of a block since); a purge clears the bits it returns. `idle`
 //!   is the free dirty pages at the last GC not carved since: the next GC
@@ -159,7 +161,7 @@ pub unsafe fn take(
     // SAFETY: h is held: its descriptors are ours.
     unsafe {
         let ss = segs(h);
-        let mut folded = false;
+        let (mut folded, mut reclaimed) = (false, false);
         loop {
             let mut best: Option<(*mut Segment, usize, u32)> = None;
             for k in lo..hi {
@@ -199,6 +201,14 @@ pub unsafe fn take(
                         give_back(s, mask(i + pages, q - pages));
                     }
                     return Some((m, s, false));
+                }
+                // None of this length: this heap's own blocks that other
+                // threads freed and no thread took back (a consumer's frees
+                // of a producer's blocks of other lengths) come home, and
+                // their units may serve a block of any length.
+                if !reclaimed && kept_reclaim(h) {
+                    reclaimed = true;
+                    continue;
                 }
             }
             if let Some((s, i, _)) = best {
@@ -706,6 +716,41 @@ fn kept_take(n: usize) -> *mut PageMeta {
         }
     }
     null_mut()
+}
+
+/// Takes heap `h`'s own blocks out of [`KEPT`] and frees them into its
+/// segments (the other heaps' blocks stay, or go home when their slot was
+/// filled meanwhile); true when there were some.
+///
+/// # Safety
+/// `h` is held by the calling thread, between operations on its segments.
+unsafe fn kept_reclaim(h: *mut Heap) -> bool {
+    if KEPT_UNITS.load(Relaxed) == 0 {
+        return false;
+    }
+    let mut any = false;
+    for slots in KEPT.iter() {
+        for k in slots.iter() {
+            let m = k.take();
+            if m.is_null() {
+                continue;
+            }
+            // SAFETY: a kept block, ours now: its meta names its segment,
+            // which it holds open, and that segment's heap; `free` is h's
+            // to write on h's thread (give_back checks it is this one).
+            unsafe {
+                let s = (*m).seg;
+                if (*s).heap != h && k.put(m) {
+                    continue;
+                }
+                let (i, n) = units(s, m);
+                KEPT_UNITS.fetch_sub(n, Relaxed);
+                give_back(s, mask(i, n));
+                any |= (*s).heap == h;
+            }
+        }
+    }
+    any
 }
 
 /// Gives the kept blocks back to their segments: all of them, or when

@@ -462,3 +462,35 @@ fn kept_big_blocks_no_thread_takes_are_purged_by_small_work() {
     child::wait_until_purged_by_small_work(bs[0] as *mut u8, n, "a kept big block");
     free(stay);
 }
+
+#[test]
+fn a_producers_kept_blocks_serve_its_blocks_of_other_lengths() {
+    if !child::in_child(
+        MARKER,
+        "a_producers_kept_blocks_serve_its_blocks_of_other_lengths",
+        &[],
+        &[],
+    ) {
+        return;
+    }
+    // A consumer frees a producer's 5 MiB block: kept for a block of its
+    // length. The producer's next block is 3 MiB: no kept block of that
+    // length, so its own kept blocks come home first and the 3 MiB take
+    // the freed place, resident (with E104 alone they stayed kept and the
+    // producer faulted fresh units in: a pipeline of 2–8 MiB blocks peaked
+    // at 3.7× the RSS).
+    let (bs, stay) = freed_by_another_thread(5 * MIB, 1);
+    let n = 3 * MIB;
+    let q = hz_core::malloc(n);
+    assert_eq!(
+        q as usize, bs[0],
+        "the producer did not reuse its freed block's place"
+    );
+    assert_eq!(
+        resident_pages(q, n),
+        n / 4096,
+        "the reused place was not resident"
+    );
+    free(q);
+    free(stay);
+}
