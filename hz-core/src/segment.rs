@@ -718,48 +718,15 @@ fn kept_take(n: usize) -> *mut PageMeta {
     null_mut()
 }
 
-/// Takes heap `h`'s own blocks out of [`KEPT`] and frees them into its
-/// segments (the other heaps' blocks stay, or go home when their slot was
-/// filled meanwhile); true when there were some.
-///
-/// # Safety
-/// `h` is held by the calling thread, between operations on its segments.
-unsafe fn kept_reclaim(h: *mut Heap) -> bool {
-    if KEPT_UNITS.load(Relaxed) == 0 {
-        return false;
-    }
+/// Gives kept blocks back to their segments: those of heap `only`, or of
+/// every heap when it is null, skipping the lengths whose bits are set in
+/// `skip` (a block of another heap taken out of its slot is put back, or
+/// goes home when the slot was filled meanwhile). True when it gave one
+/// back.
+fn kept_drain(skip: u32, only: *mut Heap) -> bool {
     let mut any = false;
-    for slots in KEPT.iter() {
-        for k in slots.iter() {
-            let m = k.take();
-            if m.is_null() {
-                continue;
-            }
-            // SAFETY: a kept block, ours now: its meta names its segment,
-            // which it holds open, and that segment's heap; `free` is h's
-            // to write on h's thread (give_back checks it is this one).
-            unsafe {
-                let s = (*m).seg;
-                if (*s).heap != h && k.put(m) {
-                    continue;
-                }
-                let (i, n) = units(s, m);
-                KEPT_UNITS.fetch_sub(n, Relaxed);
-                give_back(s, mask(i, n));
-                any |= (*s).heap == h;
-            }
-        }
-    }
-    any
-}
-
-/// Gives the kept blocks back to their segments: all of them, or when
-/// `idle` those of the lengths no thread took since the last call with
-/// `idle`.
-pub fn kept_flush(idle: bool) {
-    let used = if idle { KEPT_USED.swap(0, Relaxed) } else { 0 };
-    for (j, slots) in KEPT.iter().enumerate() {
-        if used & (1 << j) != 0 {
+    for (x, slots) in KEPT.iter().enumerate() {
+        if skip & (1 << x) != 0 {
             continue;
         }
         for k in slots.iter() {
@@ -768,15 +735,38 @@ pub fn kept_flush(idle: bool) {
                 continue;
             }
             // SAFETY: a kept block, ours now: its meta names its segment,
-            // which it holds open; its tags are cleared.
+            // which it holds open, and that segment's heap; its tags are
+            // cleared; give_back writes `free` only on the owner's thread.
             unsafe {
                 let s = (*m).seg;
+                if !only.is_null() && (*s).heap != only && k.put(m) {
+                    continue;
+                }
                 let (i, n) = units(s, m);
                 KEPT_UNITS.fetch_sub(n, Relaxed);
                 give_back(s, mask(i, n));
+                any = true;
             }
         }
     }
+    any
+}
+
+/// Takes heap `h`'s own blocks out of [`KEPT`] and frees them into its
+/// segments; true when it gave any block back.
+///
+/// # Safety
+/// `h` is held by the calling thread, between operations on its segments.
+unsafe fn kept_reclaim(h: *mut Heap) -> bool {
+    KEPT_UNITS.load(Relaxed) != 0 && kept_drain(0, h)
+}
+
+/// Gives the kept blocks back to their segments: all of them, or when
+/// `idle` those of the lengths no thread took since the last call with
+/// `idle`.
+pub fn kept_flush(idle: bool) {
+    let used = if idle { KEPT_USED.swap(0, Relaxed) } else { 0 };
+    kept_drain(used, null_mut());
 }
 
 /// Every `period` ms (from any thread's tick): the kept blocks of the
