@@ -806,10 +806,69 @@ pub unsafe fn free(p: *mut u8) {
     let c = tag_class(t);
     if c != 0 {
         // SAFETY: the tag says p is a small block of class c.
-        unsafe { free_small(p, c) }
+        unsafe { free_small_pending(p, c) }
     } else {
         // SAFETY: forwarded contract.
         unsafe { free_not_small(p) }
+    }
+}
+
+/// `free` of a small block `p` of class `c` (default build): `p` becomes
+/// the thread's pending block and the block pending before it goes into
+/// its bin (E108). So the bin a `free` pushes to, and the slot it writes,
+/// are known from the previous call, not from the tag this one has just
+/// read: with the bin chosen from `p`'s own tag, a `malloc` right after
+/// waited for that tag load (the processor cannot tell its loads from
+/// the bin apart from `free`'s stores until their addresses are known),
+/// and a loop of `malloc`/`free` pairs of changing sizes ran as one chain
+/// of dependent loads. [`GlobalAlloc::dealloc`] has the class from the
+/// layout without a load and pushes at once.
+#[inline(always)]
+unsafe fn free_small_pending(p: *mut u8, c: usize) {
+    let h = tls::get();
+    // SAFETY: h points at this thread's bins or at a static set whose
+    // pending class is 0 and whose bins are all full, so nothing below is
+    // written unless h is a real heap; pending_c is always below
+    // BIN_ENTRIES (0 or a class from a tag, masked to 6 bits), so the bin
+    // pointer stays inside the array; q is a free block of class qc when
+    // qc is not 0.
+    unsafe {
+        let q = (*h).pending;
+        let qc = (*h).pending_c;
+        let bin = addr_of_mut!((*h).b).cast::<crate::heap::Bin>().add(qc);
+        let top = (*bin).top;
+        if top != (*bin).end {
+            (*h).pending = p;
+            (*h).pending_c = c;
+            *top = q;
+            (*bin).top = top.add(1);
+            return;
+        }
+        free_pending_slow(p, c);
+    }
+}
+
+/// The slow path of [`free_small_pending`]: the thread has no heap yet (or
+/// no longer), has no pending block, or the pending block's bin is full.
+#[cold]
+#[inline(never)]
+unsafe fn free_pending_slow(p: *mut u8, c: usize) {
+    let h = heap::heap_of_slot(tls::get());
+    if h.is_null() {
+        // SAFETY: forwarded contract (free_small's slow path claims a heap,
+        // or frees through the shared paths after the thread's teardown).
+        return unsafe { free_small(p, c) };
+    }
+    // SAFETY: h is this thread's heap; q is a free block of class qc.
+    unsafe {
+        let (q, qc) = heap::take_pending(h);
+        if qc != 0 {
+            free_small(q, qc);
+        }
+        // (free_small's slow path keeps the thread's heap: it has one.)
+        let b = &mut (*h).bins;
+        b.pending = p;
+        b.pending_c = c;
     }
 }
 

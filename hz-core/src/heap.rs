@@ -52,10 +52,19 @@ const _: () = assert!(NUM_CLASSES <= BIN_ENTRIES);
 #[repr(C)]
 pub struct Bins {
     pub b: [Bin; BIN_ENTRIES],
+    /// Default build: the block the last `free` (C's, or `hz_core::free`)
+    /// was given, not yet in its bin, and its class; class 0 when there is
+    /// none (bin 0 is always full, so the next `free` takes the slow path).
+    /// Each `free` pushes the block before it and keeps its own here, so
+    /// the addresses `free` stores to do not depend on the tag it reads
+    /// for its own block (E108). [`flush_all`] pushes it.
+    pub pending: *mut u8,
+    pub pending_c: usize,
 }
 
 // SAFETY: the static EMPTY/DEAD bins are never written (all their bins are
-// both empty and full, so every fast path leaves for the slow path).
+// both empty and full and their pending class is 0, so every fast path
+// leaves for the slow path).
 unsafe impl Sync for Bins {}
 
 impl Bins {
@@ -67,6 +76,8 @@ impl Bins {
         };
         Bins {
             b: [B; BIN_ENTRIES],
+            pending: null_mut(),
+            pending_c: 0,
         }
     };
 }
@@ -1034,6 +1045,16 @@ pub unsafe fn free_to_closed_bin(h: *mut Heap, c: usize, p: *mut u8) {
 unsafe fn open_bin(h: *mut Heap, c: usize) {
     // SAFETY: h is held; the bin's slots run BIN_CAP[c] from its base.
     unsafe {
+        if (*h).bins.b[c].end != (*h).bins.b[c].base {
+            return;
+        }
+        // A pending block of this class (E108) was freed while the bin was
+        // closed: it goes where it would have gone then (home, if it is
+        // another heap's), before the bin opens and could hand it out.
+        if (*h).bins.pending_c == c {
+            let (q, _) = take_pending(h);
+            free_to_closed_bin(h, c, q);
+        }
         let bin = &mut (*h).bins.b[c];
         if bin.end == bin.base {
             bin.end = bin.base.add(BIN_CAP[c] as usize);
@@ -1698,6 +1719,10 @@ unsafe fn flush_spills(h: *mut Heap) {
 pub unsafe fn flush_all(h: *mut Heap, segments_now: bool) {
     // SAFETY: h is held.
     unsafe {
+        let (q, qc) = take_pending(h);
+        if qc != 0 {
+            release_blocks(h, qc, &q, 1);
+        }
         for c in 1..NUM_CLASSES {
             let bin = &mut (*h).bins.b[c];
             let (base, top) = (bin.base, bin.top);
@@ -1737,6 +1762,21 @@ pub unsafe fn flush_all(h: *mut Heap, segments_now: bool) {
                 m = next;
             }
         }
+    }
+}
+
+/// Takes `h`'s pending block (E108) and its class, 0 when there is none;
+/// the next `free` on its thread takes the slow path.
+///
+/// # Safety
+/// `h` is held by the caller.
+pub unsafe fn take_pending(h: *mut Heap) -> (*mut u8, usize) {
+    // SAFETY: h is held.
+    unsafe {
+        let b = &mut (*h).bins;
+        let qc = b.pending_c;
+        b.pending_c = 0;
+        (b.pending, qc)
     }
 }
 
