@@ -70,20 +70,25 @@ pub static CLASS_SIZE: [u32; NUM_CLASSES] = SIZES;
 /// The same table for `const fn`s, which cannot read a `static`.
 const SIZES: [u32; NUM_CLASSES] = gen_sizes();
 
-/// Requests up to this many bytes find their class in one table lookup.
-/// 2 KiB: a program whose sizes straddle the cut-off pays a mispredicted
-/// branch on about every call where they do (the guard lane, 16..2048 B
-/// uniform, straddled 1 KiB half the time); above 2 KiB a second table
-/// with 256-byte steps follows ([`STEP_TABLE`]).
+/// Sizes up to this many bytes index the class table in 16-byte steps,
+/// larger ones up to [`SMALL_MAX`] in 256-byte steps (every class size
+/// above it is a multiple of 256; 2304 is the one that is not a multiple
+/// of 512). One table for both, and the step chosen by a conditional move:
+/// with a branch (E12, E13), a program whose sizes straddle 2 KiB (16..4096
+/// B uniform) mispredicted it on about every other call and ran 1.5-2x
+/// slower than with its sizes on one side (E109 in docs/PERFORMANCE.md).
 const TABLE_MAX: usize = 2048;
-const TABLE_LEN: usize = TABLE_MAX / 16 + 1;
+const FINE_LEN: usize = TABLE_MAX / 16 + 1;
+const STEP_LEN: usize = (SMALL_MAX - TABLE_MAX) / 256;
+const TABLE_LEN: usize = FINE_LEN + STEP_LEN;
 
-const fn gen_small_table() -> [u8; TABLE_LEN] {
-    // index (size + 15) / 16 for size <= TABLE_MAX
+/// The class table: entry `(size + 15) / 16` for sizes up to
+/// [`TABLE_MAX`], then entry `FINE_LEN + (size - TABLE_MAX - 1) / 256`.
+const fn gen_class_table() -> [u8; TABLE_LEN] {
     let sizes = gen_sizes();
     let mut t = [0u8; TABLE_LEN];
     let mut i = 0;
-    while i < TABLE_LEN {
+    while i < FINE_LEN {
         let size = if i == 0 { 1 } else { i * 16 };
         let mut c = 1;
         while (sizes[c] as usize) < size {
@@ -93,39 +98,6 @@ const fn gen_small_table() -> [u8; TABLE_LEN] {
         t[i] = c as u8;
         i += 1;
     }
-    t
-}
-static SMALL_TABLE: [u8; TABLE_LEN] = gen_small_table();
-
-/// Class for a request of `size` bytes with 16-byte alignment; 0 if larger
-/// than [`SMALL_MAX`].
-#[inline(always)]
-pub fn class_of(size: usize) -> usize {
-    let c = if size <= TABLE_MAX {
-        // SAFETY: (size + 15) >> 4 <= TABLE_MAX / 16 < TABLE_LEN.
-        unsafe { *SMALL_TABLE.get_unchecked((size + 15) >> 4) as usize }
-    } else if size <= SMALL_MAX {
-        // SAFETY: TABLE_MAX < size <= SMALL_MAX, so the index is < STEP_LEN.
-        unsafe { *STEP_TABLE.get_unchecked((size - TABLE_MAX - 1) >> 8) as usize }
-    } else {
-        return 0;
-    };
-    // SAFETY: both tables hold classes only (their generators assert
-    // 1 <= c < NUM_CLASSES at compile time). Said here so that the
-    // compiler drops the "is it 0" and bounds tests its users would make.
-    unsafe { core::hint::assert_unchecked(c != 0 && c < NUM_CLASSES) };
-    c
-}
-
-/// Above [`TABLE_MAX`] every class size is a multiple of 256 (2304 is the
-/// one that is not a multiple of 512), so sizes in one 256-byte step share
-/// a class: a second table, one entry per step up to [`SMALL_MAX`] (504
-/// entries, 1 KiB), replaces the `bsr` formula (E13 in docs/PERFORMANCE.md).
-const STEP_LEN: usize = (SMALL_MAX - TABLE_MAX) / 256;
-
-const fn gen_step_table() -> [u16; STEP_LEN] {
-    let sizes = gen_sizes();
-    let mut t = [0u16; STEP_LEN];
     let mut k = 0;
     while k < STEP_LEN {
         let top = TABLE_MAX + 256 * (k + 1);
@@ -135,16 +107,32 @@ const fn gen_step_table() -> [u16; STEP_LEN] {
         }
         // Every size of the step fits the class, and none fits the one below.
         assert!(c < NUM_CLASSES && sizes[c - 1] as usize <= top - 256);
-        t[k] = c as u16;
+        t[FINE_LEN + k] = c as u8;
         k += 1;
     }
     t
 }
-/// `u16` entries, not `u8`: with two loads of the same shape the compiler
-/// merges both lookups into one with a variable shift, which lengthens the
-/// path of the sizes up to 2 KiB (measured: 43 → 49 instructions per
-/// in-process pair).
-static STEP_TABLE: [u16; STEP_LEN] = gen_step_table();
+static CLASS_TABLE: [u8; TABLE_LEN] = gen_class_table();
+
+/// Class for a request of `size` bytes with 16-byte alignment; 0 if larger
+/// than [`SMALL_MAX`].
+#[inline(always)]
+pub fn class_of(size: usize) -> usize {
+    if size > SMALL_MAX {
+        return 0;
+    }
+    let fine = (size + 15) >> 4;
+    let step = FINE_LEN + (size.wrapping_sub(TABLE_MAX + 1) >> 8);
+    let i = core::hint::select_unpredictable(size <= TABLE_MAX, fine, step);
+    // SAFETY: size <= SMALL_MAX, so i < FINE_LEN for sizes up to TABLE_MAX
+    // and FINE_LEN + (SMALL_MAX - TABLE_MAX - 1) / 256 < TABLE_LEN above.
+    let c = unsafe { *CLASS_TABLE.get_unchecked(i) as usize };
+    // SAFETY: the table holds classes only (its generator asserts
+    // 1 <= c < NUM_CLASSES at compile time). Said here so that the
+    // compiler drops the "is it 0" and bounds tests its users would make.
+    unsafe { core::hint::assert_unchecked(c != 0 && c < NUM_CLASSES) };
+    c
+}
 
 /// Class for `size` bytes aligned to `align` (a power of two), or 0 when
 /// the request must be served as a page run. A pure function of its
