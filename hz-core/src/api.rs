@@ -140,14 +140,28 @@ unsafe fn free_small(p: *mut u8, c: usize) {
     let h = tls::get();
     // SAFETY: as in alloc_small; p is a free block of class c.
     unsafe {
-        let bin = addr_of_mut!((*h).b[c]);
-        let top = (*bin).top;
-        if top != (*bin).end {
-            *top = p;
-            (*bin).top = top.add(1);
-            return;
+        if !bin_push(addr_of_mut!((*h).b[c]), p) {
+            free_small_slow(p, c);
         }
-        free_small_slow(p, c);
+    }
+}
+
+/// Pushes `p` onto `bin` unless the bin is full (or closed); false then.
+///
+/// # Safety
+/// `bin` is a bin of this thread's bins or of a static set (always full);
+/// `p` is a free block of the bin's class.
+#[inline(always)]
+unsafe fn bin_push(bin: *mut crate::heap::Bin, p: *mut u8) -> bool {
+    // SAFETY: a bin that is not full has room at `top` (caller's contract).
+    unsafe {
+        let top = (*bin).top;
+        if top == (*bin).end {
+            return false;
+        }
+        *top = p;
+        (*bin).top = top.add(1);
+        true
     }
 }
 
@@ -835,13 +849,9 @@ unsafe fn free_small_pending(p: *mut u8, c: usize) {
     unsafe {
         let q = (*h).pending;
         let qc = (*h).pending_c;
-        let bin = addr_of_mut!((*h).b).cast::<crate::heap::Bin>().add(qc);
-        let top = (*bin).top;
-        if top != (*bin).end {
+        if bin_push(addr_of_mut!((*h).b).cast::<crate::heap::Bin>().add(qc), q) {
             (*h).pending = p;
             (*h).pending_c = c;
-            *top = q;
-            (*bin).top = top.add(1);
             return;
         }
         free_pending_slow(p, c);
