@@ -925,19 +925,55 @@ pub fn owns(p: *const u8) -> bool {
 /// Resizes a live block (16-byte alignment). Null on failure, the old block
 /// intact. `new_size` 0 gives a minimal block.
 ///
+/// A small block that must move to grow gets at least a quarter more room
+/// than it had (E112): a buffer that a C program grows by a little at a
+/// time (a string appended to, an array pushed to) then moves once per
+/// class or two instead of once per class. The block is freed by
+/// [`free`], which reads its class from its page, so the extra room costs
+/// nothing to track; [`realloc_aligned`] (`GlobalAlloc::realloc`, whose
+/// `dealloc` recomputes the class from the `Layout`) gives exactly the
+/// class of the request.
+///
 /// # Safety
 /// `p` is a live block of hz.
+#[inline]
 pub unsafe fn realloc(p: *mut u8, new_size: usize) -> *mut u8 {
+    // In place, without a frame: a small block the new size uses at least
+    // 3/4 of (most calls of a program that grows a buffer by a little at
+    // a time). The secure build checks the block first ([`resize`]).
+    #[cfg(not(feature = "secure"))]
+    if !p.is_null() {
+        let c = tag_class(arena::lookup(p as usize).0);
+        if c != 0 {
+            let u = CLASS_SIZE[c] as usize;
+            if new_size <= u && new_size >= u - u / 4 {
+                return p;
+            }
+        }
+    }
     // SAFETY: forwarded contract.
-    unsafe { realloc_aligned(p, new_size, 16) }
+    unsafe { resize(p, new_size, 16, true) }
 }
 
 /// Resizes a live block keeping alignment `align`. Null on failure (or for
-/// a pointer hz does not manage), the old block intact.
+/// a pointer hz does not manage), the old block intact. The new block's
+/// class is that of (`new_size`, `align`): `GlobalAlloc::dealloc` may
+/// recompute it from a `Layout`.
 ///
 /// # Safety
 /// `p` is a live block of hz allocated with alignment `align`.
 pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
+    // SAFETY: forwarded contract.
+    unsafe { resize(p, new_size, align, false) }
+}
+
+/// [`realloc`] (`headroom`: a small block that moves to grow gets at least
+/// 25% more room) and [`realloc_aligned`] (exactly the request's class).
+///
+/// # Safety
+/// `p` is a live block of hz allocated with alignment `align`.
+#[inline(never)]
+unsafe fn resize(p: *mut u8, new_size: usize, align: usize, headroom: bool) -> *mut u8 {
     if p.is_null() {
         return malloc_aligned(new_size, align);
     }
@@ -953,10 +989,14 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
         crate::secure::fatal_ptr("realloc of a freed block", p);
     }
     if c != 0 {
-        if new_c == c {
+        old_usable = CLASS_SIZE[c] as usize;
+        // In place: the same class, or with headroom (a block that grew
+        // with room to spare, E112) any size that uses at least 3/4 of it.
+        if new_c == c
+            || (headroom && new_size <= old_usable && new_size >= old_usable - old_usable / 4)
+        {
             return p;
         }
-        old_usable = CLASS_SIZE[c] as usize;
     } else if tag_kind(t) == KIND_LARGE {
         let m = arena::head_meta(p as usize, t, a);
         // SAFETY: m is the head meta of p's run.
@@ -1063,7 +1103,14 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
     } else {
         return null_mut();
     }
-    let q = malloc_aligned(new_size, align);
+    // Growing a small block: with headroom, to at least 5/4 of its class
+    // (within the small classes; a request above them is served as asked).
+    let want = if headroom && c != 0 && new_size > old_usable {
+        new_size.max((old_usable + old_usable / 4).min(SMALL_MAX))
+    } else {
+        new_size
+    };
+    let q = malloc_aligned(want, align);
     if q.is_null() {
         return null_mut();
     }

@@ -24,7 +24,7 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use hz_core::class::{class_for, CLASS_SIZE};
+use hz_core::class::{class_for, CLASS_SIZE, SMALL_MAX};
 use hz_core::{HzAlloc, PAGE_SIZE};
 
 /// Blocks up to this size are verified byte for byte.
@@ -267,7 +267,15 @@ impl Model {
     }
 
     /// Records a fresh block: checks it, fills it, registers its extent.
-    fn adopt_new(&mut self, b: Block, zeroed: bool, keep_prefix: usize, resized: bool) {
+    /// `also`: a usable size accepted besides the request's (0: none).
+    fn adopt_new(
+        &mut self,
+        b: Block,
+        zeroed: bool,
+        keep_prefix: usize,
+        resized: bool,
+        also: usize,
+    ) {
         if b.p & (b.align.max(16) - 1) != 0 {
             self.fail(format!(
                 "block {:#x} of {} bytes is not aligned to {}",
@@ -286,7 +294,7 @@ impl Model {
         let usable_ok = if resized_large {
             b.usable >= exp && b.usable <= 2 * exp + PAGE_SIZE
         } else {
-            b.usable == exp
+            b.usable == exp || b.usable == also
         };
         if b.usable < b.size || !usable_ok {
             self.fail(format!(
@@ -365,6 +373,7 @@ impl Model {
             zeroed,
             0,
             false,
+            0,
         );
     }
 
@@ -471,7 +480,25 @@ impl Model {
         let keep = b.size.min(new_size);
         // SAFETY: q has at least new_size >= keep bytes.
         self.ok(unsafe { check(nb.p, keep, b.seed) });
-        self.adopt_new(nb, false, keep, true);
+        // hz_core::realloc (C's) keeps a small block in place when the new
+        // size uses at least 3/4 of it, and gives a small block that moves
+        // to grow at least 5/4 of its room (E112).
+        let old_small = class_for(b.size, b.align.max(1)) != 0;
+        let also = match api {
+            ReallocApi::Realloc
+                if old_small
+                    && q == p
+                    && new_size <= b.usable
+                    && new_size >= b.usable - b.usable / 4 =>
+            {
+                b.usable
+            }
+            ReallocApi::Realloc if old_small && new_size > b.usable => {
+                expected_usable(new_size.max((b.usable + b.usable / 4).min(SMALL_MAX)), 16)
+            }
+            _ => 0,
+        };
+        self.adopt_new(nb, false, keep, true, also);
     }
 
     pub fn free_all(&mut self) {

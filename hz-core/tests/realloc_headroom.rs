@@ -1,0 +1,114 @@
+//! C's `realloc` (`hz_core::realloc`) gives a small block that must move to
+//! grow at least a quarter more room than it had, and keeps a small block
+//! in place while the new size uses at least 3/4 of it (E112 in
+//! docs/PERFORMANCE.md); `realloc_aligned` and `GlobalAlloc::realloc`,
+//! whose `dealloc` recomputes the class from the `Layout`, give exactly the
+//! request's class.
+
+use std::alloc::{GlobalAlloc, Layout};
+
+use hz_core::class::{class_of, CLASS_SIZE};
+use hz_core::HzAlloc;
+
+fn class_size(n: usize) -> usize {
+    CLASS_SIZE[class_of(n)] as usize
+}
+
+#[test]
+fn a_buffer_grown_16_bytes_at_a_time_moves_less_than_once_per_class() {
+    let mut p: *mut u8 = std::ptr::null_mut();
+    let mut moves = 0;
+    let mut classes = 0;
+    let mut last_class = 0;
+    let mut n = 16;
+    while n <= 4096 {
+        // SAFETY: p is null or our live block of n - 16 bytes.
+        let q = unsafe { hz_core::realloc(p, n) };
+        assert!(!q.is_null());
+        // SAFETY: q is live with at least n bytes; its first n - 16 bytes
+        // were written below on earlier rounds and must have moved with it.
+        unsafe {
+            for i in 0..n - 16 {
+                assert_eq!(*q.add(i), (i % 251) as u8, "byte {i} of {n}");
+            }
+            for i in n - 16..n {
+                *q.add(i) = (i % 251) as u8;
+            }
+            assert!(hz_core::usable_size(q) >= n);
+        }
+        if !p.is_null() && q != p {
+            moves += 1;
+        }
+        if class_of(n) != last_class {
+            classes += 1;
+            last_class = class_of(n);
+        }
+        p = q;
+        n += 16;
+    }
+    // Without headroom the block moves at every change of class.
+    assert!(
+        moves * 4 < (classes - 1) * 3,
+        "{moves} moves for {classes} classes"
+    );
+    // SAFETY: p is our live block.
+    unsafe { hz_core::free(p) };
+}
+
+#[test]
+fn growth_gets_a_quarter_more_room_and_shrinks_of_a_quarter_stay() {
+    let p = hz_core::malloc(1000);
+    assert!(!p.is_null());
+    assert_eq!(class_size(1000), 1024);
+    // SAFETY: p is our live block of 1000 bytes.
+    unsafe {
+        p.write_bytes(0x5a, 1000);
+        // 800 uses more than 3/4 of 1024: in place.
+        assert_eq!(hz_core::realloc(p, 800), p);
+        assert_eq!(hz_core::usable_size(p), 1024);
+        // 1030 needs a bigger block: at least 1024 + 256.
+        let q = hz_core::realloc(p, 1030);
+        assert!(!q.is_null() && q != p);
+        assert_eq!(hz_core::usable_size(q), class_size(1280));
+        assert!(hz_core::usable_size(q) > class_size(1030));
+        for i in 0..800 {
+            assert_eq!(*q.add(i), 0x5a);
+        }
+        // 900 uses less than 3/4 of 1280: it moves to its own class.
+        let r = hz_core::realloc(q, 900);
+        assert!(!r.is_null() && r != q);
+        assert_eq!(hz_core::usable_size(r), class_size(900));
+        for i in 0..900 {
+            assert_eq!(*r.add(i), 0x5a);
+        }
+        hz_core::free(r);
+    }
+}
+
+#[test]
+fn realloc_aligned_and_global_alloc_give_the_requests_class() {
+    let l = Layout::from_size_align(1000, 16).unwrap();
+    // SAFETY: non-zero size.
+    let p = unsafe { HzAlloc.alloc(l) };
+    assert!(!p.is_null());
+    // SAFETY: p was allocated with layout l; the new block with the layout
+    // of 1030 bytes, which dealloc is given.
+    unsafe {
+        let q = HzAlloc.realloc(p, l, 1030);
+        assert!(!q.is_null());
+        assert_eq!(hz_core::usable_size(q), class_size(1030));
+        HzAlloc.dealloc(q, Layout::from_size_align(1030, 16).unwrap());
+    }
+    let p = hz_core::malloc(1000);
+    // SAFETY: p is our live 16-aligned block.
+    unsafe {
+        let q = hz_core::realloc_aligned(p, 1030, 16);
+        assert!(!q.is_null());
+        assert_eq!(hz_core::usable_size(q), class_size(1030));
+        // A size in a smaller class moves (no in-place rule here).
+        let r = hz_core::realloc_aligned(q, 800, 16);
+        assert!(!r.is_null());
+        assert_eq!(hz_core::usable_size(r), class_size(800));
+        hz_core::free(r);
+    }
+}
