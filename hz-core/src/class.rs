@@ -152,9 +152,10 @@ fn class_for_aligned(size: usize, align: usize) -> usize {
     }
     let c = class_of(if size < align { align } else { size });
     // Span bases are page-aligned, so a class whose size is a multiple of
-    // `align` yields aligned blocks: the first such class from `c` up, by
-    // table (a loop up the classes mispredicted its exit about once a
-    // call at random sizes; E110).
+    // `align` yields aligned blocks: the first such class from `c` up, or
+    // the aligned twin that serves it, by table (a loop up the classes
+    // mispredicted its exit about once a call at random sizes, E110; the
+    // twin's test and arithmetic after the table cost 14 instructions).
     // SAFETY: 32 <= align <= PAGE_SIZE here, so the row is below
     // ALIGN_ROWS; c < NUM_CLASSES.
     let c = unsafe {
@@ -162,20 +163,9 @@ fn class_for_aligned(size: usize, align: usize) -> usize {
             .get_unchecked(align.trailing_zeros() as usize - 5)
             .get_unchecked(c) as usize
     };
-    if c == 0 {
-        return 0;
-    }
-    // Coloured classes' blocks are only 64-byte aligned (default build):
-    // up to 32 KiB the aligned twin of the power of two at or above the
-    // class serves instead, above that a page run.
-    if !cfg!(feature = "secure") && align > 64 && coloured(c) {
-        let size = CLASS_SIZE[c] as usize;
-        if size > 32 << 10 {
-            return 0;
-        }
-        let pow2 = size.next_power_of_two();
-        return TWIN_FIRST + (pow2.trailing_zeros() - 12) as usize;
-    }
+    // SAFETY: the table's generator asserts every entry < NUM_CLASSES;
+    // said so that callers indexing the bins drop their bounds test.
+    unsafe { core::hint::assert_unchecked(c < NUM_CLASSES) };
     c
 }
 
@@ -183,7 +173,9 @@ fn class_for_aligned(size: usize, align: usize) -> usize {
 const ALIGN_ROWS: usize = PAGE_SIZE.trailing_zeros() as usize - 4;
 
 /// `ALIGN_UP[k][c]`: the first sized class from `c` up whose size is a
-/// multiple of `32 << k`, or 0 when none is (`c` = 0 gives 0).
+/// multiple of `32 << k` — in the default build, above 64-byte alignment,
+/// the aligned twin that serves it if it is coloured (0 above 32 KiB) —
+/// or 0 when none is (`c` = 0 gives 0).
 const fn gen_align_up() -> [[u8; NUM_CLASSES]; ALIGN_ROWS] {
     let sizes = gen_sizes();
     let mut t = [[0u8; NUM_CLASSES]; ALIGN_ROWS];
@@ -196,7 +188,20 @@ const fn gen_align_up() -> [[u8; NUM_CLASSES]; ALIGN_ROWS] {
             while d < SIZED_CLASSES && !(sizes[d] as usize).is_multiple_of(align) {
                 d += 1;
             }
-            t[k][c] = if d < SIZED_CLASSES { d as u8 } else { 0 };
+            let mut r = if d < SIZED_CLASSES { d } else { 0 };
+            // Coloured classes' blocks are only 64-byte aligned (default
+            // build): up to 32 KiB the aligned twin of the power of two at
+            // or above the class serves instead, above that a page run.
+            if r != 0 && !cfg!(feature = "secure") && align > 64 && coloured(r) {
+                let size = sizes[r] as usize;
+                r = if size > 32 << 10 {
+                    0
+                } else {
+                    TWIN_FIRST + (size.next_power_of_two().trailing_zeros() - 12) as usize
+                };
+            }
+            assert!(r < NUM_CLASSES);
+            t[k][c] = r as u8;
             c += 1;
         }
         k += 1;
