@@ -937,10 +937,17 @@ unsafe fn fill_from_spans(h: *mut Heap, c: usize, want: usize) -> bool {
                 .min(target.offset_from(bin.top).max(0) as usize)
                 .min(carve_left);
             carve_left -= k;
+            // Through locals: a store through `bin.top` could be to
+            // `bin.top` itself as far as the compiler knows, which reloaded
+            // it for every block and kept the loop from being vectorised
+            // (E114: 6 instructions a block carved, now under 1.5).
+            let dst = bin.top;
+            let mut q = (p as usize).wrapping_add(k.wrapping_sub(1).wrapping_mul(size));
             for i in 0..k {
-                *bin.top.add(i) = p.add((k - 1 - i) * size);
+                *dst.add(i) = q as *mut u8;
+                q = q.wrapping_sub(size);
             }
-            bin.top = bin.top.add(k);
+            bin.top = dst.add(k);
             p = p.add(k * size);
             taken += k as u32;
             #[cfg(feature = "secure")]
@@ -985,13 +992,64 @@ pub unsafe fn overflow(h: *mut Heap, c: usize, p: *mut u8) {
         let bin = &mut (*h).bins.b[c];
         let cap = bin.end.offset_from(bin.base) as usize;
         let half = cap / 2;
-        release_blocks(h, c, bin.base, half);
+        #[cfg(not(feature = "secure"))]
+        let done = release_below(h, c, bin.base, half);
+        #[cfg(feature = "secure")]
+        let done = 0;
+        release_blocks(h, c, bin.base.add(done), half - done);
         let bin = &mut (*h).bins.b[c];
         core::ptr::copy(bin.base.add(half), bin.base, cap - half);
         bin.top = bin.base.add(cap - half);
         *bin.top = p;
         bin.top = bin.top.add(1);
         tick(h);
+    }
+}
+
+/// The first of the `n` blocks at `bs` (class `c`) and those after it that
+/// run down from it, block by block, go back to h's span by lowering its
+/// carving point, if the first is h's block just below that point; returns
+/// how many (0 otherwise). A program that frees blocks in the reverse order
+/// it allocated them (a list or a tree torn down) overflows its bins with
+/// such runs: they cost a pointer compare a block here, against about 13
+/// instructions each through [`release_blocks`] (E114), whose loop, for
+/// the remote blocks it mostly handles, this leaves as it was.
+///
+/// # Safety
+/// `h` is held; `bs[..n]` are free blocks of class `c`.
+#[cfg(not(feature = "secure"))]
+unsafe fn release_below(h: *mut Heap, c: usize, bs: *const *mut u8, n: usize) -> usize {
+    // SAFETY: caller's contract; m is the span of b, h's, whose meta only
+    // h's thread writes; the run's blocks are b and the blocks below it,
+    // all carved (j of them below b) and now free.
+    unsafe {
+        if n == 0 {
+            return 0;
+        }
+        let b = *bs as usize;
+        let (t, a) = arena::lookup(b);
+        if arena::tag_owner(t) != (*h).id {
+            return 0;
+        }
+        let m = arena::head_meta(b, t, a);
+        let size = CLASS_SIZE[c] as usize;
+        let bump = (*m).bump.load(Relaxed) as usize;
+        if b + size != bump {
+            return 0;
+        }
+        let j = block_index(m, c, b as *mut u8);
+        let mut next = b;
+        let mut k = 0;
+        let max = n.min(j + 1);
+        while k < max && *bs.add(k) as usize == next {
+            next = next.wrapping_sub(size);
+            k += 1;
+        }
+        (*m).bump.store((bump - k * size) as *mut u8, Relaxed);
+        span_freed(h, c, m, k as u32);
+        let bo = &(*h).blocks_out[c];
+        bo.store(bo.load(Relaxed) - k as u64, Relaxed);
+        k
     }
 }
 

@@ -93,6 +93,55 @@ fn span_free_lists_hand_each_block_out_once() {
     }
 }
 
+/// A program that frees its blocks in the reverse order it allocated them
+/// (a list or a stack torn down) gives each span's blocks back just below
+/// its carving point: a bin's overflow lowers the point over a whole run of
+/// them with one compare a block (`heap::release_below`, E114), a gap (a
+/// block kept, or freed out of turn) ends the run, and the rest go through
+/// `heap::release_blocks`. Every round must still hand each block
+/// out once with its contents intact: runs that reach a span's first block,
+/// runs cut by kept blocks, and runs that straddle two spans.
+#[test]
+fn reverse_frees_give_blocks_back_by_the_carving_point() {
+    for (size, n) in [(16usize, 9000), (48, 7000), (512, 3000), (3072, 700)] {
+        let mut rng = 0x853c_49e6_748f_ea9bu64;
+        let mut kept: Vec<(*mut u8, u32)> = Vec::new();
+        let mut tag = 1u32;
+        for round in 0..6 {
+            let mut live: Vec<(*mut u8, u32)> = (0..n)
+                .map(|_| {
+                    let p = hz_core::malloc(size);
+                    assert!(!p.is_null());
+                    fill(p, size, tag);
+                    tag += 1;
+                    (p, tag - 1)
+                })
+                .collect();
+            let set: HashSet<usize> = live.iter().chain(&kept).map(|&(p, _)| p as usize).collect();
+            assert_eq!(
+                set.len(),
+                live.len() + kept.len(),
+                "size {size} round {round}"
+            );
+            // Newest first; in odd rounds one block in 16 is kept (a gap).
+            while let Some((p, t)) = live.pop() {
+                assert!(intact(p, size, t), "size {size} round {round}: {p:p}");
+                if round % 2 == 1 && xorshift(&mut rng).is_multiple_of(16) {
+                    kept.push((p, t));
+                } else {
+                    // SAFETY: p is live, handed out above.
+                    unsafe { hz_core::free(p) };
+                }
+            }
+        }
+        for (p, t) in kept {
+            assert!(intact(p, size, t), "size {size}: kept block {p:p}");
+            // SAFETY: p is live.
+            unsafe { hz_core::free(p) };
+        }
+    }
+}
+
 /// Bin overflow gives a bin's oldest blocks back in runs (`heap::release_blocks`):
 /// blocks of the span of the block before go back without a tag lookup,
 /// and each span's count of blocks in use is updated once per run. Freed
