@@ -1009,7 +1009,9 @@ pub unsafe fn overflow(h: *mut Heap, c: usize, p: *mut u8) {
 /// The first of the `n` blocks at `bs` (class `c`) and those after it that
 /// run down from it, block by block, go back to h's span by lowering its
 /// carving point, if the first is h's block just below that point; returns
-/// how many (0 otherwise). A program that frees blocks in the reverse order
+/// how many blocks it handled (0 when the first is h's but not there; 1
+/// when it is another heap's, which goes to its spill array as in
+/// [`release_blocks`]). A program that frees blocks in the reverse order
 /// it allocated them (a list or a tree torn down) overflows its bins with
 /// such runs: they cost a pointer compare a block here, against about 13
 /// instructions each through [`release_blocks`] (E114), whose loop, for
@@ -1019,25 +1021,25 @@ pub unsafe fn overflow(h: *mut Heap, c: usize, p: *mut u8) {
 /// `h` is held; `bs[..n]` are free blocks of class `c`.
 #[cfg(not(feature = "secure"))]
 unsafe fn release_below(h: *mut Heap, c: usize, bs: *const *mut u8, n: usize) -> usize {
-    // SAFETY: caller's contract; m is the span of b, h's, whose meta only
-    // h's thread writes; the run's blocks are b and the blocks below it,
-    // all carved (j of them below b) and now free.
+    // SAFETY: caller's contract; r is b's span, h's, whose meta only h's
+    // thread writes: left untouched when nothing goes back to it, written
+    // back by leave_run otherwise. The run's blocks are b and the blocks
+    // below it, all carved (j of them below b) and now free.
     unsafe {
         if n == 0 {
             return 0;
         }
         let b = *bs as usize;
-        let (t, a) = arena::lookup(b);
-        if arena::tag_owner(t) != (*h).id {
+        // Another heap's block: to its spill array (one block handled).
+        let Some(mut r) = switch_run(h, c, NO_RUN, 0, b) else {
+            return 1;
+        };
+        let (shift, inv) = DIV_EXACT[c];
+        let j = (((b - r.base) >> shift) as u64).wrapping_mul(inv) as usize;
+        if j + 1 != r.carved {
             return 0;
         }
-        let m = arena::head_meta(b, t, a);
         let size = CLASS_SIZE[c] as usize;
-        let bump = (*m).bump.load(Relaxed) as usize;
-        if b + size != bump {
-            return 0;
-        }
-        let j = block_index(m, c, b as *mut u8);
         let mut next = b;
         let mut k = 0;
         let max = n.min(j + 1);
@@ -1045,10 +1047,8 @@ unsafe fn release_below(h: *mut Heap, c: usize, bs: *const *mut u8, n: usize) ->
             next = next.wrapping_sub(size);
             k += 1;
         }
-        (*m).bump.store((bump - k * size) as *mut u8, Relaxed);
-        span_freed(h, c, m, k as u32);
-        let bo = &(*h).blocks_out[c];
-        bo.store(bo.load(Relaxed) - k as u64, Relaxed);
+        r.carved -= k;
+        leave_run(h, c, r, k as u32);
         k
     }
 }
