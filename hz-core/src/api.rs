@@ -944,11 +944,8 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize) -> *mut u8 {
     #[cfg(not(feature = "secure"))]
     if !p.is_null() {
         let c = tag_class(arena::lookup(p as usize).0);
-        if c != 0 {
-            let u = CLASS_SIZE[c] as usize;
-            if new_size <= u && new_size >= u - u / 4 {
-                return p;
-            }
+        if c != 0 && keeps_in_place(new_size, CLASS_SIZE[c] as usize) {
+            return p;
         }
     }
     // SAFETY: forwarded contract.
@@ -965,6 +962,13 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize) -> *mut u8 {
 pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     // SAFETY: forwarded contract.
     unsafe { resize(p, new_size, align, false) }
+}
+
+/// C `realloc`'s rule for a small block of `usable` bytes (E112): it stays
+/// where it is while the new size uses at least 3/4 of it.
+#[inline(always)]
+fn keeps_in_place(new_size: usize, usable: usize) -> bool {
+    new_size <= usable && new_size >= usable - usable / 4
 }
 
 /// [`realloc`] (`headroom`: a small block that moves to grow gets at least
@@ -992,9 +996,7 @@ unsafe fn resize(p: *mut u8, new_size: usize, align: usize, headroom: bool) -> *
         old_usable = CLASS_SIZE[c] as usize;
         // In place: the same class, or with headroom (a block that grew
         // with room to spare, E112) any size that uses at least 3/4 of it.
-        if new_c == c
-            || (headroom && new_size <= old_usable && new_size >= old_usable - old_usable / 4)
-        {
+        if new_c == c || (headroom && keeps_in_place(new_size, old_usable)) {
             return p;
         }
     } else if tag_kind(t) == KIND_LARGE {

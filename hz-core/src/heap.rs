@@ -544,14 +544,40 @@ static DIV_EXACT: [(u32, u64); NUM_CLASSES] = {
     t
 };
 
+/// `off / size` for `off` a multiple of a class's size, with that class's
+/// `DIV_EXACT` entry `d` (default build).
+#[cfg(not(feature = "secure"))]
+#[inline(always)]
+fn exact_div(off: usize, d: (u32, u64)) -> usize {
+    ((off >> d.0) as u64).wrapping_mul(d.1) as usize
+}
+
 /// Index of block `b` in span `m` of class `c` (default build).
 #[cfg(not(feature = "secure"))]
 #[inline(always)]
 fn block_index(m: *mut PageMeta, c: usize, b: *mut u8) -> usize {
-    let (s, inv) = DIV_EXACT[c];
     // SAFETY: m is a live span's head meta.
-    let off = b as usize - unsafe { (*m).base };
-    ((off >> s) as u64).wrapping_mul(inv) as usize
+    exact_div(b as usize - unsafe { (*m).base }, DIV_EXACT[c])
+}
+
+/// Block `j` of a span goes back: below the carving point `carved` (the
+/// last block carved) it is un-carved, so a block carved and given back
+/// unused is never written; otherwise its bit is set in the span's bitmap
+/// `bits` and `free_lo` (the lowest word that may hold a set bit) follows
+/// (default build; the span's state as held by a release loop).
+///
+/// # Safety
+/// `j` is a carved block of the span, now free; `bits` is its bitmap.
+#[cfg(not(feature = "secure"))]
+#[inline(always)]
+unsafe fn put_back(j: usize, carved: &mut usize, free_lo: &mut u32, bits: *mut u64) {
+    if j + 1 == *carved {
+        *carved = j;
+    } else {
+        // SAFETY: j is a block of the span, so its word is in the bitmap.
+        unsafe { *bits.add(j >> 6) |= 1u64 << (j & 63) };
+        *free_lo = (*free_lo).min((j >> 6) as u32);
+    }
 }
 
 /// Secure build: puts free block `b` of h's span `m` back on the span,
@@ -1034,8 +1060,7 @@ unsafe fn release_below(h: *mut Heap, c: usize, bs: *const *mut u8, n: usize) ->
         let Some(mut r) = switch_run(h, c, NO_RUN, 0, b) else {
             return 1;
         };
-        let (shift, inv) = DIV_EXACT[c];
-        let j = (((b - r.base) >> shift) as u64).wrapping_mul(inv) as usize;
+        let j = block_index(r.m, c, b as *mut u8);
         if j + 1 != r.carved {
             return 0;
         }
@@ -1241,7 +1266,7 @@ unsafe fn spill_push(h: *mut Heap, c: usize, b: *mut u8) {
 /// was 43).
 #[cfg(not(feature = "secure"))]
 unsafe fn release_blocks(h: *mut Heap, c: usize, bs: *mut *mut u8, n: usize) {
-    let (shift, inv) = DIV_EXACT[c];
+    let div = DIV_EXACT[c];
     let (mut bs, mut n) = (bs, n);
     // SAFETY: bs[..n] are free blocks of class c, in memory the caller
     // lets us reorder (a bin's slots, or a single block); r is a span of h
@@ -1272,13 +1297,7 @@ unsafe fn release_blocks(h: *mut Heap, c: usize, bs: *mut *mut u8, n: usize) {
                         *bs.add(rest) = x;
                         rest += 1;
                     } else {
-                        let j = ((off >> shift) as u64).wrapping_mul(inv) as usize;
-                        if j + 1 == carved {
-                            carved = j;
-                        } else {
-                            *bits.add(j >> 6) |= 1u64 << (j & 63);
-                            free_lo = free_lo.min((j >> 6) as u32);
-                        }
+                        put_back(exact_div(off, div), &mut carved, &mut free_lo, bits);
                         k += 1;
                     }
                 }};
@@ -1326,7 +1345,7 @@ const PASS_PROBE: usize = 16;
 /// [`release_blocks`] in the blocks' order, one span run after another.
 #[cfg(not(feature = "secure"))]
 unsafe fn release_in_order(h: *mut Heap, c: usize, bs: *const *mut u8, n: usize) {
-    let (shift, inv) = DIV_EXACT[c];
+    let div = DIV_EXACT[c];
     let mut r = NO_RUN;
     let mut k = 0u32;
     // SAFETY: bs[..n] are free blocks of class c (caller's contract); while
@@ -1347,13 +1366,7 @@ unsafe fn release_in_order(h: *mut Heap, c: usize, bs: *const *mut u8, n: usize)
                 k = 0;
                 off = b - r.base;
             }
-            let j = ((off >> shift) as u64).wrapping_mul(inv) as usize;
-            if j + 1 == r.carved {
-                r.carved = j;
-            } else {
-                *r.bits.add(j >> 6) |= 1u64 << (j & 63);
-                r.free_lo = r.free_lo.min((j >> 6) as u32);
-            }
+            put_back(exact_div(off, div), &mut r.carved, &mut r.free_lo, r.bits);
             k += 1;
         }
         if k != 0 {
