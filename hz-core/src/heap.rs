@@ -187,6 +187,14 @@ pub struct Heap {
     /// are carved from (`segment`).
     #[cfg(not(feature = "secure"))]
     pub segs: [crate::segment::Segment; crate::segment::SEG_SLOTS],
+    /// Default build: blocks of its small segments this heap's thread
+    /// freed, newest first, kept whole for its next blocks of their
+    /// lengths (`segment::free`, E118).
+    #[cfg(not(feature = "secure"))]
+    pub seg_cache: [*mut PageMeta; crate::segment::CACHED],
+    /// Their pages (written by the heap's thread, read by statistics).
+    #[cfg(not(feature = "secure"))]
+    pub seg_cached_pages: AtomicU64,
     pub inbox: Inbox,
     slots: [*mut u8; BIN_SLOTS],
     spill: [*mut u8; SPILL_SLOTS],

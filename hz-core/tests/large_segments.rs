@@ -402,3 +402,64 @@ fn a_block_another_thread_freed_serves_before_fresh_pages() {
     free(q);
     free(keep);
 }
+
+/// A block its thread frees waits whole for the thread's next block of its
+/// length (E118): that block is it, a second free of it is ignored and
+/// counted (it is handed out once), its pages count as free meanwhile, and
+/// blocks of other lengths still get the places of the blocks freed before
+/// them, each block intact.
+#[test]
+fn freed_blocks_wait_for_the_next_block_of_their_length_and_no_more() {
+    if !child::in_child(
+        MARKER,
+        "freed_blocks_wait_for_the_next_block_of_their_length_and_no_more",
+        &[],
+        &[],
+    ) {
+        return;
+    }
+    let n = 4 * PAGE;
+    let p = hz_core::malloc(n);
+    write_all(p, n, 1);
+    let in_use = hz_core::stats().in_use;
+    free(p);
+    assert!(
+        hz_core::stats().in_use + n as u64 <= in_use,
+        "a freed block waiting for the next one is counted in use"
+    );
+    let foreign = hz_core::stats().foreign_frees;
+    free(p);
+    assert_eq!(hz_core::stats().foreign_frees, foreign + 1);
+    let q = hz_core::malloc(n);
+    let r = hz_core::malloc(n);
+    assert_eq!(
+        q, p,
+        "the freed block did not serve the next block of its length"
+    );
+    assert_ne!(r, q, "a block freed twice was handed out twice");
+    write_all(q, n, 2);
+    write_all(r, n, 3);
+    // Three lengths freed in turn (more than wait at once), then each
+    // length again: every block is a place of its own, nothing overlaps.
+    let lens = [2 * PAGE, 3 * PAGE, 5 * PAGE];
+    let a: Vec<*mut u8> = lens.iter().map(|&l| hz_core::malloc(l)).collect();
+    for (i, (&b, &l)) in a.iter().zip(&lens).enumerate() {
+        write_all(b, l, 10 + i as u8);
+    }
+    a.iter().for_each(|&b| free(b));
+    let b: Vec<*mut u8> = lens.iter().rev().map(|&l| hz_core::malloc(l)).collect();
+    for (i, (&x, &l)) in b.iter().zip(lens.iter().rev()).enumerate() {
+        assert!(!x.is_null());
+        write_all(x, l, 20 + i as u8);
+    }
+    for (i, (&x, &l)) in b.iter().zip(lens.iter().rev()).enumerate() {
+        assert!(all_are(x, l, 20 + i as u8), "block {i} was overwritten");
+    }
+    assert!(
+        all_are(q, n, 2) && all_are(r, n, 3),
+        "a live block was overwritten"
+    );
+    b.iter().for_each(|&x| free(x));
+    free(q);
+    free(r);
+}
