@@ -964,6 +964,13 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
     unsafe { resize(p, new_size, align, false) }
 }
 
+/// C `realloc` grows a small block to more than this many bytes into a
+/// large block (whole 64 KiB pages, with room to grow in place: E119), as
+/// jemalloc's blocks above 16 KiB and glibc's above its mmap threshold
+/// are: a buffer doubled from 4 KiB to 1 MiB was copied through every
+/// class up to 128 KiB (250 KiB copied; now 60 KiB).
+const GROW_LARGE_MIN: usize = 32 << 10;
+
 /// C `realloc`'s rule for a small block of `usable` bytes (E112): it stays
 /// where it is while the new size uses at least 3/4 of it.
 #[inline(always)]
@@ -1012,7 +1019,9 @@ unsafe fn resize(p: *mut u8, new_size: usize, align: usize, headroom: bool) -> *
         // SAFETY: m heads p's run.
         let seg = unsafe { in_segment(m) };
         // (secure builds keep their guard pages: no in-place resizing.)
-        if new_c == 0 && new_size <= MAX_REQUEST && !cfg!(feature = "secure") {
+        // (C `realloc` keeps a large block above GROW_LARGE_MIN large.)
+        let stays = new_c == 0 || (headroom && new_size > GROW_LARGE_MIN);
+        if stays && new_size <= MAX_REQUEST && !cfg!(feature = "secure") {
             let new_pages = new_size.max(1).div_ceil(PAGE_SIZE);
             if new_pages <= pages {
                 // Shrinking: give the tail back only when it is most of the
@@ -1104,6 +1113,35 @@ unsafe fn resize(p: *mut u8, new_size: usize, align: usize, headroom: bool) -> *
         }
     } else {
         return null_mut();
+    }
+    // Growing a small block past GROW_LARGE_MIN (C `realloc`): to a large
+    // block with half as much again as room, which the next growths take
+    // in place (E119).
+    if headroom
+        && c != 0
+        && new_size > old_usable.max(GROW_LARGE_MIN)
+        && new_size <= MAX_REQUEST
+        && !cfg!(feature = "secure")
+    {
+        let new_pages = new_size.div_ceil(PAGE_SIZE);
+        let q = alloc_large_in(
+            (new_pages + new_pages / 2) << PAGE_SHIFT,
+            align,
+            false,
+            true,
+        );
+        if q.is_null() {
+            return null_mut();
+        }
+        // SAFETY: q heads a fresh large block of at least new_pages pages
+        // (its run's head meta); p is live and distinct, old_usable bytes.
+        unsafe {
+            let (tq, aq) = arena::lookup(q as usize);
+            (*arena::head_meta(q as usize, tq, aq)).given = new_pages as u32;
+            core::ptr::copy_nonoverlapping(p, q, old_usable);
+            free(p);
+        }
+        return q;
     }
     // Growing a small block: with headroom, to at least 5/4 of its class
     // (within the small classes; a request above them is served as asked).

@@ -112,3 +112,71 @@ fn realloc_aligned_and_global_alloc_give_the_requests_class() {
         hz_core::free(r);
     }
 }
+
+/// C's `realloc` grows a small block past 32 KiB into a large block (whole
+/// 64 KiB pages) with room after it, and keeps it large above 32 KiB, so a
+/// buffer doubled to 1 MiB grows in place once it is large; shrunk to 32
+/// KiB or less it is a small block again (E119).
+#[test]
+fn a_buffer_doubled_past_32_kib_becomes_large_and_grows_in_place() {
+    const PAGE: usize = 64 << 10;
+    // On a thread of its own: its segments hold nothing else.
+    std::thread::spawn(|| {
+        let mut p = hz_core::malloc(4096);
+        let mut n = 4096;
+        let mut moves_when_large = 0;
+        // SAFETY: p is our live block of n bytes throughout; q the block
+        // realloc returned, of at least 2n bytes.
+        unsafe {
+            p.write_bytes(1, n);
+            while n < 1 << 20 {
+                let q = hz_core::realloc(p, 2 * n);
+                assert!(!q.is_null());
+                for i in (0..n).step_by(997) {
+                    assert_eq!(*q.add(i), 1, "byte {i} of {n}");
+                }
+                q.add(n).write_bytes(1, n);
+                let usable = hz_core::usable_size(q);
+                if 2 * n > 32 << 10 {
+                    // Large: whole pages, exactly the pages asked for.
+                    assert_eq!(q as usize % PAGE, 0, "{} bytes not a page run", 2 * n);
+                    assert_eq!(usable, (2 * n).next_multiple_of(PAGE));
+                    if n > 32 << 10 && q != p {
+                        moves_when_large += 1;
+                    }
+                } else {
+                    assert_eq!(usable, class_size(2 * n));
+                }
+                p = q;
+                n *= 2;
+            }
+            assert_eq!(
+                moves_when_large, 0,
+                "a large buffer moved while the pages after it were free"
+            );
+            // Down to 40 000 bytes it stays large (its tail goes back);
+            // down to 20 000 it becomes a small block.
+            let q = hz_core::realloc(p, 40_000);
+            assert_eq!(q, p);
+            assert_eq!(hz_core::usable_size(q), PAGE);
+            let r = hz_core::realloc(q, 20_000);
+            assert!(!r.is_null() && r != q);
+            assert_eq!(hz_core::usable_size(r), class_size(20_000));
+            for i in (0..20_000).step_by(97) {
+                assert_eq!(*r.add(i), 1);
+            }
+            hz_core::free(r);
+        }
+    })
+    .join()
+    .unwrap();
+    // realloc_aligned (and GlobalAlloc::realloc) keep their classes.
+    let p = hz_core::malloc(30_000);
+    // SAFETY: p is our live 16-aligned block.
+    unsafe {
+        let q = hz_core::realloc_aligned(p, 40_000, 16);
+        assert!(!q.is_null());
+        assert_eq!(hz_core::usable_size(q), class_size(40_000));
+        hz_core::free(q);
+    }
+}

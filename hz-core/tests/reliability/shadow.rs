@@ -29,6 +29,8 @@ use hz_core::{HzAlloc, PAGE_SIZE};
 
 /// Blocks up to this size are verified byte for byte.
 pub const FULL_CHECK: usize = 16 << 10;
+/// `hz_core::realloc` grows a small block past this into a large one (E119).
+const GROW_LARGE_MIN: usize = 32 << 10;
 
 /// splitmix64: small, fast, and every seed gives a good stream.
 #[derive(Clone)]
@@ -70,6 +72,9 @@ pub struct Block {
     pub align: usize,
     pub seed: u64,
     pub how: How,
+    /// A large block (a page run), whatever its size's class: C `realloc`
+    /// keeps blocks above 32 KiB large (E119).
+    pub large: bool,
 }
 
 /// Usable ranges of every live block, process-wide: start → end.
@@ -267,14 +272,16 @@ impl Model {
     }
 
     /// Records a fresh block: checks it, fills it, registers its extent.
-    /// `also`: a usable size accepted besides the request's (0: none).
+    /// `also`: a usable size accepted besides the request's (0: none);
+    /// `large`: the block is large whatever its size's class.
     fn adopt_new(
         &mut self,
-        b: Block,
+        mut b: Block,
         zeroed: bool,
         keep_prefix: usize,
         resized: bool,
         also: usize,
+        large: bool,
     ) {
         if b.p & (b.align.max(16) - 1) != 0 {
             self.fail(format!(
@@ -289,8 +296,13 @@ impl Model {
         // twice its pages, never less than needed. (Also for a realloc to
         // 0 bytes, which keeps no prefix: a soak found hz keeping a 2-page
         // block's second page when an aligned realloc asked for 0 bytes.)
-        let exp = expected_usable(b.size, b.align);
-        let resized_large = resized && class_for(b.size, b.align.max(1)) == 0;
+        let exp = if large {
+            b.size.max(1).next_multiple_of(PAGE_SIZE)
+        } else {
+            expected_usable(b.size, b.align)
+        };
+        b.large = large || class_for(b.size, b.align.max(1)) == 0;
+        let resized_large = resized && b.large;
         let usable_ok = if resized_large {
             b.usable >= exp && b.usable <= 2 * exp + PAGE_SIZE
         } else {
@@ -299,11 +311,7 @@ impl Model {
         if b.usable < b.size || !usable_ok {
             self.fail(format!(
                 "usable_size({:#x}) = {} for {} bytes aligned {} (expected {})",
-                b.p,
-                b.usable,
-                b.size,
-                b.align,
-                expected_usable(b.size, b.align)
+                b.p, b.usable, b.size, b.align, exp
             ));
         }
         if !hz_core::owns(b.p as *const u8) {
@@ -369,11 +377,13 @@ impl Model {
                 align,
                 seed,
                 how,
+                large: false,
             },
             zeroed,
             0,
             false,
             0,
+            false,
         );
     }
 
@@ -475,6 +485,7 @@ impl Model {
             align,
             seed: b.seed,
             how,
+            large: false,
         };
         // The common prefix must have moved with the block.
         let keep = b.size.min(new_size);
@@ -483,7 +494,13 @@ impl Model {
         // hz_core::realloc (C's) keeps a small block in place when the new
         // size uses at least 3/4 of it, and gives a small block that moves
         // to grow at least 5/4 of its room (E112).
-        let old_small = class_for(b.size, b.align.max(1)) != 0;
+        let old_small = !b.large;
+        // It grows a small block past 32 KiB into a large one with room to
+        // grow, and keeps a large block above 32 KiB large (E119).
+        let c_large = matches!(api, ReallocApi::Realloc)
+            && !cfg!(feature = "secure")
+            && new_size > GROW_LARGE_MIN
+            && (!old_small || new_size > b.usable);
         let also = match api {
             ReallocApi::Realloc
                 if old_small
@@ -498,7 +515,7 @@ impl Model {
             }
             _ => 0,
         };
-        self.adopt_new(nb, false, keep, true, also);
+        self.adopt_new(nb, false, keep, true, also, c_large);
     }
 
     pub fn free_all(&mut self) {
