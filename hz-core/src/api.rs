@@ -662,16 +662,31 @@ fn alloc_large_seg(size: usize, pages: usize, zero: bool, big: bool) -> *mut u8 
             return null_mut();
         }
     }
+    use crate::segment::Taken;
     // SAFETY: h is this thread's heap.
-    let Some((m, s, clean)) = (unsafe { crate::segment::take(h, pages, big) }) else {
+    let Some((m, how)) = (unsafe { crate::segment::take(h, pages, big) }) else {
         return null_mut();
     };
     // SAFETY: m heads the block just carved, ours; then it names its
-    // segment (hand_out_large clears `seg`); h is held and between
+    // segment (hand_out_large clears `seg`); a cached block's tags and
+    // `seg` are as they were while it was live; h is held and between
     // operations for the tick.
     unsafe {
-        let p = hand_out_large(m, pages, size, zero && !clean);
-        (*m).seg = s;
+        let p = match how {
+            Taken::Clean(s) | Taken::Dirty(s) => {
+                let p = hand_out_large(m, pages, size, zero && matches!(how, Taken::Dirty(_)));
+                (*m).seg = s;
+                p
+            }
+            Taken::Cached => {
+                (*m).given = pages as u32;
+                if zero {
+                    core::ptr::write_bytes((*m).addr as *mut u8, 0, size);
+                }
+                heap::count_large(((*m).pages as u64) << PAGE_SHIFT, false);
+                (*m).addr as *mut u8
+            }
+        };
         heap::tick(h);
         p
     }

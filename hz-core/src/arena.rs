@@ -364,6 +364,23 @@ pub fn page_of(m: *mut PageMeta) -> (usize, usize) {
     (page_index(m), unsafe { (*m).arena } as usize)
 }
 
+/// Default build: writes the tag of a large block's first page only, to
+/// `kind` (a block of a segment waiting in its heap's cache, whose other
+/// pages keep their tags: `segment::free`).
+///
+/// # Safety
+/// `m` is the head meta of a run of large-block tags that the caller owns.
+#[cfg(not(feature = "secure"))]
+pub unsafe fn set_head_tag(m: *mut PageMeta, kind: u64) {
+    // SAFETY: m is a valid head meta; its page's tag is in its arena's
+    // table.
+    unsafe {
+        let a = &ARENAS[(*m).arena as usize];
+        let idx = ((*m).addr - a.base.load(Relaxed)) >> PAGE_SHIFT;
+        *tag_ptr(a, idx) = make_tag(0, kind, 0, 0);
+    }
+}
+
 /// Writes the tags of a run.
 ///
 /// # Safety

@@ -187,9 +187,9 @@ pub struct Heap {
     /// are carved from (`segment`).
     #[cfg(not(feature = "secure"))]
     pub segs: [crate::segment::Segment; crate::segment::SEG_SLOTS],
-    /// Default build: blocks of its small segments this heap's thread
-    /// freed, newest first, kept whole for its next blocks of their
-    /// lengths (`segment::free`, E118).
+    /// Default build: blocks of its segments this heap's thread freed,
+    /// newest first, kept whole for its next blocks of their lengths
+    /// (`segment::free`, E118).
     #[cfg(not(feature = "secure"))]
     pub seg_cache: [*mut PageMeta; crate::segment::CACHED],
     /// Their pages (written by the heap's thread, read by statistics).

@@ -26,10 +26,11 @@
 //!   setting its pages in `remote` with one `fetch_or`; the owner folds
 //!   `remote` into `free` with one swap when no segment has a place whose
 //!   pages are all resident (E103), at its GC and at `flush_all`.
-//! * A block of a small segment that its owner's thread frees waits whole
+//! * A block of a segment that its owner's thread frees waits whole
 //!   in the heap's cache ([`CACHED`] of them, newest first) for the next
 //!   block of its length: its units stay out of `free` (statistics count
-//!   them free), its tags say free. The segment GC, and a block of a
+//!   them free), its first page's tag says free (the others' are cleared
+//!   when it leaves the cache for its segment). The segment GC, and a block of a
 //!   length none of them has, give them back.
 //! * A big block that another thread frees is kept whole, while there is
 //!   room, in [`KEPT`] (shared; E104): any thread's next big block of its
@@ -59,6 +60,19 @@ use crate::sync::{AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 use crate::{os, tls, PAGE_SHIFT};
 use core::ptr::null_mut;
 use crossbeam_utils::CachePadded;
+
+/// How [`take`] found a block.
+pub enum Taken {
+    /// Carved from segment `.0` (the caller writes the block's tags, then
+    /// its `seg`), its pages never written since they were last purged or
+    /// mapped.
+    Clean(*mut Segment),
+    /// The same, some of its pages possibly written.
+    Dirty(*mut Segment),
+    /// From the heap's cache: the block's tags and `seg` are as they were
+    /// while it was live (its pages possibly written).
+    Cached,
+}
 
 /// Units per segment: one bit each in a `u64`. A small segment's unit is
 /// a page (4 MiB segments), a big segment's `1 << BIG_UNIT` pages (32 MiB segments).
@@ -145,18 +159,12 @@ unsafe fn segs(h: *mut Heap) -> *mut Segment {
 /// A block of `pages` pages from heap `h`'s segments: from a small one
 /// (1..=[`RUN_MAX`] pages), or when `big` from a big one (up to
 /// [`BIG_RUN_MAX`], rounded up to its units): its head meta (`pages`,
-/// `addr`, `arena` written; the caller writes its tags and then `seg`),
-/// its segment, and whether its pages are clean (never written since they
-/// were last purged or mapped). None when the heap's segments of that kind
-/// have no room and no segment can be added.
+/// `addr`, `arena` written) and how it was [`Taken`]. None when the heap's
+/// segments of that kind have no room and no segment can be added.
 ///
 /// # Safety
 /// `h` is held by the calling thread; `pages` is in the range of the kind.
-pub unsafe fn take(
-    h: *mut Heap,
-    pages: usize,
-    big: bool,
-) -> Option<(*mut PageMeta, *mut Segment, bool)> {
+pub unsafe fn take(h: *mut Heap, pages: usize, big: bool) -> Option<(*mut PageMeta, Taken)> {
     let (lo, hi, unit) = if big {
         (SEGS, SEG_SLOTS, BIG_UNIT)
     } else {
@@ -165,11 +173,9 @@ pub unsafe fn take(
     let pages = pages.div_ceil(1 << unit);
     // SAFETY: h is held: its descriptors are ours.
     unsafe {
-        if !big {
-            let m = cache_take(h, pages);
-            if !m.is_null() {
-                return Some((m, (*m).seg, false));
-            }
+        let m = cache_take(h, pages << unit);
+        if !m.is_null() {
+            return Some((m, Taken::Cached));
         }
         let ss = segs(h);
         let (mut folded, mut reclaimed) = (false, false);
@@ -211,7 +217,7 @@ pub unsafe fn take(
                         (*m).pages = (pages << (*s).unit) as u32;
                         give_back(s, mask(i + pages, q - pages));
                     }
-                    return Some((m, s, false));
+                    return Some((m, Taken::Dirty(s)));
                 }
                 // None of this length: this heap's own blocks that other
                 // threads freed and no thread took back (a consumer's frees
@@ -311,11 +317,19 @@ unsafe fn open(s: *mut Segment, h: *mut Heap, unit: u32) -> bool {
 ///
 /// # Safety
 /// `s` is an open descriptor of a heap the caller holds; the pages are free.
-unsafe fn carve(s: *mut Segment, i: usize, n: usize) -> (*mut PageMeta, *mut Segment, bool) {
+unsafe fn carve(s: *mut Segment, i: usize, n: usize) -> (*mut PageMeta, Taken) {
     // SAFETY: forwarded contract.
     unsafe {
         let clean = take_units(s, mask(i, n));
-        (head(s, i, n), s, clean)
+        let m = head(s, i, n);
+        (
+            m,
+            if clean {
+                Taken::Clean(s)
+            } else {
+                Taken::Dirty(s)
+            },
+        )
     }
 }
 
@@ -380,12 +394,14 @@ pub unsafe fn free(m: *mut PageMeta) {
     unsafe {
         let s = (*m).seg;
         let (i, n) = units(s, m);
-        // Tags first: a second free of the block is then ignored.
-        arena::set_tags(m, 0, KIND_FREE, 0);
         let own = heap::heap_of_slot(tls::get()) == (*s).heap;
-        // The owner's small block waits whole for its next block of its
-        // length; the oldest one waiting goes back instead (E118).
-        if own && (*s).unit == 0 {
+        // The owner's block waits whole for its next block of its length;
+        // the oldest one waiting goes back instead (E118). Its first page's
+        // tag says free (a second free of the block is then ignored); the
+        // others' keep naming the block, whose head no longer says it is
+        // live, until it leaves the cache ([`uncache`]).
+        if own {
+            arena::set_head_tag(m, KIND_FREE);
             let h = (*s).heap;
             let c = &mut (*h).seg_cache;
             let old = c[CACHED - 1];
@@ -393,31 +409,35 @@ pub unsafe fn free(m: *mut PageMeta) {
                 c[k] = c[k - 1];
             }
             c[0] = m;
-            update(&(*h).seg_cached_pages, |p| p + n as u64);
+            update(&(*h).seg_cached_pages, |p| p + (*m).pages as u64);
             if !old.is_null() {
                 uncache(h, old);
             }
             return;
         }
+        // Tags first: a second free of the block is then ignored.
+        arena::set_tags(m, 0, KIND_FREE, 0);
         // Another heap's big block is kept for any thread's next block of
         // its length, while there is room (E104).
-        if (*s).unit != 0 && !own && keep(m, n) {
+        if (*s).unit != 0 && keep(m, n) {
             return;
         }
         give_back(s, mask(i, n));
     }
 }
 
-/// Blocks of its small segments a heap keeps after its thread freed them
-/// (`Heap::seg_cache`): a thread that takes a buffer of 128 KiB to 2 MiB
+/// Blocks of its segments a heap keeps after its thread freed them
+/// (`Heap::seg_cache`): a thread that takes a buffer of 128 KiB to 8 MiB
 /// and frees it, again and again, then gets the same block back without
 /// a search of its segments (E118: a `malloc` and `free` of 256 KiB took
 /// 560 instructions, tcmalloc's thread cache about 30). Their units stay
-/// in use, their tags say free (a second `free` of one is ignored); the
+/// in use, their first page's tag says free (a second `free` of one is
+/// ignored; the other pages' tags are written when it leaves); the
 /// segment GC gives them back ([`gc`]), so they wait at most a GC period.
 pub const CACHED: usize = 2;
 
-/// A block of `pages` pages from heap `h`'s cache; null when none has that
+/// A block of `pages` pages (whole units of its kind) from heap `h`'s
+/// cache; null when none has that
 /// length, and then the cache is given back, so that its units may serve
 /// this block.
 ///
@@ -435,6 +455,7 @@ unsafe fn cache_take(h: *mut Heap, pages: usize) -> *mut PageMeta {
                 }
                 c[CACHED - 1] = null_mut();
                 update(&(*h).seg_cached_pages, |p| p - pages as u64);
+                arena::set_head_tag(m, arena::KIND_LARGE);
                 return m;
             }
         }
@@ -443,7 +464,7 @@ unsafe fn cache_take(h: *mut Heap, pages: usize) -> *mut PageMeta {
     }
 }
 
-/// Cached block `m` (its tags cleared) goes back to its segment.
+/// Cached block `m` goes back to its segment, its tags cleared.
 ///
 /// # Safety
 /// `m` was in the cache of `h`, which the calling thread holds, and has
@@ -454,7 +475,8 @@ unsafe fn uncache(h: *mut Heap, m: *mut PageMeta) {
     unsafe {
         let s = (*m).seg;
         let (i, n) = units(s, m);
-        update(&(*h).seg_cached_pages, |p| p - n as u64);
+        update(&(*h).seg_cached_pages, |p| p - (*m).pages as u64);
+        arena::set_tags(m, 0, KIND_FREE, 0);
         give_back(s, mask(i, n));
     }
 }

@@ -404,10 +404,10 @@ fn a_block_another_thread_freed_serves_before_fresh_pages() {
 }
 
 /// A block its thread frees waits whole for the thread's next block of its
-/// length (E118): that block is it, a second free of it is ignored and
-/// counted (it is handed out once), its pages count as free meanwhile, and
-/// blocks of other lengths still get the places of the blocks freed before
-/// them, each block intact.
+/// length (E118): that block is it, a second free of it (or a free inside
+/// it) is ignored and counted (it is handed out once), its pages count as
+/// free meanwhile, and blocks of other lengths still get the places of the
+/// blocks freed before them, each block intact.
 #[test]
 fn freed_blocks_wait_for_the_next_block_of_their_length_and_no_more() {
     if !child::in_child(
@@ -460,6 +460,28 @@ fn freed_blocks_wait_for_the_next_block_of_their_length_and_no_more() {
         "a live block was overwritten"
     );
     b.iter().for_each(|&x| free(x));
+    free(q);
+    free(r);
+    // A block of a big segment (4 MiB) waits the same way; while it waits,
+    // a free of its first page or of a page inside it is ignored and
+    // counted (only its first page's tag is written when it is freed).
+    let n = 4 * MIB;
+    let p = hz_core::malloc(n);
+    write_all(p, n, 7);
+    free(p);
+    let foreign = hz_core::stats().foreign_frees;
+    free(p);
+    // SAFETY: an address inside the freed block (the misuse under test).
+    free(unsafe { p.add(3 * PAGE) });
+    assert_eq!(hz_core::stats().foreign_frees, foreign + 2);
+    let q = hz_core::malloc(n);
+    let r = hz_core::malloc(n);
+    assert_eq!(q, p, "the freed big block did not serve the next one");
+    assert_ne!(r, q, "a big block freed twice was handed out twice");
+    // SAFETY: q is live again: its size is its own.
+    assert_eq!(unsafe { hz_core::usable_size(q) }, n);
+    write_all(r, n, 8);
+    assert!(all_are(q, n, 7), "the waiting block was overwritten");
     free(q);
     free(r);
 }
