@@ -979,6 +979,24 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
     unsafe { resize(p, new_size, align, false) }
 }
 
+/// A large block for `realloc` to move a growing block into: `new_pages`
+/// pages given, with half as many again behind them (address space, until
+/// written), so that the next growths happen in place. The block and its
+/// run's head meta; None when out of memory.
+fn alloc_to_grow(new_pages: usize, align: usize) -> Option<(*mut u8, *mut arena::PageMeta)> {
+    let roomy = new_pages + new_pages / 2;
+    let q = alloc_large_in(roomy << PAGE_SHIFT, align, false, true);
+    if q.is_null() {
+        return None;
+    }
+    let (t, a) = arena::lookup(q as usize);
+    let m = arena::head_meta(q as usize, t, a);
+    // SAFETY: q heads its own fresh run of at least roomy pages; the
+    // program is given new_pages of them.
+    unsafe { (*m).given = new_pages as u32 };
+    Some((q, m))
+}
+
 /// C `realloc` grows a small block to more than this many bytes into a
 /// large block (whole 64 KiB pages, with room to grow in place: E119), as
 /// jemalloc's blocks above 16 KiB and glibc's above its mmap threshold
@@ -1081,21 +1099,14 @@ unsafe fn resize(p: *mut u8, new_size: usize, align: usize, headroom: bool) -> *
             // happens in place (the doubling that makes glibc's mremap'd
             // chunks cheap to grow), moving the pages by mremap when they
             // are many.
-            let q = alloc_large_in(roomy << PAGE_SHIFT, align, false, true);
-            if q.is_null() {
+            let Some((q, mq)) = alloc_to_grow(new_pages, align) else {
                 return null_mut();
-            }
+            };
             // A clean target (never touched, or purged) takes the old pages
             // by mremap; a resident one is copied into, since discarding its
             // pages and faulting others in later costs more than the copy.
-            let (tq, aq) = arena::lookup(q as usize);
-            let mq = arena::head_meta(q as usize, tq, aq);
-            // SAFETY: q heads its own fresh run of roomy pages; the program
-            // is given new_pages of them.
-            let clean = unsafe {
-                (*mq).given = new_pages as u32;
-                !in_segment(mq) && arena::taken_clean(mq)
-            };
+            // SAFETY: mq heads q's fresh run.
+            let clean = unsafe { !in_segment(mq) && arena::taken_clean(mq) };
             // Pages move only within a zone: `mremap` carries the source
             // range's huge-page advice along, and a range advised unlike its
             // neighbours is a VMA of its own. In the huge zone whole 2 MiB
@@ -1138,21 +1149,12 @@ unsafe fn resize(p: *mut u8, new_size: usize, align: usize, headroom: bool) -> *
         && new_size <= MAX_REQUEST
         && !cfg!(feature = "secure")
     {
-        let new_pages = new_size.div_ceil(PAGE_SIZE);
-        let q = alloc_large_in(
-            (new_pages + new_pages / 2) << PAGE_SHIFT,
-            align,
-            false,
-            true,
-        );
-        if q.is_null() {
+        let Some((q, _)) = alloc_to_grow(new_size.div_ceil(PAGE_SIZE), align) else {
             return null_mut();
-        }
-        // SAFETY: q heads a fresh large block of at least new_pages pages
-        // (its run's head meta); p is live and distinct, old_usable bytes.
+        };
+        // SAFETY: q is a fresh block of at least new_size > old_usable
+        // bytes; p is live and distinct.
         unsafe {
-            let (tq, aq) = arena::lookup(q as usize);
-            (*arena::head_meta(q as usize, tq, aq)).given = new_pages as u32;
             core::ptr::copy_nonoverlapping(p, q, old_usable);
             free(p);
         }

@@ -26,12 +26,12 @@
 //!   setting its pages in `remote` with one `fetch_or`; the owner folds
 //!   `remote` into `free` with one swap when no segment has a place whose
 //!   pages are all resident (E103), at its GC and at `flush_all`.
-//! * A block of a segment that its owner's thread frees waits whole
-//!   in the heap's cache ([`CACHED`] of them, newest first) for the next
+//! * A block of a segment that its owner's thread frees waits whole in
+//!   the heap's cache ([`CACHED`] of them, newest first) for the next
 //!   block of its length: its units stay out of `free` (statistics count
 //!   them free), its first page's tag says free (the others' are cleared
-//!   when it leaves the cache for its segment). The segment GC, and a block of a
-//!   length none of them has, give them back.
+//!   when it leaves the cache for its segment). The segment GC, and a
+//!   block of a length none of them has, give them back.
 //! * A big block that another thread frees is kept whole, while there is
 //!   room, in [`KEPT`] (shared; E104): any thread's next big block of its
 //!   length takes it before carving units that fault. Its units stay in
@@ -437,9 +437,8 @@ pub unsafe fn free(m: *mut PageMeta) {
 pub const CACHED: usize = 2;
 
 /// A block of `pages` pages (whole units of its kind) from heap `h`'s
-/// cache; null when none has that
-/// length, and then the cache is given back, so that its units may serve
-/// this block.
+/// cache; null when none has that length, and then the cache is given
+/// back, so that its units may serve this block.
 ///
 /// # Safety
 /// `h` is held by the calling thread.
@@ -470,8 +469,7 @@ unsafe fn cache_take(h: *mut Heap, pages: usize) -> *mut PageMeta {
 /// `m` was in the cache of `h`, which the calling thread holds, and has
 /// just left it.
 unsafe fn uncache(h: *mut Heap, m: *mut PageMeta) {
-    // SAFETY: caller's contract: m heads a carved block of its segment
-    // (units of one page).
+    // SAFETY: caller's contract: m heads a carved block of its segment.
     unsafe {
         let s = (*m).seg;
         let (i, n) = units(s, m);
