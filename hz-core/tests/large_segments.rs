@@ -17,7 +17,7 @@
 #[path = "reliability/child.rs"]
 mod child;
 
-use child::{all_are, free, resident_pages, write_all, MIB};
+use child::{all_are, free, frees_are_ignored, resident_pages, write_all, MIB};
 use std::time::Duration;
 
 const MARKER: &str = "HZ_LARGE_SEGMENTS_CHILD";
@@ -55,13 +55,7 @@ fn a_freed_block_serves_its_threads_next_block_and_not_another_threads() {
     let keep = hz_core::malloc(n);
     write_all(p, n, 0xab);
     free(p);
-    let foreign = hz_core::stats().foreign_frees;
-    free(p);
-    assert_eq!(
-        hz_core::stats().foreign_frees,
-        foreign + 1,
-        "a second free of a segment block is not ignored and counted"
-    );
+    frees_are_ignored(&[p], "a second free of a segment block");
     // Another thread's block of that length comes from its own segment.
     another_thread_gets_another_block(p, n);
     // This thread's next block of 3 pages takes the freed place, zeroed by
@@ -223,10 +217,7 @@ fn realloc_shrinking_a_block_gives_its_tail_back() {
         "the shrunk block's tail did not serve the next block"
     );
     // A free of the old tail's address is ignored and counted.
-    let foreign = hz_core::stats().foreign_frees;
-    // SAFETY: not a block start: the misuse under test (ignored by hz).
-    free(unsafe { q.add(5 * PAGE) });
-    assert_eq!(hz_core::stats().foreign_frees, foreign + 1);
+    frees_are_ignored(&[q.wrapping_add(5 * PAGE)], "a free of the old tail");
     free(q);
     free(r);
 }
@@ -300,10 +291,7 @@ fn realloc_growing_a_block_takes_the_free_pages_after_it() {
     assert!(all_are(tail, 3 * PAGE - 100, 9));
     // The pages it grew over are the block's: a free inside them is a
     // foreign free, ignored and counted.
-    let foreign = hz_core::stats().foreign_frees;
-    // SAFETY: not a block start: the misuse under test (ignored by hz).
-    free(unsafe { q.add(7 * PAGE) });
-    assert_eq!(hz_core::stats().foreign_frees, foreign + 1);
+    frees_are_ignored(&[q.wrapping_add(7 * PAGE)], "a free inside the grown block");
     free(q);
 }
 
@@ -427,9 +415,7 @@ fn freed_blocks_wait_for_the_next_block_of_their_length_and_no_more() {
         hz_core::stats().in_use + n as u64 <= in_use,
         "a freed block waiting for the next one is counted in use"
     );
-    let foreign = hz_core::stats().foreign_frees;
-    free(p);
-    assert_eq!(hz_core::stats().foreign_frees, foreign + 1);
+    frees_are_ignored(&[p], "a second free of a waiting block");
     let q = hz_core::malloc(n);
     let r = hz_core::malloc(n);
     assert_eq!(
@@ -469,11 +455,10 @@ fn freed_blocks_wait_for_the_next_block_of_their_length_and_no_more() {
     let p = hz_core::malloc(n);
     write_all(p, n, 7);
     free(p);
-    let foreign = hz_core::stats().foreign_frees;
-    free(p);
-    // SAFETY: an address inside the freed block (the misuse under test).
-    free(unsafe { p.add(3 * PAGE) });
-    assert_eq!(hz_core::stats().foreign_frees, foreign + 2);
+    frees_are_ignored(
+        &[p, p.wrapping_add(3 * PAGE)],
+        "a second free of a waiting big block, or one inside it,",
+    );
     let q = hz_core::malloc(n);
     let r = hz_core::malloc(n);
     assert_eq!(q, p, "the freed big block did not serve the next one");

@@ -157,6 +157,20 @@ pub fn write_all(p: *mut u8, n: usize, v: u8) {
     unsafe { core::ptr::write_bytes(p, v, n) };
 }
 
+/// Frees each of `ps` through hz, none of them a live block's start (a
+/// block freed before, or an address inside one: the misuse under test),
+/// and asserts that hz ignored each and counted it as a foreign free;
+/// `what` names them in the failure.
+pub fn frees_are_ignored(ps: &[*mut u8], what: &str) {
+    let foreign = hz_core::stats().foreign_frees;
+    ps.iter().for_each(|&p| free(p));
+    assert_eq!(
+        hz_core::stats().foreign_frees,
+        foreign + ps.len() as u64,
+        "{what} is not ignored and counted"
+    );
+}
+
 /// Frees `p` through hz.
 pub fn free(p: *mut u8) {
     // SAFETY: callers pass live blocks of hz, each once (or, where the
