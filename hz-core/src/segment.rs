@@ -393,7 +393,6 @@ pub unsafe fn free(m: *mut PageMeta) {
     // and `base` do not change while the block is live.
     unsafe {
         let s = (*m).seg;
-        let (i, n) = units(s, m);
         let own = heap::heap_of_slot(tls::get()) == (*s).heap;
         // The owner's block waits whole for its next block of its length;
         // the oldest one waiting goes back instead (E118). Its first page's
@@ -415,6 +414,7 @@ pub unsafe fn free(m: *mut PageMeta) {
             }
             return;
         }
+        let (i, n) = units(s, m);
         // Tags first: a second free of the block is then ignored.
         arena::set_tags(m, 0, KIND_FREE, 0);
         // Another heap's big block is kept for any thread's next block of

@@ -21,7 +21,7 @@
 #[path = "reliability/child.rs"]
 mod child;
 
-use child::{resident_pages, write_all};
+use child::{free, frees_are_ignored, resident_pages, served_once, write_all};
 
 const MARKER: &str = "HZ_LARGE_KEPT_CHILD";
 
@@ -80,23 +80,10 @@ fn a_freed_large_run_serves_the_next_block_and_a_double_free_is_ignored() {
     let p = kept_by_another_thread(n, 0xab) as *mut u8;
     let q = hz_core::malloc(n);
     assert_eq!(q, p, "a run kept by another thread did not serve this one");
-    // SAFETY: q (= p) is live; the second free is the misuse under test.
-    unsafe { hz_core::free(q) };
-    let foreign = hz_core::stats().foreign_frees;
-    // SAFETY: see above: hz must ignore it (its tags say "free").
-    unsafe { hz_core::free(p) };
-    assert_eq!(
-        hz_core::stats().foreign_frees,
-        foreign + 1,
-        "a second free of a kept large block is not ignored and counted"
-    );
-    let a = hz_core::malloc(n);
-    let b = hz_core::malloc(n);
-    assert_eq!(
-        a, p,
-        "the freed run did not serve the next block of its size"
-    );
-    assert_ne!(a, b, "one run handed out twice after a double free");
+    free(q);
+    // The second free is the misuse under test (its tags say "free").
+    frees_are_ignored(&[p], "a second free of a kept large block");
+    let (a, b) = served_once(p, n, "the freed run");
     // SAFETY: a is a live block of hz.
     assert_eq!(unsafe { hz_core::usable_size(a) }, 1216 << 10);
     // SAFETY: live blocks of hz.

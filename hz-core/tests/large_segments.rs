@@ -17,7 +17,7 @@
 #[path = "reliability/child.rs"]
 mod child;
 
-use child::{all_are, free, frees_are_ignored, resident_pages, write_all, MIB};
+use child::{all_are, free, frees_are_ignored, resident_pages, served_once, write_all, MIB};
 use std::time::Duration;
 
 const MARKER: &str = "HZ_LARGE_SEGMENTS_CHILD";
@@ -416,13 +416,7 @@ fn freed_blocks_wait_for_the_next_block_of_their_length_and_no_more() {
         "a freed block waiting for the next one is counted in use"
     );
     frees_are_ignored(&[p], "a second free of a waiting block");
-    let q = hz_core::malloc(n);
-    let r = hz_core::malloc(n);
-    assert_eq!(
-        q, p,
-        "the freed block did not serve the next block of its length"
-    );
-    assert_ne!(r, q, "a block freed twice was handed out twice");
+    let (q, r) = served_once(p, n, "the freed block");
     write_all(q, n, 2);
     write_all(r, n, 3);
     // Three lengths freed in turn (more than wait at once), then each
@@ -459,10 +453,7 @@ fn freed_blocks_wait_for_the_next_block_of_their_length_and_no_more() {
         &[p, p.wrapping_add(3 * PAGE)],
         "a second free of a waiting big block, or one inside it,",
     );
-    let q = hz_core::malloc(n);
-    let r = hz_core::malloc(n);
-    assert_eq!(q, p, "the freed big block did not serve the next one");
-    assert_ne!(r, q, "a big block freed twice was handed out twice");
+    let (q, r) = served_once(p, n, "the freed big block");
     // SAFETY: q is live again: its size is its own.
     assert_eq!(unsafe { hz_core::usable_size(q) }, n);
     write_all(r, n, 8);

@@ -171,6 +171,17 @@ pub fn frees_are_ignored(ps: &[*mut u8], what: &str) {
     );
 }
 
+/// The next two blocks of `n` bytes after block `p` of that length was
+/// freed (and freed again, the misuse under test): the first must be `p`,
+/// the second another block, so that `p` is handed out once; `what` names
+/// `p` in the failures.
+pub fn served_once(p: *mut u8, n: usize, what: &str) -> (*mut u8, *mut u8) {
+    let (q, r) = (hz_core::malloc(n), hz_core::malloc(n));
+    assert_eq!(q, p, "{what} did not serve the next block of its length");
+    assert_ne!(r, q, "{what}, freed twice, was handed out twice");
+    (q, r)
+}
+
 /// Frees `p` through hz.
 pub fn free(p: *mut u8) {
     // SAFETY: callers pass live blocks of hz, each once (or, where the
