@@ -189,12 +189,16 @@ pub struct Heap {
     pub segs: [crate::segment::Segment; crate::segment::SEG_SLOTS],
     /// Default build: blocks of its segments this heap's thread freed,
     /// newest first, kept whole for its next blocks of their lengths
-    /// (`segment::free`, E118).
+    /// (`segment::cache_put`, E118).
     #[cfg(not(feature = "secure"))]
     pub seg_cache: [*mut PageMeta; crate::segment::CACHED],
     /// Their pages (written by the heap's thread, read by statistics).
     #[cfg(not(feature = "secure"))]
     pub seg_cached_pages: AtomicU64,
+    /// Default build: large blocks the cache served since the last
+    /// [`tick`] it ran ([`tick_cached`]).
+    #[cfg(not(feature = "secure"))]
+    cache_served: u32,
     pub inbox: Inbox,
     slots: [*mut u8; BIN_SLOTS],
     spill: [*mut u8; SPILL_SLOTS],
@@ -1188,6 +1192,29 @@ pub unsafe fn tick(h: *mut Heap) {
     }
 }
 
+/// [`tick`] once in [`CACHE_TICK_EVERY`] large blocks that heap `h`'s
+/// segment cache serves (E120): such a block changes no page, and the
+/// tick was a sixth of a `malloc`+`free` of one; a thread whose blocks all
+/// come from its bins and its cache still runs its GC and purges.
+///
+/// # Safety
+/// As [`tick`], with `h` not null.
+#[cfg(not(feature = "secure"))]
+pub unsafe fn tick_cached(h: *mut Heap) {
+    // SAFETY: h is held (caller's contract).
+    unsafe {
+        (*h).cache_served += 1;
+        if (*h).cache_served >= CACHE_TICK_EVERY {
+            (*h).cache_served = 0;
+            tick(h);
+        }
+    }
+}
+
+/// See [`tick_cached`].
+#[cfg(not(feature = "secure"))]
+const CACHE_TICK_EVERY: u32 = 16;
+
 /// [`tick`] for the calling thread's heap, from paths that hold no heap
 /// (large blocks).
 pub fn tick_current() {
@@ -2148,7 +2175,12 @@ fn reclaim_abandoned() -> bool {
 /// thread: in its heap ([`Heap::large_blocks`]), or in its shard of
 /// [`crate::stats::LARGE`] for a thread without one.
 pub fn count_large(bytes: u64, freed: bool) {
-    let h = heap_of_slot(tls::get());
+    count_large_in(heap_of_slot(tls::get()), bytes, freed);
+}
+
+/// [`count_large`] with the calling thread's heap `h` (null: none) known.
+#[inline(always)]
+pub fn count_large_in(h: *mut Heap, bytes: u64, freed: bool) {
     let (n, b) = if freed {
         (1u64.wrapping_neg(), bytes.wrapping_neg())
     } else {

@@ -177,6 +177,9 @@ pub unsafe fn take(h: *mut Heap, pages: usize, big: bool) -> Option<(*mut PageMe
         if !m.is_null() {
             return Some((m, Taken::Cached));
         }
+        // None has this length: the cache goes back, so that its units
+        // may serve this block.
+        cache_flush(h);
         let ss = segs(h);
         let (mut folded, mut reclaimed) = (false, false);
         loop {
@@ -392,28 +395,10 @@ pub unsafe fn free(m: *mut PageMeta) {
     // published with the block) by the thread that carved it; s's `heap`
     // and `base` do not change while the block is live.
     unsafe {
-        let s = (*m).seg;
-        let own = heap::heap_of_slot(tls::get()) == (*s).heap;
-        // The owner's block waits whole for its next block of its length;
-        // the oldest one waiting goes back instead (E118). Its first page's
-        // tag says free (a second free of the block is then ignored); the
-        // others' keep naming the block, whose head no longer says it is
-        // live, until it leaves the cache ([`uncache`]).
-        if own {
-            arena::set_head_tag(m, KIND_FREE);
-            let h = (*s).heap;
-            let c = &mut (*h).seg_cache;
-            let old = c[CACHED - 1];
-            for k in (1..CACHED).rev() {
-                c[k] = c[k - 1];
-            }
-            c[0] = m;
-            update(&(*h).seg_cached_pages, |p| p + (*m).pages as u64);
-            if !old.is_null() {
-                uncache(h, old);
-            }
+        if cache_put(heap::heap_of_slot(tls::get()), m) {
             return;
         }
+        let s = (*m).seg;
         let (i, n) = units(s, m);
         // Tags first: a second free of the block is then ignored.
         arena::set_tags(m, 0, KIND_FREE, 0);
@@ -423,6 +408,42 @@ pub unsafe fn free(m: *mut PageMeta) {
             return;
         }
         give_back(s, mask(i, n));
+    }
+}
+
+/// Large block `m`, which the caller gives up, waits whole in the cache
+/// of its segment's heap for that thread's next block of its length, when
+/// the calling thread is the owner (true); the oldest block waiting goes
+/// back instead (E118). Its first page's tag says free (a second free of
+/// the block is then ignored); the others' keep naming the block, whose
+/// head no longer says it is live, until it leaves the cache
+/// ([`uncache`]). No system call: `free` needs no errno saved (E120).
+///
+/// # Safety
+/// `m` heads a live large block (of a segment or not) that the caller
+/// gives up; `h` is the calling thread's heap (null: none).
+#[inline(always)]
+pub unsafe fn cache_put(h: *mut Heap, m: *mut PageMeta) -> bool {
+    // SAFETY: m heads a live large block: `seg` names its segment or is
+    // null; a segment's `heap` never changes; a heap that is the calling
+    // thread's is held by it.
+    unsafe {
+        let s = (*m).seg;
+        if s.is_null() || h != (*s).heap {
+            return false;
+        }
+        arena::set_head_tag(m, KIND_FREE);
+        let c = &mut (*h).seg_cache;
+        let old = c[CACHED - 1];
+        for k in (1..CACHED).rev() {
+            c[k] = c[k - 1];
+        }
+        c[0] = m;
+        update(&(*h).seg_cached_pages, |p| p + (*m).pages as u64);
+        if !old.is_null() {
+            uncache(h, old);
+        }
+        true
     }
 }
 
@@ -437,8 +458,7 @@ pub unsafe fn free(m: *mut PageMeta) {
 pub const CACHED: usize = 2;
 
 /// A block of `pages` pages (whole units of its kind) from heap `h`'s
-/// cache; null when none has that length, and then the cache is given
-/// back, so that its units may serve this block.
+/// cache, taken out of it and live again; null when none has that length.
 ///
 /// # Safety
 /// `h` is held by the calling thread.
@@ -458,9 +478,25 @@ unsafe fn cache_take(h: *mut Heap, pages: usize) -> *mut PageMeta {
                 return m;
             }
         }
-        cache_flush(h);
         null_mut()
     }
+}
+
+/// [`cache_take`] for a large block of `pages` pages (at most
+/// [`BIG_RUN_MAX`]), rounded up as [`take`] rounds it: the fast path of a
+/// large `malloc` (E120), before any other work. Null when none waits.
+///
+/// # Safety
+/// `h` is held by the calling thread.
+#[inline(always)]
+pub unsafe fn cache_take_pages(h: *mut Heap, pages: usize) -> *mut PageMeta {
+    let pages = if pages > RUN_MAX {
+        pages.div_ceil(1 << BIG_UNIT) << BIG_UNIT
+    } else {
+        pages
+    };
+    // SAFETY: forwarded contract.
+    unsafe { cache_take(h, pages) }
 }
 
 /// Cached block `m` goes back to its segment, its tags cleared.

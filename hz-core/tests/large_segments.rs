@@ -8,7 +8,8 @@
 //! grown by `realloc` takes the free pages after it in place, on its owner's
 //! thread (remote frees of those pages folded in first), and moves when they
 //! are taken or another thread grows it; free pages are purged at
-//! `collect()`, and without it after a few GC periods of the thread's work.
+//! `collect()`, and without it after a few GC periods of the thread's work,
+//! even when all that work is blocks its cache serves (E120).
 //!
 //! Each test runs in a child process, so that no other test's blocks share
 //! its segments.
@@ -460,4 +461,46 @@ fn freed_blocks_wait_for_the_next_block_of_their_length_and_no_more() {
     assert!(all_are(q, n, 7), "the waiting block was overwritten");
     free(q);
     free(r);
+}
+
+/// The fast path of a large block (E120): a block waiting in the thread's
+/// cache serves a `calloc` of its length, zeroed; and a thread whose
+/// large blocks all come from that cache still runs its periodic work:
+/// a block of another length that waits there goes back to its segment
+/// at a GC and its pages are purged, with no call to `collect()`.
+#[test]
+fn cached_blocks_serve_calloc_zeroed_and_the_threads_gc_goes_on() {
+    if !child::in_child(
+        MARKER,
+        "cached_blocks_serve_calloc_zeroed_and_the_threads_gc_goes_on",
+        &[],
+        &[],
+    ) {
+        return;
+    }
+    let n = 4 * PAGE;
+    let p = hz_core::malloc(n);
+    write_all(p, n, 5);
+    free(p);
+    let q = hz_core::calloc(n);
+    assert_eq!(
+        q, p,
+        "the waiting block did not serve a calloc of its length"
+    );
+    assert!(all_are(q, n, 0), "calloc of a waiting block is not zeroed");
+    // d, carved while q is live, then waits beside q; every block below
+    // is q's length, served by the cache (q's place each time), so d waits
+    // until a GC gives it back to its segment.
+    let d = hz_core::malloc(MIB);
+    write_all(d, MIB, 6);
+    free(d);
+    free(q);
+    assert_eq!(resident_pages(d, MIB), MIB / 4096);
+    child::wait_until_purged_by(d, MIB, "a waiting block", "cached blocks", || {
+        for _ in 0..2000 {
+            let b = hz_core::malloc(n);
+            assert_eq!(b, q, "the cache did not serve a block of its length");
+            free(b);
+        }
+    });
 }

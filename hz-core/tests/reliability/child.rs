@@ -81,17 +81,31 @@ impl Rng {
 /// every 10 ms until no page of `[p, p + len)` is resident, with no call to
 /// collect (hz has no background thread). Fails after 2 s, naming `what`.
 pub fn wait_until_purged_by_small_work(p: *mut u8, len: usize, what: &str) {
-    let t0 = std::time::Instant::now();
-    while resident_pages(p, len) != 0 {
-        assert!(
-            t0.elapsed() < std::time::Duration::from_secs(2),
-            "{what} stayed resident for 2 s of small-block work"
-        );
+    wait_until_purged_by(p, len, what, "small-block work", || {
         let v: Vec<*mut u8> = (0..2000).map(|i| hz_core::malloc(16 + i % 1000)).collect();
         for b in v {
             // SAFETY: live blocks of hz, each freed once.
             unsafe { hz_core::free(b) };
         }
+    });
+}
+
+/// Runs `work` every 10 ms until no page of `[p, p + len)` is resident,
+/// with no call to collect. Fails after 2 s, naming `what` and `doing`.
+pub fn wait_until_purged_by(
+    p: *mut u8,
+    len: usize,
+    what: &str,
+    doing: &str,
+    mut work: impl FnMut(),
+) {
+    let t0 = std::time::Instant::now();
+    while resident_pages(p, len) != 0 {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(2),
+            "{what} stayed resident for 2 s of {doing}"
+        );
+        work();
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
