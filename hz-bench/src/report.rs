@@ -827,6 +827,16 @@ pub fn secure_markdown(rows: &[SecureRow], limit: f64) -> String {
     md
 }
 
+/// A CSV field (RFC 4180): quoted, with quotes doubled, when it holds a
+/// comma, a quote or a line break (workload descriptions have commas).
+fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\"")).into()
+    } else {
+        s.into()
+    }
+}
+
 /// CSV, one row per summary.
 pub fn csv(sums: &[Summary]) -> String {
     let mut s = String::from(
@@ -837,12 +847,12 @@ pub fn csv(sums: &[Summary]) -> String {
         let _ = writeln!(
             s,
             "{},{},{},{},{},{},{},{:.0},{:.4},{},{},{:.0},{},{},{}",
-            x.mode,
-            x.group,
-            x.desc,
+            csv_field(x.mode),
+            csv_field(&x.group),
+            csv_field(&x.desc),
             x.threads,
             x.remote.map(|r| r.to_string()).unwrap_or_default(),
-            x.alloc,
+            csv_field(&x.alloc),
             x.reps,
             x.ns,
             x.mops,
@@ -1060,6 +1070,32 @@ mod tests {
         );
         assert!(csv(&sums).lines().count() == 4);
         assert!(json(&[("k".into(), "v".into())], &sums, &s).contains("\"summaries\""));
+    }
+
+    #[test]
+    fn csv_quotes_fields_with_commas_and_quotes() {
+        let mut s = vec![sample("hz", 0, 300), sample("mimalloc", 0, 100)];
+        for x in &mut s {
+            x.cell.desc = "threads replace blocks, then \"hand\" them on".into();
+        }
+        let out = csv(&summarize(&s));
+        let header = out.lines().next().unwrap().split(',').count();
+        for line in out.lines().skip(1) {
+            // Split on the commas outside quotes: as many fields as the header.
+            let (mut fields, mut quoted) = (1, false);
+            for ch in line.chars() {
+                match ch {
+                    '"' => quoted = !quoted,
+                    ',' if !quoted => fields += 1,
+                    _ => {}
+                }
+            }
+            assert_eq!(fields, header, "{line}");
+            assert!(
+                line.contains(r#","threads replace blocks, then ""hand"" them on","#),
+                "{line}"
+            );
+        }
     }
 
     #[test]
