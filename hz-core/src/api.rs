@@ -569,35 +569,13 @@ fn alloc_large_cached(size: usize, align: usize, zero: bool) -> *mut u8 {
         if m.is_null() {
             return null_mut();
         }
-        let p = hand_out_cached(h, m, pages, size, zero);
-        heap::tick_cached(h);
-        p
-    }
-}
-
-/// Block `m`, just taken from a segment cache, becomes a large block of
-/// `size` bytes (`pages` pages asked): `given`, a `calloc`'s zeroing
-/// (its pages may be dirty), the counts. Returns the block.
-///
-/// # Safety
-/// `m` heads a cached block that the caller has just taken from `h`, the
-/// calling thread's heap.
-#[cfg(not(feature = "secure"))]
-#[inline(always)]
-unsafe fn hand_out_cached(
-    h: *mut heap::Heap,
-    m: *mut arena::PageMeta,
-    pages: usize,
-    size: usize,
-    zero: bool,
-) -> *mut u8 {
-    // SAFETY: caller's contract: the block is ours, at least `pages` long.
-    unsafe {
         (*m).given = pages as u32;
         if zero {
+            // Its pages may be dirty.
             core::ptr::write_bytes((*m).addr as *mut u8, 0, size);
         }
         heap::count_large_in(h, ((*m).pages as u64) << PAGE_SHIFT, false);
+        heap::tick_cached(h);
         (*m).addr as *mut u8
     }
 }
@@ -743,19 +721,13 @@ fn alloc_large_seg(size: usize, pages: usize, zero: bool, big: bool) -> *mut u8 
     let Some((m, how)) = (unsafe { crate::segment::take(h, pages, big) }) else {
         return null_mut();
     };
+    let (Taken::Clean(s) | Taken::Dirty(s)) = how;
     // SAFETY: m heads the block just carved, ours; then it names its
-    // segment (hand_out_large clears `seg`); a cached block's tags and
-    // `seg` are as they were while it was live; h is held and between
+    // segment (hand_out_large clears `seg`); h is held and between
     // operations for the tick.
     unsafe {
-        let p = match how {
-            Taken::Clean(s) | Taken::Dirty(s) => {
-                let p = hand_out_large(m, pages, size, zero && matches!(how, Taken::Dirty(_)));
-                (*m).seg = s;
-                p
-            }
-            Taken::Cached => hand_out_cached(h, m, pages, size, zero),
-        };
+        let p = hand_out_large(m, pages, size, zero && matches!(how, Taken::Dirty(_)));
+        (*m).seg = s;
         heap::tick(h);
         p
     }

@@ -69,9 +69,6 @@ pub enum Taken {
     Clean(*mut Segment),
     /// The same, some of its pages possibly written.
     Dirty(*mut Segment),
-    /// From the heap's cache: the block's tags and `seg` are as they were
-    /// while it was live (its pages possibly written).
-    Cached,
 }
 
 /// Units per segment: one bit each in a `u64`. A small segment's unit is
@@ -160,7 +157,10 @@ unsafe fn segs(h: *mut Heap) -> *mut Segment {
 /// (1..=[`RUN_MAX`] pages), or when `big` from a big one (up to
 /// [`BIG_RUN_MAX`], rounded up to its units): its head meta (`pages`,
 /// `addr`, `arena` written) and how it was [`Taken`]. None when the heap's
-/// segments of that kind have no room and no segment can be added.
+/// segments of that kind have no room and no segment can be added. The
+/// heap's cache goes back to the segments first: a `malloc` looked there
+/// for a block of this length already ([`cache_take_pages`]), and a
+/// `realloc` that grows a block into a new one does not wait for one.
 ///
 /// # Safety
 /// `h` is held by the calling thread; `pages` is in the range of the kind.
@@ -173,12 +173,6 @@ pub unsafe fn take(h: *mut Heap, pages: usize, big: bool) -> Option<(*mut PageMe
     let pages = pages.div_ceil(1 << unit);
     // SAFETY: h is held: its descriptors are ours.
     unsafe {
-        let m = cache_take(h, pages << unit);
-        if !m.is_null() {
-            return Some((m, Taken::Cached));
-        }
-        // None has this length: the cache goes back, so that its units
-        // may serve this block.
         cache_flush(h);
         let ss = segs(h);
         let (mut folded, mut reclaimed) = (false, false);
@@ -457,12 +451,20 @@ pub unsafe fn cache_put(h: *mut Heap, m: *mut PageMeta) -> bool {
 /// segment GC gives them back ([`gc`]), so they wait at most a GC period.
 pub const CACHED: usize = 2;
 
-/// A block of `pages` pages (whole units of its kind) from heap `h`'s
-/// cache, taken out of it and live again; null when none has that length.
+/// A block for `pages` pages (at most [`BIG_RUN_MAX`]) from heap `h`'s
+/// cache, taken out of it and live again: one of that length rounded up
+/// as [`take`] rounds it; null when none waits. The fast path of a large
+/// `malloc` (E120), before any other work.
 ///
 /// # Safety
 /// `h` is held by the calling thread.
-unsafe fn cache_take(h: *mut Heap, pages: usize) -> *mut PageMeta {
+#[inline(always)]
+pub unsafe fn cache_take_pages(h: *mut Heap, pages: usize) -> *mut PageMeta {
+    let pages = if pages > RUN_MAX {
+        pages.div_ceil(1 << BIG_UNIT) << BIG_UNIT
+    } else {
+        pages
+    };
     // SAFETY: h is held: its cache is ours; cached blocks are live metas.
     unsafe {
         let c = &mut (*h).seg_cache;
@@ -480,23 +482,6 @@ unsafe fn cache_take(h: *mut Heap, pages: usize) -> *mut PageMeta {
         }
         null_mut()
     }
-}
-
-/// [`cache_take`] for a large block of `pages` pages (at most
-/// [`BIG_RUN_MAX`]), rounded up as [`take`] rounds it: the fast path of a
-/// large `malloc` (E120), before any other work. Null when none waits.
-///
-/// # Safety
-/// `h` is held by the calling thread.
-#[inline(always)]
-pub unsafe fn cache_take_pages(h: *mut Heap, pages: usize) -> *mut PageMeta {
-    let pages = if pages > RUN_MAX {
-        pages.div_ceil(1 << BIG_UNIT) << BIG_UNIT
-    } else {
-        pages
-    };
-    // SAFETY: forwarded contract.
-    unsafe { cache_take(h, pages) }
 }
 
 /// Cached block `m` goes back to its segment, its tags cleared.
