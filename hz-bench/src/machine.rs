@@ -130,16 +130,39 @@ pub fn cross_core_round_trip_ns(rounds: u64) -> Option<f64> {
 
 /// The CPUs this process may run on.
 fn allowed_cpus() -> Vec<usize> {
+    (0..).map_while(nth_allowed_cpu).collect()
+}
+
+/// The `n`-th CPU (from 0) this process may run on; `None` past the last
+/// (or if the set cannot be read). It allocates nothing: worker threads
+/// call it before the measured loop, where an allocation would put blocks
+/// of the allocator under test in the thread's cache that the workload
+/// did not ask for (M57: two such blocks opened hz's class-16 bin, so
+/// in-process cache-scratch measured a different program from its C
+/// version).
+fn nth_allowed_cpu(n: usize) -> Option<usize> {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity
     // writes at most size_of::<cpu_set_t>() bytes into it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Vec::new();
+            return None;
         }
         (0..libc::CPU_SETSIZE as usize)
             .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
+            .nth(n)
+    }
+}
+
+/// How many CPUs this process may run on, without allocating.
+fn allowed_cpu_count() -> usize {
+    // SAFETY: as in nth_allowed_cpu.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return 0;
+        }
+        libc::CPU_COUNT(&set) as usize
     }
 }
 
@@ -149,16 +172,31 @@ fn allowed_cpus() -> Vec<usize> {
 /// process may use, or the next CPU in the order threads start.
 pub const PIN_ENV: &str = "HZB_PIN";
 
-/// True when [`PIN_ENV`] is `1` in this process's environment.
+/// [`PIN_ENV`] as a C string, for `getenv`.
+const PIN_ENV_C: &std::ffi::CStr = c"HZB_PIN";
+
+/// True when [`PIN_ENV`] is `1` in this process's environment. It
+/// allocates nothing (`getenv` returns a pointer into the environment;
+/// see [`nth_allowed_cpu`] for why).
 pub fn pin_requested() -> bool {
-    std::env::var_os(PIN_ENV).is_some_and(|v| v == "1")
+    // SAFETY: the name is NUL-terminated; getenv returns null or a
+    // NUL-terminated string that stays valid while nobody calls setenv,
+    // which the benchmark children never do.
+    unsafe {
+        let v = libc::getenv(PIN_ENV_C.as_ptr());
+        !v.is_null() && std::ffi::CStr::from_ptr(v).to_bytes() == PIN_ENV_ON
+    }
 }
+
+/// The value of [`PIN_ENV`] that asks for pinning.
+const PIN_ENV_ON: &[u8] = b"1";
 
 /// Pins the calling thread, thread `id` of a benchmark, to the
 /// (id mod n)-th of the n CPUs the process may use. False if it could not.
+/// It allocates nothing.
 pub fn pin_round_robin(id: usize) -> bool {
-    let cpus = allowed_cpus();
-    !cpus.is_empty() && pin_to(cpus[id % cpus.len()])
+    let n = allowed_cpu_count();
+    n > 0 && nth_allowed_cpu(id % n).is_some_and(pin_to)
 }
 
 /// With [`PIN_ENV`] set: pins the calling thread to the next allowed CPU,
@@ -226,6 +264,11 @@ mod tests {
         if super::allowed_cpus().len() >= 2 {
             assert!(r.is_some_and(|ns| ns > 0.0), "{r:?}");
         }
+    }
+
+    #[test]
+    fn pin_env_names_agree() {
+        assert_eq!(super::PIN_ENV_C.to_bytes(), super::PIN_ENV.as_bytes());
     }
 
     #[test]
