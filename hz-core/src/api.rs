@@ -813,6 +813,40 @@ fn alloc_large_errno(size: usize) -> *mut u8 {
     p
 }
 
+/// [`malloc_aligned`] for C callers (`aligned_alloc`, `memalign`,
+/// `posix_memalign`): a null result also sets `errno` (`ENOMEM`; `EINVAL`
+/// when `align` is not a power of two). Shaped as [`malloc_errno`]: every
+/// path that can fail is a tail call, so a small block costs one class
+/// lookup more than `malloc`'s and nothing else.
+#[inline]
+pub fn malloc_aligned_errno(size: usize, align: usize) -> *mut u8 {
+    if !align.is_power_of_two() {
+        return einval();
+    }
+    let c = class_for(size, align);
+    if c == 0 {
+        return alloc_aligned_large_errno(size, align);
+    }
+    alloc_small_with(c, alloc_small_slow_errno)
+}
+
+#[cold]
+#[inline(never)]
+fn einval() -> *mut u8 {
+    os::set_errno(libc::EINVAL);
+    null_mut()
+}
+
+#[cold]
+#[inline(never)]
+fn alloc_aligned_large_errno(size: usize, align: usize) -> *mut u8 {
+    let p = alloc_large(size, align, false);
+    if p.is_null() {
+        os::set_errno(libc::ENOMEM);
+    }
+    p
+}
+
 /// Allocates `size` bytes aligned to `align` (a power of two; anything else
 /// gives null). Null when out of memory.
 #[inline]

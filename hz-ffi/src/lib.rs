@@ -42,11 +42,12 @@ fn page_size() -> usize {
 
 /// Allocation with any power-of-two `align`; the common 16-byte case takes
 /// the plain malloc path.
+#[inline(always)]
 fn alloc_aligned(align: usize, size: usize) -> *mut c_void {
     if align <= MIN_ALIGN {
-        enomem_if_null(hz_core::malloc(size))
+        hz_core::malloc_errno(size).cast()
     } else {
-        enomem_if_null(hz_core::malloc_aligned(size, align))
+        hz_core::malloc_aligned_errno(size, align).cast()
     }
 }
 
@@ -182,9 +183,30 @@ pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, siz
 /// is not a power of two is rounded up to the next one.
 #[no_mangle]
 pub extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
+    memalign_inline(align, size)
+}
+
+/// The body of [`memalign`] and [`aligned_alloc`], inlined into both (a
+/// call from one to the other is a jump more on every call).
+#[inline(always)]
+fn memalign_inline(align: usize, size: usize) -> *mut c_void {
     if align <= MIN_ALIGN {
         return malloc(size);
     }
+    if align.is_power_of_two() {
+        return hz_core::malloc_aligned_errno(size, align).cast();
+    }
+    memalign_rounded(align, size)
+}
+
+/// [`memalign_inline`] with an alignment above [`MIN_ALIGN`] that is not a power
+/// of two. Out of line: with the rounding (`checked_next_power_of_two`,
+/// a `bsr` and a variable shift) in `memalign` ahead of every aligned
+/// request, `aligned_alloc(64, 100)` and `free` in a loop took 9.1 ns a
+/// pair, against 6.7 without it and tcmalloc's 6.4 (E122).
+#[cold]
+#[inline(never)]
+fn memalign_rounded(align: usize, size: usize) -> *mut c_void {
     match align.checked_next_power_of_two() {
         Some(a) => alloc_aligned(a, size),
         None => {
@@ -199,7 +221,7 @@ pub extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
 /// checked by running against 2.36).
 #[no_mangle]
 pub extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
-    memalign(align, size)
+    memalign_inline(align, size)
 }
 
 /// `valloc(3)`: page-aligned.
