@@ -1034,12 +1034,46 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize) -> *mut u8 {
     #[cfg(not(feature = "secure"))]
     if !p.is_null() {
         let c = tag_class(arena::lookup(p as usize).0);
-        if c != 0 && keeps_in_place(new_size, CLASS_SIZE[c] as usize) {
-            return p;
+        if c != 0 {
+            let usable = CLASS_SIZE[c] as usize;
+            if keeps_in_place(new_size, usable) {
+                return p;
+            }
+            if new_size <= usable.max(GROW_LARGE_MIN) {
+                // SAFETY: forwarded contract; p is a live block of class c.
+                return unsafe { move_small(p, c, usable, new_size) };
+            }
         }
     }
     // SAFETY: forwarded contract.
     unsafe { resize(p, new_size, 16, true) }
+}
+
+/// [`realloc`] of small block `p` of class `c` (`usable` bytes) to another
+/// small class: what [`resize`] does for it, with the class known (E123).
+/// A growing block gets at least a quarter more room (E112); the old
+/// block goes the way of a C `free` without its tag read again.
+///
+/// # Safety
+/// `p` is a live block of class `c`; `new_size <= max(usable,
+/// GROW_LARGE_MIN)`, so the new block is small.
+#[cfg(not(feature = "secure"))]
+#[inline(always)]
+unsafe fn move_small(p: *mut u8, c: usize, usable: usize, new_size: usize) -> *mut u8 {
+    let want = if new_size > usable {
+        new_size.max((usable + usable / 4).min(SMALL_MAX))
+    } else {
+        new_size
+    };
+    let q = alloc_small(class_of(want));
+    if !q.is_null() {
+        // SAFETY: both blocks are live and distinct; p is of class c.
+        unsafe {
+            core::ptr::copy_nonoverlapping(p, q, usable.min(new_size));
+            free_small_pending(p, c);
+        }
+    }
+    q
 }
 
 /// Resizes a live block keeping alignment `align`. Null on failure (or for
