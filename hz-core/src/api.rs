@@ -830,11 +830,7 @@ fn alloc_small_slow_errno(c: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 fn alloc_large_errno(size: usize) -> *mut u8 {
-    let p = alloc_large(size, 16, false);
-    if p.is_null() {
-        os::set_errno(libc::ENOMEM);
-    }
-    p
+    alloc_aligned_large_errno(size, 16)
 }
 
 /// [`malloc_aligned`] for C callers (`aligned_alloc`, `memalign`,
