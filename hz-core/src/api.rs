@@ -1245,7 +1245,7 @@ unsafe fn resize(p: *mut u8, new_size: usize, align: usize, headroom: bool) -> *
             let (zone, zone_q) = unsafe { (arena::zone_of(m), arena::zone_of(mq)) };
             let same_zone = zone == zone_q;
             let move_len = match zone {
-                arena::Zone::Normal => old_usable,
+                arena::Zone::Normal | arena::Zone::Dense => old_usable,
                 arena::Zone::Huge => zone.round(given) << PAGE_SHIFT,
             };
             // SAFETY: q is a fresh run of at least old_usable bytes; the old
@@ -1363,6 +1363,8 @@ pub struct Stats {
     pub mapped: u64,
     pub purges: u64,
     pub purged_bytes: u64,
+    /// Spans carved from the dense zone's huge pages (E125).
+    pub dense_spans: u64,
     pub remote_frees_sent: u64,
     pub remote_frees_received: u64,
     /// Frees of pointers hz never handed out (ignored).
@@ -1397,6 +1399,7 @@ impl Default for Stats {
             mapped: 0,
             purges: 0,
             purged_bytes: 0,
+            dense_spans: 0,
             remote_frees_sent: 0,
             remote_frees_received: 0,
             foreign_frees: 0,
@@ -1428,6 +1431,7 @@ pub fn stats() -> Stats {
         mapped: g.mapped.load(Relaxed),
         purges: g.purges.load(Relaxed),
         purged_bytes: g.purged_bytes.load(Relaxed),
+        dense_spans: g.dense_spans.load(Relaxed),
         foreign_frees: g.foreign_frees.load(Relaxed),
         large_blocks: heapless_blocks,
         heaps_live: g.heaps_live.load(Relaxed),
@@ -1480,6 +1484,7 @@ pub fn write_stats(fd: i32) {
         s.purges,
         mib(s.purged_bytes)
     );
+    let _ = writeln!(b, "  dense spans    {:>12}", s.dense_spans);
     let _ = writeln!(
         b,
         "  remote frees   {:>12} sent, {} received",

@@ -21,7 +21,7 @@
 
 use crate::os;
 use crate::stats::STATS;
-use crate::sync::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Mutex, Ordering::*};
+use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering::*};
 use crate::{PAGE_SHIFT, PAGE_SIZE};
 use core::cell::UnsafeCell;
 use core::ptr::null_mut;
@@ -142,8 +142,11 @@ pub struct ArenaSlot {
     /// bitmap of the small span whose first page it is.
     #[cfg(not(feature = "secure"))]
     pub bits: AtomicPtr<u64>,
-    /// The arena belongs to the huge-page zone ([`Zone::Huge`]).
-    pub huge: AtomicBool,
+    /// The arena's [`Zone`] (as `u8`).
+    pub zone: AtomicU32,
+    /// Pages the page allocator hands out of it: `len`'s, except in arena
+    /// 0 when the dense zone's view ([`Zone::Dense`]) owns its upper part.
+    pub pages: AtomicUsize,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -154,7 +157,8 @@ const EMPTY_SLOT: ArenaSlot = ArenaSlot {
     metas: AtomicPtr::new(null_mut()),
     #[cfg(not(feature = "secure"))]
     bits: AtomicPtr::new(null_mut()),
-    huge: AtomicBool::new(false),
+    zone: AtomicU32::new(0),
+    pages: AtomicUsize::new(0),
 };
 pub static ARENAS: [ArenaSlot; MAX_ARENAS] = [EMPTY_SLOT; MAX_ARENAS];
 pub static NARENAS: AtomicUsize = AtomicUsize::new(0);
@@ -178,7 +182,11 @@ const FREE_LISTS: usize = 65;
 pub enum Zone {
     Normal = 0,
     Huge = 1,
+    Dense = 2,
 }
+
+/// Number of zones.
+const ZONES: usize = 3;
 
 /// Pages of a 2 MiB huge page.
 pub const HUGE_RUN_PAGES: usize = HUGE_PAGE / PAGE_SIZE;
@@ -188,7 +196,7 @@ impl Zone {
     /// 2 MiB extents in the huge zone.
     pub const fn round(self, pages: usize) -> usize {
         match self {
-            Zone::Normal => pages,
+            Zone::Normal | Zone::Dense => pages,
             Zone::Huge => pages.next_multiple_of(HUGE_RUN_PAGES),
         }
     }
@@ -196,11 +204,11 @@ impl Zone {
 
 struct PageState {
     /// Free runs per zone, by length.
-    free: [[*mut PageMeta; FREE_LISTS]; 2],
+    free: [[*mut PageMeta; FREE_LISTS]; ZONES],
     /// Dirty free runs per zone, oldest first, and their hulls' pages.
-    dirty_head: [*mut PageMeta; 2],
-    dirty_tail: [*mut PageMeta; 2],
-    dirty_pages: [usize; 2],
+    dirty_head: [*mut PageMeta; ZONES],
+    dirty_tail: [*mut PageMeta; ZONES],
+    dirty_pages: [usize; ZONES],
     /// Pages handed out of each arena so far (bump pointer).
     top: [usize; MAX_ARENAS],
     /// Size to try for the next reservation (halved on refusal).
@@ -234,10 +242,10 @@ unsafe impl Sync for Pages {}
 static PAGES: Pages = Pages {
     lock: Mutex::new(),
     st: UnsafeCell::new(PageState {
-        free: [[null_mut(); FREE_LISTS]; 2],
-        dirty_head: [null_mut(); 2],
-        dirty_tail: [null_mut(); 2],
-        dirty_pages: [0; 2],
+        free: [[null_mut(); FREE_LISTS]; ZONES],
+        dirty_head: [null_mut(); ZONES],
+        dirty_tail: [null_mut(); ZONES],
+        dirty_pages: [0; ZONES],
         top: [0; MAX_ARENAS],
         next_reserve: 0,
         last_purge_check: 0,
@@ -420,7 +428,7 @@ fn meta_at(arena: usize, idx: usize) -> *mut PageMeta {
 }
 
 fn arena_pages(arena: usize) -> usize {
-    ARENAS[arena].len.load(Relaxed) >> PAGE_SHIFT
+    ARENAS[arena].pages.load(Relaxed)
 }
 
 /// Default build: the free-block bitmap of the span whose head meta is `m`.
@@ -630,13 +638,13 @@ pub fn alloc_run(pages: usize, align_pages: usize, zone: Zone) -> Option<Run> {
         return None;
     }
     let shape = |zone: Zone| match zone {
-        Zone::Normal => (pages, align_pages.max(1)),
+        Zone::Normal | Zone::Dense => (pages, align_pages.max(1)),
         Zone::Huge => (zone.round(pages), align_pages.max(HUGE_RUN_PAGES)),
     };
     let other = match zone {
         Zone::Normal if huge_zone_on() => Some(Zone::Huge),
         Zone::Normal => None,
-        Zone::Huge => Some(Zone::Normal),
+        Zone::Huge | Zone::Dense => Some(Zone::Normal),
     };
     PAGES.lock.lock();
     // SAFETY: PAGES held.
@@ -716,10 +724,10 @@ pub unsafe fn zone_of(m: *mut PageMeta) -> Zone {
 
 /// The zone of arena `a` (set before the arena is published).
 fn arena_zone(a: usize) -> Zone {
-    if ARENAS[a].huge.load(Relaxed) {
-        Zone::Huge
-    } else {
-        Zone::Normal
+    match ARENAS[a].zone.load(Relaxed) {
+        1 => Zone::Huge,
+        2 => Zone::Dense,
+        _ => Zone::Normal,
     }
 }
 
@@ -1058,7 +1066,7 @@ static KEPT_PAGES: AtomicUsize = AtomicUsize::new(0);
 const KEPT_MAX_PAGES: usize = 64;
 /// A run was taken from [`KEPT`] since the last [`kept_gc`].
 #[cfg(not(feature = "secure"))]
-static KEPT_USED: AtomicBool = AtomicBool::new(false);
+static KEPT_USED: crate::sync::AtomicBool = crate::sync::AtomicBool::new(false);
 /// When the next [`kept_gc`] is due (coarse ms).
 #[cfg(not(feature = "secure"))]
 static KEPT_GC_AT: AtomicU64 = AtomicU64::new(0);
@@ -1222,21 +1230,22 @@ unsafe fn maybe_purge(st: &mut PageState, force: bool) {
         delay = (delay * 100).min(BACKOFF_DELAY_MS);
     }
     let mult = if backoff { BACKOFF_DIRTY_MULT } else { 1 };
+    let normal = ((cfg.max_dirty_bytes.load(Relaxed) as usize) >> PAGE_SHIFT) * mult + slack;
     let max_dirty = [
-        ((cfg.max_dirty_bytes.load(Relaxed) as usize) >> PAGE_SHIFT) * mult + slack,
+        normal,
         ((cfg.max_dirty_large_bytes.load(Relaxed) as usize) >> PAGE_SHIFT) + slack,
+        normal,
     ];
     if !force
         && delay > 0
-        && st.dirty_pages[0] <= max_dirty[0]
-        && st.dirty_pages[1] <= max_dirty[1]
+        && (0..ZONES).all(|z| st.dirty_pages[z] <= max_dirty[z])
         && now < st.last_purge_check + delay / 2 + 1
     {
         PURGE_DUE_AT.store(st.last_purge_check + delay / 2 + 1, Relaxed);
         return;
     }
     st.last_purge_check = now;
-    for z in 0..2 {
+    for z in 0..ZONES {
         loop {
             let m = st.dirty_head[z];
             if m.is_null() {
@@ -1262,7 +1271,7 @@ unsafe fn maybe_purge(st: &mut PageState, force: bool) {
             }
         }
     }
-    let due = (0..2)
+    let due = (0..ZONES)
         .filter(|&z| !st.dirty_head[z].is_null())
         // SAFETY: dirty heads are free heads; PAGES held.
         .map(|z| unsafe { (*st.dirty_head[z]).freed_at } + delay)
@@ -1399,6 +1408,9 @@ fn new_arena(st: &mut PageState, min_pages: usize, zone: Zone) -> Option<usize> 
     let want = match zone {
         Zone::Normal => st.next_reserve,
         Zone::Huge => st.next_reserve / 4,
+        // Only arena 0's view (below): when it is full, dense spans come
+        // from the normal zone.
+        Zone::Dense => return None,
     };
     let mut size = want.max(need.next_multiple_of(MIN_ARENA));
     loop {
@@ -1417,7 +1429,8 @@ fn new_arena(st: &mut PageState, min_pages: usize, zone: Zone) -> Option<usize> 
                 unsafe { os::advise_huge(base as *mut u8, size) };
             }
             let a = &ARENAS[n];
-            a.huge.store(zone == Zone::Huge, Relaxed);
+            a.zone.store(zone as u32, Relaxed);
+            a.pages.store(size >> PAGE_SHIFT, Relaxed);
             a.tags.store(tags, Relaxed);
             a.metas.store(metas, Relaxed);
             #[cfg(not(feature = "secure"))]
@@ -1439,6 +1452,9 @@ fn new_arena(st: &mut PageState, min_pages: usize, zone: Zone) -> Option<usize> 
                 unsafe { os::protect_none(base as *mut u8, PAGE_SIZE) };
             }
             NARENAS.store(n + 1, Release);
+            if n == 0 {
+                dense_view(st, size);
+            }
             if n > 0 && crate::config::verbose() {
                 os::write_fd(2, b"hz: reserved an additional arena\n");
             }
@@ -1460,6 +1476,49 @@ fn new_arena(st: &mut PageState, min_pages: usize, zone: Zone) -> Option<usize> 
         }
     }
 }
+
+/// The dense zone (E125): the upper quarter of arena 0, advised for huge
+/// pages, published as arena 1, a view sharing arena 0's tables (its
+/// pages' tags, metas and bitmaps are arena 0's), so that `lookup` finds
+/// its blocks through arena 0 in the fast path while the page allocator
+/// treats it as an arena of its own, with its own bump pointer, free
+/// lists and coalescing bounds. Arena 0 hands out only the pages below it.
+fn dense_view(st: &mut PageState, size: usize) {
+    if !huge_zone_on() || size < DENSE_MIN_ARENA {
+        return;
+    }
+    let a0 = &ARENAS[0];
+    let pages = size >> PAGE_SHIFT;
+    let split = (pages - pages / 4).next_multiple_of(HUGE_RUN_PAGES);
+    let base = a0.base.load(Relaxed) + (split << PAGE_SHIFT);
+    let v = &ARENAS[1];
+    v.zone.store(Zone::Dense as u32, Relaxed);
+    v.pages.store(pages - split, Relaxed);
+    v.tags.store(tag_ptr(a0, split), Relaxed);
+    // SAFETY: split < pages: inside arena 0's meta table.
+    v.metas
+        .store(unsafe { a0.metas.load(Relaxed).add(split) }, Relaxed);
+    #[cfg(not(feature = "secure"))]
+    // SAFETY: inside arena 0's bitmap table.
+    v.bits.store(
+        unsafe { a0.bits.load(Relaxed).add(split * SPAN_BITMAP_WORDS) },
+        Relaxed,
+    );
+    v.base.store(base, Relaxed);
+    // Not `len`: lookups of its pointers end in arena 0; `lookup_slow`
+    // never matches a view.
+    v.len.store(0, Relaxed);
+    if crate::config::CONFIG.thp.load(Relaxed) < 2 {
+        // SAFETY: the range lies inside arena 0's data.
+        unsafe { os::advise_huge(base as *mut u8, (pages - split) << PAGE_SHIFT) };
+    }
+    a0.pages.store(split, Relaxed);
+    st.top[1] = 0;
+    NARENAS.store(2, Release);
+}
+
+/// Arena 0 gets a dense zone when it is at least this big.
+const DENSE_MIN_ARENA: usize = 1 << 30;
 
 /// fork(): hold the page lock across the fork.
 pub fn fork_prepare() {

@@ -152,6 +152,13 @@ pub struct Heap {
     pub spans: [AtomicU64; NUM_CLASSES],
     pub remote_sent: AtomicU64,
     pub remote_received: AtomicU64,
+    /// Blocks and pages of the spans this heap has carved, ever
+    /// ([`span_zone`]).
+    carved_blocks: u64,
+    carved_pages: u64,
+    /// Blocks this heap took from the pool (other heaps' blocks that other
+    /// threads freed), ever ([`span_zone`]).
+    pool_taken: u64,
     /// Bin GC (see [`gc`]): when this heap's next GC is due (coarse ms).
     gc_at: u64,
     /// Bin GC: classes refilled since the last GC (bit c), i.e. whose bin
@@ -641,9 +648,49 @@ unsafe fn release_span(h: *mut Heap, c: usize, m: *mut PageMeta) {
     }
 }
 
+/// The zone of h's next span of class `c` (E125). The dense zone's huge
+/// pages cost one fault per 2 MiB instead of one per 4 KiB, but the first
+/// touch zeroes all 2 MiB, so they pay only where spans fill: blocks of at
+/// most [`DENSE_MAX_SIZE`] bytes (bigger ones are often written sparsely,
+/// E59), of a class the heap already holds [`DENSE_SPANS`] spans of, in a
+/// heap that has carved [`DENSE_AFTER_PAGES`] pages (8 MiB) of spans (so a
+/// small program never pays for a huge page it fills in part), and whose
+/// blocks rarely cross threads: fewer than one in [`DENSE_REMOTE_SHARE`]
+/// of the blocks it carved were sent, received or taken from the pool
+/// (remote frees leave spans partly used and churning, M14, E84).
+#[inline]
+unsafe fn span_zone(h: *mut Heap, c: usize) -> arena::Zone {
+    // SAFETY: h is held by the calling thread.
+    unsafe {
+        let held = (*h).spans[c].load(Relaxed);
+        let remote =
+            (*h).remote_sent.load(Relaxed) + (*h).remote_received.load(Relaxed) + (*h).pool_taken;
+        // Secure builds: no dense zone (`huge_zone_on`); the test is
+        // cheaper than the page allocator's fallback.
+        if !cfg!(feature = "secure")
+            && held >= DENSE_SPANS
+            && CLASS_SIZE[c] <= DENSE_MAX_SIZE
+            && (*h).carved_pages >= DENSE_AFTER_PAGES
+            && remote * DENSE_REMOTE_SHARE < (*h).carved_blocks
+        {
+            arena::Zone::Dense
+        } else {
+            arena::Zone::Normal
+        }
+    }
+}
+
+/// See [`span_zone`].
+const DENSE_SPANS: u64 = 2;
+const DENSE_MAX_SIZE: u32 = 1024;
+const DENSE_REMOTE_SHARE: u64 = 32;
+const DENSE_AFTER_PAGES: u64 = 128;
+
 /// Carves a fresh span for class c. False when out of memory.
 unsafe fn new_span(h: *mut Heap, c: usize) -> bool {
-    let take = || arena::alloc_run(SPAN_PAGES[c] as usize, 1, arena::Zone::Normal);
+    // SAFETY: h is held by the calling thread.
+    let zone = unsafe { span_zone(h, c) };
+    let take = || arena::alloc_run(SPAN_PAGES[c] as usize, 1, zone);
     #[cfg(not(feature = "secure"))]
     // SAFETY: h is held by the calling thread, between operations on it.
     let run = take().or_else(|| unsafe { retry_after_reclaim(h, take) });
@@ -654,6 +701,10 @@ unsafe fn new_span(h: *mut Heap, c: usize) -> bool {
     };
     crate::stats::note_pages();
     let m = run.meta;
+    // SAFETY: m heads the run just taken.
+    if zone == arena::Zone::Dense && unsafe { arena::zone_of(m) } == zone {
+        STATS.dense_spans.fetch_add(1, Relaxed);
+    }
     let size = CLASS_SIZE[c] as usize;
     #[cfg(not(feature = "secure"))]
     let (n, base) = {
@@ -702,6 +753,8 @@ unsafe fn new_span(h: *mut Heap, c: usize) -> bool {
         partial_push(h, c, m);
         (*h).empty_kept[c] += 1;
         (*h).spans[c].store((*h).spans[c].load(Relaxed) + 1, Relaxed);
+        (*h).carved_blocks += n as u64;
+        (*h).carved_pages += SPAN_PAGES[c] as u64;
     }
     true
 }
@@ -1697,6 +1750,7 @@ unsafe fn fill_from_pool(h: *mut Heap, c: usize, want: usize) -> bool {
         let b = take_chain(bin, batch, c, cap, target);
         let got = bin.top.offset_from(before) as u64;
         pool_count_out(c, got, b);
+        (*h).pool_taken += got;
         got > 0
     }
 }

@@ -10,6 +10,8 @@
 pub use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 #[cfg(not(loom))]
+// Secure builds use no `AtomicBool` (the kept runs are the default build's).
+#[cfg_attr(feature = "secure", allow(unused_imports))]
 pub use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// A small futex-based lock that does not allocate and is usable from

@@ -22,32 +22,8 @@ use child::MIB;
 
 const MARKER: &str = "HZ_HUGE_ZONE_CHILD";
 
-/// The VMA flags (`VmFlags:` line of /proc/self/smaps) of the mapping
-/// holding `p`.
-fn vm_flags(p: *mut u8) -> Vec<String> {
-    let a = p as usize;
-    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-    let mut inside = false;
-    for line in smaps.lines() {
-        let first = line.split_whitespace().next().unwrap_or("");
-        if let Some((lo, hi)) = first.split_once('-') {
-            if let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
-            {
-                inside = lo <= a && a < hi;
-                continue;
-            }
-        }
-        if inside {
-            if let Some(f) = line.strip_prefix("VmFlags:") {
-                return f.split_whitespace().map(String::from).collect();
-            }
-        }
-    }
-    panic!("no mapping holds {p:?}");
-}
-
 fn advised_huge(p: *mut u8) -> bool {
-    vm_flags(p).iter().any(|f| f == "hg")
+    child::vm_flags(p).iter().any(|f| f == "hg")
 }
 
 /// Writes a byte in every 4 KiB of the first `n` bytes.

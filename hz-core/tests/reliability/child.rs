@@ -202,3 +202,27 @@ pub fn free(p: *mut u8) {
     // test says so, a block freed before: the misuse under test).
     unsafe { hz_core::free(p) };
 }
+
+/// The VMA flags (`VmFlags:` line of /proc/self/smaps) of the mapping
+/// holding `p`.
+pub fn vm_flags(p: *mut u8) -> Vec<String> {
+    let a = p as usize;
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut inside = false;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((lo, hi)) = first.split_once('-') {
+            if let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+            {
+                inside = lo <= a && a < hi;
+                continue;
+            }
+        }
+        if inside {
+            if let Some(f) = line.strip_prefix("VmFlags:") {
+                return f.split_whitespace().map(String::from).collect();
+            }
+        }
+    }
+    panic!("no mapping holds {p:?}");
+}

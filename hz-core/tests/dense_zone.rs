@@ -1,0 +1,100 @@
+//! The dense zone (E125): a heap that has carved at least 8 MiB of spans
+//! and whose blocks rarely cross threads takes its further spans of a class
+//! it holds two or more spans of (blocks up to 1 KiB) from the upper quarter
+//! of arena 0, advised for transparent huge pages. Its blocks are found by
+//! the same lookup as every other block of arena 0, keep what the program
+//! wrote, and go back like any others; the first spans a heap carves, and
+//! every span with `HZ_THP=0` or in a secure build, come from the normal
+//! zone without the advice.
+//!
+//! Each test runs in a child process, so that the heap and the mappings it
+//! inspects are its own.
+
+#[path = "reliability/child.rs"]
+mod child;
+
+const MARKER: &str = "HZ_DENSE_ZONE_CHILD";
+
+/// Whether the mapping holding `p` carries `MADV_HUGEPAGE`.
+fn advised_huge(p: *mut u8) -> bool {
+    child::vm_flags(p).iter().any(|f| f == "hg")
+}
+
+/// 16 MiB of 64-byte blocks, each written with its index, from one thread.
+/// Returns the blocks.
+fn build() -> Vec<*mut u8> {
+    let n = (16 << 20) / 64;
+    let mut v = Vec::with_capacity(n);
+    for i in 0..n {
+        let p = hz_core::malloc(64);
+        assert!(!p.is_null());
+        // SAFETY: p is a live 64-byte block.
+        unsafe { (p as *mut u64).write(i as u64 ^ 0x5a5a) };
+        v.push(p);
+    }
+    v
+}
+
+/// Checks every block's word, then frees them all.
+fn check_and_free(v: Vec<*mut u8>) {
+    for (i, &p) in v.iter().enumerate() {
+        // SAFETY: p is live and was written by `build`.
+        assert_eq!(unsafe { (p as *mut u64).read() }, i as u64 ^ 0x5a5a);
+        // SAFETY: p is live.
+        assert_eq!(unsafe { hz_core::usable_size(p) }, 64);
+    }
+    for p in v {
+        // SAFETY: p is live; freed once.
+        unsafe { hz_core::free(p) };
+    }
+}
+
+#[test]
+fn dense_heaps_take_spans_from_huge_pages() {
+    if !child::in_child(
+        MARKER,
+        "dense_heaps_take_spans_from_huge_pages",
+        &[],
+        &["HZ_THP"],
+    ) {
+        return;
+    }
+    let before = hz_core::stats();
+    let v = std::thread::spawn(|| build().into_iter().map(|p| p as usize).collect::<Vec<_>>())
+        .join()
+        .unwrap();
+    let v: Vec<*mut u8> = v.into_iter().map(|p| p as *mut u8).collect();
+    let dense = hz_core::stats().dense_spans - before.dense_spans;
+    let (first, last) = (v[0], v[v.len() - 1]);
+    if cfg!(feature = "secure") {
+        assert_eq!(dense, 0, "secure builds have no dense zone");
+        assert!(!advised_huge(last));
+    } else {
+        // 16 MiB of one class: all but about the first 8 MiB dense.
+        assert!(dense >= 64, "{dense} dense spans");
+        assert!(advised_huge(last), "the last block's span is dense");
+        assert!(!advised_huge(first), "the first spans are not");
+    }
+    let in_use = hz_core::stats().in_use;
+    // Freed from this thread: every block goes back through the remote
+    // paths, dense or not.
+    check_and_free(v);
+    hz_core::collect();
+    assert!(hz_core::stats().in_use < in_use - (8 << 20));
+}
+
+#[test]
+fn no_dense_zone_with_thp_off() {
+    if !child::in_child(
+        MARKER,
+        "no_dense_zone_with_thp_off",
+        &[("HZ_THP", "0")],
+        &[],
+    ) {
+        return;
+    }
+    let v = build();
+    assert_eq!(hz_core::stats().dense_spans, 0);
+    assert!(!advised_huge(v[v.len() - 1]));
+    check_and_free(v);
+}
