@@ -725,8 +725,8 @@ pub unsafe fn zone_of(m: *mut PageMeta) -> Zone {
 /// The zone of arena `a` (set before the arena is published).
 fn arena_zone(a: usize) -> Zone {
     match ARENAS[a].zone.load(Relaxed) {
-        1 => Zone::Huge,
-        2 => Zone::Dense,
+        z if z == Zone::Huge as u32 => Zone::Huge,
+        z if z == Zone::Dense as u32 => Zone::Dense,
         _ => Zone::Normal,
     }
 }
@@ -1209,8 +1209,8 @@ unsafe fn free_run_locked(st: &mut PageState, m: *mut PageMeta, k: usize, moved:
 }
 
 /// Purges dirty runs older than the delay, or all of them (`force`), or the
-/// oldest while a zone's dirty total is over its cap: the normal zone's
-/// `HZ_PURGE_MAX_DIRTY_MB`, the huge zone's `HZ_PURGE_MAX_DIRTY_LARGE_MB`
+/// oldest while a zone's dirty total is over its cap: the normal and dense
+/// zones' `HZ_PURGE_MAX_DIRTY_MB` (each), the huge zone's `HZ_PURGE_MAX_DIRTY_LARGE_MB`
 /// (E55: a program that cycles big buffers reuses them resident). Both
 /// stretch by how far the pages of big runs (2 MiB or more) in use are
 /// below their peak of the last one to two seconds, and by a quarter of
