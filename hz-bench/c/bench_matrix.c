@@ -144,13 +144,11 @@ int main(int argc, char **argv) {
         if (i == 0 || ts_less(&end, &c->end)) end = c->end;
     }
     long long ns = (long long)(end.tv_sec - start.tv_sec) * 1000000000LL + (end.tv_nsec - start.tv_nsec);
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
     /* backlog: the sum over rings of the most blocks one drain found. */
     printf("HZB_RESULT allocs=%llu local=%llu sent=%llu recv=%llu fallback=%llu cleanup=%llu ns=%lld maxrss_kib=%ld "
            "backlog=%llu\n",
            (unsigned long long)tot.allocs, (unsigned long long)tot.local, (unsigned long long)tot.sent,
            (unsigned long long)tot.recv, (unsigned long long)tot.fallback, (unsigned long long)tot.cleanup, ns,
-           ru.ru_maxrss, (unsigned long long)tot.backlog);
+           hzb_peak_rss_kib(), (unsigned long long)tot.backlog);
     return 0;
 }

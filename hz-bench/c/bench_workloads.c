@@ -303,8 +303,7 @@ int main(int argc, char **argv) {
     }
     clock_gettime(CLOCK_MONOTONIC, &b);
     long long ns = (long long)(b.tv_sec - a.tv_sec) * 1000000000LL + (b.tv_nsec - a.tv_nsec);
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    printf("HZB_WORK ns=%lld ops=%llu maxrss_kib=%ld\n", ns, (unsigned long long)atomic_load(&total_ops), ru.ru_maxrss);
+    printf("HZB_WORK ns=%lld ops=%llu maxrss_kib=%ld\n", ns, (unsigned long long)atomic_load(&total_ops),
+           hzb_peak_rss_kib());
     return 0;
 }

@@ -8,7 +8,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 static inline uint64_t xs_seed(uint64_t seed, size_t id) {
     uint64_t s = seed ^ ((uint64_t)(id + 1) * 0x9E3779B97F4A7C15ULL);
@@ -87,4 +90,30 @@ static inline int ring_push(ring_t *r, void *p) {
     atomic_store_explicit(&r->tail, t + 1, memory_order_release);
     return 1;
 }
+/* Peak RSS of this program, KiB: VmHWM from /proc/self/status, the peak
+ * of the memory this program mapped since its exec. Not getrusage's
+ * ru_maxrss: Linux carries that across exec, so a child started by vfork
+ * (posix_spawn: Rust's Command, Python's subprocess) reports at least the
+ * RSS its parent had. Read with a stack buffer: nothing is allocated. */
+static inline long hzb_peak_rss_kib(void) {
+    char buf[4096];
+    long kib = -1;
+    int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        ssize_t n = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (n > 0) {
+            buf[n] = 0;
+            char *p = strstr(buf, "VmHWM:");
+            if (p) kib = strtol(p + 6, NULL, 10);
+        }
+    }
+    if (kib < 0) {
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        kib = ru.ru_maxrss;
+    }
+    return kib;
+}
+
 #endif

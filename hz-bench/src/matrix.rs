@@ -337,8 +337,35 @@ pub fn parse_result_line(text: &str) -> Option<(RingResult, u64)> {
     ))
 }
 
-/// Peak resident set of this process in KiB (getrusage, Linux reports KiB).
+/// Peak resident set of this process in KiB: `VmHWM` of
+/// `/proc/self/status`, the peak of what this program mapped since its
+/// exec. Not `getrusage`'s `ru_maxrss`: Linux carries that across exec, so
+/// a child started by vfork (`posix_spawn`, as `std::process::Command`
+/// does) reports at least its parent's RSS (the harness's 3–4 MiB set the
+/// floor of the small workloads' figures until the 31st session). Read
+/// into a stack buffer: the allocator under test sees no call.
 pub fn self_maxrss_kib() -> u64 {
+    let mut buf = [0u8; 4096];
+    // SAFETY: a NUL-terminated path; read writes at most buf.len() bytes
+    // into buf; fd is closed once.
+    let n = unsafe {
+        let fd = libc::open(
+            c"/proc/self/status".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        );
+        if fd < 0 {
+            -1
+        } else {
+            let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+            libc::close(fd);
+            n
+        }
+    };
+    if n > 0 {
+        if let Some(kib) = vm_hwm_kib(&buf[..n as usize]) {
+            return kib;
+        }
+    }
     // SAFETY: getrusage fills the zeroed struct it is given.
     unsafe {
         let mut ru: libc::rusage = std::mem::zeroed();
@@ -347,9 +374,70 @@ pub fn self_maxrss_kib() -> u64 {
     }
 }
 
+/// The `VmHWM:` figure (KiB) of a `/proc/PID/status` text.
+fn vm_hwm_kib(status: &[u8]) -> Option<u64> {
+    let key = b"VmHWM:";
+    let at = status.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits = status[at..]
+        .iter()
+        .skip_while(|b| b.is_ascii_whitespace())
+        .take_while(|b| b.is_ascii_digit());
+    let mut v: Option<u64> = None;
+    for &d in digits {
+        v = Some(v.unwrap_or(0) * 10 + u64::from(d - b'0'));
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vm_hwm_is_read_from_a_status_text() {
+        let text = b"Name:\tx\nVmPeak:\t  9000 kB\nVmHWM:\t    3644 kB\nVmRSS:\t 3000 kB\n";
+        assert_eq!(vm_hwm_kib(text), Some(3644));
+        assert_eq!(vm_hwm_kib(b"VmRSS:\t 3000 kB\n"), None);
+        assert_eq!(vm_hwm_kib(b"VmHWM:\t kB\n"), None);
+    }
+
+    #[test]
+    fn peak_rss_is_this_programs_not_its_parents() {
+        // A child spawned (vfork) from this test process, after it has
+        // touched 64 MiB, must not report them: the test binary runs
+        // itself as the child (`--exact` on a test that prints).
+        if std::env::var_os("HZB_RSS_CHILD").is_some() {
+            println!("HZB_RSS_CHILD_KIB={}", self_maxrss_kib());
+            return;
+        }
+        let big = vec![1u8; 64 << 20];
+        std::hint::black_box(&big);
+        assert!(
+            self_maxrss_kib() >= 64 << 10,
+            "the parent's own peak is missing"
+        );
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "matrix::tests::peak_rss_is_this_programs_not_its_parents",
+                "--nocapture",
+            ])
+            .env("HZB_RSS_CHILD", "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let kib: u64 = text
+            .split("HZB_RSS_CHILD_KIB=")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("no figure from the child: {text}"));
+        assert!(
+            kib > 0 && kib < 32 << 10,
+            "the child reported {kib} KiB: its parent's peak"
+        );
+        drop(big);
+    }
 
     #[test]
     fn result_line_round_trips() {

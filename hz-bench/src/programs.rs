@@ -6,7 +6,9 @@
 //! Every program runs in a child process with its input made beforehand in a
 //! scratch directory; a run's time is its wall time, its peak RSS the
 //! `ru_maxrss` that `wait4` reports for it (its own children included, e.g.
-//! gcc's `cc1`). A program whose binary is missing is skipped with a note.
+//! gcc's `cc1`). Linux carries `ru_maxrss` across exec, so that figure is
+//! at least this harness's own peak when the child starts (3–4 MiB): below
+//! that, a program's footprint does not show. A program whose binary is missing is skipped with a note.
 //! `redis` is a server: `redis-server` runs preloaded, `redis-benchmark`
 //! (not preloaded) drives it, and the time is the client's, the peak RSS the
 //! server's.
