@@ -770,7 +770,7 @@ pub unsafe fn refill(h: *mut Heap, c: usize) -> *mut u8 {
         tick(h);
         // The bin ran empty: its low-water mark for this GC period is 0.
         (*h).gc_refilled |= 1 << c;
-        open_bin(h, c);
+        open_bin(h, c, BIN_CAP[c] as usize);
         let want = (BIN_CAP[c] as usize).div_ceil(2);
         if fill_from_chains(h, c, want)
             || fill_from_inbox(h, c, want)
@@ -1076,23 +1076,32 @@ unsafe fn fill_from_spans(h: *mut Heap, c: usize, want: usize) -> bool {
 // ---------------------------------------------------------------------------
 // Overflow (bin full)
 
-/// Bin `c` is full: move its older half out, then push `p`.
+/// Bin `c` is full: move its older half out, then push `p`. A bin that a
+/// `free` opened and no refill has widened (it holds [`free_only_cap`]
+/// blocks) belongs to a thread that does not allocate the class: every
+/// block leaves, and the spill array is flushed behind them, so such a
+/// thread holds a quarter of a bin of the class on average, not a bin
+/// and a spill array (E126), for the same number of overflows and flushes.
 pub unsafe fn overflow(h: *mut Heap, c: usize, p: *mut u8) {
     // SAFETY: h is held; bin c is full.
     unsafe {
         let bin = &mut (*h).bins.b[c];
         let cap = bin.end.offset_from(bin.base) as usize;
-        let half = cap / 2;
+        let free_only = cap < BIN_CAP[c] as usize;
+        let out = if free_only { cap } else { cap / 2 };
         #[cfg(not(feature = "secure"))]
-        let done = release_below(h, c, bin.base, half);
+        let done = release_below(h, c, bin.base, out);
         #[cfg(feature = "secure")]
         let done = 0;
-        release_blocks(h, c, bin.base.add(done), half - done);
+        release_blocks(h, c, bin.base.add(done), out - done);
         let bin = &mut (*h).bins.b[c];
-        core::ptr::copy(bin.base.add(half), bin.base, cap - half);
-        bin.top = bin.base.add(cap - half);
+        core::ptr::copy(bin.base.add(out), bin.base, cap - out);
+        bin.top = bin.base.add(cap - out);
         *bin.top = p;
         bin.top = bin.top.add(1);
+        if free_only && (*h).spill_len[c] != 0 {
+            flush_spill(h, c);
+        }
         tick(h);
     }
 }
@@ -1154,7 +1163,8 @@ unsafe fn release_below(h: *mut Heap, c: usize, bs: *const *mut u8, n: usize) ->
 /// false sharing (Hoard's cache-scratch; docs/PERFORMANCE.md, E47). The
 /// first `malloc` refills the bin from the thread's own spans instead.
 /// A thread that only frees the class (a consumer) sends half a bin of
-/// blocks home this way, then the bin opens and takes them as before. The
+/// blocks home this way, then the bin opens, with half its capacity
+/// until the thread first refills it ([`free_only_cap`], [`overflow`]). The
 /// fast paths carry no test for it.
 ///
 /// # Safety
@@ -1179,34 +1189,48 @@ pub unsafe fn free_to_closed_bin(h: *mut Heap, c: usize, p: *mut u8) {
             tick(h);
             return;
         }
-        open_bin(h, c);
+        open_bin(h, c, free_only_cap(c));
         let bin = &mut (*h).bins.b[c];
         *bin.top = p;
         bin.top = bin.top.add(1);
     }
 }
 
-/// Opens bin `c` of `h` (see [`free_to_closed_bin`]) if it is closed.
+/// The capacity a bin opens with when a `free` opens it: a thread that
+/// has not allocated the class (a consumer, a pipeline's last stage) only
+/// gathers blocks there for their way out, and a full bin's worth of them
+/// per class was held from their owners for nothing (E126). The thread's
+/// first refill of the class gives the bin its whole capacity.
+const fn free_only_cap(c: usize) -> usize {
+    (BIN_CAP[c] / 2) as usize
+}
+
+/// Gives bin `c` of `h` (see [`free_to_closed_bin`]) a capacity of `cap`
+/// blocks if it is closed or holds fewer; a bin holding more is left alone.
 ///
 /// # Safety
-/// `h` is held.
-unsafe fn open_bin(h: *mut Heap, c: usize) {
+/// `h` is held; `cap` is at most `BIN_CAP[c]`, and not 0.
+unsafe fn open_bin(h: *mut Heap, c: usize, cap: usize) {
     // SAFETY: h is held; the bin's slots run BIN_CAP[c] from its base.
     unsafe {
-        if (*h).bins.b[c].end != (*h).bins.b[c].base {
-            return;
-        }
-        // A pending block of this class (E108) was freed while the bin was
-        // closed: it goes where it would have gone then (home, if it is
-        // another heap's), before the bin opens and could hand it out.
-        if (*h).bins.pending_c == c {
-            let (q, _) = take_pending(h);
-            free_to_closed_bin(h, c, q);
-        }
         let bin = &mut (*h).bins.b[c];
         if bin.end == bin.base {
-            bin.end = bin.base.add(BIN_CAP[c] as usize);
-            (*h).diverted[c] = 0;
+            // A pending block of this class (E108) was freed while the bin
+            // was closed: it goes where it would have gone then (home, if
+            // it is another heap's), before the bin opens and could hand
+            // it out. (That may open the bin, with the free-only capacity.)
+            if (*h).bins.pending_c == c {
+                let (q, _) = take_pending(h);
+                free_to_closed_bin(h, c, q);
+            }
+            let bin = &mut (*h).bins.b[c];
+            if bin.end == bin.base {
+                (*h).diverted[c] = 0;
+            }
+        }
+        let bin = &mut (*h).bins.b[c];
+        if (bin.end.offset_from(bin.base) as usize) < cap {
+            bin.end = bin.base.add(cap);
         }
     }
 }
