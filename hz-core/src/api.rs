@@ -700,6 +700,7 @@ unsafe fn hand_out_large(
         #[cfg(not(feature = "secure"))]
         {
             (*m).seg = null_mut();
+            (*m).sample = false;
         }
         if clear {
             core::ptr::write_bytes((*m).addr as *mut u8, 0, size);
@@ -752,6 +753,9 @@ fn alloc_large_seg(size: usize, pages: usize, zero: bool, big: bool) -> *mut u8 
     unsafe {
         let p = hand_out_large(m, pages, size, zero && matches!(how, Taken::Dirty(_)));
         (*m).seg = s;
+        // Fresh pages: their owner's free sees how densely they were
+        // written (E128).
+        (*m).sample = matches!(how, Taken::Clean(_)) && !crate::segment::is_dense(s);
         heap::tick(h);
         p
     }

@@ -113,6 +113,10 @@ pub struct PageMeta {
     pub snext: *mut PageMeta,
     pub sprev: *mut PageMeta,
     pub in_partial: bool,
+    /// Default build, large blocks: carved from a segment on pages never
+    /// written since they were mapped or purged; its owner's `free`
+    /// counts how many it wrote (`segment::sample`, E128).
+    pub sample: bool,
     /// Large blocks: the run's leading pages handed to the program (the
     /// rest of the run is room to grow in place, never given out).
     pub given: u32,

@@ -183,6 +183,12 @@ pub struct Heap {
     /// until a thread adopts the heap or a reclaim purges them (E101).
     #[cfg(not(feature = "secure"))]
     kept_at_exit: u64,
+    /// Default build: how densely this heap's thread writes its large
+    /// blocks, from the fresh ones it frees (`segment::sample`, E128): at
+    /// [`segment::DENSE_AT`] or more, its new segments come from the dense
+    /// zone.
+    #[cfg(not(feature = "secure"))]
+    pub large_dense: i32,
     /// `secure` builds with `HZ_SECURE_FILL=1`: what the TLS slot points at
     /// instead of `bins` ([`slot_of`]). Its bins are all empty and full and
     /// never written, so every `malloc` and `free` leaves the fast path for

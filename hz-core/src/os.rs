@@ -83,6 +83,22 @@ pub unsafe fn advise_huge(p: *mut u8, len: usize) {
     unsafe { libc::madvise(p as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
 }
 
+/// How many of the 4 KiB pages of `[p, p + len)` are resident (`mincore`),
+/// looking at no more than `buf.len()` of them; None when the kernel
+/// refuses. errno is left as it was.
+///
+/// # Safety
+/// The range lies in a mapping of ours; `p` is 4 KiB aligned.
+pub unsafe fn resident_small_pages(p: *mut u8, len: usize, buf: &mut [u8]) -> Option<usize> {
+    let n = (len / 4096).min(buf.len());
+    let e = errno();
+    // SAFETY: caller's contract; mincore writes one byte per page of the
+    // range, n of them, into buf.
+    let r = unsafe { libc::mincore(p as *mut libc::c_void, n * 4096, buf.as_mut_ptr()) };
+    set_errno(e);
+    (r == 0).then(|| buf[..n].iter().filter(|&&b| b & 1 != 0).count())
+}
+
 /// `madvise` advice of Linux 6.13+: guard markers in the page tables.
 const MADV_GUARD_INSTALL: i32 = 102;
 const MADV_GUARD_REMOVE: i32 = 103;

@@ -115,6 +115,8 @@ pub struct Segment {
     /// log2 of the pages per unit (bit): 0, or [`BIG_UNIT`] in a big
     /// segment. Written when the descriptor is opened.
     unit: u32,
+    /// Taken from the dense zone (transparent huge pages, E128).
+    dense: bool,
     /// Units of blocks freed by other threads, not yet in `free`.
     remote: CachePadded<AtomicU64>,
 }
@@ -280,7 +282,15 @@ unsafe fn place(s: *mut Segment, pages: usize) -> Option<(usize, u32)> {
 /// # Safety
 /// `h` is held; `s` is one of its unused descriptors.
 unsafe fn open(s: *mut Segment, h: *mut Heap, unit: u32) -> bool {
-    let Some(run) = arena::alloc_run(SEG_PAGES << unit, 1, arena::Zone::Normal) else {
+    // SAFETY: h is held.
+    let dense = unsafe { (*h).large_dense } >= DENSE_AT && arena::huge_zone_on();
+    // Dense: 2 MiB aligned, so the segment is whole huge pages.
+    let run = if dense {
+        arena::alloc_run(SEG_PAGES << unit, arena::HUGE_RUN_PAGES, arena::Zone::Dense)
+    } else {
+        arena::alloc_run(SEG_PAGES << unit, 1, arena::Zone::Normal)
+    };
+    let Some(run) = run else {
         return false;
     };
     crate::stats::note_pages();
@@ -294,6 +304,7 @@ unsafe fn open(s: *mut Segment, h: *mut Heap, unit: u32) -> bool {
         (*s).free.store(ALL, Relaxed);
         (*s).idle = 0;
         (*s).unit = unit;
+        (*s).dense = arena::zone_of(m) == arena::Zone::Dense;
         // The units holding the pages the run was taken with resident.
         (*s).dirty.store(
             if (*m).dlo == (*m).dhi {
@@ -426,6 +437,9 @@ pub unsafe fn cache_put(h: *mut Heap, m: *mut PageMeta) -> bool {
         if s.is_null() || h != (*s).heap {
             return false;
         }
+        if (*m).sample {
+            sample(h, m);
+        }
         arena::set_head_tag(m, KIND_FREE);
         let c = &mut (*h).seg_cache;
         let old = c[CACHED - 1];
@@ -440,6 +454,60 @@ pub unsafe fn cache_put(h: *mut Heap, m: *mut PageMeta) -> bool {
         true
     }
 }
+
+/// Whether segment `s` was taken from the dense zone.
+///
+/// # Safety
+/// `s` is an open descriptor.
+pub unsafe fn is_dense(s: *mut Segment) -> bool {
+    // SAFETY: caller's contract.
+    unsafe { (*s).dense }
+}
+
+/// [`Heap::large_dense`] at which a heap's new segments come from the
+/// dense zone: the last two fresh blocks sampled were written densely.
+pub const DENSE_AT: i32 = 2;
+
+/// Whether a fresh large block of `m`'s heap, written by its thread and
+/// now freed by it, was written densely: at least 3/4 of its 4 KiB pages
+/// resident (`mincore`, one system call, on a block whose pages cost one
+/// fault each, or a few for a sparse one: E128). A dense block raises the
+/// heap's [`Heap::large_dense`] by one, to at most `DENSE_AT + 1`; a sparse
+/// one lowers it by three, to at least -6, so one sparse block takes
+/// the heap out of the dense zone, and a heap that wrote a few sparse ones
+/// needs several dense ones in a row to come back. Only blocks of segments
+/// in the normal zone are looked at (in the dense zone every page of a
+/// touched huge page reads resident), so a heap whose segments are all
+/// dense stays so until it opens no new ones: E70's sparse blocks of 2–8
+/// MiB never enter it, as their first block reads sparse.
+///
+/// # Safety
+/// `h` is held by the calling thread and owns `m`'s segment; `m` heads a
+/// live large block of it, given up by the caller.
+#[cold]
+#[inline(never)]
+unsafe fn sample(h: *mut Heap, m: *mut PageMeta) {
+    // SAFETY: caller's contract: the block's pages are ours to look at.
+    unsafe {
+        (*m).sample = false;
+        let len = ((*m).given as usize) << PAGE_SHIFT;
+        let mut buf = [0u8; SAMPLE_PAGES];
+        let Some(n) = os::resident_small_pages((*m).addr as *mut u8, len, &mut buf) else {
+            return;
+        };
+        let looked = (len / 4096).min(SAMPLE_PAGES);
+        let d = &mut (*h).large_dense;
+        *d = if 4 * n >= 3 * looked {
+            (*d + 1).min(DENSE_AT + 1)
+        } else {
+            (*d - 3).max(-6)
+        };
+    }
+}
+
+/// The most 4 KiB pages of a block [`sample`] looks at (8 MiB: every
+/// block of a segment).
+const SAMPLE_PAGES: usize = (BIG_RUN_MAX << PAGE_SHIFT) / 4096;
 
 /// Blocks of its segments a heap keeps after its thread freed them
 /// (`Heap::seg_cache`): a thread that takes a buffer of 128 KiB to 8 MiB
@@ -550,6 +618,8 @@ pub unsafe fn shrink(m: *mut PageMeta, new_pages: usize) -> usize {
     // SAFETY: m heads a live block (see `free`); its tail units are the
     // caller's, and their meta is inside the segment past page 0.
     unsafe {
+        // Its length changes: no longer one block as carved (E128).
+        (*m).sample = false;
         let s = (*m).seg;
         let (i, n) = units(s, m);
         let u = (*s).unit;
@@ -581,6 +651,8 @@ pub unsafe fn grow(m: *mut PageMeta, new_pages: usize) -> Option<usize> {
     // are written only on the owner's thread, which is checked first to
     // be the calling one; the new units' metas are inside the segment.
     unsafe {
+        // Its length changes: no longer one block as carved (E128).
+        (*m).sample = false;
         let s = (*m).seg;
         let h = (*s).heap;
         if heap::heap_of_slot(tls::get()) != h {

@@ -7,6 +7,11 @@
 //! every span with `HZ_THP=0` or in a secure build, come from the normal
 //! zone without the advice.
 //!
+//! Large blocks (E128): a heap whose thread wrote the last fresh blocks of
+//! its segments densely (3/4 of their 4 KiB pages or more, `mincore` at
+//! their free) takes its next segments from the dense zone too; one that
+//! writes a few bytes of each does not.
+//!
 //! Each test runs in a child process, so that the heap and the mappings it
 //! inspects are its own.
 
@@ -97,4 +102,109 @@ fn no_dense_zone_with_thp_off() {
     assert_eq!(hz_core::stats().dense_spans, 0);
     assert!(!advised_huge(v[v.len() - 1]));
     check_and_free(v);
+}
+
+const MIB: usize = 1 << 20;
+
+/// On a thread of its own: four 1 MiB blocks (one small segment), each
+/// written whole or at both ends; two of them freed (the thread's free of
+/// a fresh block samples it); then four more, which need a second
+/// segment. Returns the last block's address and whether its mapping is
+/// advised for huge pages. Every block keeps what was written.
+fn second_segment(dense: bool) -> bool {
+    std::thread::spawn(move || {
+        let write = |p: *mut u8, tag: u8| {
+            // SAFETY: p is a live block of MIB bytes.
+            unsafe {
+                if dense {
+                    core::ptr::write_bytes(p, tag, MIB);
+                } else {
+                    *p = tag;
+                    *p.add(MIB - 1) = tag;
+                }
+            }
+        };
+        let check = |p: *mut u8, tag: u8| {
+            // SAFETY: p is a live block of MIB bytes written by `write`.
+            unsafe {
+                assert_eq!(*p, tag);
+                assert_eq!(*p.add(MIB - 1), tag);
+                if dense {
+                    assert_eq!(*p.add(MIB / 2), tag);
+                }
+            }
+        };
+        let first: Vec<*mut u8> = (0..4).map(|_| hz_core::malloc(MIB)).collect();
+        for (i, &p) in first.iter().enumerate() {
+            assert!(!p.is_null());
+            write(p, i as u8 + 1);
+        }
+        for &p in &first[..2] {
+            // SAFETY: live; freed once.
+            unsafe { hz_core::free(p) };
+        }
+        let more: Vec<*mut u8> = (0..4).map(|_| hz_core::malloc(MIB)).collect();
+        for (i, &p) in more.iter().enumerate() {
+            assert!(!p.is_null());
+            write(p, i as u8 + 11);
+        }
+        let huge = advised_huge(more[3]);
+        for (i, &p) in first[2..].iter().enumerate() {
+            check(p, i as u8 + 3);
+        }
+        for (i, &p) in more.iter().enumerate() {
+            check(p, i as u8 + 11);
+        }
+        for p in first[2..].iter().chain(&more) {
+            // SAFETY: live; freed once.
+            unsafe { hz_core::free(*p) };
+        }
+        huge
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn dense_large_blocks_take_segments_from_huge_pages() {
+    if !child::in_child(
+        MARKER,
+        "dense_large_blocks_take_segments_from_huge_pages",
+        &[],
+        &["HZ_THP"],
+    ) {
+        return;
+    }
+    let huge = second_segment(true);
+    assert_eq!(
+        huge,
+        !cfg!(feature = "secure"),
+        "a thread writing its large blocks whole (secure builds: never)"
+    );
+}
+
+#[test]
+fn sparse_large_blocks_stay_on_small_pages() {
+    if !child::in_child(
+        MARKER,
+        "sparse_large_blocks_stay_on_small_pages",
+        &[],
+        &["HZ_THP"],
+    ) {
+        return;
+    }
+    assert!(!second_segment(false), "blocks written at both ends only");
+}
+
+#[test]
+fn no_dense_segments_with_thp_off() {
+    if !child::in_child(
+        MARKER,
+        "no_dense_segments_with_thp_off",
+        &[("HZ_THP", "0")],
+        &[],
+    ) {
+        return;
+    }
+    assert!(!second_segment(true));
 }
