@@ -422,7 +422,8 @@ pub unsafe fn free(m: *mut PageMeta) {
 /// back instead (E118). Its first page's tag says free (a second free of
 /// the block is then ignored); the others' keep naming the block, whose
 /// head no longer says it is live, until it leaves the cache
-/// ([`uncache`]). No system call: `free` needs no errno saved (E120).
+/// ([`uncache`]). No system call but [`sample`]'s, which keeps errno:
+/// `free` needs no errno saved (E120).
 ///
 /// # Safety
 /// `m` heads a live large block (of a segment or not) that the caller
