@@ -1250,6 +1250,7 @@ unsafe fn maybe_purge(st: &mut PageState, force: bool) {
     }
     st.last_purge_check = now;
     for z in 0..ZONES {
+        let delay = zone_delay(z, delay);
         loop {
             let m = st.dirty_head[z];
             if m.is_null() {
@@ -1278,11 +1279,26 @@ unsafe fn maybe_purge(st: &mut PageState, force: bool) {
     let due = (0..ZONES)
         .filter(|&z| !st.dirty_head[z].is_null())
         // SAFETY: dirty heads are free heads; PAGES held.
-        .map(|z| unsafe { (*st.dirty_head[z]).freed_at } + delay)
+        .map(|z| unsafe { (*st.dirty_head[z]).freed_at } + zone_delay(z, delay))
         .min()
         .map_or(u64::MAX, |d| d.max(now + delay / 2 + 1));
     PURGE_DUE_AT.store(due, Relaxed);
 }
+
+/// The purge delay of zone `z` given the normal one: the dense zone's free
+/// runs wait at least [`DENSE_PURGE_DELAY_MS`] (E129), unless purging is
+/// immediate (`HZ_PURGE_DELAY_MS=0`). Its spans belong to
+/// heaps that build and drop collections, which take the runs again at
+/// their next build; a purge of part of a huge page splits it, and its
+/// pages then fault back 4 KiB at a time.
+pub(crate) fn zone_delay(z: usize, delay: u64) -> u64 {
+    if z == Zone::Dense as usize && delay > 0 {
+        delay.max(DENSE_PURGE_DELAY_MS)
+    } else {
+        delay
+    }
+}
+const DENSE_PURGE_DELAY_MS: u64 = 100;
 
 /// [`purge_tick`] when something may be due (one relaxed load otherwise):
 /// for ticks on paths that do not take the page lock, such as large blocks

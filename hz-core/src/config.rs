@@ -3,7 +3,7 @@
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
-//! | `HZ_PURGE_DELAY_MS` | 10 | how long free pages stay resident before `madvise(DONTNEED)`; 0 purges at once |
+//! | `HZ_PURGE_DELAY_MS` | 10 | how long free pages stay resident before `madvise(DONTNEED)` (the dense zone's at least 100 ms, E129); 0 purges at once |
 //! | `HZ_PURGE_MAX_DIRTY_MB` | 32 | dirty (free, still resident) memory above this is purged at once, oldest first; stretched while blocks of 2 MiB and more in use are below their peak of the last 1–2 s (by that difference plus a quarter of them); also bounds, apart, what exited threads' heaps keep for their adopters (E101), and twice it the big blocks kept for any thread (E104) |
 //! | `HZ_PURGE_MAX_DIRTY_LARGE_MB` | 64 | the same for the pages of the huge-page zone (blocks `realloc` grew to 2 MiB and more), counted apart |
 //! | `HZ_SHOW_STATS` | 0 | 1: print the statistics table to stderr at exit |

@@ -190,3 +190,16 @@ fn thread_after_teardown_still_allocates_and_frees() {
     .join()
     .unwrap();
 }
+
+#[test]
+fn the_dense_zone_waits_longer_before_purging() {
+    use arena::{zone_delay, Zone};
+    // The normal and huge zones keep HZ_PURGE_DELAY_MS as it is.
+    assert_eq!(zone_delay(Zone::Normal as usize, 10), 10);
+    assert_eq!(zone_delay(Zone::Huge as usize, 10), 10);
+    // The dense zone waits at least 100 ms (E129), longer if asked...
+    assert_eq!(zone_delay(Zone::Dense as usize, 10), 100);
+    assert_eq!(zone_delay(Zone::Dense as usize, 500), 500);
+    // ...and purges at once when purging is immediate.
+    assert_eq!(zone_delay(Zone::Dense as usize, 0), 0);
+}
