@@ -152,10 +152,8 @@ pub struct Heap {
     pub spans: [AtomicU64; NUM_CLASSES],
     pub remote_sent: AtomicU64,
     pub remote_received: AtomicU64,
-    /// Blocks and pages of the spans this heap has carved, ever
-    /// ([`span_zone`]).
+    /// Blocks of the spans this heap has carved, ever ([`span_zone`]).
     carved_blocks: u64,
-    carved_pages: u64,
     /// Blocks this heap took from the pool (other heaps' blocks that other
     /// threads freed), ever ([`span_zone`]).
     pool_taken: u64,
@@ -659,11 +657,15 @@ unsafe fn release_span(h: *mut Heap, c: usize, m: *mut PageMeta) {
 /// touch zeroes all 2 MiB, so they pay only where spans fill: blocks of at
 /// most [`DENSE_MAX_SIZE`] bytes (bigger ones are often written sparsely,
 /// E59), of a class the heap already holds [`DENSE_SPANS`] spans of, in a
-/// heap that has carved [`DENSE_AFTER_PAGES`] pages (8 MiB) of spans (so a
-/// small program never pays for a huge page it fills in part), and whose
-/// blocks rarely cross threads: fewer than one in [`DENSE_REMOTE_SHARE`]
-/// of the blocks it carved were sent, received or taken from the pool
-/// (remote frees leave spans partly used and churning, M14, E84).
+/// heap whose blocks rarely cross threads (fewer than one in
+/// [`DENSE_REMOTE_SHARE`] of the blocks it carved were sent, received or
+/// taken from the pool: remote frees leave spans partly used and
+/// churning, M14, E84) and that has [`DENSE_OUT_BYTES`] (2 MiB) of blocks
+/// out of its spans now (E130: a heap that builds, not one that churns a
+/// small footprint through many spans, and not a small program, which
+/// would pay for a huge page it fills in part). E125 asked for 8 MiB of
+/// spans ever carved, which a churning heap reaches as surely as a
+/// building one, so the threshold could not come down.
 #[inline]
 unsafe fn span_zone(h: *mut Heap, c: usize) -> arena::Zone {
     // SAFETY: h is held by the calling thread.
@@ -676,8 +678,8 @@ unsafe fn span_zone(h: *mut Heap, c: usize) -> arena::Zone {
         if !cfg!(feature = "secure")
             && held >= DENSE_SPANS
             && CLASS_SIZE[c] <= DENSE_MAX_SIZE
-            && (*h).carved_pages >= DENSE_AFTER_PAGES
             && remote * DENSE_REMOTE_SHARE < (*h).carved_blocks
+            && out_bytes(h) >= DENSE_OUT_BYTES
         {
             arena::Zone::Dense
         } else {
@@ -686,11 +688,26 @@ unsafe fn span_zone(h: *mut Heap, c: usize) -> arena::Zone {
     }
 }
 
+/// Bytes of blocks out of heap `h`'s spans now (in use, or in its bins),
+/// over all classes.
+///
+/// # Safety
+/// `h` is held by the calling thread.
+unsafe fn out_bytes(h: *mut Heap) -> u64 {
+    // SAFETY: caller's contract.
+    unsafe {
+        (1..NUM_CLASSES)
+            .map(|c| (*h).blocks_out[c].load(Relaxed) * CLASS_SIZE[c] as u64)
+            .sum()
+    }
+}
+
+/// See [`span_zone`].
+const DENSE_OUT_BYTES: u64 = 2 << 20;
 /// See [`span_zone`].
 const DENSE_SPANS: u64 = 2;
 const DENSE_MAX_SIZE: u32 = 1024;
 const DENSE_REMOTE_SHARE: u64 = 32;
-const DENSE_AFTER_PAGES: u64 = 128;
 
 /// Carves a fresh span for class c. False when out of memory.
 unsafe fn new_span(h: *mut Heap, c: usize) -> bool {
@@ -760,7 +777,6 @@ unsafe fn new_span(h: *mut Heap, c: usize) -> bool {
         (*h).empty_kept[c] += 1;
         (*h).spans[c].store((*h).spans[c].load(Relaxed) + 1, Relaxed);
         (*h).carved_blocks += n as u64;
-        (*h).carved_pages += SPAN_PAGES[c] as u64;
     }
     true
 }
