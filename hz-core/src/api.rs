@@ -1369,6 +1369,8 @@ pub struct Stats {
     pub purged_bytes: u64,
     /// Spans carved from the dense zone's huge pages (E125).
     pub dense_spans: u64,
+    /// Large-block segments taken from the dense zone (E128).
+    pub dense_segments: u64,
     pub remote_frees_sent: u64,
     pub remote_frees_received: u64,
     /// Frees of pointers hz never handed out (ignored).
@@ -1404,6 +1406,7 @@ impl Default for Stats {
             purges: 0,
             purged_bytes: 0,
             dense_spans: 0,
+            dense_segments: 0,
             remote_frees_sent: 0,
             remote_frees_received: 0,
             foreign_frees: 0,
@@ -1436,6 +1439,7 @@ pub fn stats() -> Stats {
         purges: g.purges.load(Relaxed),
         purged_bytes: g.purged_bytes.load(Relaxed),
         dense_spans: g.dense_spans.load(Relaxed),
+        dense_segments: g.dense_segments.load(Relaxed),
         foreign_frees: g.foreign_frees.load(Relaxed),
         large_blocks: heapless_blocks,
         heaps_live: g.heaps_live.load(Relaxed),
@@ -1489,6 +1493,7 @@ pub fn write_stats(fd: i32) {
         mib(s.purged_bytes)
     );
     let _ = writeln!(b, "  dense spans    {:>12}", s.dense_spans);
+    let _ = writeln!(b, "  dense segments {:>12}", s.dense_segments);
     let _ = writeln!(
         b,
         "  remote frees   {:>12} sent, {} received",

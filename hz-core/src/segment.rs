@@ -305,6 +305,9 @@ unsafe fn open(s: *mut Segment, h: *mut Heap, unit: u32) -> bool {
         (*s).idle = 0;
         (*s).unit = unit;
         (*s).dense = arena::zone_of(m) == arena::Zone::Dense;
+        if (*s).dense {
+            STATS.dense_segments.fetch_add(1, Relaxed);
+        }
         // The units holding the pages the run was taken with resident.
         (*s).dirty.store(
             if (*m).dlo == (*m).dhi {

@@ -109,10 +109,12 @@ const MIB: usize = 1 << 20;
 /// On a thread of its own: four 1 MiB blocks (one small segment), each
 /// written whole or at both ends; two of them freed (the thread's free of
 /// a fresh block samples it); then four more, which need a second
-/// segment. Returns the last block's address and whether its mapping is
-/// advised for huge pages. Every block keeps what was written.
-fn second_segment(dense: bool) -> bool {
-    std::thread::spawn(move || {
+/// segment. Returns whether the last block's mapping is advised for huge
+/// pages, and how many dense segments the process took meanwhile. Every
+/// block keeps what was written.
+fn second_segment(dense: bool) -> (bool, u64) {
+    let before = hz_core::stats().dense_segments;
+    let huge = std::thread::spawn(move || {
         let write = |p: *mut u8, tag: u8| {
             // SAFETY: p is a live block of MIB bytes.
             unsafe {
@@ -162,7 +164,8 @@ fn second_segment(dense: bool) -> bool {
         huge
     })
     .join()
-    .unwrap()
+    .unwrap();
+    (huge, hz_core::stats().dense_segments - before)
 }
 
 #[test]
@@ -175,12 +178,13 @@ fn dense_large_blocks_take_segments_from_huge_pages() {
     ) {
         return;
     }
-    let huge = second_segment(true);
+    let (huge, segments) = second_segment(true);
     assert_eq!(
         huge,
         !cfg!(feature = "secure"),
         "a thread writing its large blocks whole (secure builds: never)"
     );
+    assert_eq!(segments, u64::from(huge), "the statistics count it");
 }
 
 #[test]
@@ -193,7 +197,11 @@ fn sparse_large_blocks_stay_on_small_pages() {
     ) {
         return;
     }
-    assert!(!second_segment(false), "blocks written at both ends only");
+    assert_eq!(
+        second_segment(false),
+        (false, 0),
+        "blocks written at both ends only"
+    );
 }
 
 #[test]
@@ -206,7 +214,7 @@ fn no_dense_segments_with_thp_off() {
     ) {
         return;
     }
-    assert!(!second_segment(true));
+    assert_eq!(second_segment(true), (false, 0));
 }
 
 #[test]
