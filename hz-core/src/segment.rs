@@ -178,6 +178,9 @@ pub unsafe fn take(h: *mut Heap, pages: usize, big: bool) -> Option<(*mut PageMe
         cache_flush(h);
         let ss = segs(h);
         let (mut folded, mut reclaimed) = (false, false);
+        // A heap that writes its blocks densely faults its fresh units in
+        // a dense segment, never in a normal one (E131).
+        let dense = (*h).large_dense >= DENSE_AT && arena::huge_zone_on();
         loop {
             let mut best: Option<(*mut Segment, usize, u32)> = None;
             for k in lo..hi {
@@ -189,7 +192,7 @@ pub unsafe fn take(h: *mut Heap, pages: usize, big: bool) -> Option<(*mut PageMe
                     if fresh == 0 {
                         return Some(carve(s, i, pages));
                     }
-                    if best.is_none_or(|b| fresh < b.2) {
+                    if (!dense || (*s).dense) && best.is_none_or(|b| fresh < b.2) {
                         best = Some((s, i, fresh));
                     }
                 }
@@ -239,6 +242,22 @@ pub unsafe fn take(h: *mut Heap, pages: usize, big: bool) -> Option<(*mut PageMe
                     return None;
                 }
                 let (i, _) = place(s, pages)?;
+                return Some(carve(s, i, pages));
+            }
+        }
+        // No descriptor left for a dense segment: the normal segments'
+        // fresh units after all.
+        if dense {
+            let mut best: Option<(*mut Segment, usize, u32)> = None;
+            for k in lo..hi {
+                let s = ss.add(k);
+                if let Some((i, fresh)) = place(s, pages) {
+                    if best.is_none_or(|b| fresh < b.2) {
+                        best = Some((s, i, fresh));
+                    }
+                }
+            }
+            if let Some((s, i, _)) = best {
                 return Some(carve(s, i, pages));
             }
         }

@@ -273,3 +273,58 @@ fn a_small_footprint_churned_through_many_spans_stays_off_huge_pages() {
     .unwrap();
     assert_eq!(dense, 0, "{dense} dense spans for a 0.5 MiB footprint");
 }
+
+#[test]
+fn a_dense_writer_faults_no_fresh_page_of_a_normal_segment() {
+    if !child::in_child(
+        MARKER,
+        "a_dense_writer_faults_no_fresh_page_of_a_normal_segment",
+        &[],
+        &["HZ_THP"],
+    ) {
+        return;
+    }
+    // Two 1 MiB blocks written whole and freed (two dense samples) fill
+    // half of the thread's first segment; the two next blocks take them
+    // back from the heap's cache, and the fifth would fit in the first
+    // segment's fresh half: it comes from a dense segment instead (E131).
+    let before = hz_core::stats().dense_segments;
+    let (first, fifth) = std::thread::spawn(|| {
+        let ab: Vec<*mut u8> = (0..2).map(|_| hz_core::malloc(MIB)).collect();
+        for &p in &ab {
+            assert!(!p.is_null());
+            // SAFETY: p is a live block of MIB bytes.
+            unsafe { core::ptr::write_bytes(p, 0x5a, MIB) };
+        }
+        let first = advised_huge(ab[0]);
+        for &p in &ab {
+            // SAFETY: live; freed once.
+            unsafe { hz_core::free(p) };
+        }
+        let cd: Vec<*mut u8> = (0..3).map(|_| hz_core::malloc(MIB)).collect();
+        let fifth = advised_huge(cd[2]);
+        for &p in &cd {
+            assert!(!p.is_null());
+            // SAFETY: p is a live block of MIB bytes; freed once.
+            unsafe {
+                core::ptr::write_bytes(p, 0xa5, MIB);
+                assert_eq!(*p.add(MIB - 1), 0xa5);
+                hz_core::free(p);
+            }
+        }
+        (first, fifth)
+    })
+    .join()
+    .unwrap();
+    assert!(!first, "the first segment is a normal one");
+    let dense = hz_core::stats().dense_segments - before;
+    if cfg!(feature = "secure") {
+        assert!(!fifth && dense == 0, "secure builds have no dense zone");
+    } else {
+        assert!(
+            fifth,
+            "the fifth block was carved on a normal segment's fresh pages"
+        );
+        assert_eq!(dense, 1);
+    }
+}
