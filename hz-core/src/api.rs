@@ -640,6 +640,9 @@ fn alloc_large_in(size: usize, align: usize, zero: bool, grown: bool) -> *mut u8
         }
     }
     heap::tick_current();
+    // A thread that writes its large blocks densely (E128) gets huge pages
+    // for the longer ones too (E132), as for those a realloc grows into.
+    let grown = grown || dense_writer();
     #[cfg_attr(feature = "secure", allow(unused_mut))]
     let mut run = arena::alloc_run(pages, align_pages, zone_for(pages, grown));
     // Out of memory: the thread's empty segments go back first (their
@@ -759,6 +762,20 @@ fn alloc_large_seg(size: usize, pages: usize, zero: bool, big: bool) -> *mut u8 
         heap::tick(h);
         p
     }
+}
+
+/// Whether the calling thread's heap writes its large blocks densely
+/// ([`crate::segment::DENSE_AT`], E128).
+fn dense_writer() -> bool {
+    #[cfg(not(feature = "secure"))]
+    {
+        let h = heap::heap_of_slot(tls::get());
+        // SAFETY: h, when not null, is the calling thread's heap; the
+        // score is written only by its thread.
+        !h.is_null() && unsafe { (*h).large_dense } >= crate::segment::DENSE_AT
+    }
+    #[cfg(feature = "secure")]
+    false
 }
 
 /// True when large block `m` was carved from a heap's segment.

@@ -11,7 +11,7 @@
 //! | `HZ_ARENA_GB` | 64 | size of the first address-space reservation, in GiB |
 //! | `HZ_ARENA_MB` | — | the same in MiB (at least 16); wins over `HZ_ARENA_GB` |
 //! | `HZ_SECURE_FILL` | 0 | secure builds: 1 fills freed blocks with 0xdf and checks their first word when they are handed out again |
-//! | `HZ_THP` | 1 | transparent huge pages (`MADV_HUGEPAGE`): 0 none; 1 blocks of 2 MiB or more that `realloc` grows a large block into (arenas of their own), the spans of small blocks of a thread that builds densely (the dense zone, E125), and the segments of large blocks of a thread that wrote its last two fresh ones densely (E128); 2 also every span |
+//! | `HZ_THP` | 1 | transparent huge pages (`MADV_HUGEPAGE`): 0 none; 1 blocks of 2 MiB or more that `realloc` grows a large block into (arenas of their own), the spans of small blocks of a thread that builds densely (the dense zone, E125), and the large blocks of a thread that wrote its last two fresh ones densely (E128, E132); 2 also every span |
 
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 

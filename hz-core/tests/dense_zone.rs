@@ -328,3 +328,65 @@ fn a_dense_writer_faults_no_fresh_page_of_a_normal_segment() {
         assert_eq!(dense, 1);
     }
 }
+
+/// A 16 MiB block (beyond the segments' 8 MiB) from a thread that first
+/// wrote two 1 MiB blocks whole (`warm`) or none. Returns whether its
+/// mapping is advised for huge pages.
+fn long_block(warm: bool) -> bool {
+    std::thread::spawn(move || {
+        if warm {
+            let ab: Vec<*mut u8> = (0..2).map(|_| hz_core::malloc(MIB)).collect();
+            for &p in &ab {
+                assert!(!p.is_null());
+                // SAFETY: p is a live block of MIB bytes; freed once.
+                unsafe {
+                    core::ptr::write_bytes(p, 0x3c, MIB);
+                    hz_core::free(p);
+                }
+            }
+        }
+        let p = hz_core::malloc(16 * MIB);
+        assert!(!p.is_null());
+        // SAFETY: p is a live block of 16 MiB; freed once.
+        unsafe {
+            *p.add(16 * MIB - 1) = 7;
+            let huge = advised_huge(p);
+            assert_eq!(*p.add(16 * MIB - 1), 7);
+            hz_core::free(p);
+            huge
+        }
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn a_dense_writers_long_blocks_come_from_huge_pages() {
+    if !child::in_child(
+        MARKER,
+        "a_dense_writers_long_blocks_come_from_huge_pages",
+        &[],
+        &["HZ_THP"],
+    ) {
+        return;
+    }
+    // E132: huge pages, as for a block a realloc grows into.
+    assert_eq!(
+        long_block(true),
+        !cfg!(feature = "secure"),
+        "a dense writer's 16 MiB block (secure builds: never)"
+    );
+}
+
+#[test]
+fn a_long_block_of_a_thread_with_no_sample_is_on_small_pages() {
+    if !child::in_child(
+        MARKER,
+        "a_long_block_of_a_thread_with_no_sample_is_on_small_pages",
+        &[],
+        &["HZ_THP"],
+    ) {
+        return;
+    }
+    assert!(!long_block(false));
+}
