@@ -765,14 +765,13 @@ fn alloc_large_seg(size: usize, pages: usize, zero: bool, big: bool) -> *mut u8 
 }
 
 /// Whether the calling thread's heap writes its large blocks densely
-/// ([`crate::segment::DENSE_AT`], E128).
+/// ([`crate::segment::writes_densely`], E128).
 fn dense_writer() -> bool {
     #[cfg(not(feature = "secure"))]
     {
         let h = heap::heap_of_slot(tls::get());
-        // SAFETY: h, when not null, is the calling thread's heap; the
-        // score is written only by its thread.
-        !h.is_null() && unsafe { (*h).large_dense } >= crate::segment::DENSE_AT
+        // SAFETY: h, when not null, is the calling thread's heap.
+        !h.is_null() && unsafe { crate::segment::writes_densely(h) }
     }
     #[cfg(feature = "secure")]
     false

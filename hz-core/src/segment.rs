@@ -180,23 +180,17 @@ pub unsafe fn take(h: *mut Heap, pages: usize, big: bool) -> Option<(*mut PageMe
         let (mut folded, mut reclaimed) = (false, false);
         // A heap that writes its blocks densely faults its fresh units in
         // a dense segment, never in a normal one (E131).
-        let dense = (*h).large_dense >= DENSE_AT && arena::huge_zone_on();
+        let dense = writes_densely(h);
         loop {
-            let mut best: Option<(*mut Segment, usize, u32)> = None;
-            for k in lo..hi {
-                let s = ss.add(k);
-                if (*s).meta.is_null() {
-                    continue;
-                }
-                if let Some((i, fresh)) = place(s, pages) {
-                    if fresh == 0 {
-                        return Some(carve(s, i, pages));
-                    }
-                    if (!dense || (*s).dense) && best.is_none_or(|b| fresh < b.2) {
-                        best = Some((s, i, fresh));
-                    }
-                }
+            let any = best_place(ss, lo..hi, pages, false);
+            if let Some((s, i, 0)) = any {
+                return Some(carve(s, i, pages));
             }
+            let best = if dense {
+                best_place(ss, lo..hi, pages, true)
+            } else {
+                any
+            };
             // No place all resident, or none at all: fold the blocks other
             // threads freed (their pages are likely resident) and look
             // again, before carving units that fault or opening a segment
@@ -248,21 +242,57 @@ pub unsafe fn take(h: *mut Heap, pages: usize, big: bool) -> Option<(*mut PageMe
         // No descriptor left for a dense segment: the normal segments'
         // fresh units after all.
         if dense {
-            let mut best: Option<(*mut Segment, usize, u32)> = None;
-            for k in lo..hi {
-                let s = ss.add(k);
-                if let Some((i, fresh)) = place(s, pages) {
-                    if best.is_none_or(|b| fresh < b.2) {
-                        best = Some((s, i, fresh));
-                    }
-                }
-            }
-            if let Some((s, i, _)) = best {
+            if let Some((s, i, _)) = best_place(ss, lo..hi, pages, false) {
                 return Some(carve(s, i, pages));
             }
         }
         None
     }
+}
+
+/// The place for a block of `pages` units among the open descriptors
+/// `ss[range]` (only the dense segments' with `dense_only`): the first
+/// whose units are all resident, else the one with the fewest units not
+/// resident; with that count. None when none has room.
+///
+/// # Safety
+/// `ss` are the descriptors of a heap the caller holds.
+unsafe fn best_place(
+    ss: *mut Segment,
+    range: core::ops::Range<usize>,
+    pages: usize,
+    dense_only: bool,
+) -> Option<(*mut Segment, usize, u32)> {
+    let mut best: Option<(*mut Segment, usize, u32)> = None;
+    for k in range {
+        // SAFETY: caller's contract; an open descriptor is ours.
+        unsafe {
+            let s = ss.add(k);
+            if (*s).meta.is_null() || (dense_only && !(*s).dense) {
+                continue;
+            }
+            if let Some((i, fresh)) = place(s, pages) {
+                if fresh == 0 {
+                    return Some((s, i, 0));
+                }
+                if best.is_none_or(|b| fresh < b.2) {
+                    best = Some((s, i, fresh));
+                }
+            }
+        }
+    }
+    best
+}
+
+/// Whether heap `h`'s new large blocks get huge pages: its thread wrote
+/// the last fresh ones it freed densely (score at [`DENSE_AT`], E128) and
+/// huge pages are on.
+///
+/// # Safety
+/// `h` is held by the calling thread.
+pub unsafe fn writes_densely(h: *mut Heap) -> bool {
+    // SAFETY: caller's contract.
+    unsafe { (*h).large_dense >= DENSE_AT && arena::huge_zone_on() }
 }
 
 /// Where a block of `pages` units goes in open segment `s`: the first
@@ -302,7 +332,7 @@ unsafe fn place(s: *mut Segment, pages: usize) -> Option<(usize, u32)> {
 /// `h` is held; `s` is one of its unused descriptors.
 unsafe fn open(s: *mut Segment, h: *mut Heap, unit: u32) -> bool {
     // SAFETY: h is held.
-    let dense = unsafe { (*h).large_dense } >= DENSE_AT && arena::huge_zone_on();
+    let dense = unsafe { writes_densely(h) };
     // Dense: 2 MiB aligned, so the segment is whole huge pages.
     let run = if dense {
         arena::alloc_run(SEG_PAGES << unit, arena::HUGE_RUN_PAGES, arena::Zone::Dense)
