@@ -20,6 +20,12 @@ mod child;
 
 const MARKER: &str = "HZ_DENSE_ZONE_CHILD";
 
+/// Runs test `name` in a child with `HZ_THP` at its default (see
+/// `child::in_child`): true in the child.
+fn in_child_thp_default(name: &str) -> bool {
+    child::in_child(MARKER, name, &[], &["HZ_THP"])
+}
+
 /// Whether the mapping holding `p` carries `MADV_HUGEPAGE`.
 fn advised_huge(p: *mut u8) -> bool {
     child::vm_flags(p).iter().any(|f| f == "hg")
@@ -56,12 +62,7 @@ fn check_and_free(v: Vec<*mut u8>) {
 
 #[test]
 fn dense_heaps_take_spans_from_huge_pages() {
-    if !child::in_child(
-        MARKER,
-        "dense_heaps_take_spans_from_huge_pages",
-        &[],
-        &["HZ_THP"],
-    ) {
+    if !in_child_thp_default("dense_heaps_take_spans_from_huge_pages") {
         return;
     }
     let before = hz_core::stats();
@@ -170,12 +171,7 @@ fn second_segment(dense: bool) -> (bool, u64) {
 
 #[test]
 fn dense_large_blocks_take_segments_from_huge_pages() {
-    if !child::in_child(
-        MARKER,
-        "dense_large_blocks_take_segments_from_huge_pages",
-        &[],
-        &["HZ_THP"],
-    ) {
+    if !in_child_thp_default("dense_large_blocks_take_segments_from_huge_pages") {
         return;
     }
     let (huge, segments) = second_segment(true);
@@ -189,12 +185,7 @@ fn dense_large_blocks_take_segments_from_huge_pages() {
 
 #[test]
 fn sparse_large_blocks_stay_on_small_pages() {
-    if !child::in_child(
-        MARKER,
-        "sparse_large_blocks_stay_on_small_pages",
-        &[],
-        &["HZ_THP"],
-    ) {
+    if !in_child_thp_default("sparse_large_blocks_stay_on_small_pages") {
         return;
     }
     assert_eq!(
@@ -219,12 +210,7 @@ fn no_dense_segments_with_thp_off() {
 
 #[test]
 fn a_small_footprint_churned_through_many_spans_stays_off_huge_pages() {
-    if !child::in_child(
-        MARKER,
-        "a_small_footprint_churned_through_many_spans_stays_off_huge_pages",
-        &[],
-        &["HZ_THP"],
-    ) {
+    if !in_child_thp_default("a_small_footprint_churned_through_many_spans_stays_off_huge_pages") {
         return;
     }
     // About 0.5 MiB live (1,000 blocks of 16..=1,008 bytes), replaced at
@@ -276,12 +262,7 @@ fn a_small_footprint_churned_through_many_spans_stays_off_huge_pages() {
 
 #[test]
 fn a_dense_writer_faults_no_fresh_page_of_a_normal_segment() {
-    if !child::in_child(
-        MARKER,
-        "a_dense_writer_faults_no_fresh_page_of_a_normal_segment",
-        &[],
-        &["HZ_THP"],
-    ) {
+    if !in_child_thp_default("a_dense_writer_faults_no_fresh_page_of_a_normal_segment") {
         return;
     }
     // Two 1 MiB blocks written whole and freed (two dense samples) fill
@@ -290,17 +271,7 @@ fn a_dense_writer_faults_no_fresh_page_of_a_normal_segment() {
     // segment's fresh half: it comes from a dense segment instead (E131).
     let before = hz_core::stats().dense_segments;
     let (first, fifth) = std::thread::spawn(|| {
-        let ab: Vec<*mut u8> = (0..2).map(|_| hz_core::malloc(MIB)).collect();
-        for &p in &ab {
-            assert!(!p.is_null());
-            // SAFETY: p is a live block of MIB bytes.
-            unsafe { core::ptr::write_bytes(p, 0x5a, MIB) };
-        }
-        let first = advised_huge(ab[0]);
-        for &p in &ab {
-            // SAFETY: live; freed once.
-            unsafe { hz_core::free(p) };
-        }
+        let first = two_dense_blocks();
         let cd: Vec<*mut u8> = (0..3).map(|_| hz_core::malloc(MIB)).collect();
         let fifth = advised_huge(cd[2]);
         for &p in &cd {
@@ -329,21 +300,31 @@ fn a_dense_writer_faults_no_fresh_page_of_a_normal_segment() {
     }
 }
 
+/// Two 1 MiB blocks from the calling thread, written whole, then freed:
+/// two dense samples (E128). Returns whether the first was advised for
+/// huge pages while live.
+fn two_dense_blocks() -> bool {
+    let ab: Vec<*mut u8> = (0..2).map(|_| hz_core::malloc(MIB)).collect();
+    for &p in &ab {
+        assert!(!p.is_null());
+        // SAFETY: p is a live block of MIB bytes.
+        unsafe { core::ptr::write_bytes(p, 0x5a, MIB) };
+    }
+    let first = advised_huge(ab[0]);
+    for &p in &ab {
+        // SAFETY: live; freed once.
+        unsafe { hz_core::free(p) };
+    }
+    first
+}
+
 /// A 16 MiB block (beyond the segments' 8 MiB) from a thread that first
 /// wrote two 1 MiB blocks whole (`warm`) or none. Returns whether its
 /// mapping is advised for huge pages.
 fn long_block(warm: bool) -> bool {
     std::thread::spawn(move || {
         if warm {
-            let ab: Vec<*mut u8> = (0..2).map(|_| hz_core::malloc(MIB)).collect();
-            for &p in &ab {
-                assert!(!p.is_null());
-                // SAFETY: p is a live block of MIB bytes; freed once.
-                unsafe {
-                    core::ptr::write_bytes(p, 0x3c, MIB);
-                    hz_core::free(p);
-                }
-            }
+            two_dense_blocks();
         }
         let p = hz_core::malloc(16 * MIB);
         assert!(!p.is_null());
@@ -362,12 +343,7 @@ fn long_block(warm: bool) -> bool {
 
 #[test]
 fn a_dense_writers_long_blocks_come_from_huge_pages() {
-    if !child::in_child(
-        MARKER,
-        "a_dense_writers_long_blocks_come_from_huge_pages",
-        &[],
-        &["HZ_THP"],
-    ) {
+    if !in_child_thp_default("a_dense_writers_long_blocks_come_from_huge_pages") {
         return;
     }
     // E132: huge pages, as for a block a realloc grows into.
@@ -380,12 +356,7 @@ fn a_dense_writers_long_blocks_come_from_huge_pages() {
 
 #[test]
 fn a_long_block_of_a_thread_with_no_sample_is_on_small_pages() {
-    if !child::in_child(
-        MARKER,
-        "a_long_block_of_a_thread_with_no_sample_is_on_small_pages",
-        &[],
-        &["HZ_THP"],
-    ) {
+    if !in_child_thp_default("a_long_block_of_a_thread_with_no_sample_is_on_small_pages") {
         return;
     }
     assert!(!long_block(false));
