@@ -362,9 +362,23 @@ unsafe fn free_large(m: *mut arena::PageMeta, moved: bool) {
             return;
         }
     }
+    // SAFETY: m is a meta of an arena.
+    let huge = unsafe { arena::zone_of(m) } == arena::Zone::Huge;
     // SAFETY: as above; the program wrote no page past `given`, and when
     // `moved`, those pages are empty.
-    unsafe { arena::free_large_run(m, (*m).given as usize, moved) };
+    let sparse = unsafe { arena::free_large_run(m, (*m).given as usize, moved) };
+    // A thread that writes its big blocks sparsely gets no more huge pages
+    // for them (E134), though its dense ones earned it the huge zone (E132).
+    #[cfg(not(feature = "secure"))]
+    if sparse && huge {
+        let h = heap::heap_of_slot(tls::get());
+        if !h.is_null() {
+            // SAFETY: h is the calling thread's heap, between operations.
+            unsafe { crate::segment::score(h, false) };
+        }
+    }
+    #[cfg(feature = "secure")]
+    let _ = (sparse, huge);
     heap::tick_current();
 }
 

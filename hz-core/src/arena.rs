@@ -982,51 +982,52 @@ pub unsafe fn free_run(m: *mut PageMeta) {
 /// only the first `given` pages (the rest was room to grow, never handed
 /// out). When `moved`, those pages were moved away by `mremap` and the
 /// range is empty; of the rest, only pages the run was taken with resident
-/// may be.
+/// may be. Returns true when the block was looked at and read sparse
+/// ([`purge_if_sparse`]).
 ///
 /// # Safety
 /// As [`free_run`]; no page past `given` was written since the run was
 /// taken, and when `moved` the first `given` pages are empty.
-pub unsafe fn free_large_run(m: *mut PageMeta, given: usize, moved: bool) {
+pub unsafe fn free_large_run(m: *mut PageMeta, given: usize, moved: bool) -> bool {
     // SAFETY: forwarded contract: the run is the caller's until freed.
-    let given = if !moved && unsafe { purge_if_sparse(m, given) } {
-        1
-    } else {
-        given
-    };
-    // SAFETY: forwarded contract.
-    unsafe { free_run_as(m, given, moved) };
+    let sparse = !moved && unsafe { purge_if_sparse(m, given) };
+    // SAFETY: forwarded contract; a sparse block's pages past its first
+    // (or its first 2 MiB extent) were purged.
+    unsafe { free_run_as(m, if sparse { 1 } else { given }, moved) };
+    sparse
 }
 
 /// Every [`SPARSE_EVERY`]th big block of the normal zone (2 MiB or more)
-/// that a program frees is looked at, and purged now when its middle is
-/// mostly untouched, all but its first page (where the next block carved
-/// in its run starts: E133). Such a block (a buffer written at its ends,
-/// a vector reserved far beyond its length) leaves a few resident pages
-/// at offsets that the next block, of another length, does not write
-/// again, and its hull is the whole block: the dirty caps, stretched for
-/// programs that cycle big blocks written whole (E71), kept them all
-/// resident, until the program's footprint was the address range of its
-/// blocks (blocks of 8–32 MiB written at both ends: 102 MiB resident,
-/// Debian mimalloc 30). Purging one such block in 64 bounds that (12.7
-/// MiB) for a quarter of the time that purging each one costs (the
-/// `madvise`, and the faults of the next blocks there: 64 → 80 ms, each
-/// 220). One `mincore` of [`SPARSE_WINDOW`] 4 KiB pages at the middle
-/// decides: a block written whole, or over its first half, reads dense
-/// and is kept. Returns true when it purged.
+/// that a program frees, and every one of the huge zone, is looked at, and
+/// purged now when its middle is mostly untouched, all but its first page
+/// or 2 MiB extent (where the next block carved in its run starts: E133).
+/// Such a block (a buffer written at its ends, a vector reserved far beyond
+/// its length) leaves a few resident pages at offsets that the next block,
+/// of another length, does not write again, and its hull is the whole
+/// block: the dirty caps, stretched for programs that cycle big blocks
+/// written whole (E71), kept them all resident, until the program's
+/// footprint was the address range of its blocks (blocks of 8–32 MiB
+/// written at both ends: 102 MiB resident, Debian mimalloc 30). Purging
+/// one such block in 64 bounds that (12.7 MiB) for a quarter of the time
+/// that purging each one costs (the `madvise`, and the faults of the next
+/// blocks there: 64 → 80 ms, each 220). In the huge zone, where every
+/// touched extent costs 2 MiB, every block is looked at (E134). One
+/// `mincore` of [`SPARSE_WINDOW`] 4 KiB pages at the middle decides: a
+/// block written whole, or over its first half, reads dense and is kept.
+/// Returns true when it read sparse.
 ///
 /// # Safety
 /// `m` heads an in-use run the caller gives up; `given` is the length in
 /// pages of the block the program had.
 unsafe fn purge_if_sparse(m: *mut PageMeta, given: usize) -> bool {
     // SAFETY: m is a meta of an arena.
-    if given < HUGE_RUN_PAGES || unsafe { zone_of(m) } != Zone::Normal {
-        return false;
-    }
-    if !SPARSE_TURN
-        .fetch_add(1, Relaxed)
-        .is_multiple_of(SPARSE_EVERY)
-    {
+    let zone = unsafe { zone_of(m) };
+    let every = match zone {
+        Zone::Normal => SPARSE_EVERY,
+        Zone::Huge => 1,
+        Zone::Dense => return false,
+    };
+    if given < HUGE_RUN_PAGES || !SPARSE_TURN.fetch_add(1, Relaxed).is_multiple_of(every) {
         return false;
     }
     // SAFETY: caller's contract: the run and its hull are the caller's,
@@ -1042,29 +1043,31 @@ unsafe fn purge_if_sparse(m: *mut PageMeta, given: usize) -> bool {
             return false;
         }
         let idx = page_index(m);
+        let pages = (*m).pages as usize;
         let (lo, hi) = hull_union(
-            hull_clip(((*m).dlo, (*m).dhi), idx, (*m).pages as usize),
-            (idx as u32, (idx + given) as u32),
+            hull_clip(((*m).dlo, (*m).dhi), idx, pages),
+            (idx as u32, (idx + zone.round(given).min(pages)) as u32),
         );
-        let keep = idx as u32 + 1;
+        let keep = (idx + zone.round(1)) as u32;
         let lo = lo.max(keep);
-        let base = ARENAS[(*m).arena as usize].base.load(Relaxed);
-        let len = ((hi - lo) as usize) << PAGE_SHIFT;
-        if !os::purge((base + ((lo as usize) << PAGE_SHIFT)) as *mut u8, len) {
-            return false;
+        if lo < hi {
+            let base = ARENAS[(*m).arena as usize].base.load(Relaxed);
+            let len = ((hi - lo) as usize) << PAGE_SHIFT;
+            if !os::purge((base + ((lo as usize) << PAGE_SHIFT)) as *mut u8, len) {
+                return false;
+            }
+            STATS.purges.fetch_add(1, Relaxed);
+            STATS.purged_bytes.fetch_add(len as u64, Relaxed);
         }
         (*m).dlo = idx as u32;
         (*m).dhi = keep;
-        STATS.purges.fetch_add(1, Relaxed);
-        STATS.purged_bytes.fetch_add(len as u64, Relaxed);
         true
     }
 }
 
 /// One big free in this many is looked at by [`purge_if_sparse`].
 const SPARSE_EVERY: u32 = 64;
-/// Big frees of the normal zone so far (a relaxed count: an approximate
-/// turn is enough).
+/// Big frees so far (a relaxed count: an approximate turn is enough).
 static SPARSE_TURN: AtomicU32 = AtomicU32::new(0);
 /// 4 KiB pages [`purge_if_sparse`] looks at (256 KiB).
 const SPARSE_WINDOW: usize = 64;

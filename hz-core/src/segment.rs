@@ -549,13 +549,25 @@ unsafe fn sample(h: *mut Heap, m: *mut PageMeta) {
             return;
         };
         let looked = (len / 4096).min(SAMPLE_PAGES);
-        let d = &mut (*h).large_dense;
-        *d = if 4 * n >= 3 * looked {
-            (*d + 1).min(DENSE_AT + 1)
-        } else {
-            (*d - 3).max(-6)
-        };
+        score(h, 4 * n >= 3 * looked);
     }
+}
+
+/// Notes in heap `h`'s [`Heap::large_dense`] a large block its thread
+/// wrote densely (+1, to at most `DENSE_AT + 1`) or sparsely (−3, to at
+/// least −6): [`sample`], and a big block of the huge zone that the page
+/// allocator read sparse when the thread freed it (E134).
+///
+/// # Safety
+/// `h` is held by the calling thread.
+pub unsafe fn score(h: *mut Heap, dense: bool) {
+    // SAFETY: caller's contract.
+    let d = unsafe { &mut (*h).large_dense };
+    *d = if dense {
+        (*d + 1).min(DENSE_AT + 1)
+    } else {
+        (*d - 3).max(-6)
+    };
 }
 
 /// The most 4 KiB pages of a block [`sample`] looks at (8 MiB: every
