@@ -1401,6 +1401,9 @@ pub struct Stats {
     pub dense_spans: u64,
     /// Large-block segments taken from the dense zone (E128).
     pub dense_segments: u64,
+    /// Freed big blocks purged at once as written sparsely (E133; also
+    /// counted in `purges`).
+    pub sparse_purges: u64,
     pub remote_frees_sent: u64,
     pub remote_frees_received: u64,
     /// Frees of pointers hz never handed out (ignored).
@@ -1437,6 +1440,7 @@ impl Default for Stats {
             purged_bytes: 0,
             dense_spans: 0,
             dense_segments: 0,
+            sparse_purges: 0,
             remote_frees_sent: 0,
             remote_frees_received: 0,
             foreign_frees: 0,
@@ -1470,6 +1474,7 @@ pub fn stats() -> Stats {
         purged_bytes: g.purged_bytes.load(Relaxed),
         dense_spans: g.dense_spans.load(Relaxed),
         dense_segments: g.dense_segments.load(Relaxed),
+        sparse_purges: g.sparse_purges.load(Relaxed),
         foreign_frees: g.foreign_frees.load(Relaxed),
         large_blocks: heapless_blocks,
         heaps_live: g.heaps_live.load(Relaxed),
@@ -1518,9 +1523,10 @@ pub fn write_stats(fd: i32) {
     let _ = writeln!(b, "  mapped         {:>12.2} MiB", mib(s.mapped));
     let _ = writeln!(
         b,
-        "  purges         {:>12}   ({:.2} MiB)",
+        "  purges         {:>12}   ({:.2} MiB; {} sparse big blocks)",
         s.purges,
-        mib(s.purged_bytes)
+        mib(s.purged_bytes),
+        s.sparse_purges
     );
     let _ = writeln!(b, "  dense spans    {:>12}", s.dense_spans);
     let _ = writeln!(b, "  dense segments {:>12}", s.dense_segments);

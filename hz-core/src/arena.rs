@@ -999,7 +999,8 @@ pub unsafe fn free_large_run(m: *mut PageMeta, given: usize, moved: bool) -> boo
 
 /// Every [`SPARSE_EVERY`]th big block of the normal zone (2 MiB or more)
 /// that a program frees, and every one of the huge zone, is looked at, and
-/// purged now when its middle is mostly untouched, all but its first page
+/// purged now when it is mostly untouched at three eighths of its length,
+/// all but its first page
 /// or 2 MiB extent (where the next block carved in its run starts: E133).
 /// Such a block (a buffer written at its ends, a vector reserved far beyond
 /// its length) leaves a few resident pages at offsets that the next block,
@@ -1012,8 +1013,9 @@ pub unsafe fn free_large_run(m: *mut PageMeta, given: usize, moved: bool) -> boo
 /// that purging each one costs (the `madvise`, and the faults of the next
 /// blocks there: 64 → 80 ms, each 220). In the huge zone, where every
 /// touched extent costs 2 MiB, every block is looked at (E134). One
-/// `mincore` of [`SPARSE_WINDOW`] 4 KiB pages at the middle decides: a
-/// block written whole, or over its first half, reads dense and is kept.
+/// `mincore` of [`SPARSE_WINDOW`] 4 KiB pages from 3/8 of the block
+/// decides (E135): a block written whole, or over its first half (a
+/// vector freed just after its capacity doubled), reads dense and is kept.
 /// Returns true when it read sparse.
 ///
 /// # Safety
@@ -1033,10 +1035,12 @@ unsafe fn purge_if_sparse(m: *mut PageMeta, given: usize) -> bool {
     // SAFETY: caller's contract: the run and its hull are the caller's,
     // and nothing the program will read again is in it.
     unsafe {
-        let mid = (*m).addr + (((given << PAGE_SHIFT) / 2) & !4095);
+        // The window ends at or before the block's half (2 MiB: 768 KiB
+        // and 256 KiB).
+        let at = (*m).addr + (((given << PAGE_SHIFT) / 8 * 3) & !4095);
         let mut buf = [0u8; SPARSE_WINDOW];
         let window = SPARSE_WINDOW * 4096;
-        let Some(n) = os::resident_small_pages(mid as *mut u8, window, &mut buf) else {
+        let Some(n) = os::resident_small_pages(at as *mut u8, window, &mut buf) else {
             return false;
         };
         if 4 * n >= SPARSE_WINDOW {
@@ -1058,6 +1062,7 @@ unsafe fn purge_if_sparse(m: *mut PageMeta, given: usize) -> bool {
             }
             STATS.purges.fetch_add(1, Relaxed);
             STATS.purged_bytes.fetch_add(len as u64, Relaxed);
+            STATS.sparse_purges.fetch_add(1, Relaxed);
         }
         (*m).dlo = idx as u32;
         (*m).dhi = keep;
