@@ -693,13 +693,23 @@ fn alloc_large_in(size: usize, align: usize, zero: bool, grown: bool) -> *mut u8
     unsafe {
         crate::secure::take_run(&run, pages, true)
     };
-    // SAFETY: the run is ours (the huge zone may have rounded it up).
-    unsafe { hand_out_large(run.meta, pages, size, zero && !run.clean) }
+    // SAFETY: the run is ours (the huge zone may have rounded it up), just
+    // taken: its hull says which of its pages may be dirty.
+    unsafe {
+        let clear = if zero && !run.clean {
+            arena::taken_dirty_bytes(run.meta)
+        } else {
+            0..0
+        };
+        hand_out_large(run.meta, pages, size, clear)
+    }
 }
 
 /// Run `m`, ours, becomes a large block of `size` bytes (`pages` pages
 /// asked; the run may be longer): its tags, `given`, the zeroing a
-/// `calloc` needs (`clear`), the counts. Returns the block.
+/// `calloc` needs (`clear`: the bytes, from the block's start, that may
+/// hold an earlier owner's data; past `size` nothing is cleared), the
+/// counts. Returns the block.
 ///
 /// # Safety
 /// `m` heads an in-use run of at least `pages` pages that the caller owns
@@ -708,7 +718,7 @@ unsafe fn hand_out_large(
     m: *mut arena::PageMeta,
     pages: usize,
     size: usize,
-    clear: bool,
+    clear: core::ops::Range<usize>,
 ) -> *mut u8 {
     // SAFETY: caller's contract.
     let (addr, run_pages) = unsafe {
@@ -719,8 +729,9 @@ unsafe fn hand_out_large(
             (*m).seg = null_mut();
             (*m).sample = false;
         }
-        if clear {
-            core::ptr::write_bytes((*m).addr as *mut u8, 0, size);
+        let end = clear.end.min(size);
+        if clear.start < end {
+            arena::clear_for_calloc((*m).addr + clear.start, end - clear.start);
         }
         ((*m).addr as *mut u8, (*m).pages as u64)
     };
@@ -740,8 +751,15 @@ fn alloc_large_kept(size: usize, pages: usize, zero: bool) -> *mut u8 {
     // SAFETY: m heads an in-use run that is ours now (up to a quarter
     // longer than asked); the pages its last owner wrote are in its dirty
     // hull already (`arena::keep_written`), so `given` is this block's, and
-    // they may be dirty: a calloc clears.
-    unsafe { hand_out_large(m, pages, size, zero) }
+    // they may be dirty: a calloc clears them.
+    unsafe {
+        let clear = if zero {
+            arena::taken_dirty_bytes(m)
+        } else {
+            0..0
+        };
+        hand_out_large(m, pages, size, clear)
+    }
 }
 
 /// A large block of `pages` pages carved from the calling thread's
@@ -768,7 +786,8 @@ fn alloc_large_seg(size: usize, pages: usize, zero: bool, big: bool) -> *mut u8 
     // segment (hand_out_large clears `seg`); h is held and between
     // operations for the tick.
     unsafe {
-        let p = hand_out_large(m, pages, size, zero && matches!(how, Taken::Dirty(_)));
+        let dirty = zero && matches!(how, Taken::Dirty(_));
+        let p = hand_out_large(m, pages, size, if dirty { 0..size } else { 0..0 });
         (*m).seg = s;
         // Fresh pages: their owner's free sees how densely they were
         // written (E128).
@@ -1401,8 +1420,9 @@ pub struct Stats {
     pub dense_spans: u64,
     /// Large-block segments taken from the dense zone (E128).
     pub dense_segments: u64,
-    /// Freed big blocks purged at once as written sparsely (E133; also
-    /// counted in `purges`).
+    /// Big blocks purged at once because they read sparse: at their free
+    /// (E133) or when a `calloc` took their run (E137); also counted in
+    /// `purges`.
     pub sparse_purges: u64,
     pub remote_frees_sent: u64,
     pub remote_frees_received: u64,

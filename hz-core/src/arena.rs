@@ -551,6 +551,27 @@ unsafe fn dirty_remove(st: &mut PageState, m: *mut PageMeta) {
     }
 }
 
+/// The bytes of in-use run `m`, from its start, that may still hold what
+/// an earlier owner wrote: its hull when it was taken (empty when it was
+/// taken clean). Past them its pages read as zero, so a `calloc` clears
+/// only these (E136).
+///
+/// # Safety
+/// `m` heads an in-use run the caller owns, taken from the page allocator
+/// or kept ([`keep_written`]), not grown since.
+pub unsafe fn taken_dirty_bytes(m: *mut PageMeta) -> core::ops::Range<usize> {
+    // SAFETY: caller's contract; only the owner touches an in-use run's hull.
+    unsafe {
+        if (*m).dlo >= (*m).dhi {
+            return 0..0;
+        }
+        let idx = page_index(m);
+        let lo = ((*m).dlo as usize).saturating_sub(idx) << PAGE_SHIFT;
+        let hi = ((*m).dhi as usize).saturating_sub(idx) << PAGE_SHIFT;
+        lo..hi
+    }
+}
+
 /// True when in-use run `m` was taken with none of its pages resident (and
 /// has not grown since): its pages read as zero.
 ///
@@ -1035,15 +1056,7 @@ unsafe fn purge_if_sparse(m: *mut PageMeta, given: usize) -> bool {
     // SAFETY: caller's contract: the run and its hull are the caller's,
     // and nothing the program will read again is in it.
     unsafe {
-        // The window ends at or before the block's half (2 MiB: 768 KiB
-        // and 256 KiB).
-        let at = (*m).addr + (((given << PAGE_SHIFT) / 8 * 3) & !4095);
-        let mut buf = [0u8; SPARSE_WINDOW];
-        let window = SPARSE_WINDOW * 4096;
-        let Some(n) = os::resident_small_pages(at as *mut u8, window, &mut buf) else {
-            return false;
-        };
-        if 4 * n >= SPARSE_WINDOW {
+        if !reads_sparse((*m).addr, given << PAGE_SHIFT) {
             return false;
         }
         let idx = page_index(m);
@@ -1067,6 +1080,55 @@ unsafe fn purge_if_sparse(m: *mut PageMeta, given: usize) -> bool {
         (*m).dlo = idx as u32;
         (*m).dhi = keep;
         true
+    }
+}
+
+/// Whether the `len` bytes at `p` (4 KiB aligned, at least 2 MiB, ours)
+/// read sparse: fewer than a quarter of the [`SPARSE_WINDOW`] 4 KiB pages
+/// from 3/8 of them resident (one `mincore`; the window ends by their half,
+/// so a vector freed just after its capacity doubled reads dense: E135).
+/// False when the kernel refuses.
+///
+/// # Safety
+/// The range lies in an arena.
+unsafe fn reads_sparse(p: usize, len: usize) -> bool {
+    let at = p + ((len / 8 * 3) & !4095);
+    let mut buf = [0u8; SPARSE_WINDOW];
+    // SAFETY: caller's contract; the window lies inside the range.
+    match unsafe { os::resident_small_pages(at as *mut u8, SPARSE_WINDOW * 4096, &mut buf) } {
+        Some(n) => 4 * n < SPARSE_WINDOW,
+        None => false,
+    }
+}
+
+/// Makes `len` bytes at `p`, part of a block being handed to `calloc`
+/// and possibly holding an earlier owner's data, read as zero (E137): 2
+/// MiB or more that read sparse ([`reads_sparse`]) are purged rather than
+/// written, so their untouched pages stay untouched (each would be faulted
+/// in and zeroed twice, by the kernel and by the write); the rest are
+/// written. A `calloc` of 8–16 MiB taking the run of a block written at
+/// one byte wrote the whole block, as Debian mimalloc, tcmalloc and glibc
+/// do (jemalloc purges such blocks when freed).
+///
+/// # Safety
+/// The range lies in a block of an arena that the caller owns and that
+/// holds nothing the program will read.
+pub unsafe fn clear_for_calloc(p: usize, len: usize) {
+    // SAFETY: caller's contract.
+    unsafe {
+        let whole = len & !4095;
+        if p & 4095 == 0
+            && whole >= HUGE_PAGE
+            && reads_sparse(p, whole)
+            && os::purge(p as *mut u8, whole)
+        {
+            STATS.purges.fetch_add(1, Relaxed);
+            STATS.purged_bytes.fetch_add(whole as u64, Relaxed);
+            STATS.sparse_purges.fetch_add(1, Relaxed);
+            core::ptr::write_bytes((p + whole) as *mut u8, 0, len - whole);
+            return;
+        }
+        core::ptr::write_bytes(p as *mut u8, 0, len);
     }
 }
 

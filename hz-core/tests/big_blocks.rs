@@ -230,3 +230,55 @@ fn half_written_big_blocks_are_not_purged() {
     let (purged, freed) = dense_cycle(|p, n, v| write_pages(p, n / 2 + 4096, v));
     println!("half-written big blocks: {purged} MiB purged of {freed} MiB freed");
 }
+
+/// A `calloc` that takes the run of a sparse big block purged at its free
+/// (E133: all but its first page) clears that page only (E136), and one
+/// that takes the run of a sparse block not purged (three frees in four
+/// are not looked at) purges it rather than writing it (E137): either way
+/// the block reads as zero and costs no resident memory until the program
+/// writes it. Writing the whole block, as before, made all 16 MiB resident.
+#[test]
+fn calloc_clears_only_the_pages_a_run_may_hold() {
+    if !in_child("calloc_clears_only_the_pages_a_run_may_hold") {
+        return;
+    }
+    let n = 16 * MIB;
+    let p = hz_core::malloc(n);
+    assert!(!p.is_null());
+    // SAFETY: p has n bytes; freed once.
+    unsafe {
+        write_ends(p, n, 7);
+        hz_core::free(p);
+    }
+    assert_eq!(
+        hz_core::stats().sparse_purges,
+        1,
+        "the first big free is looked at"
+    );
+    for (round, purges) in [("purged at its free", 1), ("not looked at", 2)] {
+        let rss0 = child::rss();
+        let q = hz_core::calloc(n);
+        assert_eq!(q, p, "the calloc takes the freed run ({round})");
+        // SAFETY: q has n bytes.
+        let b = unsafe { core::slice::from_raw_parts(q as *const u8, n) };
+        // A few bytes only: a page read maps the zero page, which
+        // `mincore` counts as resident.
+        assert!(
+            (0..16).all(|k| b[k * MIB + 4097 * k] == 0) && b[n - 1] == 0,
+            "calloc returned a block that is not zero ({round})"
+        );
+        let grown = child::rss().saturating_sub(rss0);
+        assert!(
+            grown < 4 * MIB,
+            "a calloc of 16 MiB on a run {round} made {} MiB resident",
+            grown / MIB
+        );
+        assert_eq!(hz_core::stats().sparse_purges, purges, "{round}");
+        // SAFETY: live; written at both ends, then freed once (the second
+        // big free: not looked at).
+        unsafe {
+            write_ends(q, n, 9);
+            hz_core::free(q);
+        }
+    }
+}
