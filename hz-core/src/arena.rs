@@ -1020,9 +1020,9 @@ pub unsafe fn free_large_run(m: *mut PageMeta, given: usize, moved: bool) -> boo
 
 /// Every [`SPARSE_EVERY`]th big block of the normal zone (2 MiB or more)
 /// that a program frees, and every one of the huge zone, is looked at, and
-/// purged now when it is mostly untouched at three eighths of its length,
-/// all but its first page
-/// or 2 MiB extent (where the next block carved in its run starts: E133).
+/// purged now when it reads sparse ([`reads_sparse`]), all but its first
+/// page or 2 MiB extent (where the next block carved in its run starts:
+/// E133).
 /// Such a block (a buffer written at its ends, a vector reserved far beyond
 /// its length) leaves a few resident pages at offsets that the next block,
 /// of another length, does not write again, and its hull is the whole
@@ -1070,12 +1070,9 @@ unsafe fn purge_if_sparse(m: *mut PageMeta, given: usize) -> bool {
         if lo < hi {
             let base = ARENAS[(*m).arena as usize].base.load(Relaxed);
             let len = ((hi - lo) as usize) << PAGE_SHIFT;
-            if !os::purge((base + ((lo as usize) << PAGE_SHIFT)) as *mut u8, len) {
+            if !purge_sparse(base + ((lo as usize) << PAGE_SHIFT), len) {
                 return false;
             }
-            STATS.purges.fetch_add(1, Relaxed);
-            STATS.purged_bytes.fetch_add(len as u64, Relaxed);
-            STATS.sparse_purges.fetch_add(1, Relaxed);
         }
         (*m).dlo = idx as u32;
         (*m).dhi = keep;
@@ -1101,6 +1098,22 @@ unsafe fn reads_sparse(p: usize, len: usize) -> bool {
     }
 }
 
+/// Purges the `len` bytes at `p` (4 KiB aligned) that read sparse, and
+/// counts it (`purges`, `sparse_purges`); false when the kernel refuses.
+///
+/// # Safety
+/// The range lies in an arena and holds nothing the program will read.
+unsafe fn purge_sparse(p: usize, len: usize) -> bool {
+    // SAFETY: caller's contract.
+    if !unsafe { os::purge(p as *mut u8, len) } {
+        return false;
+    }
+    STATS.purges.fetch_add(1, Relaxed);
+    STATS.purged_bytes.fetch_add(len as u64, Relaxed);
+    STATS.sparse_purges.fetch_add(1, Relaxed);
+    true
+}
+
 /// Makes `len` bytes at `p`, part of a block being handed to `calloc`
 /// and possibly holding an earlier owner's data, read as zero (E137): 2
 /// MiB or more that read sparse ([`reads_sparse`]) are purged rather than
@@ -1117,14 +1130,7 @@ pub unsafe fn clear_for_calloc(p: usize, len: usize) {
     // SAFETY: caller's contract.
     unsafe {
         let whole = len & !4095;
-        if p & 4095 == 0
-            && whole >= HUGE_PAGE
-            && reads_sparse(p, whole)
-            && os::purge(p as *mut u8, whole)
-        {
-            STATS.purges.fetch_add(1, Relaxed);
-            STATS.purged_bytes.fetch_add(whole as u64, Relaxed);
-            STATS.sparse_purges.fetch_add(1, Relaxed);
+        if p & 4095 == 0 && whole >= HUGE_PAGE && reads_sparse(p, whole) && purge_sparse(p, whole) {
             core::ptr::write_bytes((p + whole) as *mut u8, 0, len - whole);
             return;
         }
