@@ -694,14 +694,23 @@ fn alloc_large_in(size: usize, align: usize, zero: bool, grown: bool) -> *mut u8
         crate::secure::take_run(&run, pages, true)
     };
     // SAFETY: the run is ours (the huge zone may have rounded it up), just
-    // taken: its hull says which of its pages may be dirty.
-    unsafe {
-        let clear = if zero && !run.clean {
-            arena::taken_dirty_bytes(run.meta)
-        } else {
-            0..0
-        };
-        hand_out_large(run.meta, pages, size, clear)
+    // taken.
+    unsafe { hand_out_large(run.meta, pages, size, calloc_clear(run.meta, zero)) }
+}
+
+/// The bytes a `calloc` (`zero`) must clear of run `m`, just taken from
+/// the page allocator or kept: those its hull says may hold an earlier
+/// owner's data (`arena::taken_dirty_bytes`, E136; none when the run was
+/// taken clean); none for a `malloc`.
+///
+/// # Safety
+/// As [`arena::taken_dirty_bytes`].
+unsafe fn calloc_clear(m: *mut arena::PageMeta, zero: bool) -> core::ops::Range<usize> {
+    if zero {
+        // SAFETY: forwarded contract.
+        unsafe { arena::taken_dirty_bytes(m) }
+    } else {
+        0..0
     }
 }
 
@@ -752,14 +761,7 @@ fn alloc_large_kept(size: usize, pages: usize, zero: bool) -> *mut u8 {
     // longer than asked); the pages its last owner wrote are in its dirty
     // hull already (`arena::keep_written`), so `given` is this block's, and
     // they may be dirty: a calloc clears them.
-    unsafe {
-        let clear = if zero {
-            arena::taken_dirty_bytes(m)
-        } else {
-            0..0
-        };
-        hand_out_large(m, pages, size, clear)
-    }
+    unsafe { hand_out_large(m, pages, size, calloc_clear(m, zero)) }
 }
 
 /// A large block of `pages` pages carved from the calling thread's

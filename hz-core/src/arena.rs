@@ -646,8 +646,6 @@ unsafe fn free_put(
 pub struct Run {
     pub meta: *mut PageMeta,
     pub addr: *mut u8,
-    /// The pages are known to read as zero.
-    pub clean: bool,
 }
 
 /// Allocates `pages` contiguous pages of `zone` whose address is a
@@ -940,11 +938,7 @@ unsafe fn bump(st: &mut PageState, a: usize, pages: usize, align: usize) -> Opti
     }
     // SAFETY: m valid.
     let addr = unsafe { (*m).addr } as *mut u8;
-    Some(Run {
-        meta: m,
-        addr,
-        clean: true,
-    })
+    Some(Run { meta: m, addr })
 }
 
 /// Takes `pages` (aligned) out of the free run `m`, which [`fits`] them.
@@ -985,7 +979,6 @@ unsafe fn take_from_free(st: &mut PageState, m: *mut PageMeta, pages: usize, ali
         Run {
             meta: u,
             addr: (*u).addr as *mut u8,
-            clean: taken.0 == taken.1,
         }
     }
 }
