@@ -63,3 +63,42 @@ fn cxx_program_with_iostream_containers_exceptions() {
         "output differs from the glibc run"
     );
 }
+
+/// libhz.so's C++ operators: the program's `new` and `delete` resolve to
+/// libhz.so, and out of memory they keep C++'s contract (new_handler
+/// retries, `std::bad_alloc`, nullptr from the nothrow forms) exactly as the
+/// C++ runtime's own operators do on plain glibc.
+#[test]
+fn cxx_operators_come_from_hz_and_keep_the_failure_contract() {
+    let plain = run(&mut plain_command(test_bin("cxx_new")), LIMIT);
+    plain.assert_success("cxx_new on plain glibc");
+    let hz = run(
+        hz_e2e::hz_command(test_bin("cxx_new")).env("HZ_SHOW_STATS", "1"),
+        LIMIT,
+    );
+    hz.assert_success("cxx_new under libhz.so");
+    hz.assert_report_after_first_line("operator new from libhz.so", &plain);
+    assert!(hz.stdout.contains("cxx_new: ok"), "{}", hz.stdout);
+    // Each of the eleven failing operator calls asked hz at least once.
+    let failed: u64 = hz
+        .stderr
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("failed allocs"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no 'failed allocs' line in:\n{}", hz.stderr));
+    assert!(failed >= 11, "hz saw {failed} failed allocations");
+}
+
+/// A C program that `dlopen`s a C++ library with `RTLD_LOCAL` (as Python
+/// loads extension modules): the library's `new` binds to libhz.so while its
+/// C++ runtime is outside the global scope, and out of memory it must still
+/// throw `std::bad_alloc` (or return nullptr), as on plain glibc, not abort.
+#[test]
+fn cxx_library_dlopened_locally_keeps_bad_alloc() {
+    let lib = test_bin("libcxxplug.so");
+    let lib = lib.to_str().expect("utf-8 path");
+    let plain = run(plain_command(test_bin("dlopen_cxx")).arg(lib), LIMIT);
+    plain.assert_success("dlopen_cxx on plain glibc");
+    let out = run_test_bin("dlopen_cxx", &[lib]);
+    assert_eq!(out.stdout.trim(), "dlopen_cxx: ok");
+}

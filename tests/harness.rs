@@ -139,6 +139,20 @@ impl Output {
         );
         self
     }
+
+    /// For the programs whose first line names the object that defined a
+    /// symbol (`cxx_new`): asserts that line is `first` on x86-64 (where
+    /// libhz.so exports the C++ operators) and the rest of the report equals
+    /// `plain`'s (the same program on glibc).
+    #[track_caller]
+    pub fn assert_report_after_first_line(&self, first: &str, plain: &Output) {
+        let (line, rest) = self.stdout.split_once('\n').expect("a report");
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(line, first);
+        }
+        let plain_rest = plain.stdout.split_once('\n').expect("a report").1;
+        assert_eq!(rest, plain_rest, "report differs from the glibc run");
+    }
 }
 
 /// The last few KiB of a long output, for failure messages.

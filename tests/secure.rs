@@ -191,6 +191,16 @@ fn secure_cxx_program_matches_glibc() {
     );
 }
 
+/// The C++ operators of libhz-secure.so: `new` and `delete` in every form,
+/// and their out-of-memory contract, report as on plain glibc.
+#[test]
+fn secure_cxx_operators_match_glibc() {
+    let out = run_secure("cxx_new", &[]);
+    let plain = run(&mut plain_command(test_bin("cxx_new")), LIMIT);
+    plain.assert_success("cxx_new on plain glibc");
+    out.assert_report_after_first_line("operator new from libhz-secure.so", &plain);
+}
+
 #[test]
 fn secure_stress_cross_thread_frees_in_waves() {
     let out = run_secure("stress", &["4", "4", "20000"]);

@@ -8,13 +8,18 @@
 //! version this project is measured on (2.36); where glibc's behaviour was
 //! checked by running a program against it, the comment says so.
 //!
-//! Invariants: nothing here allocates, panics or calls `dlsym`; the
+//! Invariants: nothing here allocates, panics or calls `dlsym` (but the
+//! out-of-memory path of C++ `operator new`, which looks up the C++
+//! runtime's operator once: see `cxx`); the
 //! initial-exec TLS lives in hz-core (feature `ie-tls`, on by default; build
 //! with `--no-default-features --features dynamic-tls` for the
 //! `thread_local!` fallback).
 
 use core::ffi::{c_int, c_void};
 use core::ptr::null_mut;
+
+#[cfg(target_arch = "x86_64")]
+mod cxx;
 
 /// The alignment `malloc` guarantees (glibc's `MALLOC_ALIGNMENT` on 64-bit).
 const MIN_ALIGN: usize = 16;
