@@ -1,5 +1,6 @@
-//! Builds the C benchmark programs run under LD_PRELOAD (one executable per
-//! program, linked into OUT_DIR with the C compiler `cc` finds), and records
+//! Builds the C and C++ benchmark programs run under LD_PRELOAD (one
+//! executable per program, linked into OUT_DIR with the compilers `cc`
+//! finds), and records
 //! the toolchain facts the report prints.
 use std::path::Path;
 use std::process::Command;
@@ -7,6 +8,7 @@ use std::process::Command;
 fn main() {
     let out = std::env::var("OUT_DIR").expect("OUT_DIR");
     println!("cargo:rerun-if-changed=c/hzb_common.h");
+    println!("cargo:rerun-if-changed=c/hzb_sys.h");
     for prog in ["bench_matrix", "bench_workloads", "pairs"] {
         let src = format!("c/{prog}.c");
         println!("cargo:rerun-if-changed={src}");
@@ -27,6 +29,23 @@ fn main() {
             exe.display()
         );
     }
+
+    // The C++ workload (cxx-collections), with the C++ compiler `cc` finds.
+    let src = "c/bench_cxx.cc";
+    println!("cargo:rerun-if-changed={src}");
+    let exe = Path::new(&out).join("bench_cxx");
+    let status = cc::Build::new()
+        .cpp(true)
+        .opt_level(2)
+        .get_compiler()
+        .to_command()
+        .args(["-std=c++17", "-O2", "-g", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(src)
+        .status()
+        .unwrap_or_else(|e| panic!("running the C++ compiler for {src}: {e}"));
+    assert!(status.success(), "compiling {src} failed");
+    println!("cargo:rustc-env=HZB_C_BENCH_CXX={}", exe.display());
 
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let version = Command::new(rustc)

@@ -10,6 +10,8 @@ use std::process::Command;
 /// The C programs built by build.rs.
 pub const C_MATRIX: &str = env!("HZB_C_BENCH_MATRIX");
 pub const C_WORKLOADS: &str = env!("HZB_C_BENCH_WORKLOADS");
+/// The C++ workload program (`c/bench_cxx.cc`: cxx-collections).
+pub const C_CXX: &str = env!("HZB_C_BENCH_CXX");
 
 /// Who runs a measurement.
 #[derive(Clone, Debug)]
@@ -182,7 +184,12 @@ pub fn run_workload(
 ) -> Result<WorkResult, String> {
     let cmd = match r {
         Runner::Preload(p) => {
-            let mut c = Command::new(C_WORKLOADS);
+            let prog = if crate::workloads::is_cxx(name) {
+                C_CXX
+            } else {
+                C_WORKLOADS
+            };
+            let mut c = Command::new(prog);
             c.arg(name).arg(threads.to_string()).arg(scale.to_string());
             preload_env(&mut c, p);
             c

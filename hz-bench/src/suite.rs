@@ -67,7 +67,7 @@ pub const USAGE: &str = "\
 usage: hz-bench <matrix|workloads|all|programs|secure> [options]
 
   matrix     the T/R ring benchmark (quick subset by default, --full for all)
-  workloads  larson, pipeline, xmalloc, cache-scratch, cache-thrash, realloc, rust-collections
+  workloads  larson, pipeline, xmalloc, cache-scratch, cache-thrash, realloc, rust-collections, cxx-collections
   all        matrix, then workloads
   programs   python3, sqlite3, perl, gcc and redis-server under LD_PRELOAD, each
              allocator in turn (the ones installed; --scale sizes their inputs)
@@ -513,7 +513,7 @@ pub fn workloads(o: &Opts) -> Vec<Summary> {
             o.wl_threads, m.cores
         ));
     }
-    notes.push("LD_PRELOAD runs use the C versions in hz-bench/c/bench_workloads.c (rust-collections has none)".into());
+    notes.push("LD_PRELOAD runs use the C versions in hz-bench/c/bench_workloads.c (rust-collections has none) and, for cxx-collections (LD_PRELOAD only), the C++ program hz-bench/c/bench_cxx.cc".into());
     notes.push(pin_note(
         o,
         "worker threads take the CPUs round robin in the order they start",
@@ -530,7 +530,13 @@ pub fn workloads(o: &Opts) -> Vec<Summary> {
         .workloads
         .iter()
         .flat_map(|w| runners.iter().map(move |r| (w.as_str(), r)))
-        .filter(|(w, r)| !(matches!(r, Runner::Preload(_)) && *w == "rust-collections"))
+        .filter(|(w, r)| {
+            if matches!(r, Runner::Preload(_)) {
+                !crate::workloads::in_process_only(w)
+            } else {
+                !crate::workloads::is_cxx(w)
+            }
+        })
         .collect();
     let pb = progress((o.reps * jobs.len()) as u64);
     let mut samples = Vec::new();

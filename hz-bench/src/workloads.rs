@@ -3,7 +3,9 @@
 //! allocator, chosen per child process by `HZ_BENCH_GLOBAL`). Each returns
 //! wall time of its measured phase, the allocator operations it made
 //! (0 when not counted) and the process's peak RSS.
-//! `c/bench_workloads.c` has the same programs in C for LD_PRELOAD runs.
+//! `c/bench_workloads.c` has the same programs in C for LD_PRELOAD runs;
+//! cxx-collections, rust-collections' twin in C++ containers, exists only
+//! there (`c/bench_cxx.cc`), so [`run`] does not know it.
 
 use crate::matrix::self_maxrss_kib;
 use crate::rng::XorShift;
@@ -14,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// Workload names, in report order.
-pub const WORKLOADS: [&str; 8] = [
+pub const WORKLOADS: [&str; 9] = [
     "larson",
     "pipeline",
     "xmalloc",
@@ -23,7 +25,20 @@ pub const WORKLOADS: [&str; 8] = [
     "realloc",
     "large",
     "rust-collections",
+    "cxx-collections",
 ];
+
+/// A workload that runs only in-process (std collections on the global
+/// allocator): rust-collections.
+pub fn in_process_only(name: &str) -> bool {
+    name == "rust-collections"
+}
+
+/// A workload that runs only under `LD_PRELOAD`, as a C++ program
+/// (`c/bench_cxx.cc`): cxx-collections.
+pub fn is_cxx(name: &str) -> bool {
+    name == "cxx-collections"
+}
 
 /// One line on what a workload does (the tables' group description).
 pub fn describe(name: &str) -> &'static str {
@@ -36,6 +51,7 @@ pub fn describe(name: &str) -> &'static str {
         "realloc" => "each thread grows a buffer 16 B → 16 MiB by ×1.5 steps with realloc, touching every new page",
         "large" => "each thread allocates or frees, at random, one of 16 slots of 128 KiB..1 MiB blocks, writing their first and last byte",
         "rust-collections" => "HashMap<String,Vec<u64>>, BTreeMap<u64,String>, String building, dropped, per thread",
+        "cxx-collections" => "C++: unordered_map<string,vector<uint64_t>>, map<uint64_t,string>, string building, dropped, per thread (LD_PRELOAD only)",
         _ => "",
     }
 }
@@ -436,10 +452,30 @@ mod tests {
 
     #[test]
     fn every_workload_runs_small_with_system() {
-        for w in WORKLOADS {
+        for w in WORKLOADS.into_iter().filter(|w| !is_cxx(w)) {
             let r = run(&std::alloc::System, w, 3, 0.01).expect("known workload");
             assert!(r.ns > 0 && r.maxrss_kib > 0, "{w}");
         }
         assert!(run(&std::alloc::System, "nope", 2, 1.0).is_none());
+        assert!(run(&std::alloc::System, "cxx-collections", 2, 1.0).is_none());
+    }
+
+    /// The C++ program runs its workload and reports as the C ones do.
+    #[test]
+    fn cxx_collections_runs_as_a_cxx_program() {
+        let out = std::process::Command::new(crate::runner::C_CXX)
+            .args(["cxx-collections", "2", "0.05"])
+            .env_remove("LD_PRELOAD")
+            .output()
+            .expect("run bench_cxx");
+        assert!(out.status.success(), "{out:?}");
+        let w = crate::runner::parse_work_line(&String::from_utf8_lossy(&out.stdout))
+            .expect("an HZB_WORK line");
+        assert!(w.ns > 0 && w.maxrss_kib > 0, "{w:?}");
+        let bad = std::process::Command::new(crate::runner::C_CXX)
+            .args(["nope", "1", "1"])
+            .output()
+            .expect("run bench_cxx");
+        assert_eq!(bad.status.code(), Some(2));
     }
 }
