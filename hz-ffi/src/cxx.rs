@@ -50,13 +50,27 @@ const NEW_NAMES: [&[u8]; 8] = [
 /// The next object's `new` of each form, looked up on its first failure.
 static NEXT: [AtomicUsize; 8] = [const { AtomicUsize::new(0) }; 8];
 
+/// Whether `addr` lies in libhz.so itself (a stub of ours, whatever name
+/// the lookup took).
+fn in_libhz(addr: usize) -> bool {
+    // SAFETY: `Dl_info` is plain data that dladdr fills when it returns
+    // non-zero; `next_new` is a function of this object.
+    unsafe {
+        let mut ours: libc::Dl_info = core::mem::zeroed();
+        let mut theirs: libc::Dl_info = core::mem::zeroed();
+        libc::dladdr(next_new as *const c_void, &mut ours) != 0
+            && libc::dladdr(addr as *const c_void, &mut theirs) != 0
+            && ours.dli_fbase == theirs.dli_fbase
+    }
+}
+
 /// The address of the operator `NEW_NAMES[kind]` that an out-of-memory
 /// `new` called from `caller` (a return address) continues in; never
 /// returns without one. In order: the next object's after libhz.so (the
 /// shared C++ runtime; cached); the one the caller's object sees in its own
 /// scope (a C++ library `dlopen`ed with `RTLD_LOCAL`, whose runtime is not
-/// in the global scope); the first in the global scope that is not this
-/// stub (a C++ runtime linked statically into an executable that exports it).
+/// in the global scope); the first in the global scope outside libhz.so (a
+/// C++ runtime linked statically into an executable that exports it).
 extern "C" fn next_new(kind: usize, caller: usize) -> usize {
     let slot = &NEXT[kind];
     let cached = slot.load(Relaxed);
@@ -64,7 +78,6 @@ extern "C" fn next_new(kind: usize, caller: usize) -> usize {
         return cached;
     }
     let name = NEW_NAMES[kind].as_ptr() as *const c_char;
-    let stub = STUBS[kind] as usize;
     // SAFETY: `name` is a NUL-terminated constant; `RTLD_NEXT` searches the
     // objects loaded after libhz.so, so the result is never a stub of ours.
     let next = unsafe { libc::dlsym(libc::RTLD_NEXT, name) } as usize;
@@ -72,10 +85,9 @@ extern "C" fn next_new(kind: usize, caller: usize) -> usize {
         slot.store(next, Relaxed);
         return next;
     }
-    // SAFETY: `Dl_info` is plain data that dladdr fills when it returns
-    // non-zero; `dli_fname` is then a NUL-terminated path owned by the
-    // loader; RTLD_NOLOAD opens nothing new, and the handle it returns (one
-    // more reference to a loaded object) is closed at once.
+    // SAFETY: as in `in_libhz`; `dli_fname` is then a NUL-terminated path
+    // owned by the loader; RTLD_NOLOAD opens nothing new, and the handle it
+    // returns (one more reference to a loaded object) is closed at once.
     let local = unsafe {
         let mut info: libc::Dl_info = core::mem::zeroed();
         let mut f = 0;
@@ -88,12 +100,12 @@ extern "C" fn next_new(kind: usize, caller: usize) -> usize {
         }
         f
     };
-    if local != 0 && local != stub {
+    if local != 0 && !in_libhz(local) {
         return local;
     }
     // SAFETY: as the first lookup.
     let any = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name) } as usize;
-    if any != 0 && any != stub {
+    if any != 0 && !in_libhz(any) {
         return any;
     }
     hz_core::os::fatal(
@@ -178,18 +190,6 @@ new_stub!(
     new_aligned_fast,
     three
 );
-
-/// The stubs, in [`NEW_NAMES`] order.
-static STUBS: [extern "C" fn(); 8] = [
-    _Znwm,
-    _Znam,
-    _ZnwmRKSt9nothrow_t,
-    _ZnamRKSt9nothrow_t,
-    _ZnwmSt11align_val_t,
-    _ZnamSt11align_val_t,
-    _ZnwmSt11align_val_tRKSt9nothrow_t,
-    _ZnamSt11align_val_tRKSt9nothrow_t,
-];
 
 /// Defines `operator delete` forms: each frees its first argument and
 /// ignores the rest (size, alignment, `nothrow`).
