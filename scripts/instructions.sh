@@ -16,7 +16,10 @@
 # `GlobalAlloc` and through mi_malloc/mi_free, and Rust's System (glibc).
 # Under LD_PRELOAD (hz-bench/c/pairs.c, malloc/free through the PLT):
 # libhz.so, and Debian's mimalloc, jemalloc and tcmalloc where installed
-# (scripts/bench.sh installs them), and glibc. The figures include the
+# (scripts/bench.sh installs them), and glibc; and the same probe in C++
+# (hz-bench/c/bench_cxx.cc `pairs`: operator new and sized operator delete)
+# under the same libraries, for the C++ operators they export (libhz.so's
+# since E139; glibc's row is libstdc++'s operators). The figures include the
 # loop's own instructions (size arithmetic, the write, the loop counter; in
 # C also the two PLT stubs), the same for every allocator of a group, so
 # rows compare within a group. Takes about 15 s.
@@ -33,6 +36,7 @@ target="${CARGO_TARGET_DIR:-$PWD/target}"
 "${CARGO:-cargo}" build --release -q -p hz-ffi -p hz-bench --example probe
 probe="$target/release/examples/probe"
 pairs="$("$probe" --c-pairs)"
+cxx_pairs="$("$probe" --cxx-pairs)"
 hz="$target/release/libhz.so"
 lib=/usr/lib/x86_64-linux-gnu
 [ -d "$lib" ] || lib=/usr/lib/aarch64-linux-gnu
@@ -86,6 +90,26 @@ for l in "${libs[@]}"; do
         row LD_PRELOAD "$(basename "$l")" "${ld[$l]}" "$mi"
     else
         echo "| LD_PRELOAD | $(basename "$l") | ${ld[$l]} | — |"
+    fi
+done
+
+# The C++ probe under the same libraries.
+declare -A cx
+for l in "${libs[@]}"; do
+    if [ "$l" = glibc ]; then
+        cx[$l]=$(per_pair "$cxx_pairs" pairs)
+    else
+        cx[$l]=$(LD_PRELOAD="$l" per_pair "$cxx_pairs" pairs)
+    fi
+done
+cmi="${cx[$lib/libmimalloc.so.2]:-}"
+for l in "${libs[@]}"; do
+    name="$(basename "$l")"
+    [ "$l" = glibc ] && name="glibc (libstdc++'s operators)"
+    if [ -n "$cmi" ]; then
+        row "C++ new/delete, LD_PRELOAD" "$name" "${cx[$l]}" "$cmi"
+    else
+        echo "| C++ new/delete, LD_PRELOAD | $name | ${cx[$l]} | — |"
     fi
 done
 

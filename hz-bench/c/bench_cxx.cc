@@ -5,6 +5,10 @@
 //
 // usage: bench_cxx NAME THREADS SCALE      (NAME: cxx-collections)
 // prints: HZB_WORK ns=.. ops=.. maxrss_kib=..
+//        bench_cxx pairs N
+// the single-thread probe of scripts/instructions.sh: as c/pairs.c, with
+// `operator new` and `operator delete` (sized, as a C++14 `delete` of a
+// known type calls it) in place of malloc and free.
 // environment: HZB_PIN=1 pins each worker thread to the next allowed CPU,
 // round robin, in the order the threads start.
 #include <chrono>
@@ -53,7 +57,29 @@ static void collections(size_t id, size_t n) {
     }
 }
 
+// As c/pairs.c: one live block of each size 16..1024 kept, 100 000 warm-up
+// pairs, then n pairs, sizes cycling through 16..1024 by 16, each written once.
+static void pairs(uint64_t n) {
+    for (uint64_t i = 0; i < n; i++) {
+        size_t s = 16 + size_t(i & 63) * 16;
+        char *p = static_cast<char *>(::operator new(s));
+        *static_cast<volatile char *>(p) = 1;
+        sink = reinterpret_cast<size_t>(p);
+        ::operator delete(p, s);
+    }
+}
+
+static int run_pairs(uint64_t n) {
+    void *keep[64];
+    for (int i = 0; i < 64; i++) keep[i] = ::operator new(16 + size_t(i) * 16);
+    pairs(100000);
+    pairs(n);
+    for (int i = 0; i < 64; i++) ::operator delete(keep[i]);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 3 && std::strcmp(argv[1], "pairs") == 0) return run_pairs(std::strtoull(argv[2], nullptr, 10));
     if (argc != 4) {
         std::fprintf(stderr, "usage: %s NAME THREADS SCALE\n", argv[0]);
         return 2;

@@ -8,7 +8,9 @@
 //! the `Layout`), `hz-c` (`hz_core::malloc`/`free`: `free` reads the page
 //! tag), `mimalloc` (`mimalloc::MiMalloc`), `mi-c` (`mi_malloc`/`mi_free`
 //! of the same static mimalloc), `system` (`std::alloc::System`, glibc).
-//! `--c-pairs` prints the path of the C probe (built by build.rs).
+//! `--c-pairs` prints the path of the C probe (built by build.rs), and
+//! `--cxx-pairs` that of the C++ program whose `pairs` mode is the same
+//! probe with `operator new`/`delete`.
 //!
 //! One live block of each size 16..1024 stays for the whole run, 100 000
 //! warm-up pairs, then N pairs, sizes cycling through 16..1024 in steps of
@@ -103,6 +105,10 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--c-pairs") {
         println!("{}", env!("HZB_C_PAIRS"));
+        return;
+    }
+    if args.first().map(String::as_str) == Some("--cxx-pairs") {
+        println!("{}", env!("HZB_C_BENCH_CXX"));
         return;
     }
     let usage = "usage: probe hz|hz-c|mimalloc|mi-c|system N | probe --c-pairs";
