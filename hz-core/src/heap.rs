@@ -1121,11 +1121,26 @@ pub unsafe fn overflow(h: *mut Heap, c: usize, p: *mut u8) {
         let cap = bin.end.offset_from(bin.base) as usize;
         let free_only = cap < BIN_CAP[c] as usize;
         let out = if free_only { cap } else { cap / 2 };
+        // A heap with no block of this class out of its own spans holds only
+        // other heaps' blocks in the bin (a thread that frees what others
+        // made): while every heap runs, they go to the pool as they are,
+        // with no look at each block's owner (E141).
         #[cfg(not(feature = "secure"))]
-        let done = release_below(h, c, bin.base, out);
+        let pooled = (*h).blocks_out[c].load(Relaxed) == 0
+            && ABANDONED_HEAPS.load(Relaxed) == 0
+            && pool_put(h, c, core::slice::from_raw_parts(bin.base, out));
         #[cfg(feature = "secure")]
-        let done = 0;
-        release_blocks(h, c, bin.base.add(done), out - done);
+        let pooled = false;
+        if pooled {
+            (*h).remote_sent
+                .store((*h).remote_sent.load(Relaxed) + out as u64, Relaxed);
+        } else {
+            #[cfg(not(feature = "secure"))]
+            let done = release_below(h, c, bin.base, out);
+            #[cfg(feature = "secure")]
+            let done = 0;
+            release_blocks(h, c, bin.base.add(done), out - done);
+        }
         let bin = &mut (*h).bins.b[c];
         core::ptr::copy(bin.base.add(out), bin.base, cap - out);
         bin.top = bin.base.add(cap - out);
