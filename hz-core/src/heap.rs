@@ -336,8 +336,8 @@ fn create(reg: &mut Registry) -> *mut Heap {
 
 /// Heaps on the abandoned list (their threads exited, no thread has
 /// adopted them yet). While there are none, every heap that owns blocks is
-/// active, and [`flush_spill`] pools a spill array whole without looking at
-/// each block's owner (E140). Read without the registry lock: a thread that
+/// active, and [`pool_whole`] pools a spill array (or, E141, a bin of only
+/// other heaps' blocks) without looking at each block's owner (E140). Read without the registry lock: a thread that
 /// exits while another flushes leaves blocks of its heap in the pool, as a
 /// heap's state read just before it changed always could.
 static ABANDONED_HEAPS: AtomicUsize = AtomicUsize::new(0);
@@ -1127,14 +1127,10 @@ pub unsafe fn overflow(h: *mut Heap, c: usize, p: *mut u8) {
         // with no look at each block's owner (E141).
         #[cfg(not(feature = "secure"))]
         let pooled = (*h).blocks_out[c].load(Relaxed) == 0
-            && ABANDONED_HEAPS.load(Relaxed) == 0
-            && pool_put(h, c, core::slice::from_raw_parts(bin.base, out));
+            && pool_whole(h, c, core::slice::from_raw_parts(bin.base, out));
         #[cfg(feature = "secure")]
         let pooled = false;
-        if pooled {
-            (*h).remote_sent
-                .store((*h).remote_sent.load(Relaxed) + out as u64, Relaxed);
-        } else {
+        if !pooled {
             #[cfg(not(feature = "secure"))]
             let done = release_below(h, c, bin.base, out);
             #[cfg(feature = "secure")]
@@ -1900,12 +1896,8 @@ unsafe fn flush_spill(h: *mut Heap, c: usize) {
     unsafe {
         let mut s = (*h).spill_base[c];
         let mut n = (*h).spill_len[c] as usize;
-        // Every heap that owns blocks runs: all of them to the pool, with no
-        // look at their owners (E140).
-        if ABANDONED_HEAPS.load(Relaxed) == 0 && pool_put(h, c, core::slice::from_raw_parts(s, n)) {
+        if pool_whole(h, c, core::slice::from_raw_parts(s, n)) {
             (*h).spill_len[c] = 0;
-            (*h).remote_sent
-                .store((*h).remote_sent.load(Relaxed) + n as u64, Relaxed);
             return;
         }
         // Scratch arrays, written before they are read: left uninitialised
@@ -1974,6 +1966,27 @@ unsafe fn flush_spill(h: *mut Heap, c: usize) {
     if orphan_fed {
         reclaim_tick();
     }
+}
+
+/// Pools `blocks` (free blocks of class `c`, other heaps') in one batch,
+/// with no look at their owners, while every heap that owns blocks runs
+/// (no heap is abandoned: E140), and counts them sent; false, with nothing
+/// done, when a heap is abandoned or the pool refuses.
+///
+/// # Safety
+/// `h` is held; the blocks are free, of class `c`, and the caller's to give.
+unsafe fn pool_whole(h: *mut Heap, c: usize, blocks: &[*mut u8]) -> bool {
+    // SAFETY: forwarded contract.
+    unsafe {
+        if ABANDONED_HEAPS.load(Relaxed) != 0 || !pool_put(h, c, blocks) {
+            return false;
+        }
+        (*h).remote_sent.store(
+            (*h).remote_sent.load(Relaxed) + blocks.len() as u64,
+            Relaxed,
+        );
+    }
+    true
 }
 
 /// The heap that owns blocks whose tags name owner `o`.

@@ -35,7 +35,7 @@
 use core::ffi::{c_char, c_void};
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-/// The `new` forms, in [`NEW_NAMES`] order (the stubs pass the index).
+/// The `new` forms' names, indexed by the `kind` each stub passes.
 const NEW_NAMES: [&[u8]; 8] = [
     b"_Znwm\0",
     b"_Znam\0",
