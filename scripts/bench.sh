@@ -40,6 +40,7 @@ install_rivals() {
     have_lib 'libjemalloc.so.2' || need=1
     have_lib 'libtcmalloc*.so.4' || need=1
     command -v cc >/dev/null 2>&1 || need=1
+    command -v c++ >/dev/null 2>&1 || need=1
     [ "$need" -eq 1 ] || return 0
     echo "installing the rival allocators (apt-get) ..." >&2
     as_root apt-get update -qq || true
@@ -48,6 +49,8 @@ install_rivals() {
     have_lib 'libjemalloc.so.2' || pkgs+=("$(pkg_named '^libjemalloc[0-9]+$' libjemalloc2)")
     have_lib 'libtcmalloc*.so.4' || pkgs+=("$(pkg_named '^libtcmalloc-minimal[0-9]+$' libtcmalloc-minimal4)")
     command -v cc >/dev/null 2>&1 || pkgs+=(gcc libc6-dev)
+    # hz-bench's C++ workload (cxx-collections) needs a C++ compiler too.
+    command -v c++ >/dev/null 2>&1 || pkgs+=(g++)
     for p in "${pkgs[@]}"; do
         installed "$p" && continue
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$p" ||
