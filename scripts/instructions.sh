@@ -72,46 +72,44 @@ row in-process "mi_malloc / mi_free" "${ir[mi-c]}" "${ir[mi-c]}"
 row in-process "std::alloc::System" "${ir[system]}" "${ir[mimalloc]}"
 # Each library measured once: the table's rows, the mimalloc row's figure
 # as the divisor, and libhz.so's again in the hardened table.
-declare -A ld
+# The libraries installed here, in table order.
 libs=()
 for l in "$hz" "$lib/libmimalloc.so.2" "$lib/libjemalloc.so.2" "$lib/libtcmalloc_minimal.so.4" glibc; do
-    if [ "$l" = glibc ]; then
-        ld[$l]=$(per_pair "$pairs")
-    elif [ -e "$l" ]; then
-        ld[$l]=$(LD_PRELOAD="$l" per_pair "$pairs")
-    else
-        continue
-    fi
-    libs+=("$l")
+    [ "$l" = glibc ] || [ -e "$l" ] && libs+=("$l")
 done
-mi="${ld[$lib/libmimalloc.so.2]:-}"
-for l in "${libs[@]}"; do
-    if [ -n "$mi" ]; then
-        row LD_PRELOAD "$(basename "$l")" "${ld[$l]}" "$mi"
-    else
-        echo "| LD_PRELOAD | $(basename "$l") | ${ld[$l]} | — |"
-    fi
-done
-
+# measure ARRAY PROG [ARG]: ARRAY[lib] = per_pair of PROG under each library.
+measure() {
+    local -n into=$1
+    local l
+    shift
+    for l in "${libs[@]}"; do
+        if [ "$l" = glibc ]; then
+            into[$l]=$(per_pair "$@")
+        else
+            into[$l]=$(LD_PRELOAD="$l" per_pair "$@")
+        fi
+    done
+}
+# rows GROUP ARRAY GLIBC-NAME: one row per library, ÷ the mimalloc row.
+rows() {
+    local -n of=$2
+    local m="${of[$lib/libmimalloc.so.2]:-}" l name
+    for l in "${libs[@]}"; do
+        name="$(basename "$l")"
+        [ "$l" = glibc ] && name="$3"
+        if [ -n "$m" ]; then
+            row "$1" "$name" "${of[$l]}" "$m"
+        else
+            echo "| $1 | $name | ${of[$l]} | — |"
+        fi
+    done
+}
+declare -A ld cx
+measure ld "$pairs"
+rows LD_PRELOAD ld glibc
 # The C++ probe under the same libraries.
-declare -A cx
-for l in "${libs[@]}"; do
-    if [ "$l" = glibc ]; then
-        cx[$l]=$(per_pair "$cxx_pairs" pairs)
-    else
-        cx[$l]=$(LD_PRELOAD="$l" per_pair "$cxx_pairs" pairs)
-    fi
-done
-cmi="${cx[$lib/libmimalloc.so.2]:-}"
-for l in "${libs[@]}"; do
-    name="$(basename "$l")"
-    [ "$l" = glibc ] && name="glibc (libstdc++'s operators)"
-    if [ -n "$cmi" ]; then
-        row "C++ new/delete, LD_PRELOAD" "$name" "${cx[$l]}" "$cmi"
-    else
-        echo "| C++ new/delete, LD_PRELOAD | $name | ${cx[$l]} | — |"
-    fi
-done
+measure cx "$cxx_pairs" pairs
+rows "C++ new/delete, LD_PRELOAD" cx "glibc (libstdc++'s operators)"
 
 [ "$secure" -eq 1 ] || exit 0
 

@@ -111,7 +111,7 @@ fn main() {
         println!("{}", env!("HZB_C_BENCH_CXX"));
         return;
     }
-    let usage = "usage: probe hz|hz-c|mimalloc|mi-c|system N | probe --c-pairs";
+    let usage = "usage: probe hz|hz-c|mimalloc|mi-c|system N | probe --c-pairs | probe --cxx-pairs";
     let (Some(mode), Some(n)) = (args.first(), args.get(1).and_then(|n| n.parse().ok())) else {
         eprintln!("{usage}");
         std::process::exit(2);

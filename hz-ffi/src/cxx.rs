@@ -162,6 +162,9 @@ macro_rules! new_stub {
 }
 
 /// A block for `new(size)`: `malloc`'s (a unique pointer for 0 bytes).
+/// Its own function rather than `sym` of the exported `malloc`, which is
+/// interposable and would be called through the PLT (the linker folds the
+/// two bodies into one anyway).
 extern "C" fn new_fast(size: usize) -> *mut c_void {
     hz_core::malloc_errno(size).cast()
 }
