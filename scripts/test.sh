@@ -117,4 +117,10 @@ if [ -f scripts/loom.sh ]; then
     bash scripts/loom.sh
 fi
 
+# aarch64: the cross-built library and tests under qemu-user (installs the
+# cross toolchain, qemu-user and rustup's aarch64 library; says so and
+# skips where it cannot).
+step "scripts/cross.sh"
+bash scripts/cross.sh
+
 step "all tests passed ($(( SECONDS / 60 ))m $(( SECONDS % 60 ))s)"

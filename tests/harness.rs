@@ -112,8 +112,52 @@ pub fn libhz_secure() -> &'static Path {
 
 /// A command for `prog` with `LD_PRELOAD=libhz-secure.so` set.
 pub fn secure_command(prog: impl AsRef<OsStr>) -> Command {
-    let mut cmd = Command::new(prog);
-    cmd.env("LD_PRELOAD", libhz_secure());
+    preloaded(prog, libhz_secure())
+}
+
+/// `HZ_TEST_RUNNER`: the qemu-user command line (`qemu-aarch64 -L
+/// /usr/aarch64-linux-gnu`) that runs the test programs when they are
+/// built for another architecture (`scripts/cross.sh`); unset or empty:
+/// they run directly.
+fn runner() -> Option<&'static [String]> {
+    static RUNNER: OnceLock<Vec<String>> = OnceLock::new();
+    let words = RUNNER.get_or_init(|| {
+        std::env::var("HZ_TEST_RUNNER")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    });
+    (!words.is_empty()).then_some(words.as_slice())
+}
+
+/// A command that runs `prog`, under [`runner`] when there is one, with
+/// no preload.
+fn program(prog: impl AsRef<OsStr>) -> Command {
+    let mut cmd = match runner() {
+        Some(words) => {
+            let mut c = Command::new(&words[0]);
+            c.args(&words[1..]).arg(prog.as_ref());
+            c
+        }
+        None => Command::new(prog),
+    };
+    cmd.env_remove("LD_PRELOAD").env_remove("QEMU_SET_ENV");
+    cmd
+}
+
+/// A command that runs `prog` with `lib` preloaded. Under qemu-user the
+/// preload goes to the emulated program (`QEMU_SET_ENV`), not to the
+/// emulator, which is a program of this machine's architecture.
+fn preloaded(prog: impl AsRef<OsStr>, lib: &Path) -> Command {
+    let mut cmd = program(prog);
+    if runner().is_some() {
+        let mut set = std::ffi::OsString::from("LD_PRELOAD=");
+        set.push(lib);
+        cmd.env("QEMU_SET_ENV", set);
+    } else {
+        cmd.env("LD_PRELOAD", lib);
+    }
     cmd
 }
 
@@ -141,13 +185,13 @@ impl Output {
     }
 
     /// For the programs whose first line names the object that defined a
-    /// symbol (`cxx_new`): asserts that line is `first` on x86-64 (where
-    /// libhz.so exports the C++ operators) and the rest of the report equals
+    /// symbol (`cxx_new`): asserts that line is `first` on x86-64 and
+    /// aarch64 (where libhz.so exports the C++ operators) and the rest of the report equals
     /// `plain`'s (the same program on glibc).
     #[track_caller]
     pub fn assert_report_after_first_line(&self, first: &str, plain: &Output) {
         let (line, rest) = self.stdout.split_once('\n').expect("a report");
-        if cfg!(target_arch = "x86_64") {
+        if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
             assert_eq!(line, first);
         }
         let plain_rest = plain.stdout.split_once('\n').expect("a report").1;
@@ -169,16 +213,12 @@ pub const LIMIT: Duration = Duration::from_secs(120);
 
 /// A command for `prog` with `LD_PRELOAD=libhz.so` set.
 pub fn hz_command(prog: impl AsRef<OsStr>) -> Command {
-    let mut cmd = Command::new(prog);
-    cmd.env("LD_PRELOAD", libhz());
-    cmd
+    preloaded(prog, libhz())
 }
 
 /// A command for `prog` on the plain system allocator (no preload).
 pub fn plain_command(prog: impl AsRef<OsStr>) -> Command {
-    let mut cmd = Command::new(prog);
-    cmd.env_remove("LD_PRELOAD");
-    cmd
+    program(prog)
 }
 
 fn drain(mut r: impl Read + Send + 'static) -> thread::JoinHandle<String> {

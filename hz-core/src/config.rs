@@ -43,11 +43,13 @@ fn parse(p: *const libc::c_char) -> Option<u64> {
     if p.is_null() {
         return None;
     }
+    // c_char is i8 on x86_64 and u8 on aarch64: read bytes.
+    let p = p.cast::<u8>();
     let mut v: u64 = 0;
     let mut i = 0;
     loop {
         // SAFETY: getenv returns a NUL-terminated string; we stop at NUL.
-        let c = unsafe { *p.add(i) } as u8;
+        let c = unsafe { *p.add(i) };
         if c == 0 {
             break;
         }

@@ -7,14 +7,15 @@
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::os::unix::process::ExitStatusExt;
-use std::process::Command;
+#[path = "reliability/child.rs"]
+mod child;
 
 #[global_allocator]
 static A: hz_core::HzAlloc = hz_core::HzAlloc;
 
 /// Runs `case` in a child (this binary, test `child_entry`).
 fn child(case: &str, extra_env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    let mut cmd = child::self_command();
     cmd.args([
         "--exact",
         "child_entry",

@@ -27,8 +27,8 @@
 //! calling object's own scope. Only with no C++ runtime anywhere does an
 //! out-of-memory `new` end the process, with a one-line message.
 //!
-//! x86-64 only (the stubs are assembly); elsewhere libstdc++'s operators
-//! stay in use and reach hz through `malloc`.
+//! x86-64 and aarch64 (the stubs are assembly); elsewhere libstdc++'s
+//! operators stay in use and reach hz through `malloc`.
 
 #![allow(non_snake_case)]
 
@@ -113,14 +113,15 @@ extern "C" fn next_new(kind: usize, caller: usize) -> usize {
     )
 }
 
-/// Defines `operator new` stubs: `$name` returns `$fast(args)` when that is
-/// not null, else jumps to `next_new($kind, its return address)` with the
-/// arguments unchanged. It saves the argument registers `$push` (and pops
+/// Defines `operator new` stubs (x86-64): `$name` returns `$fast(args)`
+/// when that is not null, else jumps to `next_new($kind, its return
+/// address)` with the arguments unchanged. It saves the argument registers `$push` (and pops
 /// them as `$pop`): `rdi` alone for the one-argument forms, `rdi`, `rsi` and
 /// `rdx` for the others; either count keeps the stack 16-byte aligned at
 /// each call (8 at entry, plus the pushes), and `$ret` is where the return
 /// address then sits. The CFI lets debuggers and profilers unwind through
 /// a stub.
+#[cfg(target_arch = "x86_64")]
 macro_rules! new_stub {
     ($name:ident, $kind:expr, $fast:ident, [$($push:literal),+], [$($pop:literal),+], $ret:literal) => {
         /// An `operator new`; see the module documentation.
@@ -158,6 +159,63 @@ macro_rules! new_stub {
     };
     ($name:ident, $kind:expr, $fast:ident, three) => {
         new_stub!($name, $kind, $fast, ["rdi", "rsi", "rdx"], ["rdx", "rsi", "rdi"], 24);
+    };
+}
+
+/// Defines `operator new` stubs (aarch64), as the x86-64 ones: `$name`
+/// returns `$fast(args)` when that is not null, else branches to
+/// `next_new($kind, its return address)` with the arguments unchanged. One
+/// 48-byte frame holds the frame record and `x0`–`x2` (all three, whatever
+/// the form: one `str` more for the one-argument forms); the branch goes
+/// through `x16`, which the ABI leaves free at a call and which a BTI
+/// landing pad (`bti c`) accepts.
+#[cfg(target_arch = "aarch64")]
+macro_rules! new_stub {
+    ($name:ident, $kind:expr, $fast:ident, $args:ident) => {
+        /// An `operator new`; see the module documentation.
+        #[unsafe(naked)]
+        #[no_mangle]
+        pub extern "C" fn $name() {
+            // SAFETY: a leaf of plain calls: the saved arguments and frame
+            // record are restored before the return or the branch, and
+            // `$fast`/`next_new` follow the C ABI; after the branch no frame
+            // of this stub is left for a C++ exception to pass through.
+            core::arch::naked_asm!(
+                ".cfi_startproc",
+                "stp x29, x30, [sp, #-48]!",
+                ".cfi_def_cfa_offset 48",
+                ".cfi_offset x29, -48",
+                ".cfi_offset x30, -40",
+                "mov x29, sp",
+                "stp x0, x1, [sp, #16]",
+                "str x2, [sp, #32]",
+                "bl {fast}",
+                "cbz x0, 2f",
+                ".cfi_remember_state",
+                "ldp x29, x30, [sp], #48",
+                ".cfi_def_cfa_offset 0",
+                ".cfi_restore x29",
+                ".cfi_restore x30",
+                "ret",
+                "2:",
+                ".cfi_restore_state",
+                "ldr x1, [sp, #8]",
+                "mov x0, #{kind}",
+                "bl {next}",
+                "mov x16, x0",
+                "ldp x0, x1, [sp, #16]",
+                "ldr x2, [sp, #32]",
+                "ldp x29, x30, [sp], #48",
+                ".cfi_def_cfa_offset 0",
+                ".cfi_restore x29",
+                ".cfi_restore x30",
+                "br x16",
+                ".cfi_endproc",
+                fast = sym $fast,
+                next = sym next_new,
+                kind = const $kind,
+            )
+        }
     };
 }
 

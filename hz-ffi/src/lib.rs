@@ -18,7 +18,7 @@
 use core::ffi::{c_int, c_void};
 use core::ptr::null_mut;
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod cxx;
 
 /// The alignment `malloc` guarantees (glibc's `MALLOC_ALIGNMENT` on 64-bit).

@@ -7,6 +7,24 @@ use std::process::Command;
 
 pub const MIB: usize = 1 << 20;
 
+/// A command that runs this test binary again. Where the tests run under
+/// an emulator (`scripts/cross.sh`: the binary is another architecture's,
+/// which this kernel cannot exec), `HZ_TEST_RUNNER` names it, with its
+/// arguments, and the child runs under it too.
+pub fn self_command() -> Command {
+    let exe = std::env::current_exe().unwrap();
+    let runner = std::env::var("HZ_TEST_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    match words.next() {
+        Some(prog) => {
+            let mut cmd = Command::new(prog);
+            cmd.args(words).arg(exe);
+            cmd
+        }
+        None => Command::new(exe),
+    }
+}
+
 /// Runs test `name` of this binary in a fresh child process, with `env`
 /// set and `unset` removed from its environment, and asserts that it ran
 /// and passed. Returns true when we *are* that child (the caller then runs
@@ -16,7 +34,7 @@ pub fn in_child(marker: &str, name: &str, env: &[(&str, &str)], unset: &[&str]) 
     if std::env::var(marker).as_deref() == Ok(name) {
         return true;
     }
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    let mut cmd = self_command();
     cmd.args([
         name,
         "--exact",
