@@ -86,7 +86,8 @@ cargo build --release -p hz-ffi --target "$target"
 cargo build --release -p hz-ffi --target "$target" --features secure \
     --target-dir "${CARGO_TARGET_DIR:-$PWD/target}/secure"
 cp "${CARGO_TARGET_DIR:-$PWD/target}/secure/$target/release/libhz.so" "$out/libhz-secure.so"
-test -s "$out/libhz.so" && test -s "$out/libhz-secure.so"
+test -s "$out/libhz.so"
+test -s "$out/libhz-secure.so"
 
 step "end-to-end tests on $target: aarch64 programs, libhz.so preloaded (qemu-user)"
 HZ_LIB="$out/libhz.so" HZ_SECURE_LIB="$out/libhz-secure.so" \
