@@ -609,8 +609,9 @@ fn alloc_large_cached(size: usize, align: usize, zero: bool) -> *mut u8 {
         }
         (*m).given = pages as u32;
         if zero {
-            // Its pages may be dirty.
-            core::ptr::write_bytes((*m).addr as *mut u8, 0, size);
+            // Its pages may be dirty: written where they read dense, purged
+            // where 2 MiB or more read sparse (E137's rule; E147).
+            arena::clear_for_calloc((*m).addr, size);
         }
         heap::count_large_in(h, ((*m).pages as u64) << PAGE_SHIFT, false);
         heap::tick_cached(h);
