@@ -102,3 +102,17 @@ fn cxx_library_dlopened_locally_keeps_bad_alloc() {
     let out = run_test_bin("dlopen_cxx", &[lib]);
     assert_eq!(out.stdout.trim(), "dlopen_cxx: ok");
 }
+
+/// Blocks locked with `mlock` and freed without `munlock`: the kernel
+/// refuses to purge their pages, and a later `calloc` of the same memory
+/// must still read zero (it handed out the old bytes when a refused purge
+/// was taken for a done one).
+#[test]
+fn calloc_after_locked_blocks_reads_zero() {
+    let out = run_test_bin("mlock", &[]);
+    if out.stdout.starts_with("mlock: skipped") {
+        eprintln!("SKIPPED: this process may lock no memory (RLIMIT_MEMLOCK)");
+        return;
+    }
+    assert!(out.stdout.starts_with("mlock: ok"), "{}", out.stdout);
+}

@@ -162,6 +162,18 @@ fn run_secure(name: &str, args: &[&str]) -> Output {
     out
 }
 
+/// As `calloc_after_locked_blocks_reads_zero` in api.rs, under the secure
+/// build (its runs keep their guard pages while free).
+#[test]
+fn secure_calloc_after_locked_blocks_reads_zero() {
+    let out = run_secure("mlock", &[]);
+    assert!(
+        out.stdout.starts_with("mlock: ok") || out.stdout.starts_with("mlock: skipped"),
+        "{}",
+        out.stdout
+    );
+}
+
 #[test]
 fn secure_api_corner_cases_match_glibc() {
     let out = run_secure("api", &[]);

@@ -1397,9 +1397,12 @@ unsafe fn maybe_purge(st: &mut PageState, force: bool) {
     st.last_purge_check = now;
     for z in 0..ZONES {
         let delay = zone_delay(z, delay);
+        // The first run the kernel would not purge in this pass, put back
+        // behind the others: meeting it again ends the pass.
+        let mut refused: *mut PageMeta = null_mut();
         loop {
             let m = st.dirty_head[z];
-            if m.is_null() {
+            if m.is_null() || m == refused {
                 break;
             }
             // SAFETY: m is a dirty free head; PAGES held.
@@ -1413,7 +1416,19 @@ unsafe fn maybe_purge(st: &mut PageState, force: bool) {
                 let a = (*m).arena as usize;
                 let addr = ARENAS[a].base.load(Relaxed) + (((*m).dlo as usize) << PAGE_SHIFT);
                 let len = (((*m).dhi - (*m).dlo) as usize) << PAGE_SHIFT;
-                os::purge(addr as *mut u8, len);
+                if !os::purge(addr as *mut u8, len) {
+                    // Refused (pages locked by `mlock`/`mlockall`: EINVAL),
+                    // or purged in part: the hull may still hold what was
+                    // written, so it stays, and the run is tried again a
+                    // delay from now. Clearing it made a `calloc` of the run
+                    // skip the zeroing and hand out the old bytes.
+                    (*m).freed_at = now;
+                    dirty_append(st, m);
+                    if refused.is_null() {
+                        refused = m;
+                    }
+                    continue;
+                }
                 st.last_purge_at = now;
                 (*m).dlo = 0;
                 (*m).dhi = 0;

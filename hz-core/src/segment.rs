@@ -813,18 +813,23 @@ unsafe fn purge(s: *mut Segment, bits: u64) {
     // SAFETY: s is open: its unit is set.
     let u = unsafe { (*s).unit } as usize;
     let mut x = bits;
+    let mut purged = 0;
     while x != 0 {
         let lo = x.trailing_zeros() as usize;
         let n = (!(x >> lo)).trailing_zeros() as usize;
         let len = n << (PAGE_SHIFT + u);
         // SAFETY: free units of our segment: no live data.
-        unsafe { os::purge(((*s).base + (lo << (PAGE_SHIFT + u))) as *mut u8, len) };
-        STATS.purges.fetch_add(1, Relaxed);
-        STATS.purged_bytes.fetch_add(len as u64, Relaxed);
+        if unsafe { os::purge(((*s).base + (lo << (PAGE_SHIFT + u))) as *mut u8, len) } {
+            purged |= mask(lo, n);
+            STATS.purges.fetch_add(1, Relaxed);
+            STATS.purged_bytes.fetch_add(len as u64, Relaxed);
+        }
+        // Refused (locked pages): the units stay dirty, so a `calloc`
+        // carved from them clears them, and the next GC tries again.
         x &= !mask(lo, n);
     }
     // SAFETY: as above.
-    unsafe { update(&(*s).dirty, |d| d & !bits) };
+    unsafe { update(&(*s).dirty, |d| d & !purged) };
 }
 
 /// Heap `h`'s segment GC: folds remote frees; purges the free pages that
