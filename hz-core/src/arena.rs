@@ -1576,6 +1576,30 @@ unsafe fn resize_locked(st: &mut PageState, m: *mut PageMeta, new_pages: usize) 
 
 /// Reserves a new arena able to hold `min_pages` pages. Tries the
 /// configured size, halving on refusal (e.g. under `ulimit -v`).
+/// Bytes of an arena's tables (tags, metas, bitmaps) for `pages` data
+/// pages, at the start of its mapping.
+const fn table_bytes(pages: usize) -> usize {
+    (pages * META_BYTES + 128).next_multiple_of(PAGE_SIZE)
+}
+
+/// Whether `[lo, hi)` overlaps one of hz's reservations (an arena's whole
+/// mapping: its tables, its data pages and the alignment slack after
+/// them). Lock-free; sees the arenas published so far. libhz.so's
+/// `mlockall` leaves these to lock as they fault in (docs/RELIABILITY.md).
+pub fn overlaps_reservation(lo: usize, hi: usize) -> bool {
+    (0..NARENAS.load(Acquire)).any(|i| {
+        let a = &ARENAS[i];
+        let len = a.len.load(Relaxed);
+        // The dense zone's view (len 0) lies inside arena 0's mapping.
+        if len == 0 {
+            return false;
+        }
+        let start = a.tags.load(Relaxed) as usize;
+        let end = start + table_bytes(len >> PAGE_SHIFT) + len + HUGE_PAGE;
+        lo < end && start < hi
+    })
+}
+
 fn new_arena(st: &mut PageState, min_pages: usize, zone: Zone) -> Option<usize> {
     let n = NARENAS.load(Relaxed);
     if n >= MAX_ARENAS {
@@ -1596,7 +1620,7 @@ fn new_arena(st: &mut PageState, min_pages: usize, zone: Zone) -> Option<usize> 
     let mut size = want.max(need.next_multiple_of(MIN_ARENA));
     loop {
         let pages = size >> PAGE_SHIFT;
-        let meta = (pages * META_BYTES + 128).next_multiple_of(PAGE_SIZE);
+        let meta = table_bytes(pages);
         let total = meta + size + HUGE_PAGE;
         if let Some(map) = os::reserve(total) {
             let tags = map as *mut u64;

@@ -52,6 +52,8 @@ mod tls;
 
 #[cfg(not(loom))]
 pub use api::*;
+#[cfg(not(loom))]
+pub use arena::overlaps_reservation;
 
 /// log2 of the page size: spans, runs and tags work in 64 KiB pages.
 pub const PAGE_SHIFT: usize = 16;

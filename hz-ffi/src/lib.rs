@@ -10,7 +10,8 @@
 //!
 //! Invariants: nothing here allocates, panics or calls `dlsym` (but the
 //! out-of-memory path of C++ `operator new`, which looks up the C++
-//! runtime's operator once: see `cxx`); the
+//! runtime's operator once: see `cxx`; and `mlockall`, which looks up the
+//! C library's: see `mlock`); the
 //! initial-exec TLS lives in hz-core (feature `ie-tls`, on by default; build
 //! with `--no-default-features --features dynamic-tls` for the
 //! `thread_local!` fallback).
@@ -20,6 +21,7 @@ use core::ptr::null_mut;
 
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod cxx;
+mod mlock;
 
 /// The alignment `malloc` guarantees (glibc's `MALLOC_ALIGNMENT` on 64-bit).
 const MIN_ALIGN: usize = 16;
@@ -28,6 +30,12 @@ const MIN_ALIGN: usize = 16;
 fn set_errno(e: c_int) {
     // SAFETY: `__errno_location` returns this thread's errno slot, always valid.
     unsafe { *libc::__errno_location() = e }
+}
+
+/// Reads `errno`.
+fn errno() -> c_int {
+    // SAFETY: as in `set_errno`.
+    unsafe { *libc::__errno_location() }
 }
 
 /// The C contract for an allocation result: a null sets `ENOMEM`.
