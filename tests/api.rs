@@ -117,6 +117,19 @@ fn calloc_after_locked_blocks_reads_zero() {
     assert!(out.stdout.starts_with("mlock: ok"), "{}", out.stdout);
 }
 
+/// The same under a seccomp filter that denies `madvise` (EPERM), as some
+/// sandboxes do: no purge succeeds, and `calloc` still reads zero. Needs no
+/// privilege, so it runs where `mlock` is not allowed.
+#[test]
+fn calloc_reads_zero_when_madvise_is_denied() {
+    let out = run_test_bin("nomadvise", &[]);
+    if out.stdout.starts_with("nomadvise: skipped") {
+        eprintln!("SKIPPED: no seccomp filters here ({})", out.stdout.trim());
+        return;
+    }
+    assert_eq!(out.stdout.trim(), "nomadvise: ok");
+}
+
 /// `mlockall(MCL_CURRENT | MCL_FUTURE)` under libhz.so locks what the
 /// program uses, hz's blocks as they are written, and leaves hz's reserved
 /// address space alone (locking all of it would take 64 GiB by default;

@@ -174,6 +174,18 @@ fn secure_calloc_after_locked_blocks_reads_zero() {
     );
 }
 
+/// As `calloc_reads_zero_when_madvise_is_denied` in api.rs, under the
+/// secure build.
+#[test]
+fn secure_calloc_reads_zero_when_madvise_is_denied() {
+    let out = run_secure("nomadvise", &[]);
+    assert!(
+        out.stdout.starts_with("nomadvise: ok") || out.stdout.starts_with("nomadvise: skipped"),
+        "{}",
+        out.stdout
+    );
+}
+
 #[test]
 fn secure_api_corner_cases_match_glibc() {
     let out = run_secure("api", &[]);
