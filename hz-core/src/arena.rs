@@ -1417,11 +1417,12 @@ unsafe fn maybe_purge(st: &mut PageState, force: bool) {
                 let addr = ARENAS[a].base.load(Relaxed) + (((*m).dlo as usize) << PAGE_SHIFT);
                 let len = (((*m).dhi - (*m).dlo) as usize) << PAGE_SHIFT;
                 if !os::purge(addr as *mut u8, len) {
-                    // Refused (pages locked by `mlock`/`mlockall`: EINVAL),
-                    // or purged in part: the hull may still hold what was
-                    // written, so it stays, and the run is tried again a
-                    // delay from now. Clearing it made a `calloc` of the run
-                    // skip the zeroing and hand out the old bytes.
+                    // Refused (pages locked by `mlock`/`mlockall`: EINVAL; a
+                    // seccomp filter: EPERM), or purged in part: the hull may
+                    // still hold what was written, so it stays, and the run
+                    // is tried again a delay from now. Clearing it made a
+                    // `calloc` of the run skip the zeroing and hand out the
+                    // old bytes.
                     (*m).freed_at = now;
                     dirty_append(st, m);
                     if refused.is_null() {
@@ -1574,8 +1575,6 @@ unsafe fn resize_locked(st: &mut PageState, m: *mut PageMeta, new_pages: usize) 
     }
 }
 
-/// Reserves a new arena able to hold `min_pages` pages. Tries the
-/// configured size, halving on refusal (e.g. under `ulimit -v`).
 /// Bytes of an arena's tables (tags, metas, bitmaps) for `pages` data
 /// pages, at the start of its mapping.
 const fn table_bytes(pages: usize) -> usize {
@@ -1600,6 +1599,8 @@ pub fn overlaps_reservation(lo: usize, hi: usize) -> bool {
     })
 }
 
+/// Reserves a new arena able to hold `min_pages` pages. Tries the
+/// configured size, halving on refusal (e.g. under `ulimit -v`).
 fn new_arena(st: &mut PageState, min_pages: usize, zone: Zone) -> Option<usize> {
     let n = NARENAS.load(Relaxed);
     if n >= MAX_ARENAS {

@@ -824,8 +824,9 @@ unsafe fn purge(s: *mut Segment, bits: u64) {
             STATS.purges.fetch_add(1, Relaxed);
             STATS.purged_bytes.fetch_add(len as u64, Relaxed);
         }
-        // Refused (locked pages): the units stay dirty, so a `calloc`
-        // carved from them clears them, and the next GC tries again.
+        // Refused (locked pages, a seccomp filter): the units stay dirty,
+        // so a `calloc` carved from them clears them, and the next GC
+        // tries again.
         x &= !mask(lo, n);
     }
     // SAFETY: as above.
