@@ -117,11 +117,12 @@ fn calloc_after_locked_blocks_reads_zero() {
     assert!(out.stdout.starts_with("mlock: ok"), "{}", out.stdout);
 }
 
-/// The same under a seccomp filter that denies `madvise` (EPERM), as some
-/// sandboxes do: no purge succeeds, and `calloc` still reads zero. Needs no
-/// privilege, so it runs where `mlock` is not allowed.
+/// The same under a seccomp filter that denies `madvise` and `mremap`
+/// (EPERM), as some sandboxes do: no purge succeeds, and `calloc` still
+/// reads zero; no block moves by `mremap`, and `realloc` keeps the
+/// contents. Needs no privilege, so it runs where `mlock` is not allowed.
 #[test]
-fn calloc_reads_zero_when_madvise_is_denied() {
+fn calloc_and_realloc_work_when_madvise_and_mremap_are_denied() {
     let out = run_test_bin("nomadvise", &[]);
     if out.stdout.starts_with("nomadvise: skipped") {
         eprintln!("SKIPPED: no seccomp filters here ({})", out.stdout.trim());

@@ -174,10 +174,10 @@ fn secure_calloc_after_locked_blocks_reads_zero() {
     );
 }
 
-/// As `calloc_reads_zero_when_madvise_is_denied` in api.rs, under the
-/// secure build.
+/// As `calloc_and_realloc_work_when_madvise_and_mremap_are_denied` in
+/// api.rs, under the secure build.
 #[test]
-fn secure_calloc_reads_zero_when_madvise_is_denied() {
+fn secure_calloc_and_realloc_work_when_madvise_and_mremap_are_denied() {
     let out = run_secure("nomadvise", &[]);
     assert!(
         out.stdout.starts_with("nomadvise: ok") || out.stdout.starts_with("nomadvise: skipped"),
