@@ -1417,6 +1417,9 @@ pub struct Stats {
     pub resident: u64,
     /// Address space reserved.
     pub mapped: u64,
+    /// Bytes of data pages made usable so far (the part of `mapped` the
+    /// kernel charges to the commit limit; tables not counted).
+    pub committed: u64,
     pub purges: u64,
     pub purged_bytes: u64,
     /// Spans carved from the dense zone's huge pages (E125).
@@ -1459,6 +1462,7 @@ impl Default for Stats {
             peak: 0,
             resident: 0,
             mapped: 0,
+            committed: 0,
             purges: 0,
             purged_bytes: 0,
             dense_spans: 0,
@@ -1493,6 +1497,7 @@ pub fn stats() -> Stats {
             .max(g.pages_in_use.load(Relaxed))
             << PAGE_SHIFT,
         mapped: g.mapped.load(Relaxed),
+        committed: g.committed.load(Relaxed),
         purges: g.purges.load(Relaxed),
         purged_bytes: g.purged_bytes.load(Relaxed),
         dense_spans: g.dense_spans.load(Relaxed),
@@ -1543,7 +1548,12 @@ pub fn write_stats(fd: i32) {
         mib(s.peak)
     );
     let _ = writeln!(b, "  resident (max) {:>12.2} MiB", mib(s.resident));
-    let _ = writeln!(b, "  mapped         {:>12.2} MiB", mib(s.mapped));
+    let _ = writeln!(
+        b,
+        "  mapped         {:>12.2} MiB   committed {:.2} MiB",
+        mib(s.mapped),
+        mib(s.committed)
+    );
     let _ = writeln!(
         b,
         "  purges         {:>12}   ({:.2} MiB; {} sparse big blocks)",
@@ -1715,6 +1725,15 @@ pub fn fork_child() {
 /// default). Existing arenas keep serving; only growth is refused.
 pub fn fail_reservations(n: isize) {
     os::FAIL_MAPS.store(n, Relaxed);
+}
+
+/// Testing hook: after `n` more successful commits (the `mprotect` that
+/// makes the next part of an arena usable), make every further one fail as
+/// the kernel does when the commit limit is spent under strict overcommit
+/// (`n < 0`: never fail, the default). Memory already committed keeps
+/// serving.
+pub fn fail_commits(n: isize) {
+    os::FAIL_COMMITS.store(n, Relaxed);
 }
 
 /// Largest request served from size classes.

@@ -215,6 +215,12 @@ struct PageState {
     dirty_pages: [usize; ZONES],
     /// Pages handed out of each arena so far (bump pointer).
     top: [usize; MAX_ARENAS],
+    /// Pages of each arena (from its page 0) made accessible so far
+    /// ([`commit_to`]); at least `top`.
+    committed: [usize; MAX_ARENAS],
+    /// Pages whose entries in the tables are accessible; at least
+    /// `committed`.
+    tables: [usize; MAX_ARENAS],
     /// Size to try for the next reservation (halved on refusal).
     next_reserve: usize,
     last_purge_check: u64,
@@ -251,6 +257,8 @@ static PAGES: Pages = Pages {
         dirty_tail: [null_mut(); ZONES],
         dirty_pages: [0; ZONES],
         top: [0; MAX_ARENAS],
+        committed: [0; MAX_ARENAS],
+        tables: [0; MAX_ARENAS],
         next_reserve: 0,
         last_purge_check: 0,
         big_in_use: 0,
@@ -923,6 +931,10 @@ unsafe fn bump(st: &mut PageState, a: usize, pages: usize, align: usize) -> Opti
     if start + pages > total {
         return None;
     }
+    // SAFETY: PAGES held; arena a exists.
+    if !unsafe { commit_to(st, a, start + pages) } {
+        return None;
+    }
     if start > top {
         // The skipped pages become a clean free run.
         // SAFETY: [top, start) is unused; PAGES held.
@@ -1549,7 +1561,7 @@ unsafe fn resize_locked(st: &mut PageState, m: *mut PageMeta, new_pages: usize) 
         let extra = new_pages - n;
         let next = idx + n;
         if next == st.top[a] {
-            if next + extra > arena_pages(a) {
+            if next + extra > arena_pages(a) || !commit_to(st, a, next + extra) {
                 return false;
             }
             st.top[a] = next + extra;
@@ -1580,6 +1592,105 @@ unsafe fn resize_locked(st: &mut PageState, m: *mut PageMeta, new_pages: usize) 
 const fn table_bytes(pages: usize) -> usize {
     (pages * META_BYTES + 128).next_multiple_of(PAGE_SIZE)
 }
+
+/// Pages an arena commits past what is asked at a time: a 16th of what it
+/// has, at least 4 MiB and at most 32 MiB. So the commit charge and what
+/// `mlockall` makes resident stay within 32 MiB of what hz handed out,
+/// and a program that grows to 4 GiB in small steps makes about 150
+/// `commit`s (a few µs each, against about a million page faults).
+const COMMIT_MIN_PAGES: usize = 64;
+const COMMIT_MAX_PAGES: usize = 512;
+
+/// Makes pages `[0, end)` of arena slot `a` usable: its data pages and
+/// their entries in the tables become readable and writable (`os::commit`),
+/// a step of [`COMMIT_MIN_PAGES`] to [`COMMIT_MAX_PAGES`] at a time (or
+/// as far as `end` when that is further), in whole 2 MiB extents. False
+/// when the kernel refuses (the commit limit under strict overcommit):
+/// nothing changes, the caller looks elsewhere or reports out of memory.
+///
+/// An arena is reserved inaccessible (`os::reserve`), its tag table
+/// readable, so a lookup of any pointer inside it reads a tag (zero past
+/// what is committed); the rest is committed here as the bump pointer
+/// passes. So the kernel charges hz for what it has handed out plus one
+/// step, not the reservation, and `mlockall(MCL_CURRENT)` leaves the rest
+/// of the reservation alone.
+///
+/// # Safety
+/// PAGES held; arena slot `a` is set up (its tables point into its
+/// mapping); `end <= arena_pages(a)`.
+unsafe fn commit_to(st: &mut PageState, a: usize, end: usize) -> bool {
+    let have = st.committed[a];
+    if end <= have {
+        return true;
+    }
+    let pages = arena_pages(a);
+    let want = end
+        .max(have + (have / 16).clamp(COMMIT_MIN_PAGES, COMMIT_MAX_PAGES))
+        .next_multiple_of(HUGE_RUN_PAGES)
+        .min(pages);
+    let slot = &ARENAS[a];
+    let had = st.tables[a];
+    if want > had {
+        // The tables' entries, further ahead: one commit of them for many
+        // of the data (they are about 1% of its size).
+        let upto = (want + TABLE_AHEAD_PAGES).min(pages);
+        #[cfg(not(feature = "secure"))]
+        let bits = {
+            let bits = slot.bits.load(Relaxed);
+            (
+                bits.wrapping_add(had * SPAN_BITMAP_WORDS) as usize,
+                bits.wrapping_add(upto * SPAN_BITMAP_WORDS) as usize,
+            )
+        };
+        #[cfg(feature = "secure")]
+        let bits = (0, 0);
+        for (lo, hi) in [
+            (tag_ptr(slot, had) as usize, tag_ptr(slot, upto) as usize),
+            (meta_at(a, had) as usize, meta_at(a, upto) as usize),
+            bits,
+        ] {
+            // Whole system pages: the last one of the previous commit is
+            // usable already; the first one of a table (or of the dense
+            // zone's part of arena 0's) may hold the end of what comes
+            // before it in the table area, which this makes usable too.
+            let lo = if had == 0 {
+                lo & !(OS_PAGE - 1)
+            } else {
+                lo.next_multiple_of(OS_PAGE)
+            };
+            let hi = hi.next_multiple_of(OS_PAGE);
+            // SAFETY: inside arena a's table area (`table_bytes` is whole
+            // system pages), holding no live entries past `had`'s.
+            if lo < hi && !unsafe { os::commit(lo as *mut u8, hi - lo) } {
+                return false;
+            }
+        }
+        st.tables[a] = upto;
+    }
+    let base = slot.base.load(Relaxed);
+    // SAFETY: arena a's data pages past `have`: never handed out.
+    if !unsafe {
+        os::commit(
+            (base + (have << PAGE_SHIFT)) as *mut u8,
+            (want - have) << PAGE_SHIFT,
+        )
+    } {
+        return false;
+    }
+    st.committed[a] = want;
+    STATS
+        .committed
+        .fetch_add(((want - have) << PAGE_SHIFT) as u64, Relaxed);
+    true
+}
+
+/// Data pages whose table entries are committed past the data's (128 MiB
+/// of data: about 1.3 MiB of tables).
+const TABLE_AHEAD_PAGES: usize = 2048;
+
+/// The system page size this build assumes for `mprotect` (Linux on x86-64
+/// and aarch64 with 4 KiB pages; README, Limits).
+const OS_PAGE: usize = 4096;
 
 /// Whether `[lo, hi)` overlaps one of hz's reservations (an arena's whole
 /// mapping: its tables, its data pages and the alignment slack after
@@ -1625,6 +1736,15 @@ fn new_arena(st: &mut PageState, min_pages: usize, zone: Zone) -> Option<usize> 
         let total = meta + size + HUGE_PAGE;
         if let Some(map) = os::reserve(total) {
             let tags = map as *mut u64;
+            // Lookups read the tag of any page of the arena: the whole tag
+            // table is readable (zeros: no page of hz) from the start.
+            let tag_bytes = (pages * 8 * TAG_WORDS).next_multiple_of(OS_PAGE);
+            // SAFETY: the tag table is the start of our new mapping.
+            if !unsafe { os::protect_read(map, tag_bytes) } {
+                // SAFETY: our mapping, unused.
+                unsafe { os::release(map, total) };
+                return None;
+            }
             let metas =
                 (map as usize + pages * 8 * TAG_WORDS).next_multiple_of(64) as *mut PageMeta;
             // Data starts on a 2 MiB boundary so transparent huge pages can
@@ -1649,6 +1769,17 @@ fn new_arena(st: &mut PageState, min_pages: usize, zone: Zone) -> Option<usize> 
             a.base.store(base, Relaxed);
             a.len.store(size, Relaxed);
             st.top[n] = 0;
+            st.committed[n] = 0;
+            st.tables[n] = 0;
+            // What the request needs is committed now: when the kernel
+            // refuses, the arena is given back (an arena that cannot be
+            // used would only be followed by more).
+            // SAFETY: PAGES held; slot n is set up; need <= size.
+            if !unsafe { commit_to(st, n, min_pages) } {
+                // SAFETY: our mapping, not published, unused.
+                unsafe { os::release(map, total) };
+                return None;
+            }
             #[cfg(feature = "secure")]
             {
                 // Page 0 is never handed out: a guard between the metadata

@@ -27,8 +27,10 @@ fn injected_failure() -> bool {
     false
 }
 
-/// Reserves `len` bytes of address space, readable and writable but not
-/// committed (`MAP_NORESERVE`): pages cost memory only once touched.
+/// Reserves `len` bytes of address space, inaccessible (`PROT_NONE`) and
+/// not committed (`MAP_NORESERVE`): the kernel charges nothing for it, even
+/// under strict overcommit, and `mlockall` does not fault it in. The parts
+/// in use are made accessible by [`commit`] (and [`protect_read`]).
 pub fn reserve(len: usize) -> Option<*mut u8> {
     if injected_failure() {
         return None;
@@ -39,7 +41,7 @@ pub fn reserve(len: usize) -> Option<*mut u8> {
         libc::mmap(
             null_mut(),
             len,
-            libc::PROT_READ | libc::PROT_WRITE,
+            libc::PROT_NONE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
             -1,
             0,
@@ -50,6 +52,42 @@ pub fn reserve(len: usize) -> Option<*mut u8> {
     } else {
         Some(p as *mut u8)
     }
+}
+
+/// A countdown like [`FAIL_MAPS`] for [`commit`] (`hz_core::fail_commits`).
+pub static FAIL_COMMITS: core::sync::atomic::AtomicIsize = core::sync::atomic::AtomicIsize::new(-1);
+
+/// Makes part of a reservation readable and writable: the kernel charges it
+/// to the commit limit here (strict overcommit) and refuses with `ENOMEM`
+/// when it is spent; pages still cost memory only once touched. False when
+/// refused; errno is left as it was.
+///
+/// # Safety
+/// The range lies in a mapping of ours made by [`reserve`].
+pub unsafe fn commit(p: *mut u8, len: usize) -> bool {
+    let v = FAIL_COMMITS.load(Relaxed);
+    if v == 0 {
+        return false;
+    }
+    if v > 0 {
+        FAIL_COMMITS.fetch_sub(1, Relaxed);
+    }
+    let e = errno();
+    // SAFETY: caller guarantees the range is ours.
+    let ok = unsafe { protect_rw(p, len) };
+    set_errno(e);
+    ok
+}
+
+/// Makes part of a reservation readable only: reads see zeros (the
+/// kernel's zero page) and nothing is charged or resident.
+///
+/// # Safety
+/// The range lies in a mapping of ours made by [`reserve`] and is not in
+/// use.
+pub unsafe fn protect_read(p: *mut u8, len: usize) -> bool {
+    // SAFETY: caller guarantees the range is ours.
+    unsafe { libc::mprotect(p as *mut libc::c_void, len, libc::PROT_READ) == 0 }
 }
 
 /// Unmaps a range previously returned (in part) by [`reserve`].

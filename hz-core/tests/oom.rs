@@ -10,6 +10,10 @@
 //!   first arena fits and later ones are refused by the kernel).
 //! * `oom_fail_reservations`: the first 64 MiB arena exists, then
 //!   `hz_core::fail_reservations(0)` refuses every further reservation.
+//! * `oom_fail_commits`: a 1 GiB arena with 64 MiB of it committed, then
+//!   `hz_core::fail_commits(0)` refuses every further commit (as strict
+//!   overcommit does once its limit is spent): the same, with no arena
+//!   reserved and kept meanwhile.
 //! * `oom_before_first_use`: no reservation ever succeeds: no heap can be
 //!   created; every entry point returns null, on any thread; after
 //!   `fail_reservations(-1)` hz works.
@@ -285,6 +289,42 @@ fn oom_fail_reservations() {
     unsafe { hz_core::free(hz_core::malloc(16)) };
     hz_core::fail_reservations(0);
     exhaust_and_recover();
+}
+
+#[test]
+fn oom_fail_commits() {
+    if !in_child("oom_fail_commits", &[("HZ_ARENA_MB", "1024")]) {
+        return;
+    }
+    // 64 MiB of the arena made usable, then freed: what is left to serve.
+    // SAFETY: a live block.
+    unsafe { hz_core::free(hz_core::malloc(64 * MIB)) };
+    let before = hz_core::stats();
+    assert!(before.committed >= 64 * MIB as u64);
+    assert!(
+        before.committed < before.mapped / 4,
+        "{} MiB of {} MiB reserved committed",
+        before.committed / MIB as u64,
+        before.mapped / MIB as u64
+    );
+    // The kernel now refuses every commit (strict overcommit, its limit
+    // spent) while the arena still has 900 MiB of address space left.
+    hz_core::fail_commits(0);
+    exhaust_and_recover();
+    let after = hz_core::stats();
+    assert_eq!(
+        after.committed, before.committed,
+        "committed without a commit"
+    );
+    assert_eq!(
+        after.mapped, before.mapped,
+        "arenas reserved (and kept) although none could be committed"
+    );
+    hz_core::fail_commits(-1);
+    let p = hz_core::malloc(200 * MIB);
+    assert!(!p.is_null(), "no recovery once commits succeed");
+    // SAFETY: a live block.
+    unsafe { hz_core::free(p) };
 }
 
 #[test]

@@ -1,9 +1,11 @@
 //! `mlockall`, interposed. hz reserves its arenas up front (64 GiB of
-//! address space by default, `MAP_NORESERVE`, touched only where used), and
-//! `mlockall(MCL_CURRENT)` faults in and locks every page of every mapping:
-//! a program calling it under libhz.so (cryptsetup, real-time audio, some
-//! daemons) would try to make the whole reservation resident and be killed
-//! for it. So libhz.so's `mlockall` asks the kernel for the same flags plus
+//! address space by default, `PROT_NONE` until committed as used), and
+//! `mlockall(MCL_CURRENT)` faults in and locks every accessible page of
+//! every mapping: a program calling it under libhz.so (cryptsetup,
+//! real-time audio, some daemons) would make all that hz has committed
+//! resident, purged free pages and the untouched rest of the last commit
+//! step included (up to 32 MiB; before arenas were committed as used, the
+//! whole reservation). So libhz.so's `mlockall` asks the kernel for the same flags plus
 //! `MCL_ONFAULT` (Linux 4.4+: every page already resident is locked now,
 //! every other one when first touched), then locks and faults in, with
 //! `mlock`, every mapping that is not one of hz's reservations, which is
