@@ -4,7 +4,7 @@
 //! every mapping: a program calling it under libhz.so (cryptsetup,
 //! real-time audio, some daemons) would make all that hz has committed
 //! resident, purged free pages and the untouched rest of the last commit
-//! step included (up to 32 MiB; before arenas were committed as used, the
+//! step included (up to 64 MiB; before arenas were committed as used, the
 //! whole reservation). So libhz.so's `mlockall` asks the kernel for the same flags plus
 //! `MCL_ONFAULT` (Linux 4.4+: every page already resident is locked now,
 //! every other one when first touched), then locks and faults in, with
