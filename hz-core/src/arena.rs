@@ -1656,12 +1656,13 @@ unsafe fn commit_to(st: &mut PageState, a: usize, end: usize) -> bool {
             // usable already; the first one of a table (or of the dense
             // zone's part of arena 0's) may hold the end of what comes
             // before it in the table area, which this makes usable too.
+            let os_page = os::page_size();
             let lo = if had == 0 {
-                lo & !(OS_PAGE - 1)
+                lo & !(os_page - 1)
             } else {
-                lo.next_multiple_of(OS_PAGE)
+                lo.next_multiple_of(os_page)
             };
-            let hi = hi.next_multiple_of(OS_PAGE);
+            let hi = hi.next_multiple_of(os_page);
             // SAFETY: inside arena a's table area (`table_bytes` is whole
             // system pages), holding no live entries past `had`'s.
             if lo < hi && !unsafe { os::commit(lo as *mut u8, hi - lo) } {
@@ -1690,10 +1691,6 @@ unsafe fn commit_to(st: &mut PageState, a: usize, end: usize) -> bool {
 /// Data pages whose table entries are committed past the data's (128 MiB
 /// of data: about 1.3 MiB of tables).
 const TABLE_AHEAD_PAGES: usize = 2048;
-
-/// The system page size this build assumes for `mprotect` (Linux on x86-64
-/// and aarch64 with 4 KiB pages; README, Limits).
-const OS_PAGE: usize = 4096;
 
 /// Whether `[lo, hi)` overlaps one of hz's reservations (an arena's whole
 /// mapping: its tables, its data pages and the alignment slack after
@@ -1741,7 +1738,7 @@ fn new_arena(st: &mut PageState, min_pages: usize, zone: Zone) -> Option<usize> 
             let tags = map as *mut u64;
             // Lookups read the tag of any page of the arena: the whole tag
             // table is readable (zeros: no page of hz) from the start.
-            let tag_bytes = (pages * 8 * TAG_WORDS).next_multiple_of(OS_PAGE);
+            let tag_bytes = (pages * 8 * TAG_WORDS).next_multiple_of(os::page_size());
             // SAFETY: the tag table is the start of our new mapping.
             if !unsafe { os::protect_read(map, tag_bytes) } {
                 // SAFETY: our mapping, unused.

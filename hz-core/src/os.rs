@@ -90,6 +90,27 @@ pub unsafe fn protect_read(p: *mut u8, len: usize) -> bool {
     unsafe { libc::mprotect(p as *mut libc::c_void, len, libc::PROT_READ) == 0 }
 }
 
+/// The kernel's page size (`AT_PAGESZ`: 4 KiB on x86-64, 4, 16 or 64 KiB on
+/// aarch64), the granularity of [`commit`] and [`protect_read`]; 4 KiB if
+/// the auxiliary vector does not say. Read once.
+pub fn page_size() -> usize {
+    static SIZE: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+    let s = SIZE.load(Relaxed);
+    if s != 0 {
+        return s;
+    }
+    // SAFETY: getauxval reads the process's auxiliary vector; no
+    // preconditions, no allocation.
+    let v = unsafe { libc::getauxval(libc::AT_PAGESZ) } as usize;
+    let s = if v.is_power_of_two() && v <= crate::PAGE_SIZE {
+        v
+    } else {
+        4096
+    };
+    SIZE.store(s, Relaxed);
+    s
+}
+
 /// Unmaps a range previously returned (in part) by [`reserve`].
 ///
 /// # Safety

@@ -203,3 +203,30 @@ fn the_dense_zone_waits_longer_before_purging() {
     // ...and purges at once when purging is immediate.
     assert_eq!(zone_delay(Zone::Dense as usize, 0), 0);
 }
+
+#[test]
+fn pointers_into_the_uncommitted_arena_are_foreign() {
+    let p = crate::malloc(100);
+    assert!(!p.is_null());
+    let a = &arena::ARENAS[0];
+    // The arena's last page: far past what any test commits (the tag table
+    // is readable there, nothing else is).
+    let last = a.base.load(Relaxed) + a.len.load(Relaxed) - crate::PAGE_SIZE;
+    assert!(crate::stats().committed < a.len.load(Relaxed) as u64);
+    assert_eq!(arena::lookup(last + 64).0, 0);
+    // The default build ignores it in `free` (the secure build aborts on
+    // any pointer it never handed out: `tests/secure.rs`, case "foreign").
+    #[cfg(not(feature = "secure"))]
+    {
+        let before = crate::stats().foreign_frees;
+        // SAFETY: a pointer hz never handed out: free must ignore it (and
+        // must not touch it: the page is PROT_NONE).
+        unsafe { crate::free((last + 64) as *mut u8) };
+        assert!(crate::stats().foreign_frees > before);
+    }
+    // SAFETY: no preconditions.
+    let sys = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    assert_eq!(crate::os::page_size() as i64, sys as i64);
+    // SAFETY: a live block.
+    unsafe { crate::free(p) };
+}
