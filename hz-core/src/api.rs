@@ -1616,8 +1616,9 @@ pub fn write_stats(fd: i32) {
 /// tcache out. `rest` totals that room; `mmap` counts the live large
 /// blocks and their bytes; `system current` is the bytes of pages in use,
 /// `system max` its peak; `aspace total` is the address space reserved
-/// (`in_use` inside the heap element) and `aspace mprotect` the pages in
-/// use. No allocation: `w` may be a fixed buffer.
+/// (`in_use` inside the heap element) and `aspace mprotect`, as in glibc's
+/// thread arenas, the part made accessible: `committed` (the pages in use
+/// inside the heap element). No allocation: `w` may be a fixed buffer.
 pub fn write_info<W: core::fmt::Write>(w: &mut W) -> core::fmt::Result {
     let s = stats();
     writeln!(w, "<malloc version=\"1\">")?;
@@ -1662,7 +1663,8 @@ pub fn write_info<W: core::fmt::Write>(w: &mut W) -> core::fmt::Result {
         writeln!(w, "<system type=\"max\" size=\"{}\"/>", s.peak)?;
         let total = if heap { s.in_use } else { s.mapped };
         writeln!(w, "<aspace type=\"total\" size=\"{total}\"/>")?;
-        writeln!(w, "<aspace type=\"mprotect\" size=\"{}\"/>", s.in_use)
+        let open = if heap { s.in_use } else { s.committed };
+        writeln!(w, "<aspace type=\"mprotect\" size=\"{open}\"/>")
     };
     totals(w, true)?;
     writeln!(w, "</heap>")?;

@@ -6,8 +6,9 @@
 //!
 //! * `reservation_committed_as_used`: the mapping holding a block is
 //!   readable and writable only as far as what is committed, the rest of
-//!   the arena is `PROT_NONE`; `committed` covers the pages in use and
-//!   stays near the peak.
+//!   the arena is `PROT_NONE`; `committed` covers the pages in use,
+//!   stays near the peak, and is what `malloc_info` reports as `aspace
+//!   mprotect`.
 //! * `mlockall_in_a_rust_program`: `mlockall(MCL_CURRENT | MCL_FUTURE)`
 //!   called by the program itself (no libhz.so to interpose it) locks
 //!   what is committed, not the 1 GiB arena, and blocks allocated after
@@ -107,6 +108,17 @@ fn reservation_committed_as_used() {
         "the inaccessible rest is only {} MiB",
         (nhi - nlo) / MIB
     );
+    // malloc_info's totals name the committed part as glibc's thread
+    // arenas do: `aspace mprotect`.
+    let mut info = String::new();
+    hz_core::write_info(&mut info).unwrap();
+    let open: u64 = info
+        .rsplit("<aspace type=\"mprotect\" size=\"")
+        .next()
+        .and_then(|t| t.split('"').next())
+        .map(|v| v.parse().unwrap())
+        .expect("no aspace mprotect line");
+    assert_eq!(open, hz_core::stats().committed, "{info}");
     for p in blocks {
         // SAFETY: live blocks of hz.
         unsafe { hz_core::free(p) };
