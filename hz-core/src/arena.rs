@@ -1608,8 +1608,10 @@ const COMMIT_MAX_PAGES: usize = 1024;
 /// their entries in the tables become readable and writable (`os::commit`),
 /// a step of [`COMMIT_MIN_PAGES`] to [`COMMIT_MAX_PAGES`] at a time (or
 /// as far as `end` when that is further), in whole 2 MiB extents. False
-/// when the kernel refuses (the commit limit under strict overcommit):
-/// nothing changes, the caller looks elsewhere or reports out of memory.
+/// when the kernel refuses (the commit limit under strict overcommit): the
+/// data watermark stays where it was (tables committed ahead stay usable,
+/// which is harmless), and the caller looks elsewhere or reports out of
+/// memory.
 ///
 /// An arena is reserved inaccessible (`os::reserve`), its tag table
 /// readable, so a lookup of any pointer inside it reads a tag (zero past

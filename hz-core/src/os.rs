@@ -13,17 +13,18 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 pub static FAIL_MAPS: core::sync::atomic::AtomicIsize = core::sync::atomic::AtomicIsize::new(-1);
 
-fn injected_failure() -> bool {
+/// Whether a countdown ([`FAIL_MAPS`], [`FAIL_COMMITS`]) fails this call.
+fn injected_failure(countdown: &core::sync::atomic::AtomicIsize) -> bool {
     use core::sync::atomic::Ordering::Relaxed;
-    // -1: off; 0: fail every map; n > 0: let n maps succeed, then fail.
-    let v = FAIL_MAPS.load(Relaxed);
+    // -1: off; 0: fail every call; n > 0: let n calls succeed, then fail.
+    let v = countdown.load(Relaxed);
     if v < 0 {
         return false;
     }
     if v == 0 {
         return true;
     }
-    FAIL_MAPS.fetch_sub(1, Relaxed);
+    countdown.fetch_sub(1, Relaxed);
     false
 }
 
@@ -32,7 +33,7 @@ fn injected_failure() -> bool {
 /// under strict overcommit, and `mlockall` does not fault it in. The parts
 /// in use are made accessible by [`commit`] (and [`protect_read`]).
 pub fn reserve(len: usize) -> Option<*mut u8> {
-    if injected_failure() {
+    if injected_failure(&FAIL_MAPS) {
         return None;
     }
     // SAFETY: an anonymous private mapping at an address of the kernel's
@@ -65,12 +66,8 @@ pub static FAIL_COMMITS: core::sync::atomic::AtomicIsize = core::sync::atomic::A
 /// # Safety
 /// The range lies in a mapping of ours made by [`reserve`].
 pub unsafe fn commit(p: *mut u8, len: usize) -> bool {
-    let v = FAIL_COMMITS.load(Relaxed);
-    if v == 0 {
+    if injected_failure(&FAIL_COMMITS) {
         return false;
-    }
-    if v > 0 {
-        FAIL_COMMITS.fetch_sub(1, Relaxed);
     }
     let e = errno();
     // SAFETY: caller guarantees the range is ours.
