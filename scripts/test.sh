@@ -117,6 +117,10 @@ if [ -f scripts/loom.sh ]; then
     bash scripts/loom.sh
 fi
 
+# Kernels with 16 and 64 KiB pages, emulated (tests/c/libpageshim.c).
+step "scripts/pages.sh"
+bash scripts/pages.sh
+
 # aarch64: the cross-built library and tests under qemu-user (installs the
 # cross toolchain, qemu-user and rustup's aarch64 library; says so and
 # skips where it cannot).

@@ -216,6 +216,23 @@ pub fn hz_command(prog: impl AsRef<OsStr>) -> Command {
     preloaded(prog, libhz())
 }
 
+/// A command for `prog` with libhz.so preloaded behind
+/// `libpageshim.so` (tests/c/libpageshim.c), which makes the process see
+/// kernel pages of `page` bytes; None under [`runner`] (qemu-user: the
+/// shim's raw system calls would reach the emulator's own mapping code).
+pub fn large_page_command(prog: impl AsRef<OsStr>, page: usize) -> Option<Command> {
+    if runner().is_some() {
+        return None;
+    }
+    let mut preload = test_bin("libpageshim.so").into_os_string();
+    preload.push(" ");
+    preload.push(libhz());
+    let mut cmd = program(prog);
+    cmd.env("LD_PRELOAD", preload)
+        .env("HZ_SHIM_PAGE", page.to_string());
+    Some(cmd)
+}
+
 /// A command for `prog` on the plain system allocator (no preload).
 pub fn plain_command(prog: impl AsRef<OsStr>) -> Command {
     program(prog)

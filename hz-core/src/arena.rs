@@ -1085,7 +1085,7 @@ unsafe fn purge_if_sparse(m: *mut PageMeta, given: usize) -> bool {
     }
 }
 
-/// Whether the `len` bytes at `p` (4 KiB aligned, at least 2 MiB, ours)
+/// Whether the `len` bytes at `p` (aligned to the kernel page, at least 2 MiB, ours)
 /// read sparse: fewer than a quarter of the [`SPARSE_WINDOW`] 4 KiB pages
 /// from 3/8 of them resident (one `mincore`; the window ends by their half,
 /// so a vector freed just after its capacity doubled reads dense: E135).
@@ -1094,7 +1094,7 @@ unsafe fn purge_if_sparse(m: *mut PageMeta, given: usize) -> bool {
 /// # Safety
 /// The range lies in an arena.
 unsafe fn reads_sparse(p: usize, len: usize) -> bool {
-    let at = p + ((len / 8 * 3) & !4095);
+    let at = p + ((len / 8 * 3) & !(os::page_size() - 1));
     let mut buf = [0u8; SPARSE_WINDOW];
     // SAFETY: caller's contract; the window lies inside the range.
     match unsafe { os::resident_small_pages(at as *mut u8, SPARSE_WINDOW * 4096, &mut buf) } {
@@ -1103,7 +1103,7 @@ unsafe fn reads_sparse(p: usize, len: usize) -> bool {
     }
 }
 
-/// Purges the `len` bytes at `p` (4 KiB aligned) that read sparse, and
+/// Purges the `len` bytes at `p` (aligned to the kernel page) that read sparse, and
 /// counts it (`purges`, `sparse_purges`); false when the kernel refuses.
 ///
 /// # Safety
@@ -1134,8 +1134,10 @@ unsafe fn purge_sparse(p: usize, len: usize) -> bool {
 pub unsafe fn clear_for_calloc(p: usize, len: usize) {
     // SAFETY: caller's contract.
     unsafe {
-        let whole = len & !4095;
-        if p & 4095 == 0 && whole >= HUGE_PAGE && reads_sparse(p, whole) && purge_sparse(p, whole) {
+        // Whole kernel pages only: `madvise` rounds a length up to one.
+        let mask = os::page_size() - 1;
+        let whole = len & !mask;
+        if p & mask == 0 && whole >= HUGE_PAGE && reads_sparse(p, whole) && purge_sparse(p, whole) {
             core::ptr::write_bytes((p + whole) as *mut u8, 0, len - whole);
             return;
         }

@@ -99,10 +99,15 @@ pub fn page_size() -> usize {
     // SAFETY: getauxval reads the process's auxiliary vector; no
     // preconditions, no allocation.
     let v = unsafe { libc::getauxval(libc::AT_PAGESZ) } as usize;
-    let s = if v.is_power_of_two() && v <= crate::PAGE_SIZE {
+    let s = if v == 0 {
+        4096
+    } else if v.is_power_of_two() && (4096..=crate::PAGE_SIZE).contains(&v) {
         v
     } else {
-        4096
+        // hz purges and protects in units of its own 64 KiB pages; a
+        // kernel page larger than that would make a purge discard the
+        // neighbouring unit's data.
+        fatal("kernel pages larger than 64 KiB are not supported")
     };
     SIZE.store(s, Relaxed);
     s
@@ -139,20 +144,33 @@ pub unsafe fn advise_huge(p: *mut u8, len: usize) {
     unsafe { libc::madvise(p as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
 }
 
-/// How many of the 4 KiB pages of `[p, p + len)` are resident (`mincore`),
-/// looking at no more than `buf.len()` of them; None when the kernel
-/// refuses. errno is left as it was.
+/// How many of the first `buf.len()` 4 KiB pieces of `[p, p + len)` are
+/// resident (`mincore`), at most `len / 4096`; None when the kernel
+/// refuses. On a kernel with larger pages (16 or 64 KiB) `mincore` says
+/// one byte per page, each standing for that many pieces, and `p` must be
+/// aligned to the page (else the kernel refuses). errno is left as it was.
 ///
 /// # Safety
-/// The range lies in a mapping of ours; `p` is 4 KiB aligned.
+/// The range lies in a mapping of ours.
 pub unsafe fn resident_small_pages(p: *mut u8, len: usize, buf: &mut [u8]) -> Option<usize> {
     let n = (len / 4096).min(buf.len());
+    let per = page_size() / 4096;
+    let pages = n.div_ceil(per);
     let e = errno();
-    // SAFETY: caller's contract; mincore writes one byte per page of the
-    // range, n of them, into buf.
-    let r = unsafe { libc::mincore(p as *mut libc::c_void, n * 4096, buf.as_mut_ptr()) };
+    // SAFETY: caller's contract; mincore writes one byte per kernel page
+    // of the range, `pages` <= n <= buf.len() of them, into buf.
+    let r = unsafe {
+        libc::mincore(
+            p as *mut libc::c_void,
+            pages * page_size(),
+            buf.as_mut_ptr(),
+        )
+    };
     set_errno(e);
-    (r == 0).then(|| buf[..n].iter().filter(|&&b| b & 1 != 0).count())
+    (r == 0).then(|| {
+        let resident = buf[..pages].iter().filter(|&&b| b & 1 != 0).count();
+        (resident * per).min(n)
+    })
 }
 
 /// `madvise` advice of Linux 6.13+: guard markers in the page tables.

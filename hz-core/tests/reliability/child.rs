@@ -66,12 +66,21 @@ pub fn in_child(marker: &str, name: &str, env: &[(&str, &str)], unset: &[&str]) 
     false
 }
 
-/// Field `field` of /proc/self/statm, in bytes (0: size, 1: resident).
+/// Field `field` of /proc/self/statm, in bytes (0: size, 1: resident),
+/// read from /proc/self/status (`VmSize`, `VmRSS`), which gives kB: statm
+/// counts kernel pages, and under tests/c/libpageshim.c `sysconf` reports
+/// the emulated page, not the one statm counts in.
 pub fn statm_bytes(field: usize) -> usize {
-    let s = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: usize = s.split_whitespace().nth(field).unwrap().parse().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
+    let key = ["VmSize:", "VmRSS:"][field];
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = s.lines().find(|l| l.starts_with(key)).unwrap();
+    let kb: usize = line[key.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kb << 10
 }
 
 /// Resident set size in bytes.
@@ -128,14 +137,20 @@ pub fn wait_until_purged_by(
     }
 }
 
-/// Pages of `[p, p + len)` resident now (`mincore`, 4 KiB pages).
+/// 4 KiB pieces of `[p, p + len)` resident now (`mincore`). On a kernel
+/// with larger pages (or under tests/c/libpageshim.c) each resident page
+/// counts as that many pieces, at most `len / 4096` in all; `p` must be
+/// aligned to the kernel's page.
 pub fn resident_pages(p: *mut u8, len: usize) -> usize {
-    let mut v = vec![0u8; len.div_ceil(4096)];
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    let mut v = vec![0u8; len.div_ceil(page)];
     // SAFETY: the range is mapped (hz never unmaps its arenas); v has one
     // byte per page.
     let r = unsafe { libc::mincore(p as *mut libc::c_void, len, v.as_mut_ptr()) };
     assert_eq!(r, 0, "mincore: {}", std::io::Error::last_os_error());
-    v.iter().filter(|&&b| b & 1 != 0).count()
+    let resident = v.iter().filter(|&&b| b & 1 != 0).count();
+    (resident * (page / 4096)).min(len.div_ceil(4096))
 }
 
 /// Another thread frees `blocks` (live blocks of hz, allocated by the
