@@ -154,18 +154,13 @@ pub unsafe fn advise_huge(p: *mut u8, len: usize) {
 /// The range lies in a mapping of ours.
 pub unsafe fn resident_small_pages(p: *mut u8, len: usize, buf: &mut [u8]) -> Option<usize> {
     let n = (len / 4096).min(buf.len());
-    let per = page_size() / 4096;
+    let page = page_size();
+    let per = page / 4096;
     let pages = n.div_ceil(per);
     let e = errno();
     // SAFETY: caller's contract; mincore writes one byte per kernel page
     // of the range, `pages` <= n <= buf.len() of them, into buf.
-    let r = unsafe {
-        libc::mincore(
-            p as *mut libc::c_void,
-            pages * page_size(),
-            buf.as_mut_ptr(),
-        )
-    };
+    let r = unsafe { libc::mincore(p as *mut libc::c_void, pages * page, buf.as_mut_ptr()) };
     set_errno(e);
     (r == 0).then(|| {
         let resident = buf[..pages].iter().filter(|&&b| b & 1 != 0).count();
