@@ -1218,7 +1218,11 @@ pub unsafe fn free_to_closed_bin(h: *mut Heap, c: usize, p: *mut u8) {
     unsafe {
         let (t, _) = arena::lookup(p as usize);
         let o = arena::tag_owner(t);
-        if o != (*h).id && ((*h).diverted[c] as usize) < spill_cap(c) {
+        // (An orphaned heap's block stays: its home is never drained.)
+        if o != (*h).id
+            && ((*h).diverted[c] as usize) < spill_cap(c)
+            && (*owner_heap(o)).state.load(Relaxed) != HEAP_ORPHANED
+        {
             (*h).diverted[c] += 1;
             // Home, not through the spill array: that may put it in the
             // pool, from which this thread's next refill would take it.
@@ -1720,6 +1724,18 @@ unsafe fn pool_put(h: *mut Heap, c: usize, blocks: &[*mut u8]) -> bool {
         if (*h).pool_off {
             return false;
         }
+        pool_insert(c, blocks)
+    }
+}
+
+/// [`pool_put`] whether or not `pool_gc` runs: false when the pool is
+/// full.
+///
+/// # Safety
+/// As [`pool_put`].
+unsafe fn pool_insert(c: usize, blocks: &[*mut u8]) -> bool {
+    // SAFETY: forwarded contract.
+    unsafe {
         let n = blocks.len();
         let bytes = n as u64 * CLASS_SIZE[c] as u64;
         let p = &POOL[c];
@@ -1916,15 +1932,21 @@ unsafe fn flush_spill(h: *mut Heap, c: usize) {
         // (E50). Those of an exited thread's heap go home, where its
         // reclaim finds them (E19), and so does everything when the pool
         // is full.
+        // In a fork child, the heaps of the parent's other threads are
+        // orphaned (`fork_child`): nobody will drain their inboxes, so
+        // their blocks go to the pool, where this process's heaps take
+        // them, even while `pool_gc` sends pooled blocks home.
+        let off = (*h).pool_off;
         let mut a = 0;
         for i in 0..n {
-            if (*owner_heap(*owners.add(i))).state.load(Relaxed) == HEAP_ACTIVE {
+            let st = (*owner_heap(*owners.add(i))).state.load(Relaxed);
+            if (st == HEAP_ACTIVE && !off) || st == HEAP_ORPHANED {
                 core::ptr::swap(s.add(i), s.add(a));
                 core::ptr::swap(owners.add(i), owners.add(a));
                 a += 1;
             }
         }
-        if a > 0 && pool_put(h, c, core::slice::from_raw_parts(s, a)) {
+        if a > 0 && pool_insert(c, core::slice::from_raw_parts(s, a)) {
             s = s.add(a);
             owners = owners.add(a);
             n -= a;
@@ -2185,7 +2207,9 @@ pub fn fork_parent() {
 }
 /// In the child only the forking thread exists: the heaps other threads
 /// held can never be released, and may be mid-update, so they are
-/// orphaned (never adopted); their memory is lost to the child only.
+/// orphaned (never adopted); what they hold is lost to the child only.
+/// Their blocks that the child frees go to the pool, never home
+/// (`flush_spill`, `free_to_closed_bin`).
 pub fn fork_child() {
     pool_fork_child();
     REGISTRY_LOCK.reset_after_fork();
