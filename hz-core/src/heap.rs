@@ -1696,6 +1696,15 @@ const EMPTY_POOL: Pool = Pool {
     reported: AtomicU64::new(0),
 };
 static POOL: [Pool; NUM_CLASSES] = [EMPTY_POOL; NUM_CLASSES];
+/// In a fork child, the blocks of the parent's other threads' heaps
+/// (orphaned by [`fork_child`]) that the child frees: they have no home to
+/// go to, so they wait here for any heap's refill, after [`POOL`], and
+/// [`pool_gc`] leaves them alone (cycling them through the spill arrays
+/// every 100 ms would cost a pass over all of them each time).
+static ORPHAN_POOL: [Pool; NUM_CLASSES] = [EMPTY_POOL; NUM_CLASSES];
+/// Set by [`fork_child`] when it orphaned a heap: only then is
+/// [`ORPHAN_POOL`] looked at.
+static ORPHANS: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 /// Bytes of blocks one class's pool may hold (E81: 16 MiB before; at T >= 8
 /// with queues backed up, the pool was full and most remote blocks went
 /// home to owners waiting for a core, while the running threads carved).
@@ -1724,21 +1733,20 @@ unsafe fn pool_put(h: *mut Heap, c: usize, blocks: &[*mut u8]) -> bool {
         if (*h).pool_off {
             return false;
         }
-        pool_insert(c, blocks)
+        pool_insert(&POOL[c], c, blocks)
     }
 }
 
-/// [`pool_put`] whether or not `pool_gc` runs: false when the pool is
-/// full.
+/// Puts `blocks` into `p` (a pool of class `c`) as one batch, whether or
+/// not `pool_gc` runs: false when the pool is full.
 ///
 /// # Safety
 /// As [`pool_put`].
-unsafe fn pool_insert(c: usize, blocks: &[*mut u8]) -> bool {
+unsafe fn pool_insert(p: &Pool, c: usize, blocks: &[*mut u8]) -> bool {
     // SAFETY: forwarded contract.
     unsafe {
         let n = blocks.len();
         let bytes = n as u64 * CLASS_SIZE[c] as u64;
-        let p = &POOL[c];
         if (p.count.load(Relaxed) * CLASS_SIZE[c] as u64 + bytes > POOL_CLASS_BYTES)
             || POOL_TOTAL.load(Relaxed) + bytes > POOL_BYTES
         {
@@ -1757,9 +1765,8 @@ unsafe fn pool_insert(c: usize, blocks: &[*mut u8]) -> bool {
     }
 }
 
-/// Takes the newest batch of pool `c`, or null.
-fn pool_take(c: usize) -> *mut u8 {
-    let p = &POOL[c];
+/// Takes the newest batch of pool `p`, or null.
+fn pool_take(p: &Pool) -> *mut u8 {
     if p.head.load(Relaxed).is_null() {
         return null_mut();
     }
@@ -1773,7 +1780,7 @@ fn pool_take(c: usize) -> *mut u8 {
     batch
 }
 
-/// Notes that `k` blocks of class `c` left the pool and returns to it
+/// Notes that `k` blocks of class `c` left pool `p` and returns to it
 /// what is left of the batch they came from (`rest`, may be null), with
 /// the lock taken once. The counts are soft (a [`pool_gc`] racing with a
 /// taker may count a batch out twice), so they saturate at 0; [`pool_gc`]
@@ -1781,8 +1788,7 @@ fn pool_take(c: usize) -> *mut u8 {
 ///
 /// # Safety
 /// `rest` is null or heads a batch of free blocks of class `c`.
-unsafe fn pool_count_out(c: usize, k: u64, rest: *mut u8) {
-    let p = &POOL[c];
+unsafe fn pool_count_out(p: &Pool, c: usize, k: u64, rest: *mut u8) {
     p.lock.lock();
     if !rest.is_null() {
         // SAFETY: rest heads a batch of free blocks of class c.
@@ -1816,13 +1822,22 @@ fn total_add(delta: i64) {
     }
 }
 
-/// Fills bin `c` of `h` from the pool.
+/// Fills bin `c` of `h` from the pool (in a fork child, then from the
+/// orphans' pool).
 unsafe fn fill_from_pool(h: *mut Heap, c: usize, want: usize) -> bool {
-    let batch = pool_take(c);
+    let mut p = &POOL[c];
+    let mut batch = pool_take(p);
     if batch.is_null() {
-        return false;
+        if !ORPHANS.load(Relaxed) {
+            return false;
+        }
+        p = &ORPHAN_POOL[c];
+        batch = pool_take(p);
+        if batch.is_null() {
+            return false;
+        }
     }
-    POOL[c].taken.store(1, Relaxed);
+    p.taken.store(1, Relaxed);
     // SAFETY: h is held; batch is a batch of free blocks of class c, ours
     // to use now.
     unsafe {
@@ -1832,7 +1847,7 @@ unsafe fn fill_from_pool(h: *mut Heap, c: usize, want: usize) -> bool {
         let before = bin.top;
         let b = take_chain(bin, batch, c, cap, target);
         let got = bin.top.offset_from(before) as u64;
-        pool_count_out(c, got, b);
+        pool_count_out(p, c, got, b);
         (*h).pool_taken += got;
         got > 0
     }
@@ -1878,7 +1893,10 @@ pub unsafe fn pool_gc(h: *mut Heap, all: bool) {
 /// (all classes together), the heap registry's, the shared heap's.
 pub fn lock_waits() -> (u64, u64, u64) {
     (
-        POOL.iter().map(|p| p.lock.waits()).sum(),
+        POOL.iter()
+            .chain(ORPHAN_POOL.iter())
+            .map(|p| p.lock.waits())
+            .sum(),
         REGISTRY_LOCK.waits(),
         SHARED_LOCK.waits(),
     )
@@ -1886,17 +1904,17 @@ pub fn lock_waits() -> (u64, u64, u64) {
 
 /// fork(): the pools' locks are held across the fork.
 fn pool_fork_prepare() {
-    for p in POOL.iter() {
+    for p in POOL.iter().chain(ORPHAN_POOL.iter()) {
         p.lock.lock();
     }
 }
 fn pool_fork_parent() {
-    for p in POOL.iter() {
+    for p in POOL.iter().chain(ORPHAN_POOL.iter()) {
         p.lock.unlock();
     }
 }
 fn pool_fork_child() {
-    for p in POOL.iter() {
+    for p in POOL.iter().chain(ORPHAN_POOL.iter()) {
         p.lock.reset_after_fork();
     }
 }
@@ -1934,19 +1952,33 @@ unsafe fn flush_spill(h: *mut Heap, c: usize) {
         // is full.
         // In a fork child, the heaps of the parent's other threads are
         // orphaned (`fork_child`): nobody will drain their inboxes, so
-        // their blocks go to the pool, where this process's heaps take
-        // them, even while `pool_gc` sends pooled blocks home.
-        let off = (*h).pool_off;
+        // their blocks go to the orphans' pool, where this process's heaps
+        // take them.
+        if ORPHANS.load(Relaxed) {
+            let mut a = 0;
+            for i in 0..n {
+                if (*owner_heap(*owners.add(i))).state.load(Relaxed) == HEAP_ORPHANED {
+                    core::ptr::swap(s.add(i), s.add(a));
+                    core::ptr::swap(owners.add(i), owners.add(a));
+                    a += 1;
+                }
+            }
+            if a > 0 && pool_insert(&ORPHAN_POOL[c], c, core::slice::from_raw_parts(s, a)) {
+                s = s.add(a);
+                owners = owners.add(a);
+                n -= a;
+                sent += a as u64;
+            }
+        }
         let mut a = 0;
         for i in 0..n {
-            let st = (*owner_heap(*owners.add(i))).state.load(Relaxed);
-            if (st == HEAP_ACTIVE && !off) || st == HEAP_ORPHANED {
+            if (*owner_heap(*owners.add(i))).state.load(Relaxed) == HEAP_ACTIVE {
                 core::ptr::swap(s.add(i), s.add(a));
                 core::ptr::swap(owners.add(i), owners.add(a));
                 a += 1;
             }
         }
-        if a > 0 && pool_insert(c, core::slice::from_raw_parts(s, a)) {
+        if a > 0 && pool_put(h, c, core::slice::from_raw_parts(s, a)) {
             s = s.add(a);
             owners = owners.add(a);
             n -= a;
@@ -2208,7 +2240,7 @@ pub fn fork_parent() {
 /// In the child only the forking thread exists: the heaps other threads
 /// held can never be released, and may be mid-update, so they are
 /// orphaned (never adopted); what they hold is lost to the child only.
-/// Their blocks that the child frees go to the pool, never home
+/// Their blocks that the child frees go to [`ORPHAN_POOL`], never home
 /// (`flush_spill`, `free_to_closed_bin`).
 pub fn fork_child() {
     pool_fork_child();
@@ -2229,6 +2261,7 @@ pub fn fork_child() {
             if (*h).state.load(Relaxed) == HEAP_ACTIVE {
                 (*h).state.store(HEAP_ORPHANED, Relaxed);
                 STATS.heaps_live.fetch_sub(1, Relaxed);
+                ORPHANS.store(true, Relaxed);
             }
         }
     }
