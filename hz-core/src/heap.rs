@@ -1737,6 +1737,26 @@ unsafe fn pool_put(h: *mut Heap, c: usize, blocks: &[*mut u8]) -> bool {
     }
 }
 
+/// Moves the blocks among `s[..n]` whose owner heaps (`owners[..n]`, kept
+/// in step) are in `state` to the front of both arrays; returns how many.
+///
+/// # Safety
+/// `s` and `owners` hold `n` entries each; every owner is a registered heap.
+unsafe fn owned_first(s: *mut *mut u8, owners: *mut u32, n: usize, state: u32) -> usize {
+    let mut a = 0;
+    for i in 0..n {
+        // SAFETY: i < n; owners name registered heaps.
+        unsafe {
+            if (*owner_heap(*owners.add(i))).state.load(Relaxed) == state {
+                core::ptr::swap(s.add(i), s.add(a));
+                core::ptr::swap(owners.add(i), owners.add(a));
+                a += 1;
+            }
+        }
+    }
+    a
+}
+
 /// Puts `blocks` into `p` (a pool of class `c`) as one batch, whether or
 /// not `pool_gc` runs: false when the pool is full.
 ///
@@ -1955,14 +1975,7 @@ unsafe fn flush_spill(h: *mut Heap, c: usize) {
         // their blocks go to the orphans' pool, where this process's heaps
         // take them.
         if ORPHANS.load(Relaxed) {
-            let mut a = 0;
-            for i in 0..n {
-                if (*owner_heap(*owners.add(i))).state.load(Relaxed) == HEAP_ORPHANED {
-                    core::ptr::swap(s.add(i), s.add(a));
-                    core::ptr::swap(owners.add(i), owners.add(a));
-                    a += 1;
-                }
-            }
+            let a = owned_first(s, owners, n, HEAP_ORPHANED);
             if a > 0 && pool_insert(&ORPHAN_POOL[c], c, core::slice::from_raw_parts(s, a)) {
                 s = s.add(a);
                 owners = owners.add(a);
@@ -1970,14 +1983,7 @@ unsafe fn flush_spill(h: *mut Heap, c: usize) {
                 sent += a as u64;
             }
         }
-        let mut a = 0;
-        for i in 0..n {
-            if (*owner_heap(*owners.add(i))).state.load(Relaxed) == HEAP_ACTIVE {
-                core::ptr::swap(s.add(i), s.add(a));
-                core::ptr::swap(owners.add(i), owners.add(a));
-                a += 1;
-            }
-        }
+        let a = owned_first(s, owners, n, HEAP_ACTIVE);
         if a > 0 && pool_put(h, c, core::slice::from_raw_parts(s, a)) {
             s = s.add(a);
             owners = owners.add(a);
