@@ -1847,7 +1847,10 @@ fn total_add(delta: i64) {
 unsafe fn fill_from_pool(h: *mut Heap, c: usize, want: usize) -> bool {
     let mut p = &POOL[c];
     let mut batch = pool_take(p);
-    if batch.is_null() {
+    if !batch.is_null() {
+        // (For `pool_gc`, which leaves the orphans' pool alone.)
+        p.taken.store(1, Relaxed);
+    } else {
         if !ORPHANS.load(Relaxed) {
             return false;
         }
@@ -1857,7 +1860,6 @@ unsafe fn fill_from_pool(h: *mut Heap, c: usize, want: usize) -> bool {
             return false;
         }
     }
-    p.taken.store(1, Relaxed);
     // SAFETY: h is held; batch is a batch of free blocks of class c, ours
     // to use now.
     unsafe {
