@@ -1976,21 +1976,24 @@ unsafe fn flush_spill(h: *mut Heap, c: usize) {
         // orphaned (`fork_child`): nobody will drain their inboxes, so
         // their blocks go to the orphans' pool, where this process's heaps
         // take them.
-        if ORPHANS.load(Relaxed) {
-            let a = owned_first(s, owners, n, HEAP_ORPHANED);
-            if a > 0 && pool_insert(&ORPHAN_POOL[c], c, core::slice::from_raw_parts(s, a)) {
+        for state in [HEAP_ORPHANED, HEAP_ACTIVE] {
+            if state == HEAP_ORPHANED && !ORPHANS.load(Relaxed) {
+                continue;
+            }
+            let a = owned_first(s, owners, n, state);
+            let front = core::slice::from_raw_parts(s, a);
+            let pooled = a > 0
+                && if state == HEAP_ORPHANED {
+                    pool_insert(&ORPHAN_POOL[c], c, front)
+                } else {
+                    pool_put(h, c, front)
+                };
+            if pooled {
                 s = s.add(a);
                 owners = owners.add(a);
                 n -= a;
                 sent += a as u64;
             }
-        }
-        let a = owned_first(s, owners, n, HEAP_ACTIVE);
-        if a > 0 && pool_put(h, c, core::slice::from_raw_parts(s, a)) {
-            s = s.add(a);
-            owners = owners.add(a);
-            n -= a;
-            sent += a as u64;
         }
         let cap = inbox::carrier_cap(CLASS_SIZE[c] as usize);
         let mut group_buf = MaybeUninit::<[*mut u8; SPILL_MAX]>::uninit();

@@ -106,8 +106,9 @@ pub fn page_size() -> usize {
     } else {
         // hz purges and protects in units of its own 64 KiB pages; a
         // kernel page larger than that would make a purge discard the
-        // neighbouring unit's data.
-        fatal("kernel pages larger than 64 KiB are not supported")
+        // neighbouring unit's data (and the kernel's are powers of two
+        // from 4 KiB).
+        fatal("kernel page size not supported (hz needs a power of two from 4 to 64 KiB)")
     };
     SIZE.store(s, Relaxed);
     s
