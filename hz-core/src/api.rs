@@ -655,11 +655,18 @@ fn alloc_large_in(size: usize, align: usize, zero: bool, grown: bool) -> *mut u8
         }
     }
     heap::tick_current();
+    // A block that realloc grows goes where it can go on growing in place
+    // (E152).
+    let fit = if grown {
+        arena::Fit::Roomy
+    } else {
+        arena::Fit::Tight
+    };
     // A thread that writes its large blocks densely (E128) gets huge pages
     // for the longer ones too (E132), as for those a realloc grows into.
     let grown = grown || dense_writer();
     #[cfg_attr(feature = "secure", allow(unused_mut))]
-    let mut run = arena::alloc_run(pages, align_pages, zone_for(pages, grown));
+    let mut run = arena::alloc_run(pages, align_pages, zone_for(pages, grown), fit);
     // Out of memory: the thread's empty segments go back first (their
     // pages could serve this run), then those of exited threads' heaps,
     // which keep theirs for the next thread until a reclaim (E101); one
@@ -671,7 +678,7 @@ fn alloc_large_in(size: usize, align: usize, zero: bool, grown: bool) -> *mut u8
         // operations.
         run = unsafe {
             heap::retry_after_reclaim(h, || {
-                arena::alloc_run(pages, align_pages, zone_for(pages, grown))
+                arena::alloc_run(pages, align_pages, zone_for(pages, grown), fit)
             })
         };
         // Then the room left in the thread's big segments, whatever the

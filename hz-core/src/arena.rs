@@ -650,6 +650,15 @@ unsafe fn free_put(
     }
 }
 
+/// Which of the newest dirty runs [`alloc_run`] takes when several fit.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Fit {
+    /// The shortest: spans, segments, blocks that keep their length.
+    Tight,
+    /// The longest: a block that `realloc` is growing (E152).
+    Roomy,
+}
+
 /// A run taken from the page allocator.
 pub struct Run {
     pub meta: *mut PageMeta,
@@ -664,7 +673,7 @@ pub struct Run {
 /// where huge pages are on, and then unrounded: a page next to such a run
 /// may become resident with it, unaccounted, until the run after it is
 /// purged). `None` when both are full.
-pub fn alloc_run(pages: usize, align_pages: usize, zone: Zone) -> Option<Run> {
+pub fn alloc_run(pages: usize, align_pages: usize, zone: Zone, fit: Fit) -> Option<Run> {
     if pages == 0 || pages > (1 << 31) || align_pages > (1 << 30) {
         return None;
     }
@@ -682,13 +691,13 @@ pub fn alloc_run(pages: usize, align_pages: usize, zone: Zone) -> Option<Run> {
     let st = unsafe { &mut *PAGES.st.get() };
     let (p, a) = shape(zone);
     // SAFETY: PAGES held.
-    let mut r = unsafe { alloc_run_locked(st, p, a, zone) };
+    let mut r = unsafe { alloc_run_locked(st, p, a, zone, fit) };
     if let (None, Some(z)) = (&r, other) {
         // Into the huge zone as asked: rounding small runs up to 2 MiB
         // there would waste the last of the address space.
         let (p, a) = shape(Zone::Normal);
         // SAFETY: PAGES held.
-        r = unsafe { alloc_run_locked(st, p, a, z) };
+        r = unsafe { alloc_run_locked(st, p, a, z, fit) };
     }
     if let Some(r) = &r {
         // SAFETY: r's meta heads the run just taken.
@@ -808,12 +817,16 @@ unsafe fn alloc_run_locked(
     pages: usize,
     align: usize,
     zone: Zone,
+    fit: Fit,
 ) -> Option<Run> {
     let want = pages + align - 1;
     // 0. The newest dirty runs: their pages are resident, so reusing them
     //    costs no page faults and keeps the resident total (and purging)
-    //    down (E21). The smallest that fits: a big dirty run split for a
-    //    short block no longer holds the next long one (E71).
+    //    down (E21). For a block that stays as long as it is, the smallest
+    //    that fits: a big dirty run split for a short block no longer holds
+    //    the next long one (E71). For a block that `realloc` grows, the
+    //    longest: it grows in place over the rest, which is resident
+    //    (E152).
     let mut m = st.dirty_tail[zone as usize];
     let mut k = 0;
     let mut best: *mut PageMeta = null_mut();
@@ -821,9 +834,14 @@ unsafe fn alloc_run_locked(
         // SAFETY: m is a dirty free head (PAGES held).
         unsafe {
             let p = (*m).pages as usize;
-            if p >= want && (best.is_null() || p < (*best).pages as usize) {
+            let better = best.is_null()
+                || match fit {
+                    Fit::Tight => p < (*best).pages as usize,
+                    Fit::Roomy => p > (*best).pages as usize,
+                };
+            if p >= want && better {
                 best = m;
-                if p == want {
+                if p == want && fit == Fit::Tight {
                     break;
                 }
             }

@@ -283,7 +283,7 @@ fn create(reg: &mut Registry) -> *mut Heap {
     if reg.next_id as usize >= MAX_HEAPS {
         return null_mut();
     }
-    let Some(run) = arena::alloc_run(HEAP_PAGES, 1, arena::Zone::Normal) else {
+    let Some(run) = arena::alloc_run(HEAP_PAGES, 1, arena::Zone::Normal, arena::Fit::Tight) else {
         return null_mut();
     };
     #[cfg(feature = "secure")]
@@ -723,7 +723,7 @@ const DENSE_REMOTE_SHARE: u64 = 32;
 unsafe fn new_span(h: *mut Heap, c: usize) -> bool {
     // SAFETY: h is held by the calling thread.
     let zone = unsafe { span_zone(h, c) };
-    let take = || arena::alloc_run(SPAN_PAGES[c] as usize, 1, zone);
+    let take = || arena::alloc_run(SPAN_PAGES[c] as usize, 1, zone, arena::Fit::Tight);
     #[cfg(not(feature = "secure"))]
     // SAFETY: h is held by the calling thread, between operations on it.
     let run = take().or_else(|| unsafe { retry_after_reclaim(h, take) });

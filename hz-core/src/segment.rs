@@ -335,9 +335,14 @@ unsafe fn open(s: *mut Segment, h: *mut Heap, unit: u32) -> bool {
     let dense = unsafe { writes_densely(h) };
     // Dense: 2 MiB aligned, so the segment is whole huge pages.
     let run = if dense {
-        arena::alloc_run(SEG_PAGES << unit, arena::HUGE_RUN_PAGES, arena::Zone::Dense)
+        arena::alloc_run(
+            SEG_PAGES << unit,
+            arena::HUGE_RUN_PAGES,
+            arena::Zone::Dense,
+            arena::Fit::Tight,
+        )
     } else {
-        arena::alloc_run(SEG_PAGES << unit, 1, arena::Zone::Normal)
+        arena::alloc_run(SEG_PAGES << unit, 1, arena::Zone::Normal, arena::Fit::Tight)
     };
     let Some(run) = run else {
         return false;

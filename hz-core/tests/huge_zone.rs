@@ -269,3 +269,51 @@ fn large_blocks_have_their_own_dirty_cap() {
         child::mib(d)
     );
 }
+
+/// A block that `realloc` moves to grow takes the longest of the newest
+/// freed runs whose pages are still resident, not the shortest that fits
+/// (E152): it then goes on growing in place over the rest of that run.
+/// Two such runs, of an 8 MiB and a 24 MiB block (each kept apart from the
+/// next by a block in use, purging held off; with the headroom `realloc`
+/// gives, 12 and 36 MiB); a block grown past 2 MiB lands where the 24 MiB
+/// block was and grows to 16 MiB without moving. Taking the shortest run
+/// that fits, it went where the 8 MiB block was and moved again to grow.
+#[test]
+#[cfg(not(feature = "secure"))]
+fn a_growing_block_takes_the_longest_resident_run() {
+    if !child::in_child(
+        MARKER,
+        "a_growing_block_takes_the_longest_resident_run",
+        &[("HZ_PURGE_DELAY_MS", "1000000")],
+        &["HZ_THP"],
+    ) {
+        return;
+    }
+    let short = grown_to(8 * MIB);
+    let apart = grown_to(2 * MIB);
+    let long = grown_to(24 * MIB);
+    let after = grown_to(2 * MIB);
+    fill(short, 8 * MIB, 1);
+    fill(long, 24 * MIB, 2);
+    // SAFETY: live blocks of hz.
+    unsafe {
+        hz_core::free(short);
+        hz_core::free(long);
+    }
+    let p = grown_to(3 * MIB);
+    assert_eq!(
+        p, long,
+        "a growing block of 3 MiB at {p:?}: not the longest free run ({long:?}; the shortest is at {short:?})"
+    );
+    fill(p, 3 * MIB, 3);
+    // SAFETY: p is live with 3 MiB.
+    let q = unsafe { hz_core::realloc(p, 16 * MIB) };
+    assert_eq!(q, p, "grown from 3 to 16 MiB, the block moved");
+    check(q, 3 * MIB, 3, "after growing in place");
+    // SAFETY: live blocks of hz.
+    unsafe {
+        hz_core::free(q);
+        hz_core::free(apart);
+        hz_core::free(after);
+    }
+}
