@@ -364,6 +364,16 @@ unsafe fn free_large(m: *mut arena::PageMeta, moved: bool) {
     }
     // SAFETY: m is a meta of an arena.
     let huge = unsafe { arena::zone_of(m) } == arena::Zone::Huge;
+    // The place for this thread's next growing block (E153).
+    // SAFETY: m heads the run the caller gives up.
+    if unsafe { (*m).pages as usize } >= arena::HUGE_RUN_PAGES {
+        let h = heap::heap_of_slot(tls::get());
+        if !h.is_null() {
+            // SAFETY: h is the calling thread's heap, between operations;
+            // m heads the run.
+            unsafe { (*h).grow_at = (*m).addr };
+        }
+    }
     // SAFETY: as above; the program wrote no page past `given`, and when
     // `moved`, those pages are empty.
     let sparse = unsafe { arena::free_large_run(m, (*m).given as usize, moved) };
@@ -655,10 +665,18 @@ fn alloc_large_in(size: usize, align: usize, zero: bool, grown: bool) -> *mut u8
         }
     }
     heap::tick_current();
-    // A block that realloc grows goes where it can go on growing in place
-    // (E152).
+    // A block that realloc grows goes where it can go on growing in place:
+    // where the thread's last big block was (E153), else into the longest
+    // resident run (E152).
     let fit = if grown {
-        arena::Fit::Roomy
+        let h = heap::heap_of_slot(tls::get());
+        let near = if h.is_null() {
+            0
+        } else {
+            // SAFETY: h is the calling thread's heap, between operations.
+            unsafe { (*h).grow_at }
+        };
+        arena::Fit::Roomy { near }
     } else {
         arena::Fit::Tight
     };

@@ -655,8 +655,10 @@ unsafe fn free_put(
 pub enum Fit {
     /// The shortest: spans, segments, blocks that keep their length.
     Tight,
-    /// The longest: a block that `realloc` is growing (E152).
-    Roomy,
+    /// For a block that `realloc` is growing: the run holding address
+    /// `near` (0: none) if the block fits there from `near` on (E153),
+    /// else the longest (E152).
+    Roomy { near: usize },
 }
 
 /// A run taken from the page allocator.
@@ -834,10 +836,15 @@ unsafe fn alloc_run_locked(
         // SAFETY: m is a dirty free head (PAGES held).
         unsafe {
             let p = (*m).pages as usize;
+            if let Fit::Roomy { near } = fit {
+                if let Some(at) = start_at(m, near, pages, align) {
+                    return Some(take_from_free(st, m, pages, align, Some(at)));
+                }
+            }
             let better = best.is_null()
                 || match fit {
                     Fit::Tight => p < (*best).pages as usize,
-                    Fit::Roomy => p > (*best).pages as usize,
+                    Fit::Roomy { .. } => p > (*best).pages as usize,
                 };
             if p >= want && better {
                 best = m;
@@ -851,7 +858,7 @@ unsafe fn alloc_run_locked(
     }
     if !best.is_null() {
         // SAFETY: best is a dirty free head that fits (PAGES held).
-        return Some(unsafe { take_from_free(st, best, pages, align) });
+        return Some(unsafe { take_from_free(st, best, pages, align, None) });
     }
     // 1. Free runs: the exact list first, then larger ones. Every run of
     //    `want` pages holds an aligned start with `pages` after it; in the
@@ -873,7 +880,7 @@ unsafe fn alloc_run_locked(
         // SAFETY: PAGES held.
         if let Some(m) = unsafe { first_fit(st, zone, lists, pages, align) } {
             // SAFETY: m is a free head that fits (PAGES held).
-            return Some(unsafe { take_from_free(st, m, pages, align) });
+            return Some(unsafe { take_from_free(st, m, pages, align, None) });
         }
     }
     // 2. Never-used pages at the top of an arena.
@@ -972,7 +979,31 @@ unsafe fn bump(st: &mut PageState, a: usize, pages: usize, align: usize) -> Opti
 }
 
 /// Takes `pages` (aligned) out of the free run `m`, which [`fits`] them.
-unsafe fn take_from_free(st: &mut PageState, m: *mut PageMeta, pages: usize, align: usize) -> Run {
+/// The page index, inside free run `m`, of the first `align`-aligned page
+/// at or after address `near` from which `pages` pages fit in the run;
+/// None when `near` is 0, outside the run, or too close to its end.
+///
+/// # Safety
+/// `m` is a free head (PAGES held).
+unsafe fn start_at(m: *mut PageMeta, near: usize, pages: usize, align: usize) -> Option<usize> {
+    // SAFETY: caller's contract.
+    let (addr, n, a) = unsafe { ((*m).addr, (*m).pages as usize, (*m).arena as usize) };
+    if near < addr || near >= addr + (n << PAGE_SHIFT) {
+        return None;
+    }
+    let idx = page_index(m);
+    let base_idx = ARENAS[a].base.load(Relaxed) >> PAGE_SHIFT;
+    let at = (base_idx + idx + ((near - addr) >> PAGE_SHIFT)).next_multiple_of(align) - base_idx;
+    (at + pages <= idx + n).then_some(at)
+}
+
+unsafe fn take_from_free(
+    st: &mut PageState,
+    m: *mut PageMeta,
+    pages: usize,
+    align: usize,
+    at: Option<usize>,
+) -> Run {
     // SAFETY: m is a free head; PAGES held. Every piece is re-marked.
     unsafe {
         let (hull, freed_at) = free_unlink(st, m);
@@ -987,7 +1018,9 @@ unsafe fn take_from_free(st: &mut PageState, m: *mut PageMeta, pages: usize, ali
         let end = idx + n;
         let aligned = |i: usize| (base_idx + i).next_multiple_of(align) - base_idx;
         let at_hull = aligned((hull.0 as usize).max(idx));
-        let start = if hull.0 < hull.1 && at_hull + pages <= end {
+        let start = if let Some(at) = at {
+            at
+        } else if hull.0 < hull.1 && at_hull + pages <= end {
             at_hull
         } else {
             aligned(idx)

@@ -187,6 +187,12 @@ pub struct Heap {
     /// zone.
     #[cfg(not(feature = "secure"))]
     pub large_dense: i32,
+    /// Where the last block of 2 MiB or more that this heap's thread gave
+    /// back to the page allocator began: its next block that `realloc`
+    /// grows is placed there if those pages are still free and resident,
+    /// so that threads growing buffers each reuse their own (E153). A hint
+    /// only: `arena::alloc_run` checks it against the free runs.
+    pub grow_at: usize,
     /// `secure` builds with `HZ_SECURE_FILL=1`: what the TLS slot points at
     /// instead of `bins` ([`slot_of`]). Its bins are all empty and full and
     /// never written, so every `malloc` and `free` leaves the fast path for

@@ -270,14 +270,68 @@ fn large_blocks_have_their_own_dirty_cap() {
     );
 }
 
+/// Frees live blocks of hz on a thread of its own (which notes none of
+/// them as the place for the caller's next growing block, E153).
+#[cfg(not(feature = "secure"))]
+fn free_elsewhere(blocks: &[*mut u8]) {
+    let addrs: Vec<usize> = blocks.iter().map(|&p| p as usize).collect();
+    std::thread::spawn(move || {
+        for p in addrs {
+            // SAFETY: live blocks of hz, handed over.
+            unsafe { hz_core::free(p as *mut u8) };
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// Two resident free runs in the huge zone, of a block grown to 8 MiB and
+/// one grown to 24 MiB (12 and 36 MiB with the headroom `realloc` gives),
+/// each kept apart from the next run by a block in use; the 8 MiB one
+/// freed by this thread when `own`, else both by another thread. Then a
+/// block grown to 3 MiB, which must land at `expect(short, long)` and grow
+/// there in place to `to` bytes, keeping its contents.
+#[cfg(not(feature = "secure"))]
+fn growing_block_lands(own: bool, expect: fn(*mut u8, *mut u8) -> *mut u8, to: usize) {
+    let short = grown_to(8 * MIB);
+    let apart = grown_to(2 * MIB);
+    let long = grown_to(24 * MIB);
+    let after = grown_to(2 * MIB);
+    fill(short, 8 * MIB, 1);
+    fill(long, 24 * MIB, 2);
+    if own {
+        // SAFETY: a live block of hz.
+        unsafe { hz_core::free(short) };
+        free_elsewhere(&[long]);
+    } else {
+        free_elsewhere(&[long, short]);
+    }
+    let p = grown_to(3 * MIB);
+    assert_eq!(
+        p,
+        expect(short, long),
+        "a growing block of 3 MiB (the 8 MiB block's run is at {short:?}, the 24 MiB one's at {long:?})"
+    );
+    fill(p, 3 * MIB, 3);
+    // SAFETY: p is live with 3 MiB.
+    let q = unsafe { hz_core::realloc(p, to) };
+    assert_eq!(q, p, "grown from 3 MiB to {to} bytes, the block moved");
+    check(q, 3 * MIB, 3, "after growing in place");
+    // SAFETY: live blocks of hz.
+    unsafe {
+        hz_core::free(q);
+        hz_core::free(apart);
+        hz_core::free(after);
+    }
+}
+
 /// A block that `realloc` moves to grow takes the longest of the newest
 /// freed runs whose pages are still resident, not the shortest that fits
 /// (E152): it then goes on growing in place over the rest of that run.
-/// Two such runs, of an 8 MiB and a 24 MiB block (each kept apart from the
-/// next by a block in use, purging held off; with the headroom `realloc`
-/// gives, 12 and 36 MiB); a block grown past 2 MiB lands where the 24 MiB
-/// block was and grows to 16 MiB without moving. Taking the shortest run
-/// that fits, it went where the 8 MiB block was and moved again to grow.
+/// With both runs freed by another thread, a block grown past 2 MiB lands
+/// where the 24 MiB block was and grows to 16 MiB without moving. Taking
+/// the shortest run that fits, it went where the 8 MiB block was and
+/// moved again to grow.
 #[test]
 #[cfg(not(feature = "secure"))]
 fn a_growing_block_takes_the_longest_resident_run() {
@@ -289,31 +343,27 @@ fn a_growing_block_takes_the_longest_resident_run() {
     ) {
         return;
     }
-    let short = grown_to(8 * MIB);
-    let apart = grown_to(2 * MIB);
-    let long = grown_to(24 * MIB);
-    let after = grown_to(2 * MIB);
-    fill(short, 8 * MIB, 1);
-    fill(long, 24 * MIB, 2);
-    // SAFETY: live blocks of hz.
-    unsafe {
-        hz_core::free(short);
-        hz_core::free(long);
+    growing_block_lands(false, |_, long| long, 16 * MIB);
+}
+
+/// A thread's next block that `realloc` moves to grow goes where the last
+/// big block the thread freed was, while those pages are free and
+/// resident (E153): threads that grow buffers in turn each reuse their
+/// own pages instead of taking the longest run, which another thread's
+/// growing block may be about to need. This thread frees the 8 MiB block,
+/// another thread the 24 MiB one; this thread's next block grown past
+/// 2 MiB lands on its own block's run and grows to 8 MiB there in place.
+/// (By E152 alone it went to the other thread's longer run.)
+#[test]
+#[cfg(not(feature = "secure"))]
+fn a_growing_block_goes_where_its_threads_last_big_block_was() {
+    if !child::in_child(
+        MARKER,
+        "a_growing_block_goes_where_its_threads_last_big_block_was",
+        &[("HZ_PURGE_DELAY_MS", "1000000")],
+        &["HZ_THP"],
+    ) {
+        return;
     }
-    let p = grown_to(3 * MIB);
-    assert_eq!(
-        p, long,
-        "a growing block of 3 MiB at {p:?}: not the longest free run ({long:?}; the shortest is at {short:?})"
-    );
-    fill(p, 3 * MIB, 3);
-    // SAFETY: p is live with 3 MiB.
-    let q = unsafe { hz_core::realloc(p, 16 * MIB) };
-    assert_eq!(q, p, "grown from 3 to 16 MiB, the block moved");
-    check(q, 3 * MIB, 3, "after growing in place");
-    // SAFETY: live blocks of hz.
-    unsafe {
-        hz_core::free(q);
-        hz_core::free(apart);
-        hz_core::free(after);
-    }
+    growing_block_lands(true, |short, _| short, 8 * MIB);
 }
