@@ -702,12 +702,57 @@ pub fn alloc_run(pages: usize, align_pages: usize, zone: Zone, fit: Fit) -> Opti
         r = unsafe { alloc_run_locked(st, p, a, z, fit) };
     }
     if let Some(r) = &r {
-        // SAFETY: r's meta heads the run just taken.
-        let pages = unsafe { (*r.meta).pages } as usize;
-        STATS.pages_in_use.fetch_add(pages as u64, Relaxed);
-        if big(pages) != 0 {
-            set_big_in_use(st, st.big_in_use + pages);
+        note_taken(st, r);
+    }
+    PAGES.lock.unlock();
+    r
+}
+
+/// Counts run `r`, just taken, in the pages in use.
+fn note_taken(st: &mut PageState, r: &Run) {
+    // SAFETY: r's meta heads the run just taken (PAGES held).
+    let pages = unsafe { (*r.meta).pages } as usize;
+    STATS.pages_in_use.fetch_add(pages as u64, Relaxed);
+    if big(pages) != 0 {
+        set_big_in_use(st, st.big_in_use + pages);
+    }
+}
+
+/// `pages` pages from address `near` on (aligned up as its zone wants),
+/// taken from one of the newest dirty runs of any zone if one holds them
+/// (E154: where a thread's last big block was, for a block it is growing);
+/// None otherwise. In the huge zone the run is rounded up to whole 2 MiB
+/// extents.
+#[cfg(not(feature = "secure"))]
+pub fn alloc_run_at(pages: usize, near: usize) -> Option<Run> {
+    if pages == 0 || pages > (1 << 31) || near == 0 {
+        return None;
+    }
+    PAGES.lock.lock();
+    // SAFETY: PAGES held.
+    let st = unsafe { &mut *PAGES.st.get() };
+    let mut r = None;
+    'zones: for zone in [Zone::Huge, Zone::Normal] {
+        let (pages, align) = match zone {
+            Zone::Huge => (zone.round(pages), HUGE_RUN_PAGES),
+            Zone::Normal | Zone::Dense => (pages, 1),
+        };
+        let mut m = st.dirty_tail[zone as usize];
+        let mut k = 0;
+        while !m.is_null() && k < DIRTY_SCAN {
+            // SAFETY: m is a dirty free head (PAGES held).
+            unsafe {
+                if let Some(at) = start_at(m, near, pages, align) {
+                    r = Some(take_from_free(st, m, pages, align, Some(at)));
+                    break 'zones;
+                }
+                m = (*m).dprev;
+            }
+            k += 1;
         }
+    }
+    if let Some(r) = &r {
+        note_taken(st, r);
     }
     PAGES.lock.unlock();
     r

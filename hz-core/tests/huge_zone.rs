@@ -367,3 +367,44 @@ fn a_growing_block_goes_where_its_threads_last_big_block_was() {
     }
     growing_block_lands(true, |short, _| short, 8 * MIB);
 }
+
+/// A block of a thread's segment that `realloc` grows past 192 KiB moves
+/// at once to where the thread's last big block was, while those pages
+/// are free and resident (E154): it copies a few hundred KiB there instead
+/// of about 2 MiB when it outgrows the segment, then grows in place over
+/// the old block's pages. A 16 MiB block freed; a 200 KiB block grown to
+/// 300 KiB lands where it was, keeps its contents, and grows to 12 MiB
+/// without moving. (Before, it grew inside its segment, elsewhere, and
+/// moved when it reached 2 MiB.)
+#[test]
+#[cfg(not(feature = "secure"))]
+fn a_growing_block_leaves_its_segment_for_its_threads_last_big_block() {
+    if !child::in_child(
+        MARKER,
+        "a_growing_block_leaves_its_segment_for_its_threads_last_big_block",
+        &[("HZ_PURGE_DELAY_MS", "1000000")],
+        &["HZ_THP"],
+    ) {
+        return;
+    }
+    let big = grown_to(16 * MIB);
+    fill(big, 16 * MIB, 4);
+    // SAFETY: a live block of hz.
+    unsafe { hz_core::free(big) };
+    let p = hz_core::malloc(200 << 10);
+    assert!(!p.is_null());
+    fill(p, 200 << 10, 5);
+    // SAFETY: p is live with 200 KiB.
+    let q = unsafe { hz_core::realloc(p, 300 << 10) };
+    assert_eq!(
+        q, big,
+        "a block grown to 300 KiB at {q:?}, not where the 16 MiB block was"
+    );
+    check(q, 200 << 10, 5, "after the move");
+    // SAFETY: q is live with 300 KiB.
+    let r = unsafe { hz_core::realloc(q, 12 * MIB) };
+    assert_eq!(r, q, "grown from 300 KiB to 12 MiB, the block moved");
+    check(r, 200 << 10, 5, "after growing in place");
+    // SAFETY: a live block of hz.
+    unsafe { hz_core::free(r) };
+}
