@@ -731,26 +731,14 @@ pub fn alloc_run_at(pages: usize, near: usize) -> Option<Run> {
     PAGES.lock.lock();
     // SAFETY: PAGES held.
     let st = unsafe { &mut *PAGES.st.get() };
-    let mut r = None;
-    'zones: for zone in [Zone::Huge, Zone::Normal] {
+    let r = [Zone::Huge, Zone::Normal].into_iter().find_map(|zone| {
         let (pages, align) = match zone {
             Zone::Huge => (zone.round(pages), HUGE_RUN_PAGES),
             Zone::Normal | Zone::Dense => (pages, 1),
         };
-        let mut m = st.dirty_tail[zone as usize];
-        let mut k = 0;
-        while !m.is_null() && k < DIRTY_SCAN {
-            // SAFETY: m is a dirty free head (PAGES held).
-            unsafe {
-                if let Some(at) = start_at(m, near, pages, align) {
-                    r = Some(take_from_free(st, m, pages, align, Some(at)));
-                    break 'zones;
-                }
-                m = (*m).dprev;
-            }
-            k += 1;
-        }
-    }
+        // SAFETY: PAGES held.
+        unsafe { take_near(st, zone, near, pages, align) }
+    });
     if let Some(r) = &r {
         note_taken(st, r);
     }
@@ -874,6 +862,12 @@ unsafe fn alloc_run_locked(
     //    the next long one (E71). For a block that `realloc` grows, the
     //    longest: it grows in place over the rest, which is resident
     //    (E152).
+    if let Fit::Roomy { near } = fit {
+        // SAFETY: PAGES held.
+        if let Some(r) = unsafe { take_near(st, zone, near, pages, align) } {
+            return Some(r);
+        }
+    }
     let mut m = st.dirty_tail[zone as usize];
     let mut k = 0;
     let mut best: *mut PageMeta = null_mut();
@@ -881,11 +875,6 @@ unsafe fn alloc_run_locked(
         // SAFETY: m is a dirty free head (PAGES held).
         unsafe {
             let p = (*m).pages as usize;
-            if let Fit::Roomy { near } = fit {
-                if let Some(at) = start_at(m, near, pages, align) {
-                    return Some(take_from_free(st, m, pages, align, Some(at)));
-                }
-            }
             let better = best.is_null()
                 || match fit {
                     Fit::Tight => p < (*best).pages as usize,
@@ -1023,7 +1012,34 @@ unsafe fn bump(st: &mut PageState, a: usize, pages: usize, align: usize) -> Opti
     Some(Run { meta: m, addr })
 }
 
-/// Takes `pages` (aligned) out of the free run `m`, which [`fits`] them.
+/// `pages` pages (aligned) from address `near` on, taken out of the one of
+/// `zone`'s newest dirty runs that holds them (E153, E154); None when none
+/// does.
+///
+/// # Safety
+/// PAGES held.
+unsafe fn take_near(
+    st: &mut PageState,
+    zone: Zone,
+    near: usize,
+    pages: usize,
+    align: usize,
+) -> Option<Run> {
+    let mut m = st.dirty_tail[zone as usize];
+    let mut k = 0;
+    while !m.is_null() && k < DIRTY_SCAN {
+        // SAFETY: m is a dirty free head (PAGES held).
+        unsafe {
+            if let Some(at) = start_at(m, near, pages, align) {
+                return Some(take_from_free(st, m, pages, align, Some(at)));
+            }
+            m = (*m).dprev;
+        }
+        k += 1;
+    }
+    None
+}
+
 /// The page index, inside free run `m`, of the first `align`-aligned page
 /// at or after address `near` from which `pages` pages fit in the run;
 /// None when `near` is 0, outside the run, or too close to its end.
@@ -1042,6 +1058,9 @@ unsafe fn start_at(m: *mut PageMeta, near: usize, pages: usize, align: usize) ->
     (at + pages <= idx + n).then_some(at)
 }
 
+/// Takes `pages` (aligned) out of the free run `m`, which [`fits`] them:
+/// from page `at` when given (which [`start_at`] found), else from the
+/// front of its resident part or of the run.
 unsafe fn take_from_free(
     st: &mut PageState,
     m: *mut PageMeta,
