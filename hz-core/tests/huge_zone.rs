@@ -270,6 +270,19 @@ fn large_blocks_have_their_own_dirty_cap() {
     );
 }
 
+/// [`child::in_child`] for the placement tests of growing blocks: huge
+/// pages as by default, freed pages kept resident (no purge by age), so
+/// that the freed runs they place blocks on stay the newest dirty ones.
+#[cfg(not(feature = "secure"))]
+fn in_child_keeping_freed_pages(test: &str) -> bool {
+    child::in_child(
+        MARKER,
+        test,
+        &[("HZ_PURGE_DELAY_MS", "1000000")],
+        &["HZ_THP"],
+    )
+}
+
 /// Frees live blocks of hz on a thread of its own (which notes none of
 /// them as the place for the caller's next growing block, E153).
 #[cfg(not(feature = "secure"))]
@@ -335,12 +348,7 @@ fn growing_block_lands(own: bool, expect: fn(*mut u8, *mut u8) -> *mut u8, to: u
 #[test]
 #[cfg(not(feature = "secure"))]
 fn a_growing_block_takes_the_longest_resident_run() {
-    if !child::in_child(
-        MARKER,
-        "a_growing_block_takes_the_longest_resident_run",
-        &[("HZ_PURGE_DELAY_MS", "1000000")],
-        &["HZ_THP"],
-    ) {
+    if !in_child_keeping_freed_pages("a_growing_block_takes_the_longest_resident_run") {
         return;
     }
     growing_block_lands(false, |_, long| long, 16 * MIB);
@@ -357,12 +365,7 @@ fn a_growing_block_takes_the_longest_resident_run() {
 #[test]
 #[cfg(not(feature = "secure"))]
 fn a_growing_block_goes_where_its_threads_last_big_block_was() {
-    if !child::in_child(
-        MARKER,
-        "a_growing_block_goes_where_its_threads_last_big_block_was",
-        &[("HZ_PURGE_DELAY_MS", "1000000")],
-        &["HZ_THP"],
-    ) {
+    if !in_child_keeping_freed_pages("a_growing_block_goes_where_its_threads_last_big_block_was") {
         return;
     }
     growing_block_lands(true, |short, _| short, 8 * MIB);
@@ -379,11 +382,8 @@ fn a_growing_block_goes_where_its_threads_last_big_block_was() {
 #[test]
 #[cfg(not(feature = "secure"))]
 fn a_growing_block_leaves_its_segment_for_its_threads_last_big_block() {
-    if !child::in_child(
-        MARKER,
+    if !in_child_keeping_freed_pages(
         "a_growing_block_leaves_its_segment_for_its_threads_last_big_block",
-        &[("HZ_PURGE_DELAY_MS", "1000000")],
-        &["HZ_THP"],
     ) {
         return;
     }
