@@ -1207,30 +1207,6 @@ fn alloc_to_grow(new_pages: usize, align: usize) -> Option<(*mut u8, *mut arena:
     Some((q, m))
 }
 
-/// [`alloc_to_grow`] at the place its thread's last big block left
-/// ([`heap::Heap::grow_at`]), if the page allocator's newest dirty runs
-/// hold it (E154); None otherwise.
-#[cfg(not(feature = "secure"))]
-fn alloc_to_grow_at(new_pages: usize) -> Option<(*mut u8, *mut arena::PageMeta)> {
-    let h = heap::heap_of_slot(tls::get());
-    if h.is_null() {
-        return None;
-    }
-    // SAFETY: h is the calling thread's heap, between operations.
-    let near = unsafe { (*h).grow_at };
-    let run = arena::alloc_run_at(new_pages + new_pages / 2, near)?;
-    counters::note_pages();
-    // SAFETY: the run is ours, just taken, at least as long as asked.
-    let q = unsafe { hand_out_large(run.meta, new_pages, new_pages << PAGE_SHIFT, 0..0) };
-    Some((q, run.meta))
-}
-
-/// A block of a thread's segment that `realloc` grows to this many pages
-/// or more moves to where the thread's last big block was, when it can
-/// (E154).
-#[cfg(not(feature = "secure"))]
-const LEAVE_SEGMENT_PAGES: usize = 4;
-
 /// C `realloc` grows a small block to more than this many bytes into a
 /// large block (whole 64 KiB pages, with room to grow in place: E119), as
 /// jemalloc's blocks above 16 KiB and glibc's above its mmap threshold
@@ -1313,23 +1289,6 @@ unsafe fn resize(p: *mut u8, new_size: usize, align: usize, headroom: bool) -> *
                 // SAFETY: m heads p's run, now at least new_pages long.
                 unsafe { (*m).given = new_pages as u32 };
                 return p;
-            }
-            // A block of a segment that has grown to LEAVE_SEGMENT_PAGES
-            // moves now to where its thread's last big block was, if those
-            // pages are free and resident (E154): it copies a few hundred
-            // KiB instead of about 2 MiB when it outgrows the segment, and
-            // goes on growing in place over them.
-            #[cfg(not(feature = "secure"))]
-            if seg && new_pages >= LEAVE_SEGMENT_PAGES {
-                if let Some((q, _)) = alloc_to_grow_at(new_pages) {
-                    // SAFETY: q is a fresh block of more than old_usable
-                    // bytes; p's block, ours, goes back to its segment.
-                    unsafe {
-                        core::ptr::copy_nonoverlapping(p, q, old_usable);
-                        free_large(m, false);
-                    }
-                    return q;
-                }
             }
             // A block of a segment grows over the free units that follow it
             // there, on its owner's thread.

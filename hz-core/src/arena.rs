@@ -718,34 +718,6 @@ fn note_taken(st: &mut PageState, r: &Run) {
     }
 }
 
-/// `pages` pages from address `near` on (aligned up as its zone wants),
-/// taken from one of the newest dirty runs of any zone if one holds them
-/// (E154: where a thread's last big block was, for a block it is growing);
-/// None otherwise. In the huge zone the run is rounded up to whole 2 MiB
-/// extents.
-#[cfg(not(feature = "secure"))]
-pub fn alloc_run_at(pages: usize, near: usize) -> Option<Run> {
-    if pages == 0 || pages > (1 << 31) || near == 0 {
-        return None;
-    }
-    PAGES.lock.lock();
-    // SAFETY: PAGES held.
-    let st = unsafe { &mut *PAGES.st.get() };
-    let r = [Zone::Huge, Zone::Normal].into_iter().find_map(|zone| {
-        let (pages, align) = match zone {
-            Zone::Huge => (zone.round(pages), HUGE_RUN_PAGES),
-            Zone::Normal | Zone::Dense => (pages, 1),
-        };
-        // SAFETY: PAGES held.
-        unsafe { take_near(st, zone, near, pages, align) }
-    });
-    if let Some(r) = &r {
-        note_taken(st, r);
-    }
-    PAGES.lock.unlock();
-    r
-}
-
 /// `pages` when a run of that length counts in [`PageState::big_in_use`]
 /// (2 MiB or more), else 0.
 const fn big(pages: usize) -> usize {
@@ -1013,8 +985,7 @@ unsafe fn bump(st: &mut PageState, a: usize, pages: usize, align: usize) -> Opti
 }
 
 /// `pages` pages (aligned) from address `near` on, taken out of the one of
-/// `zone`'s newest dirty runs that holds them (E153, E154); None when none
-/// does.
+/// `zone`'s newest dirty runs that holds them (E153); None when none does.
 ///
 /// # Safety
 /// PAGES held.
