@@ -702,20 +702,15 @@ pub fn alloc_run(pages: usize, align_pages: usize, zone: Zone, fit: Fit) -> Opti
         r = unsafe { alloc_run_locked(st, p, a, z, fit) };
     }
     if let Some(r) = &r {
-        note_taken(st, r);
+        // SAFETY: r's meta heads the run just taken.
+        let pages = unsafe { (*r.meta).pages } as usize;
+        STATS.pages_in_use.fetch_add(pages as u64, Relaxed);
+        if big(pages) != 0 {
+            set_big_in_use(st, st.big_in_use + pages);
+        }
     }
     PAGES.lock.unlock();
     r
-}
-
-/// Counts run `r`, just taken, in the pages in use.
-fn note_taken(st: &mut PageState, r: &Run) {
-    // SAFETY: r's meta heads the run just taken (PAGES held).
-    let pages = unsafe { (*r.meta).pages } as usize;
-    STATS.pages_in_use.fetch_add(pages as u64, Relaxed);
-    if big(pages) != 0 {
-        set_big_in_use(st, st.big_in_use + pages);
-    }
 }
 
 /// `pages` when a run of that length counts in [`PageState::big_in_use`]
@@ -833,19 +828,19 @@ unsafe fn alloc_run_locked(
     //    that fits: a big dirty run split for a short block no longer holds
     //    the next long one (E71). For a block that `realloc` grows, the
     //    longest: it grows in place over the rest, which is resident
-    //    (E152).
-    if let Fit::Roomy { near } = fit {
-        // SAFETY: PAGES held.
-        if let Some(r) = unsafe { take_near(st, zone, near, pages, align) } {
-            return Some(r);
-        }
-    }
+    //    (E152) — or the one holding `near`, from there, if the block fits
+    //    (E153).
     let mut m = st.dirty_tail[zone as usize];
     let mut k = 0;
     let mut best: *mut PageMeta = null_mut();
     while !m.is_null() && k < DIRTY_SCAN {
         // SAFETY: m is a dirty free head (PAGES held).
         unsafe {
+            if let Fit::Roomy { near } = fit {
+                if let Some(at) = start_at(m, near, pages, align) {
+                    return Some(take_from_free(st, m, pages, align, Some(at)));
+                }
+            }
             let p = (*m).pages as usize;
             let better = best.is_null()
                 || match fit {
@@ -982,33 +977,6 @@ unsafe fn bump(st: &mut PageState, a: usize, pages: usize, align: usize) -> Opti
     // SAFETY: m valid.
     let addr = unsafe { (*m).addr } as *mut u8;
     Some(Run { meta: m, addr })
-}
-
-/// `pages` pages (aligned) from address `near` on, taken out of the one of
-/// `zone`'s newest dirty runs that holds them (E153); None when none does.
-///
-/// # Safety
-/// PAGES held.
-unsafe fn take_near(
-    st: &mut PageState,
-    zone: Zone,
-    near: usize,
-    pages: usize,
-    align: usize,
-) -> Option<Run> {
-    let mut m = st.dirty_tail[zone as usize];
-    let mut k = 0;
-    while !m.is_null() && k < DIRTY_SCAN {
-        // SAFETY: m is a dirty free head (PAGES held).
-        unsafe {
-            if let Some(at) = start_at(m, near, pages, align) {
-                return Some(take_from_free(st, m, pages, align, Some(at)));
-            }
-            m = (*m).dprev;
-        }
-        k += 1;
-    }
-    None
 }
 
 /// The page index, inside free run `m`, of the first `align`-aligned page
