@@ -273,10 +273,14 @@ unsafe fn free_not_small(p: *mut u8) {
 /// Counts a large block resized in place from `pages` to `now` pages (the
 /// allocated bytes of the statistics; its free counts its length then).
 fn count_resized(pages: usize, now: usize) {
+    count_resized_in(heap::heap_of_slot(tls::get()), pages, now);
+}
+
+/// [`count_resized`] with the calling thread's heap `h` (null: none) known.
+#[inline(always)]
+fn count_resized_in(h: *mut heap::Heap, pages: usize, now: usize) {
     let delta = (now as i64 - pages as i64) << PAGE_SHIFT;
-    counters::STATS
-        .large_allocated
-        .fetch_add(delta as u64, Relaxed);
+    heap::count_large_resized(h, delta as u64);
 }
 
 /// Resizes large run `m` (now `pages` long) in place to `new_pages`.
@@ -308,12 +312,14 @@ unsafe fn grow_in_segment(m: *mut arena::PageMeta, pages: usize, new_pages: usiz
     let Some(now) = (unsafe { crate::segment::grow(m, new_pages) }) else {
         return false;
     };
-    count_resized(pages, now);
+    let h = heap::heap_of_slot(tls::get());
+    count_resized_in(h, pages, now);
     // What a move would have done through the allocation it makes: the
     // heap's periodic work (bin GC, purges) runs from slow paths only, and
     // a program whose small blocks all hit the bins relies on these (python
     // json: 10 MiB more peak RSS without it).
-    heap::tick_current();
+    // SAFETY: the thread's own heap (or null), not inside a heap operation.
+    unsafe { heap::tick(h) };
     true
 }
 
@@ -1550,11 +1556,7 @@ pub fn stats() -> Stats {
     }
     // `sum_heaps` added the heaps' large bytes (wrapping: one heap's count
     // alone may be "negative").
-    s.allocated = s
-        .allocated
-        .wrapping_add(small)
-        .wrapping_add(g.large_allocated.load(Relaxed))
-        .wrapping_add(heapless_bytes);
+    s.allocated = s.allocated.wrapping_add(small).wrapping_add(heapless_bytes);
     s
 }
 

@@ -2406,6 +2406,22 @@ pub fn count_large_in(h: *mut Heap, bytes: u64, freed: bool) {
     } else {
         (1, bytes)
     };
+    add_large(h, n, b);
+}
+
+/// Counts a large block of the calling thread's heap `h` (null: none)
+/// resized in place by `delta` bytes (wrapping: negative when it shrank),
+/// where [`count_large_in`] counts blocks: one global counter for this was
+/// a contended line for threads growing buffers at once (M88).
+#[inline(always)]
+pub fn count_large_resized(h: *mut Heap, delta: u64) {
+    add_large(h, 0, delta);
+}
+
+/// Adds `n` blocks and `b` bytes (both wrapping) to the large-block
+/// counters of heap `h`, or of the calling thread's shard when null.
+#[inline(always)]
+fn add_large(h: *mut Heap, n: u64, b: u64) {
     if h.is_null() {
         let s = crate::stats::large_shard();
         s.count.fetch_add(n, Relaxed);

@@ -251,3 +251,52 @@ fn large_blocks_of_threads_without_a_heap_are_counted() {
     );
     assert_eq!(after.allocated, before.allocated);
 }
+
+/// A large block that `realloc` resizes in place is counted in `stats()`
+/// at its new length, also when another thread frees it: a block of the
+/// thread's segment grown over the free units behind it (E98) and a run of
+/// the huge zone grown over the run behind it, each counted in the heap
+/// of the thread that resized it (M88) and uncounted, whole, by the
+/// thread that frees it.
+#[test]
+fn large_blocks_resized_in_place_are_counted_at_their_new_length() {
+    if !child::in_child(
+        MARKER,
+        "large_blocks_resized_in_place_are_counted_at_their_new_length",
+        &[],
+        &[],
+    ) {
+        return;
+    }
+    let before = hz_core::stats();
+    let (seg, big) = std::thread::spawn(|| {
+        let p = hz_core::malloc(200 << 10);
+        let q = hz_core::malloc(16 << 20);
+        assert!(!p.is_null() && !q.is_null());
+        // SAFETY: p and q are live blocks of hz.
+        let (p2, q2) = unsafe { (hz_core::realloc(p, 600 << 10), hz_core::realloc(q, 24 << 20)) };
+        assert_eq!(p2, p, "a segment block with free units behind it moved");
+        assert_eq!(q2, q, "a huge run with free pages behind it moved");
+        (p as usize, q as usize)
+    })
+    .join()
+    .unwrap();
+    let during = hz_core::stats();
+    let grown = during.allocated.wrapping_sub(before.allocated);
+    let least = (600u64 << 10) + (24 << 20);
+    // Each grew with half as much again as room, in whole units or extents.
+    assert!(
+        grown >= least && grown < least / 2 * 3 + (4 << 20),
+        "allocated grew by {grown} for blocks resized to {least} B in all"
+    );
+    std::thread::spawn(move || {
+        // SAFETY: both blocks are live and freed once.
+        unsafe {
+            hz_core::free(seg as *mut u8);
+            hz_core::free(big as *mut u8);
+        }
+    })
+    .join()
+    .unwrap();
+    assert_eq!(hz_core::stats().allocated, before.allocated);
+}
