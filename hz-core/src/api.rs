@@ -1158,8 +1158,10 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize) -> *mut u8 {
 
 /// [`realloc`] of small block `p` of class `c` (`usable` bytes) to another
 /// small class: what [`resize`] does for it, with the class known (E123).
-/// A growing block gets at least a quarter more room (E112); the old
-/// block goes the way of a C `free` without its tag read again.
+/// A growing block gets at least a quarter more room (E112), or, when it
+/// is the block this thread's last growing move returned and holds at
+/// least [`GROW_STREAK_MIN`] bytes, a large block to grow in place (E155);
+/// the old block goes the way of a C `free` without its tag read again.
 ///
 /// # Safety
 /// `p` is a live block of class `c`; `new_size <= max(usable,
@@ -1167,12 +1169,21 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize) -> *mut u8 {
 #[cfg(not(feature = "secure"))]
 #[inline(always)]
 unsafe fn move_small(p: *mut u8, c: usize, usable: usize, new_size: usize) -> *mut u8 {
-    let want = if new_size > usable {
+    let growing = new_size > usable;
+    let want = if growing {
         new_size.max((usable + usable / 4).min(SMALL_MAX))
     } else {
         new_size
     };
-    let q = alloc_small(class_of(want));
+    let nc = class_of(want);
+    // A growing block that gets 8 KiB or more may be, or become, the
+    // thread's growing buffer (E155): out of line, so that the moves
+    // below that pay nothing for it.
+    if growing && CLASS_SIZE[nc] as usize >= GROW_STREAK_MIN {
+        // SAFETY: forwarded contract; the new block is larger.
+        return unsafe { move_growing(p, c, usable, new_size, nc) };
+    }
+    let q = alloc_small(nc);
     if !q.is_null() {
         // SAFETY: both blocks are live and distinct; p is of class c.
         unsafe {
@@ -1181,6 +1192,79 @@ unsafe fn move_small(p: *mut u8, c: usize, usable: usize, new_size: usize) -> *m
         }
     }
     q
+}
+
+/// [`move_small`] of small block `p` (class `c`, `usable` bytes) growing
+/// to `new_size` into class `nc` of at least [`GROW_STREAK_MIN`] bytes,
+/// as the thread's growing buffer (E155): when `p` is already that buffer
+/// and holds at least [`GROW_STREAK_MIN`] bytes, to a large block that
+/// grows in place from there (not for a thread whose segments take huge
+/// pages, E128, where the block's whole 64 KiB page would be resident
+/// however little of it is used); else to class `nc`. Either way the new
+/// block is noted as the buffer. Null when out of memory, `p` intact.
+///
+/// # Safety
+/// As [`move_small`]'s, with `usable < new_size <= CLASS_SIZE[nc]`.
+#[cfg(not(feature = "secure"))]
+#[inline(never)]
+unsafe fn move_growing(p: *mut u8, c: usize, usable: usize, new_size: usize, nc: usize) -> *mut u8 {
+    let h = heap::heap_of_slot(tls::get());
+    // SAFETY: h is null or this thread's heap, whose thread alone writes
+    // grow_last.
+    let streak = usable >= GROW_STREAK_MIN
+        && !h.is_null()
+        && unsafe { (*h).grow_last == p as usize && !crate::segment::writes_densely(h) };
+    let q = if streak {
+        // SAFETY: forwarded contract.
+        let Some((q, m)) = (unsafe { copy_to_grow(p, usable, new_size, 16) }) else {
+            return null_mut();
+        };
+        // SAFETY: m heads q's run. A block made large to grow says nothing
+        // of how densely the thread writes its large blocks: it is not
+        // sampled when freed.
+        unsafe { (*m).sample = false };
+        q
+    } else {
+        let q = alloc_small(nc);
+        if q.is_null() {
+            return q;
+        }
+        // SAFETY: both blocks are live and distinct; p has usable bytes.
+        unsafe { core::ptr::copy_nonoverlapping(p, q, usable) };
+        q
+    };
+    // SAFETY: p is live, of class c, and copied. The heap (claimed by the
+    // allocation above if it was not before) is this thread's.
+    unsafe {
+        free_small_pending(p, c);
+        let h = heap::heap_of_slot(tls::get());
+        if !h.is_null() {
+            (*h).grow_last = q as usize;
+            (*h).grow_len = new_size;
+        }
+    }
+    q
+}
+
+/// A large block of at least `new_size` bytes with room to grow in place
+/// ([`alloc_to_grow`]), holding the `usable` bytes of small block `p`,
+/// which the caller then frees, and its run's head meta; None when out of
+/// memory (`p` intact).
+///
+/// # Safety
+/// `p` is a live small block of `usable` bytes, `usable < new_size <=
+/// MAX_REQUEST`.
+unsafe fn copy_to_grow(
+    p: *mut u8,
+    usable: usize,
+    new_size: usize,
+    align: usize,
+) -> Option<(*mut u8, *mut arena::PageMeta)> {
+    let (q, m) = alloc_to_grow(new_size.div_ceil(PAGE_SIZE), align)?;
+    // SAFETY: q is a fresh block of at least new_size > usable bytes; p is
+    // live and distinct.
+    unsafe { core::ptr::copy_nonoverlapping(p, q, usable) };
+    Some((q, m))
 }
 
 /// Resizes a live block keeping alignment `align`. Null on failure (or for
@@ -1201,7 +1285,22 @@ pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut
 /// run's head meta; None when out of memory.
 fn alloc_to_grow(new_pages: usize, align: usize) -> Option<(*mut u8, *mut arena::PageMeta)> {
     let roomy = new_pages + new_pages / 2;
-    let q = alloc_large_in(roomy << PAGE_SHIFT, align, false, true);
+    // A block of a segment the thread freed, of this length, first (E120's
+    // fast path): a buffer that grows to the same length again and again
+    // reuses it, as `malloc` would (E155).
+    #[cfg(not(feature = "secure"))]
+    let q = if roomy <= crate::segment::RUN_MAX {
+        alloc_large_cached(roomy << PAGE_SHIFT, align, false)
+    } else {
+        null_mut()
+    };
+    #[cfg(feature = "secure")]
+    let q: *mut u8 = null_mut();
+    let q = if q.is_null() {
+        alloc_large_in(roomy << PAGE_SHIFT, align, false, true)
+    } else {
+        q
+    };
     if q.is_null() {
         return None;
     }
@@ -1219,6 +1318,14 @@ fn alloc_to_grow(new_pages: usize, align: usize) -> Option<(*mut u8, *mut arena:
 /// are: a buffer doubled from 4 KiB to 1 MiB was copied through every
 /// class up to 128 KiB (250 KiB copied; now 60 KiB).
 const GROW_LARGE_MIN: usize = 32 << 10;
+
+/// C `realloc` grows a small block of at least this many bytes into a
+/// large block, as past [`GROW_LARGE_MIN`], when it is the block that the
+/// thread's last growing move of a small block returned: a buffer grown
+/// by steps (a string appended to, an array grown by half) then grows in
+/// place from here instead of being copied at every class (E155).
+#[cfg(not(feature = "secure"))]
+const GROW_STREAK_MIN: usize = 8 << 10;
 
 /// C `realloc`'s rule for a small block of `usable` bytes (E112): it stays
 /// where it is while the new size uses at least 3/4 of it.
@@ -1268,8 +1375,28 @@ unsafe fn resize(p: *mut u8, new_size: usize, align: usize, headroom: bool) -> *
         // SAFETY: m heads p's run.
         let seg = unsafe { in_segment(m) };
         // (secure builds keep their guard pages: no in-place resizing.)
-        // (C `realloc` keeps a large block above GROW_LARGE_MIN large.)
-        let stays = new_c == 0 || (headroom && new_size > GROW_LARGE_MIN);
+        // (C `realloc` keeps a large block above GROW_LARGE_MIN large, and
+        // one that a streak made large (E155) while it grows.)
+        // `tracked`: p is the thread's growing buffer, whose last size asked
+        // the heap keeps; `streak`: it grows again.
+        #[cfg(not(feature = "secure"))]
+        let (tracked, streak) = {
+            let h = heap::heap_of_slot(tls::get());
+            // SAFETY: h is null or this thread's heap, whose thread alone
+            // writes grow_last and grow_len.
+            unsafe {
+                if headroom && !h.is_null() && (*h).grow_last == p as usize {
+                    let grows = new_size > (*h).grow_len;
+                    (*h).grow_len = new_size;
+                    (h, grows)
+                } else {
+                    (null_mut(), false)
+                }
+            }
+        };
+        #[cfg(feature = "secure")]
+        let streak = false;
+        let stays = new_c == 0 || (headroom && new_size > GROW_LARGE_MIN) || streak;
         if stays && new_size <= MAX_REQUEST && !cfg!(feature = "secure") {
             let new_pages = new_size.max(1).div_ceil(PAGE_SIZE);
             if new_pages <= pages {
@@ -1318,6 +1445,11 @@ unsafe fn resize(p: *mut u8, new_size: usize, align: usize, headroom: bool) -> *
             let Some((q, mq)) = alloc_to_grow(new_pages, align) else {
                 return null_mut();
             };
+            #[cfg(not(feature = "secure"))]
+            if !tracked.is_null() {
+                // SAFETY: tracked is this thread's heap.
+                unsafe { (*tracked).grow_last = q as usize };
+            }
             // A clean target (never touched, or purged) takes the old pages
             // by mremap; a resident one is copied into, since discarding its
             // pages and faulting others in later costs more than the copy.
@@ -1365,15 +1497,12 @@ unsafe fn resize(p: *mut u8, new_size: usize, align: usize, headroom: bool) -> *
         && new_size <= MAX_REQUEST
         && !cfg!(feature = "secure")
     {
-        let Some((q, _)) = alloc_to_grow(new_size.div_ceil(PAGE_SIZE), align) else {
+        // SAFETY: p is a live small block of old_usable < new_size bytes.
+        let Some((q, _)) = (unsafe { copy_to_grow(p, old_usable, new_size, align) }) else {
             return null_mut();
         };
-        // SAFETY: q is a fresh block of at least new_size > old_usable
-        // bytes; p is live and distinct.
-        unsafe {
-            core::ptr::copy_nonoverlapping(p, q, old_usable);
-            free(p);
-        }
+        // SAFETY: p is live and copied.
+        unsafe { free(p) };
         return q;
     }
     // Growing a small block: with headroom, to at least 5/4 of its class

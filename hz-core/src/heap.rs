@@ -193,6 +193,15 @@ pub struct Heap {
     /// so that threads growing buffers each reuse their own (E153). A hint
     /// only: `arena::alloc_run` checks it against the free runs.
     pub grow_at: usize,
+    /// Default build: the block that C `realloc`'s last move of a growing
+    /// small block returned, and the size asked then: growing it again
+    /// makes it large, and it stays large while it grows (E155). Written
+    /// by the heap's thread alone; a stale value costs one buffer a large
+    /// block.
+    #[cfg(not(feature = "secure"))]
+    pub grow_last: usize,
+    #[cfg(not(feature = "secure"))]
+    pub grow_len: usize,
     /// `secure` builds with `HZ_SECURE_FILL=1`: what the TLS slot points at
     /// instead of `bins` ([`slot_of`]). Its bins are all empty and full and
     /// never written, so every `malloc` and `free` leaves the fast path for
@@ -276,7 +285,11 @@ fn claim() -> *mut Heap {
         // SAFETY: h is ours now.
         unsafe {
             #[cfg(not(feature = "secure"))]
-            unkeep(h);
+            {
+                unkeep(h);
+                // A new thread grows no buffer yet (E155).
+                (*h).grow_last = 0;
+            }
             (*h).generation = (*h).generation.wrapping_add(1);
             (*h).state.store(HEAP_ACTIVE, Release);
         }

@@ -119,6 +119,24 @@ fn step(m: &mut Model, rng: &mut Rng, can_send: bool, max_large: usize) -> Optio
     if r < 60 {
         let api = [FreeApi::Free, FreeApi::FreeSized, FreeApi::Dealloc][rng.below(3) as usize];
         m.free(i, api);
+    } else if r < 65 {
+        // A buffer C's realloc grows by half a few times in a row (its
+        // growing buffer, E155), then maybe shrinks to fit.
+        let mut j = i;
+        for _ in 0..2 + rng.below(5) {
+            let old = m.live[j].size;
+            m.realloc(
+                j,
+                ReallocApi::Realloc,
+                (old + old / 2 + 16).min(max_large),
+                4,
+            );
+            j = m.live.len() - 1;
+        }
+        if rng.below(2) == 0 {
+            let old = m.live[j].size;
+            m.realloc(j, ReallocApi::Realloc, old - old / 3, 4);
+        }
     } else if r < 80 {
         let api = [
             ReallocApi::Realloc,

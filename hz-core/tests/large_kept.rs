@@ -274,7 +274,12 @@ fn large_blocks_resized_in_place_are_counted_at_their_new_length() {
         let q = hz_core::malloc(16 << 20);
         assert!(!p.is_null() && !q.is_null());
         // SAFETY: p and q are live blocks of hz.
-        let (p2, q2) = unsafe { (hz_core::realloc(p, 600 << 10), hz_core::realloc(q, 24 << 20)) };
+        let (p2, q2) = unsafe {
+            (
+                hz_core::realloc(p, 600 << 10),
+                hz_core::realloc(q, 24 << 20),
+            )
+        };
         assert_eq!(p2, p, "a segment block with free units behind it moved");
         assert_eq!(q2, q, "a huge run with free pages behind it moved");
         (p as usize, q as usize)

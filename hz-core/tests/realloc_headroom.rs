@@ -139,11 +139,13 @@ fn a_buffer_doubled_past_32_kib_becomes_large_and_grows_in_place() {
                 }
                 q.add(n).write_bytes(1, n);
                 let usable = hz_core::usable_size(q);
-                if 2 * n > 32 << 10 {
-                    // Large: whole pages, exactly the pages asked for.
+                // Large past 32 KiB, or from 8 KiB on when the buffer grows
+                // again after a move (E155): whole pages, exactly the pages
+                // asked for.
+                if 2 * n > 32 << 10 || n >= 8 << 10 {
                     assert_eq!(q as usize % PAGE, 0, "{} bytes not a page run", 2 * n);
                     assert_eq!(usable, (2 * n).next_multiple_of(PAGE));
-                    if n > 32 << 10 && q != p {
+                    if n >= 16 << 10 && q != p {
                         moves_when_large += 1;
                     }
                 } else {
@@ -181,4 +183,129 @@ fn a_buffer_doubled_past_32_kib_becomes_large_and_grows_in_place() {
         assert_eq!(hz_core::usable_size(q), class_size(40_000));
         hz_core::free(q);
     }
+}
+
+/// Grows `p` (a live block of `n` bytes, or null) by half at each step to
+/// at least `to` bytes, checking the bytes written so far at each step and
+/// writing the new ones; returns the block, its size and each step's
+/// (size asked, block returned).
+///
+/// # Safety
+/// `p` is null or a live block of hz of `n` bytes, each `(i % 251)`.
+#[cfg(not(feature = "secure"))]
+unsafe fn grow_by_half(
+    mut p: *mut u8,
+    mut n: usize,
+    to: usize,
+) -> (*mut u8, usize, Vec<(usize, *mut u8)>) {
+    let mut steps = Vec::new();
+    while n < to {
+        let m = (n + n / 2).max(16);
+        // SAFETY: forwarded contract; q has at least m bytes.
+        unsafe {
+            let q = hz_core::realloc(p, m);
+            assert!(!q.is_null());
+            for i in (0..n).step_by(61) {
+                assert_eq!(
+                    *q.add(i),
+                    (i % 251) as u8,
+                    "byte {i} of {n} after a step to {m}"
+                );
+            }
+            for i in n..m {
+                *q.add(i) = (i % 251) as u8;
+            }
+            steps.push((m, q));
+            p = q;
+        }
+        n = m;
+    }
+    (p, n, steps)
+}
+
+/// C's `realloc` makes a buffer large once it grows again after a move
+/// with at least 8 KiB (E155): it then grows in place in whole 64 KiB
+/// pages instead of moving at every class up to 32 KiB; shrunk to fit, it
+/// goes back to a small class. On a thread of its own: its segments hold
+/// nothing else.
+#[cfg(not(feature = "secure"))]
+#[test]
+fn a_buffer_grown_again_after_a_move_turns_large_from_8_kib() {
+    const PAGE: usize = 64 << 10;
+    std::thread::spawn(|| {
+        // SAFETY: the blocks are ours and live until freed.
+        unsafe {
+            let (p, _, steps) = grow_by_half(std::ptr::null_mut(), 0, 200 << 10);
+            let first_large = steps
+                .iter()
+                .position(|&(_, q)| {
+                    hz_core::usable_size(q).is_multiple_of(PAGE)
+                        && (q as usize).is_multiple_of(PAGE)
+                })
+                .expect("the buffer never became large");
+            let (m, q) = steps[first_large];
+            let before = hz_core::usable_size(steps[first_large - 1].1);
+            assert!(
+                before >= 8 << 10 && m <= 16 << 10,
+                "the buffer became large at {m} bytes, from a block of {before}"
+            );
+            // From there it grows in place (the pages after it are free).
+            for &(m2, q2) in &steps[first_large..] {
+                assert_eq!(q2, q, "the large buffer moved when grown to {m2}");
+            }
+            // Shrunk to fit below 32 KiB, it moves back to a small class.
+            hz_core::free(p);
+            let (p, n, _) = grow_by_half(std::ptr::null_mut(), 0, 20_000);
+            assert!(
+                hz_core::usable_size(p).is_multiple_of(PAGE),
+                "{n} bytes not large"
+            );
+            let r = hz_core::realloc(p, 18_000);
+            assert!(!r.is_null() && r != p);
+            assert_eq!(hz_core::usable_size(r), class_size(18_000));
+            for i in (0..18_000).step_by(7) {
+                assert_eq!(*r.add(i), (i % 251) as u8);
+            }
+            hz_core::free(r);
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// Two buffers grown by turns are no streak: each stays in the small
+/// classes up to 32 KiB (a growing move of one breaks the other's), and a
+/// block `malloc` gave is not made large by its first growing move.
+#[cfg(not(feature = "secure"))]
+#[test]
+fn buffers_grown_by_turns_stay_small_up_to_32_kib() {
+    std::thread::spawn(|| {
+        // SAFETY: the blocks are ours and live until freed.
+        unsafe {
+            let (mut a, mut b) = (std::ptr::null_mut(), std::ptr::null_mut());
+            let (mut na, mut nb) = (0, 0);
+            while na < 30_000 {
+                (a, na, _) = grow_by_half(a, na, na + 1);
+                (b, nb, _) = grow_by_half(b, nb, nb + 1);
+                for (p, n) in [(a, na), (b, nb)] {
+                    assert!(
+                        n > 32 << 10 || hz_core::usable_size(p) < 64 << 10,
+                        "a buffer grown by turns became large at {n} bytes"
+                    );
+                }
+            }
+            hz_core::free(a);
+            hz_core::free(b);
+            let p = hz_core::malloc(12_000);
+            p.write_bytes(3, 12_000);
+            let q = hz_core::realloc(p, 18_000);
+            assert!(
+                hz_core::usable_size(q) < 64 << 10,
+                "a first growing move made a block large"
+            );
+            hz_core::free(q);
+        }
+    })
+    .join()
+    .unwrap();
 }

@@ -31,6 +31,9 @@ use hz_core::{HzAlloc, PAGE_SIZE};
 pub const FULL_CHECK: usize = 16 << 10;
 /// `hz_core::realloc` grows a small block past this into a large one (E119).
 const GROW_LARGE_MIN: usize = 32 << 10;
+/// ... and one of at least this many bytes into a large one when it is the
+/// block the thread's last growing move returned (E155).
+const GROW_STREAK_MIN: usize = 8 << 10;
 
 /// splitmix64: small, fast, and every seed gives a good stream.
 #[derive(Clone)]
@@ -248,6 +251,11 @@ pub struct Model {
     /// Printed with every failure (the seed to replay).
     pub tag: String,
     pub ops: u64,
+    /// What hz's heap keeps of the thread's growing buffer (E155): the
+    /// block C `realloc`'s last growing move of a small block returned, and
+    /// the last size asked of it.
+    grow_last: usize,
+    grow_len: usize,
 }
 
 impl Model {
@@ -257,6 +265,8 @@ impl Model {
             extents,
             tag,
             ops: 0,
+            grow_last: 0,
+            grow_len: 0,
         }
     }
 
@@ -495,12 +505,32 @@ impl Model {
         // size uses at least 3/4 of it, and gives a small block that moves
         // to grow at least 5/4 of its room (E112).
         let old_small = !b.large;
+        let c_api = matches!(api, ReallocApi::Realloc) && !cfg!(feature = "secure");
         // It grows a small block past 32 KiB into a large one with room to
         // grow, and keeps a large block above 32 KiB large (E119).
-        let c_large = matches!(api, ReallocApi::Realloc)
-            && !cfg!(feature = "secure")
-            && new_size > GROW_LARGE_MIN
-            && (!old_small || new_size > b.usable);
+        let mut c_large = c_api && new_size > GROW_LARGE_MIN && (!old_small || new_size > b.usable);
+        // The thread's growing buffer (E155): moved to grow again from at
+        // least 8 KiB, it may become large (unless the thread's segments
+        // take huge pages, which the model does not know: either is
+        // accepted); a large one stays large while it grows.
+        let tracked = c_api && b.p == self.grow_last;
+        if c_api && old_small && new_size > b.usable && new_size <= GROW_LARGE_MIN {
+            if tracked && b.usable >= GROW_STREAK_MIN {
+                c_large =
+                    (q as usize).is_multiple_of(PAGE_SIZE) && usable.is_multiple_of(PAGE_SIZE);
+            }
+            // (hz notes only a block of at least 8 KiB, as only it can
+            // start a streak.)
+            if usable >= GROW_STREAK_MIN {
+                (self.grow_last, self.grow_len) = (q as usize, new_size);
+            }
+        } else if tracked && !old_small {
+            c_large |= new_size > self.grow_len;
+            self.grow_len = new_size;
+            if c_large && q != p {
+                self.grow_last = q as usize;
+            }
+        }
         let also = match api {
             ReallocApi::Realloc
                 if old_small
