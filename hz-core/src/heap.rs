@@ -239,6 +239,15 @@ pub const MAX_HEAPS: usize = 1 << 20;
 const NO_HEAP: AtomicPtr<Heap> = AtomicPtr::new(null_mut());
 pub static HEAPS: [AtomicPtr<Heap>; MAX_HEAPS] = [NO_HEAP; MAX_HEAPS];
 
+/// The address range of [`HEAPS`], 8 MiB of static slots of which a
+/// process writes one per heap: for libhz.so's `mlockall`, which locks the
+/// mapping holding it as it faults in rather than making it resident.
+#[cfg(not(loom))]
+pub fn registry_range() -> (usize, usize) {
+    let r = HEAPS.as_ptr_range();
+    (r.start as usize, r.end as usize)
+}
+
 struct Registry {
     next_id: u32,
     abandoned: *mut Heap,

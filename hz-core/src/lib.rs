@@ -54,6 +54,8 @@ mod tls;
 pub use api::*;
 #[cfg(not(loom))]
 pub use arena::overlaps_reservation;
+#[cfg(not(loom))]
+pub use heap::registry_range;
 
 /// log2 of the page size: spans, runs and tags work in 64 KiB pages.
 pub const PAGE_SHIFT: usize = 16;

@@ -1,6 +1,7 @@
 /* mlockall(MCL_CURRENT | MCL_FUTURE) under libhz.so: the call succeeds, it
  * does not make hz's reserved address space resident (the test runs with
- * HZ_ARENA_MB=1024: the whole reservation locked would be over 1 GiB), it
+ * HZ_ARENA_MB=1024: the whole reservation locked would be over 1 GiB) nor
+ * libhz.so's heap registry (8 MiB of static slots, most never written), it
  * still faults in and locks the program's own mappings (a static array
  * never touched before the call is resident after it), and blocks
  * allocated after it are locked as they are written. Prints
@@ -38,8 +39,14 @@ int main(void) {
         printf("mlockall: skipped (errno %d)\n", errno);
         return 0;
     }
+    /* Locked and resident: what the program and its libraries use, not
+     * hz's reservation, nor the 8 MiB of libhz.so's heap registry that no
+     * one has written (a small C program: about 2 MiB here, 10 MiB with
+     * the registry made resident). Under an emulator the figure is the
+     * emulator's process's: the harness passes a looser bound. */
+    const char *max = getenv("HZ_TEST_LOCKED_MAX_KIB");
     long before = locked_kib();
-    CHECK(before < 256 * 1024);
+    CHECK(before < (max ? atol(max) : 8 * 1024));
 
     long page = sysconf(_SC_PAGESIZE);
     unsigned char vec[1];
