@@ -1233,11 +1233,16 @@ unsafe fn move_growing(p: *mut u8, c: usize, usable: usize, new_size: usize, nc:
         unsafe { core::ptr::copy_nonoverlapping(p, q, usable) };
         q
     };
-    // SAFETY: p is live, of class c, and copied. The heap (claimed by the
-    // allocation above if it was not before) is this thread's.
+    // The heap, if the allocation above had to claim it.
+    let h = if h.is_null() {
+        heap::heap_of_slot(tls::get())
+    } else {
+        h
+    };
+    // SAFETY: p is live, of class c, and copied; h is null or this
+    // thread's heap.
     unsafe {
         free_small_pending(p, c);
-        let h = heap::heap_of_slot(tls::get());
         if !h.is_null() {
             (*h).grow_last = q as usize;
             (*h).grow_len = new_size;
