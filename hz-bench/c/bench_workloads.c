@@ -3,7 +3,8 @@
  * Rust versions (rust-collections has no C version).
  *
  * usage: bench_workloads NAME THREADS SCALE
- *   NAME: larson | pipeline | xmalloc | cache-scratch | cache-thrash | realloc | large
+ *   NAME: larson | pipeline | xmalloc | cache-scratch | cache-thrash | realloc |
+ *         realloc-medium | large
  * prints: HZB_WORK ns=.. ops=.. maxrss_kib=..
  * environment: HZB_PIN=1 pins each worker thread to the next allowed CPU,
  * round robin, in the order the threads start. HZB_LARGE_MIN / HZB_LARGE_MAX
@@ -223,6 +224,38 @@ static void run_realloc(void) {
     for (size_t i = 0; i < T; i++) pthread_join(th[i], NULL);
 }
 
+/* ---- realloc growth 16 B -> 32 KiB by x1.5 steps, every new byte written */
+static void *realloc_medium_thread(void *arg) {
+    hzb_pin_next();
+    (void)arg;
+    const size_t max = 32u << 10;
+    uint64_t ops = 0;
+    for (uint64_t r = 0; r < ROUNDS; r++) {
+        size_t size = 16;
+        unsigned char *p = xmalloc_or_die(size);
+        memset(p, 1, size);
+        ops++;
+        while (size < max) {
+            size_t nsize = size + size / 2 + 16;
+            if (nsize > max) nsize = max;
+            p = realloc(p, nsize);
+            if (!p) abort();
+            memset(p + size, (int)(r & 0xff), nsize - size);
+            size = nsize;
+            ops++;
+        }
+        free(p);
+        ops++;
+    }
+    atomic_fetch_add(&total_ops, ops);
+    return NULL;
+}
+static void run_realloc_medium(void) {
+    pthread_t *th = map(T * sizeof(pthread_t));
+    for (size_t i = 0; i < T; i++) pthread_create(&th[i], NULL, realloc_medium_thread, NULL);
+    for (size_t i = 0; i < T; i++) pthread_join(th[i], NULL);
+}
+
 /* ---- large: 16 slots per thread of 128 KiB..1 MiB blocks, freed or filled at random */
 static size_t large_min = 128u << 10, large_max = 1u << 20;
 static int large_fill;
@@ -297,6 +330,9 @@ int main(int argc, char **argv) {
     } else if (!strcmp(name, "realloc")) {
         ROUNDS = scaled(8, scale);
         run_realloc();
+    } else if (!strcmp(name, "realloc-medium")) {
+        ROUNDS = scaled(4000, scale);
+        run_realloc_medium();
     } else {
         fprintf(stderr, "unknown workload %s\n", name);
         return 2;

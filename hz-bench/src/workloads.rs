@@ -16,13 +16,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// Workload names, in report order.
-pub const WORKLOADS: [&str; 9] = [
+pub const WORKLOADS: [&str; 10] = [
     "larson",
     "pipeline",
     "xmalloc",
     "cache-scratch",
     "cache-thrash",
     "realloc",
+    "realloc-medium",
     "large",
     "rust-collections",
     "cxx-collections",
@@ -49,6 +50,7 @@ pub fn describe(name: &str) -> &'static str {
         "cache-scratch" => "each thread frees a block handed over by main, then alloc 8 B/write 100x/free (passive false sharing)",
         "cache-thrash" => "each thread alloc 8 B/write 100x/free (active false sharing)",
         "realloc" => "each thread grows a buffer 16 B → 16 MiB by ×1.5 steps with realloc, touching every new page",
+        "realloc-medium" => "each thread grows a buffer 16 B → 32 KiB by ×1.5 steps with realloc, writing every new byte, 4000 times",
         "large" => "each thread allocates or frees, at random, one of 16 slots of 128 KiB..1 MiB blocks, writing their first and last byte",
         "rust-collections" => "HashMap<String,Vec<u64>>, BTreeMap<u64,String>, String building, dropped, per thread",
         "cxx-collections" => "C++: unordered_map<string,vector<uint64_t>>, map<uint64_t,string>, string building, dropped, per thread (LD_PRELOAD only)",
@@ -106,6 +108,7 @@ pub fn run<A: GlobalAlloc + Sync>(
         "cache-scratch" => cache(a, t, n(20_000.0), true),
         "cache-thrash" => cache(a, t, n(20_000.0), false),
         "realloc" => realloc(a, t, n(8.0)),
+        "realloc-medium" => realloc_medium(a, t, n(4000.0)),
         "large" => large(a, t, n(50_000.0)),
         "rust-collections" => rust_collections(t, n(20_000.0) as usize),
         _ => return None,
@@ -372,6 +375,52 @@ fn large<A: GlobalAlloc + Sync>(a: &A, t: usize, iters: u64) -> u64 {
         }
     });
     iters * t as u64
+}
+
+/// Each thread grows a buffer from 16 B to 32 KiB by ×1.5 steps, writing
+/// every new byte, `rounds` times: the sizes where a program's strings and
+/// arrays mostly stop, where the small classes copy at each step unless the
+/// allocator grows the block in place (E155, M92).
+fn realloc_medium<A: GlobalAlloc + Sync>(a: &A, t: usize, rounds: u64) -> u64 {
+    const MAX: usize = 32 << 10;
+    let ops = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..t {
+            let ops = &ops;
+            s.spawn(move || {
+                crate::machine::pin_next_if_requested();
+                let mut n = 0;
+                for r in 0..rounds {
+                    let mut size = 16;
+                    let mut p = alloc(a, size);
+                    // SAFETY: p has size bytes.
+                    unsafe { p.write_bytes(1, size) };
+                    n += 1;
+                    while size < MAX {
+                        let new = (size + size / 2 + 16).min(MAX);
+                        // SAFETY: p is a live block of `a` with lay(size).
+                        p = unsafe { a.realloc(p, lay(size), new) };
+                        if p.is_null() {
+                            std::process::abort();
+                        }
+                        // SAFETY: [size, new) lies inside the block.
+                        unsafe { p.add(size).write_bytes(r as u8, new - size) };
+                        // The compiler may not drop the buffer and its
+                        // writes (with System it did: glibc's calls are
+                        // known to it).
+                        p = std::hint::black_box(p);
+                        size = new;
+                        n += 1;
+                    }
+                    // SAFETY: live block of `size`.
+                    unsafe { free(a, p, size) };
+                    n += 1;
+                }
+                ops.fetch_add(n, Ordering::Relaxed);
+            });
+        }
+    });
+    ops.load(Ordering::Relaxed) as u64
 }
 
 /// Each thread grows a buffer from 16 B to 16 MiB by ×1.5 steps, `rounds` times.
