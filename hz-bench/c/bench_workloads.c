@@ -193,22 +193,30 @@ static void run_cache(int handoff) {
     atomic_store(&total_ops, 2 * ITERS * T + (handoff ? 2 * T : 0));
 }
 
-/* ---- realloc growth 16 B -> 16 MiB by x1.5 steps */
+/* ---- realloc growth 16 B -> GROW_MAX by x1.5 steps, ROUNDS times per thread:
+ * realloc (16 MiB, one byte written per 4 KiB page of each new range) and
+ * realloc-medium (32 KiB, every new byte written) */
+static size_t GROW_MAX;
+static int grow_dense;
 static void *realloc_thread(void *arg) {
     hzb_pin_next();
     (void)arg;
-    const size_t max = 16u << 20;
+    const size_t max = GROW_MAX;
     uint64_t ops = 0;
     for (uint64_t r = 0; r < ROUNDS; r++) {
         size_t size = 16;
         unsigned char *p = xmalloc_or_die(size);
+        if (grow_dense) memset(p, 1, size);
         ops++;
         while (size < max) {
             size_t nsize = size + size / 2 + 16;
             if (nsize > max) nsize = max;
             p = realloc(p, nsize);
             if (!p) abort();
-            for (size_t off = size; off < nsize; off += 4096) p[off] = 1;
+            if (grow_dense)
+                memset(p + size, (int)(r & 0xff), nsize - size);
+            else
+                for (size_t off = size; off < nsize; off += 4096) p[off] = 1;
             size = nsize;
             ops++;
         }
@@ -218,41 +226,11 @@ static void *realloc_thread(void *arg) {
     atomic_fetch_add(&total_ops, ops);
     return NULL;
 }
-static void run_realloc(void) {
+static void run_realloc(size_t max, int dense) {
+    GROW_MAX = max;
+    grow_dense = dense;
     pthread_t *th = map(T * sizeof(pthread_t));
     for (size_t i = 0; i < T; i++) pthread_create(&th[i], NULL, realloc_thread, NULL);
-    for (size_t i = 0; i < T; i++) pthread_join(th[i], NULL);
-}
-
-/* ---- realloc growth 16 B -> 32 KiB by x1.5 steps, every new byte written */
-static void *realloc_medium_thread(void *arg) {
-    hzb_pin_next();
-    (void)arg;
-    const size_t max = 32u << 10;
-    uint64_t ops = 0;
-    for (uint64_t r = 0; r < ROUNDS; r++) {
-        size_t size = 16;
-        unsigned char *p = xmalloc_or_die(size);
-        memset(p, 1, size);
-        ops++;
-        while (size < max) {
-            size_t nsize = size + size / 2 + 16;
-            if (nsize > max) nsize = max;
-            p = realloc(p, nsize);
-            if (!p) abort();
-            memset(p + size, (int)(r & 0xff), nsize - size);
-            size = nsize;
-            ops++;
-        }
-        free(p);
-        ops++;
-    }
-    atomic_fetch_add(&total_ops, ops);
-    return NULL;
-}
-static void run_realloc_medium(void) {
-    pthread_t *th = map(T * sizeof(pthread_t));
-    for (size_t i = 0; i < T; i++) pthread_create(&th[i], NULL, realloc_medium_thread, NULL);
     for (size_t i = 0; i < T; i++) pthread_join(th[i], NULL);
 }
 
@@ -329,10 +307,10 @@ int main(int argc, char **argv) {
         run_large();
     } else if (!strcmp(name, "realloc")) {
         ROUNDS = scaled(8, scale);
-        run_realloc();
+        run_realloc(16u << 20, 0);
     } else if (!strcmp(name, "realloc-medium")) {
         ROUNDS = scaled(4000, scale);
-        run_realloc_medium();
+        run_realloc(32u << 10, 1);
     } else {
         fprintf(stderr, "unknown workload %s\n", name);
         return 2;

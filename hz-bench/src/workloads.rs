@@ -107,8 +107,8 @@ pub fn run<A: GlobalAlloc + Sync>(
         "xmalloc" => xmalloc(a, t.max(2), n(400_000.0)),
         "cache-scratch" => cache(a, t, n(20_000.0), true),
         "cache-thrash" => cache(a, t, n(20_000.0), false),
-        "realloc" => realloc(a, t, n(8.0)),
-        "realloc-medium" => realloc_medium(a, t, n(4000.0)),
+        "realloc" => realloc(a, t, n(8.0), 16 << 20, false),
+        "realloc-medium" => realloc(a, t, n(4000.0), 32 << 10, true),
         "large" => large(a, t, n(50_000.0)),
         "rust-collections" => rust_collections(t, n(20_000.0) as usize),
         _ => return None,
@@ -377,12 +377,13 @@ fn large<A: GlobalAlloc + Sync>(a: &A, t: usize, iters: u64) -> u64 {
     iters * t as u64
 }
 
-/// Each thread grows a buffer from 16 B to 32 KiB by ×1.5 steps, writing
-/// every new byte, `rounds` times: the sizes where a program's strings and
-/// arrays mostly stop, where the small classes copy at each step unless the
-/// allocator grows the block in place (E155, M92).
-fn realloc_medium<A: GlobalAlloc + Sync>(a: &A, t: usize, rounds: u64) -> u64 {
-    const MAX: usize = 32 << 10;
+/// Each thread grows a buffer from 16 B to `max` by ×1.5 steps, `rounds`
+/// times: writing one byte per 4 KiB page of each new range (realloc, to
+/// 16 MiB) or every new byte (`dense`: realloc-medium, to 32 KiB, the
+/// sizes where a program's strings and arrays mostly stop, where the small
+/// classes copy at each step unless the allocator grows the block in
+/// place: E155, M92).
+fn realloc<A: GlobalAlloc + Sync>(a: &A, t: usize, rounds: u64, max: usize, dense: bool) -> u64 {
     let ops = AtomicUsize::new(0);
     std::thread::scope(|s| {
         for _ in 0..t {
@@ -393,63 +394,33 @@ fn realloc_medium<A: GlobalAlloc + Sync>(a: &A, t: usize, rounds: u64) -> u64 {
                 for r in 0..rounds {
                     let mut size = 16;
                     let mut p = alloc(a, size);
-                    // SAFETY: p has size bytes.
-                    unsafe { p.write_bytes(1, size) };
+                    if dense {
+                        // SAFETY: p has size bytes.
+                        unsafe { p.write_bytes(1, size) };
+                    }
                     n += 1;
-                    while size < MAX {
-                        let new = (size + size / 2 + 16).min(MAX);
+                    while size < max {
+                        let new = (size + size / 2 + 16).min(max);
                         // SAFETY: p is a live block of `a` with lay(size).
                         p = unsafe { a.realloc(p, lay(size), new) };
                         if p.is_null() {
                             std::process::abort();
                         }
-                        // SAFETY: [size, new) lies inside the block.
-                        unsafe { p.add(size).write_bytes(r as u8, new - size) };
+                        if dense {
+                            // SAFETY: [size, new) lies inside the block.
+                            unsafe { p.add(size).write_bytes(r as u8, new - size) };
+                        } else {
+                            let mut off = size;
+                            while off < new {
+                                // SAFETY: off < new, inside the block.
+                                unsafe { p.add(off).write(1) };
+                                off += 4096;
+                            }
+                        }
                         // The compiler may not drop the buffer and its
                         // writes (with System it did: glibc's calls are
                         // known to it).
                         p = std::hint::black_box(p);
-                        size = new;
-                        n += 1;
-                    }
-                    // SAFETY: live block of `size`.
-                    unsafe { free(a, p, size) };
-                    n += 1;
-                }
-                ops.fetch_add(n, Ordering::Relaxed);
-            });
-        }
-    });
-    ops.load(Ordering::Relaxed) as u64
-}
-
-/// Each thread grows a buffer from 16 B to 16 MiB by ×1.5 steps, `rounds` times.
-fn realloc<A: GlobalAlloc + Sync>(a: &A, t: usize, rounds: u64) -> u64 {
-    const MAX: usize = 16 << 20;
-    let ops = AtomicUsize::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..t {
-            let ops = &ops;
-            s.spawn(move || {
-                crate::machine::pin_next_if_requested();
-                let mut n = 0;
-                for _ in 0..rounds {
-                    let mut size = 16;
-                    let mut p = alloc(a, size);
-                    n += 1;
-                    while size < MAX {
-                        let new = (size + size / 2 + 16).min(MAX);
-                        // SAFETY: p is a live block of `a` with lay(size).
-                        p = unsafe { a.realloc(p, lay(size), new) };
-                        if p.is_null() {
-                            std::process::abort();
-                        }
-                        let mut off = size;
-                        while off < new {
-                            // SAFETY: off < new, inside the block.
-                            unsafe { p.add(off).write(1) };
-                            off += 4096;
-                        }
                         size = new;
                         n += 1;
                     }
