@@ -31,7 +31,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 target=aarch64-unknown-linux-gnu
 sysroot=/usr/aarch64-linux-gnu
 
-step() { printf '\n=== %s ===\n' "$*"; }
+step() { printf '\n=== [%dm%02ds] %s ===\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 skip() {
     echo "warning: $* (aarch64 not tested)" >&2
     exit 0

@@ -47,15 +47,18 @@ unsafe impl GlobalAlloc for HzAlloc {
         #[cfg(feature = "secure")]
         // SAFETY: forwarded contract; the layout is checked against the tag.
         return unsafe { secure_free(p, Some(l)) };
-        // The layout names the class (class_for is a pure function and
-        // blocks never change class), so no tag lookup is needed here.
+        // Below 8 KiB the layout names the class (class_for is a pure
+        // function, blocks never change class, and `realloc` gives such a
+        // layout exactly its class), so no tag lookup is needed. From 8 KiB
+        // `realloc` may have made the block large to grow in place (E157):
+        // the tag says which.
         #[allow(unreachable_code)]
-        let c = class_for(l.size(), l.align());
+        let c = untagged_class(l.size(), l.align());
         if c != 0 {
             // SAFETY: p is a live block of class c.
             unsafe { free_small(p, c) }
         } else {
-            // SAFETY: p is a live large block.
+            // SAFETY: p is a live block of hz.
             unsafe { free_not_small(p) }
         }
     }
@@ -67,8 +70,8 @@ unsafe impl GlobalAlloc for HzAlloc {
         // build checks the block in `resize`.
         #[cfg(not(feature = "secure"))]
         {
-            let c = class_for(l.size(), l.align());
-            let new_c = class_for(n, l.align());
+            let c = untagged_class(l.size(), l.align());
+            let new_c = untagged_class(n, l.align());
             if c != 0 && new_c != 0 {
                 if new_c == c {
                     return p;
@@ -85,9 +88,45 @@ unsafe impl GlobalAlloc for HzAlloc {
                 }
                 return q;
             }
+            if l.align() <= 16 {
+                // SAFETY: p is a live block of the layout's size.
+                return unsafe { realloc_global(p, l.size(), n) };
+            }
         }
         // SAFETY: p is a live block allocated with alignment l.align().
         unsafe { realloc_aligned(p, n, l.align()) }
+    }
+}
+
+/// The first class that `GlobalAlloc::dealloc` and `realloc` do not take
+/// from the layout alone but read the tag for: 8 KiB, where a growing
+/// block may be made large (E157).
+const TAGGED_FROM: usize = 36;
+const _: () = assert!(CLASS_SIZE[TAGGED_FROM] as usize == 8 << 10);
+
+/// The largest size of 16-byte alignment whose class is below
+/// [`TAGGED_FROM`].
+const UNTAGGED_MAX: usize = CLASS_SIZE[TAGGED_FROM - 1] as usize;
+
+/// The class of a `Layout` that names its block exactly (below
+/// [`TAGGED_FROM`]); 0 for one of 8 KiB or more, or large, whose tag says
+/// what its block is. At the default alignment one compare of the size,
+/// which also stands for `class_of`'s own test of [`SMALL_MAX`].
+#[inline(always)]
+fn untagged_class(size: usize, align: usize) -> usize {
+    if align <= 16 {
+        if size <= UNTAGGED_MAX {
+            class_of(size)
+        } else {
+            0
+        }
+    } else {
+        let c = class_for(size, align);
+        if c < TAGGED_FROM {
+            c
+        } else {
+            0
+        }
     }
 }
 
@@ -1153,7 +1192,7 @@ pub unsafe fn realloc(p: *mut u8, new_size: usize) -> *mut u8 {
         }
     }
     // SAFETY: forwarded contract.
-    unsafe { resize(p, new_size, 16, true) }
+    unsafe { resize(p, new_size, 16, Fit::Headroom, usize::MAX) }
 }
 
 /// [`realloc`] of small block `p` of class `c` (`usable` bytes) to another
@@ -1181,7 +1220,7 @@ unsafe fn move_small(p: *mut u8, c: usize, usable: usize, new_size: usize) -> *m
     // below that pay nothing for it.
     if growing && CLASS_SIZE[nc] as usize >= GROW_STREAK_MIN {
         // SAFETY: forwarded contract; the new block is larger.
-        return unsafe { move_growing(p, c, usable, new_size, nc) };
+        return unsafe { move_growing(p, c, usable, usable, new_size, nc) };
     }
     let q = alloc_small(nc);
     if !q.is_null() {
@@ -1194,8 +1233,9 @@ unsafe fn move_small(p: *mut u8, c: usize, usable: usize, new_size: usize) -> *m
     q
 }
 
-/// [`move_small`] of small block `p` (class `c`, `usable` bytes) growing
-/// to `new_size` into class `nc` of at least [`GROW_STREAK_MIN`] bytes,
+/// [`move_small`] of small block `p` (class `c`, `usable` bytes, of which
+/// the first `live` hold the program's bytes) growing to `new_size` into
+/// class `nc` of at least [`GROW_STREAK_MIN`] bytes,
 /// as the thread's growing buffer (E155): when `p` is already that buffer
 /// and holds at least [`GROW_STREAK_MIN`] bytes, to a large block that
 /// grows in place from there (not for a thread whose segments take huge
@@ -1204,10 +1244,18 @@ unsafe fn move_small(p: *mut u8, c: usize, usable: usize, new_size: usize) -> *m
 /// block is noted as the buffer. Null when out of memory, `p` intact.
 ///
 /// # Safety
-/// As [`move_small`]'s, with `usable < new_size <= CLASS_SIZE[nc]`.
+/// As [`move_small`]'s, with `live <= usable < new_size <=
+/// CLASS_SIZE[nc]`.
 #[cfg(not(feature = "secure"))]
 #[inline(never)]
-unsafe fn move_growing(p: *mut u8, c: usize, usable: usize, new_size: usize, nc: usize) -> *mut u8 {
+unsafe fn move_growing(
+    p: *mut u8,
+    c: usize,
+    usable: usize,
+    live: usize,
+    new_size: usize,
+    nc: usize,
+) -> *mut u8 {
     let h = heap::heap_of_slot(tls::get());
     // SAFETY: h is null or this thread's heap, whose thread alone writes
     // grow_last.
@@ -1216,7 +1264,7 @@ unsafe fn move_growing(p: *mut u8, c: usize, usable: usize, new_size: usize, nc:
         && unsafe { (*h).grow_last == p as usize && !crate::segment::writes_densely(h) };
     let q = if streak {
         // SAFETY: forwarded contract.
-        let Some((q, m)) = (unsafe { copy_to_grow(p, usable, new_size, 16) }) else {
+        let Some((q, m)) = (unsafe { copy_to_grow(p, live, new_size, 16) }) else {
             return null_mut();
         };
         // SAFETY: m heads q's run. A block made large to grow says nothing
@@ -1229,8 +1277,8 @@ unsafe fn move_growing(p: *mut u8, c: usize, usable: usize, new_size: usize, nc:
         if q.is_null() {
             return q;
         }
-        // SAFETY: both blocks are live and distinct; p has usable bytes.
-        unsafe { core::ptr::copy_nonoverlapping(p, q, usable) };
+        // SAFETY: both blocks are live and distinct; p has live bytes.
+        unsafe { core::ptr::copy_nonoverlapping(p, q, live) };
         q
     };
     // The heap, if the allocation above had to claim it.
@@ -1242,7 +1290,11 @@ unsafe fn move_growing(p: *mut u8, c: usize, usable: usize, new_size: usize, nc:
     // SAFETY: p is live, of class c, and copied; h is null or this
     // thread's heap.
     unsafe {
-        free_small_pending(p, c);
+        // Into its bin at once, not pending (E108): the buffer's next
+        // round of growth takes the same block of class c again, where a
+        // pending one would make it take turns with another (twice the
+        // cache lines, E157).
+        free_small(p, c);
         if !h.is_null() {
             (*h).grow_last = q as usize;
             (*h).grow_len = new_size;
@@ -1252,7 +1304,7 @@ unsafe fn move_growing(p: *mut u8, c: usize, usable: usize, new_size: usize, nc:
 }
 
 /// A large block of at least `new_size` bytes with room to grow in place
-/// ([`alloc_to_grow`]), holding the `usable` bytes of small block `p`,
+/// ([`alloc_to_grow`]), holding the first `usable` bytes of small block `p`,
 /// which the caller then frees, and its run's head meta; None when out of
 /// memory (`p` intact).
 ///
@@ -1281,7 +1333,38 @@ unsafe fn copy_to_grow(
 /// `p` is a live block of hz allocated with alignment `align`.
 pub unsafe fn realloc_aligned(p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
     // SAFETY: forwarded contract.
-    unsafe { resize(p, new_size, align, false) }
+    unsafe { resize(p, new_size, align, Fit::Exact, usize::MAX) }
+}
+
+/// `GlobalAlloc::realloc` to `new_size` of live block `p` of 16-byte
+/// alignment and `live` bytes (its layout's size) whose old or new layout
+/// is of at least 8 KiB (or large): C
+/// [`realloc`]'s growth without its headroom (E157). A buffer grown by
+/// steps becomes large from 8 KiB and grows in place, as C `realloc`'s
+/// does (E155), instead of being copied at every class up to 128 KiB; every
+/// block of a layout below 8 KiB stays exactly its class, which `dealloc`
+/// takes from the layout.
+///
+/// # Safety
+/// `p` is a live block of hz allocated with 16-byte alignment.
+#[cfg(not(feature = "secure"))]
+#[inline(never)]
+unsafe fn realloc_global(p: *mut u8, live: usize, new_size: usize) -> *mut u8 {
+    let c = tag_class(arena::lookup(p as usize).0);
+    if c != 0 {
+        let usable = CLASS_SIZE[c] as usize;
+        let nc = class_of(new_size);
+        if nc == c {
+            return p;
+        }
+        if new_size > usable && new_size <= GROW_LARGE_MIN && nc >= TAGGED_FROM {
+            // SAFETY: forwarded contract; p is a live block of class c,
+            // growing into class nc of at least 8 KiB.
+            return unsafe { move_growing(p, c, usable, live, new_size, nc) };
+        }
+    }
+    // SAFETY: forwarded contract.
+    unsafe { resize(p, new_size, 16, Fit::Grow, live) }
 }
 
 /// A large block for `realloc` to move a growing block into: `new_pages`
@@ -1339,13 +1422,35 @@ fn keeps_in_place(new_size: usize, usable: usize) -> bool {
     new_size <= usable && new_size >= usable - usable / 4
 }
 
-/// [`realloc`] (`headroom`: a small block that moves to grow gets at least
-/// 25% more room) and [`realloc_aligned`] (exactly the request's class).
+/// How [`resize`] may place the new block.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fit {
+    /// Exactly the request's class, or a large block when it has none
+    /// ([`realloc_aligned`]).
+    Exact,
+    /// Exactly the request's class below 8 KiB; from there a growing block
+    /// may be made large to grow in place, as C `realloc`'s (E119, E155),
+    /// since `GlobalAlloc::dealloc` reads the tag of those (E157).
+    #[cfg(not(feature = "secure"))]
+    Grow,
+    /// C [`realloc`]'s: [`Fit::Grow`], and a small block stays in place
+    /// while the new size uses at least 3/4 of it, or moves to grow into at
+    /// least 5/4 of its room (E112).
+    Headroom,
+}
+
+/// [`realloc`] ([`Fit::Headroom`]), `GlobalAlloc::realloc`'s blocks of 8
+/// KiB or more ([`Fit::Grow`]) and [`realloc_aligned`] ([`Fit::Exact`]).
+/// A block that moves has at most its first `live` bytes copied (the
+/// layout's size; `usize::MAX` when unknown: all it holds).
 ///
 /// # Safety
-/// `p` is a live block of hz allocated with alignment `align`.
+/// `p` is a live block of hz allocated with alignment `align`, of which
+/// the program's bytes are within the first `live`.
 #[inline(never)]
-unsafe fn resize(p: *mut u8, new_size: usize, align: usize, headroom: bool) -> *mut u8 {
+unsafe fn resize(p: *mut u8, new_size: usize, align: usize, fit: Fit, live: usize) -> *mut u8 {
+    let headroom = fit == Fit::Headroom;
+    let promote = fit != Fit::Exact;
     if p.is_null() {
         return malloc_aligned(new_size, align);
     }
@@ -1390,7 +1495,7 @@ unsafe fn resize(p: *mut u8, new_size: usize, align: usize, headroom: bool) -> *
             // SAFETY: h is null or this thread's heap, whose thread alone
             // writes grow_last and grow_len.
             unsafe {
-                if headroom && !h.is_null() && (*h).grow_last == p as usize {
+                if promote && !h.is_null() && (*h).grow_last == p as usize {
                     let grows = new_size > (*h).grow_len;
                     (*h).grow_len = new_size;
                     (h, grows)
@@ -1401,7 +1506,11 @@ unsafe fn resize(p: *mut u8, new_size: usize, align: usize, headroom: bool) -> *
         };
         #[cfg(feature = "secure")]
         let streak = false;
-        let stays = new_c == 0 || (headroom && new_size > GROW_LARGE_MIN) || streak;
+        // (Either way the new size has no class below 8 KiB, which
+        // `GlobalAlloc::dealloc` would take for exact: E157.)
+        let stays = new_c == 0
+            || (promote && new_size > GROW_LARGE_MIN)
+            || (streak && new_c >= TAGGED_FROM);
         if stays && new_size <= MAX_REQUEST && !cfg!(feature = "secure") {
             let new_pages = new_size.max(1).div_ceil(PAGE_SIZE);
             if new_pages <= pages {
@@ -1484,7 +1593,7 @@ unsafe fn resize(p: *mut u8, new_size: usize, align: usize, headroom: bool) -> *
                     // The old range is mapped and empty.
                     free_large(m, true);
                 } else {
-                    core::ptr::copy_nonoverlapping(p, q, old_usable);
+                    core::ptr::copy_nonoverlapping(p, q, old_usable.min(live));
                     free_large(m, false);
                 }
             }
@@ -1496,14 +1605,15 @@ unsafe fn resize(p: *mut u8, new_size: usize, align: usize, headroom: bool) -> *
     // Growing a small block past GROW_LARGE_MIN (C `realloc`): to a large
     // block with half as much again as room, which the next growths take
     // in place (E119).
-    if headroom
+    if promote
         && c != 0
         && new_size > old_usable.max(GROW_LARGE_MIN)
         && new_size <= MAX_REQUEST
         && !cfg!(feature = "secure")
     {
         // SAFETY: p is a live small block of old_usable < new_size bytes.
-        let Some((q, _)) = (unsafe { copy_to_grow(p, old_usable, new_size, align) }) else {
+        let Some((q, _)) = (unsafe { copy_to_grow(p, old_usable.min(live), new_size, align) })
+        else {
             return null_mut();
         };
         // SAFETY: p is live and copied.
@@ -1523,7 +1633,7 @@ unsafe fn resize(p: *mut u8, new_size: usize, align: usize, headroom: bool) -> *
     }
     // SAFETY: both blocks are live and distinct; copy what both can hold.
     unsafe {
-        core::ptr::copy_nonoverlapping(p, q, old_usable.min(new_size));
+        core::ptr::copy_nonoverlapping(p, q, old_usable.min(new_size).min(live));
         free(p);
     }
     q

@@ -15,7 +15,9 @@
 //! in a child process (`current_exe() <name> --exact`, `HZ_LR_CHILD=<name>`)
 //! so RSS (`/proc/self/statm`) is the workload's alone.
 //!
-//! CI runs each for ~12 s, one after another. Soak: `HZ_SOAK_SECS=3600
+//! CI runs each for ~12 s, one after another (`HZ_LR_SECS=4` in
+//! `scripts/test.sh`'s reruns under other builds and page sizes). Soak:
+//! `HZ_SOAK_SECS=3600
 //! cargo test -p hz-core --release --test long_running -- --nocapture`
 //! runs each for that many seconds (for hours, e.g. `HZ_SOAK_SECS=28800`
 //! under `nohup`), printing an RSS line every few seconds.
@@ -45,9 +47,9 @@ fn in_child(name: &str) -> bool {
 const CI_SECS: u64 = 12;
 
 fn secs() -> u64 {
-    std::env::var("HZ_SOAK_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
+    ["HZ_SOAK_SECS", "HZ_LR_SECS"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse().ok())
         .unwrap_or(CI_SECS)
 }
 

@@ -2,8 +2,9 @@
 //! grow at least a quarter more room than it had, and keeps a small block
 //! in place while the new size uses at least 3/4 of it (E112 in
 //! docs/PERFORMANCE.md); `realloc_aligned` and `GlobalAlloc::realloc`,
-//! whose `dealloc` recomputes the class from the `Layout`, give exactly the
-//! request's class.
+//! whose `dealloc` takes the class from the `Layout` below 8 KiB, give
+//! exactly the request's class there; `GlobalAlloc::realloc` makes a
+//! growing buffer large from 8 KiB as C's `realloc` does (E157).
 
 use std::alloc::{GlobalAlloc, Layout};
 
@@ -174,7 +175,7 @@ fn a_buffer_doubled_past_32_kib_becomes_large_and_grows_in_place() {
     })
     .join()
     .unwrap();
-    // realloc_aligned (and GlobalAlloc::realloc) keep their classes.
+    // realloc_aligned keeps its classes.
     let p = hz_core::malloc(30_000);
     // SAFETY: p is our live 16-aligned block.
     unsafe {
@@ -304,6 +305,95 @@ fn buffers_grown_by_turns_stay_small_up_to_32_kib() {
                 "a first growing move made a block large"
             );
             hz_core::free(q);
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// `GlobalAlloc::realloc` grows a buffer as `Vec` does (doubling, exact
+/// layouts) in exact classes below 8 KiB, makes it large when it grows
+/// again after a move with at least 8 KiB, and grows it in place from
+/// there (E157); `dealloc` with a layout of 8 KiB or more frees a block
+/// made large as a large block (the tag, not the layout, says what it
+/// is), and one shrunk below 8 KiB is exactly its layout's class again.
+#[cfg(not(feature = "secure"))]
+#[test]
+fn global_realloc_makes_a_doubling_buffer_large_from_8_kib() {
+    const PAGE: usize = 64 << 10;
+    let layout = |n| Layout::from_size_align(n, 8).unwrap();
+    // On a thread of its own: its segments hold nothing else.
+    std::thread::spawn(move || {
+        // SAFETY: p is our live block of layout(n) throughout, its bytes
+        // (i % 251); q the block realloc returned, of at least 2n bytes.
+        unsafe {
+            let mut n = 1024;
+            let mut p = HzAlloc.alloc(layout(n));
+            assert!(!p.is_null());
+            for i in 0..n {
+                *p.add(i) = (i % 251) as u8;
+            }
+            let mut large_at = None;
+            while n < 512 << 10 {
+                let q = HzAlloc.realloc(p, layout(n), 2 * n);
+                assert!(!q.is_null());
+                for i in (0..n).step_by(61) {
+                    assert_eq!(*q.add(i), (i % 251) as u8, "byte {i} of {n}");
+                }
+                for i in n..2 * n {
+                    *q.add(i) = (i % 251) as u8;
+                }
+                let usable = hz_core::usable_size(q);
+                let large = (q as usize).is_multiple_of(PAGE) && usable.is_multiple_of(PAGE);
+                if 2 * n < 8 << 10 {
+                    assert_eq!(usable, class_size(2 * n), "{} bytes", 2 * n);
+                } else if large {
+                    if let Some(m) = large_at {
+                        assert_eq!(
+                            q,
+                            p,
+                            "the large buffer moved from {n} to {} bytes ({m})",
+                            2 * n
+                        );
+                    } else {
+                        large_at = Some(2 * n);
+                    }
+                } else {
+                    assert!(large_at.is_none(), "{} bytes small again", 2 * n);
+                }
+                p = q;
+                n *= 2;
+            }
+            assert_eq!(
+                large_at,
+                Some(16 << 10),
+                "the buffer moved from 8 to 16 KiB after its move to 8 KiB"
+            );
+            // Shrunk below 8 KiB: exactly its class, freed by its layout.
+            let r = HzAlloc.realloc(p, layout(n), 5000);
+            assert!(!r.is_null() && r != p);
+            assert_eq!(hz_core::usable_size(r), class_size(5000));
+            for i in (0..5000).step_by(7) {
+                assert_eq!(*r.add(i), (i % 251) as u8);
+            }
+            HzAlloc.dealloc(r, layout(5000));
+            // Made large at 16 KiB and freed with that layout: a large
+            // block's free (had dealloc trusted the layout, the next block
+            // of the class would be this page run).
+            let mut p = HzAlloc.alloc(layout(4096));
+            let mut n = 4096;
+            while n < 16 << 10 {
+                p = HzAlloc.realloc(p, layout(n), 2 * n);
+                assert!(!p.is_null());
+                n *= 2;
+            }
+            assert_eq!(hz_core::usable_size(p), PAGE, "16 KiB not large");
+            HzAlloc.dealloc(p, layout(n));
+            for _ in 0..4 {
+                let q = HzAlloc.alloc(layout(n));
+                assert_eq!(hz_core::usable_size(q), class_size(n));
+                HzAlloc.dealloc(q, layout(n));
+            }
         }
     })
     .join()

@@ -506,15 +506,22 @@ impl Model {
         // to grow at least 5/4 of its room (E112).
         let old_small = !b.large;
         let c_api = matches!(api, ReallocApi::Realloc) && !cfg!(feature = "secure");
+        // `GlobalAlloc::realloc` of a block of 16-byte alignment grows as C
+        // `realloc` does, without its headroom (E157).
+        let promote = c_api
+            || (matches!((api, b.how), (ReallocApi::Global, How::Global))
+                && b.align <= 16
+                && !cfg!(feature = "secure"));
         // It grows a small block past 32 KiB into a large one with room to
         // grow, and keeps a large block above 32 KiB large (E119).
-        let mut c_large = c_api && new_size > GROW_LARGE_MIN && (!old_small || new_size > b.usable);
+        let mut c_large =
+            promote && new_size > GROW_LARGE_MIN && (!old_small || new_size > b.usable);
         // The thread's growing buffer (E155): moved to grow again from at
         // least 8 KiB, it may become large (unless the thread's segments
         // take huge pages, which the model does not know: either is
         // accepted); a large one stays large while it grows.
-        let tracked = c_api && b.p == self.grow_last;
-        if c_api && old_small && new_size > b.usable && new_size <= GROW_LARGE_MIN {
+        let tracked = promote && b.p == self.grow_last;
+        if promote && old_small && new_size > b.usable && new_size <= GROW_LARGE_MIN {
             if tracked && b.usable >= GROW_STREAK_MIN {
                 c_large =
                     (q as usize).is_multiple_of(PAGE_SIZE) && usable.is_multiple_of(PAGE_SIZE);
