@@ -1700,13 +1700,18 @@ unsafe fn release_blocks(h: *mut Heap, c: usize, bs: *mut *mut u8, n: usize) {
 /// (docs/PERFORMANCE.md E16–E19). Blocks stay their owners': a heap that
 /// takes a batch holds them like remote blocks freed into its bin. The
 /// pool is bounded, softly ([`POOL_CLASS_BYTES`], [`POOL_BYTES`]), and a class's
-/// batches not taken within a GC period go home ([`pool_gc`]).
+/// batches that sat through a whole GC period with none of the class taken
+/// go home ([`pool_gc`]).
 #[repr(align(128))]
 struct Pool {
     lock: Mutex,
-    /// Batches linked through their heads' second word; written with
-    /// `lock` held, read without it only as an emptiness hint.
+    /// Batches put in since the last [`pool_gc`] that found the class idle,
+    /// linked through their heads' second word; written with `lock` held,
+    /// read without it only as an emptiness hint.
     head: AtomicPtr<u8>,
+    /// The batches that were in `head` at that call: the next call that
+    /// finds the class idle sends them home. Taken after `head`.
+    old: AtomicPtr<u8>,
     /// Blocks in the pool.
     count: AtomicU64,
     /// A batch was taken since the last [`pool_gc`].
@@ -1719,6 +1724,7 @@ struct Pool {
 const EMPTY_POOL: Pool = Pool {
     lock: Mutex::new(),
     head: AtomicPtr::new(null_mut()),
+    old: AtomicPtr::new(null_mut()),
     count: AtomicU64::new(0),
     taken: AtomicU32::new(0),
     reported: AtomicU64::new(0),
@@ -1815,14 +1821,18 @@ unsafe fn pool_insert(p: &Pool, c: usize, blocks: &[*mut u8]) -> bool {
 
 /// Takes the newest batch of pool `p`, or null.
 fn pool_take(p: &Pool) -> *mut u8 {
-    if p.head.load(Relaxed).is_null() {
+    if p.head.load(Relaxed).is_null() && p.old.load(Relaxed).is_null() {
         return null_mut();
     }
     p.lock.lock();
-    let batch = p.head.load(Relaxed);
-    if !batch.is_null() {
-        // SAFETY: batch heads a batch in the pool (lock held).
-        p.head.store(unsafe { inbox::next_batch(batch) }, Relaxed);
+    let mut batch = null_mut();
+    for list in [&p.head, &p.old] {
+        batch = list.load(Relaxed);
+        if !batch.is_null() {
+            // SAFETY: batch heads a batch in the pool (lock held).
+            list.store(unsafe { inbox::next_batch(batch) }, Relaxed);
+            break;
+        }
     }
     p.lock.unlock();
     batch
@@ -1832,7 +1842,7 @@ fn pool_take(p: &Pool) -> *mut u8 {
 /// what is left of the batch they came from (`rest`, may be null), with
 /// the lock taken once. The counts are soft (a [`pool_gc`] racing with a
 /// taker may count a batch out twice), so they saturate at 0; [`pool_gc`]
-/// resets a class's count with its list.
+/// resets a class's count when it empties the pool.
 ///
 /// # Safety
 /// `rest` is null or heads a batch of free blocks of class `c`.
@@ -1904,8 +1914,12 @@ unsafe fn fill_from_pool(h: *mut Heap, c: usize, want: usize) -> bool {
 }
 
 /// Sends home the pooled blocks of every class no heap took a batch of
-/// since the last call (all of them when `all`), through `h`'s own paths
-/// (`release_blocks`, then the spill arrays, with the pool bypassed).
+/// since the last call that were already in the pool at that call (all of
+/// them when `all`), through `h`'s own paths (`release_blocks`, then the
+/// spill arrays, with the pool bypassed); the class's newer batches take
+/// their place, to go home at the next call if the class stays idle. So a
+/// batch waits at least one whole period: one put in just before a call
+/// used to go home at once, before any heap could take it.
 ///
 /// # Safety
 /// `h` is held by the caller, between operations on its bins.
@@ -1918,20 +1932,46 @@ pub unsafe fn pool_gc(h: *mut Heap, all: bool) {
             if p.taken.swap(0, Relaxed) != 0 && !all {
                 continue;
             }
-            if p.head.load(Relaxed).is_null() {
+            if p.head.load(Relaxed).is_null() && p.old.load(Relaxed).is_null() {
                 continue;
             }
             p.lock.lock();
-            let mut batch = p.head.load(Relaxed);
+            let old = p.old.load(Relaxed);
+            let young = p.head.load(Relaxed);
             p.head.store(null_mut(), Relaxed);
-            p.count.store(0, Relaxed);
-            let delta = report(p, 0);
+            p.old.store(if all { null_mut() } else { young }, Relaxed);
+            let delta = if all {
+                p.count.store(0, Relaxed);
+                report(p, 0)
+            } else {
+                0
+            };
             p.lock.unlock();
             total_add(delta);
-            while !batch.is_null() {
-                let nb = inbox::next_batch(batch);
-                for_each_in_chain(batch, c, |mut b| release_blocks(h, c, &mut b, 1));
-                batch = nb;
+            let mut home = 0u64;
+            for mut batch in [old, if all { young } else { null_mut() }] {
+                while !batch.is_null() {
+                    let nb = inbox::next_batch(batch);
+                    for_each_in_chain(batch, c, |mut b| {
+                        home += 1;
+                        release_blocks(h, c, &mut b, 1)
+                    });
+                    batch = nb;
+                }
+            }
+            if home != 0 && !all {
+                p.lock.lock();
+                // (The counts are soft: an empty pool resets them.)
+                let empty = p.head.load(Relaxed).is_null() && p.old.load(Relaxed).is_null();
+                let pooled = if empty {
+                    0
+                } else {
+                    p.count.load(Relaxed).saturating_sub(home)
+                };
+                p.count.store(pooled, Relaxed);
+                let delta = report(p, pooled * CLASS_SIZE[c] as u64);
+                p.lock.unlock();
+                total_add(delta);
             }
         }
         flush_spills(h);

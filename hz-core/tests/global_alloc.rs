@@ -175,10 +175,13 @@ fn remote_frees_are_reused_by_a_third_thread() {
     ) {
         return;
     }
-    // The pool sends home, after a GC period (100 ms) in which no heap took
-    // from it, what it holds: a run slower than that (a loaded machine,
-    // qemu) may find the blocks gone home, which is the design. Such a run
-    // is tried again; one that fails within the period fails the test.
+    // The pool sends home, at the end of a GC period (100 ms) in which no
+    // heap took from it, what it held at the period's start: a run slower
+    // than that (a loaded machine, qemu) may find the blocks gone home,
+    // which is the design. Such a run is tried again; one that fails within
+    // the period fails the test. (Until the fortieth session the pool sent
+    // home all it held, so a period's end in the middle of a quick run
+    // emptied it too: 2 runs in 10 under qemu.)
     for attempt in 1..=5 {
         let start = std::time::Instant::now();
         let reused = third_thread_reuse();
