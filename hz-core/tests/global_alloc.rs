@@ -181,7 +181,7 @@ fn remote_frees_are_reused_by_a_third_thread() {
     // which is the design. Such a run is tried again; one that fails within
     // the period fails the test. (Until the fortieth session the pool sent
     // home all it held, so a period's end in the middle of a quick run
-    // emptied it too: 2 runs in 10 under qemu.)
+    // emptied it too: 1 run in 5 under qemu.)
     for attempt in 1..=5 {
         let start = std::time::Instant::now();
         let reused = third_thread_reuse();
