@@ -1841,8 +1841,8 @@ fn pool_take(p: &Pool) -> *mut u8 {
 /// Notes that `k` blocks of class `c` left pool `p` and returns to it
 /// what is left of the batch they came from (`rest`, may be null), with
 /// the lock taken once. The counts are soft (a [`pool_gc`] racing with a
-/// taker may count a batch out twice), so they saturate at 0; [`pool_gc`]
-/// resets a class's count when it empties the pool.
+/// taker may count a batch out twice), so they saturate at 0, and a pool
+/// found empty here counts 0.
 ///
 /// # Safety
 /// `rest` is null or heads a batch of free blocks of class `c`.
@@ -1853,7 +1853,12 @@ unsafe fn pool_count_out(p: &Pool, c: usize, k: u64, rest: *mut u8) {
         unsafe { inbox::set_next_batch(rest, p.head.load(Relaxed)) };
         p.head.store(rest, Relaxed);
     }
-    let pooled = p.count.load(Relaxed).saturating_sub(k);
+    let empty = p.head.load(Relaxed).is_null() && p.old.load(Relaxed).is_null();
+    let pooled = if empty {
+        0
+    } else {
+        p.count.load(Relaxed).saturating_sub(k)
+    };
     p.count.store(pooled, Relaxed);
     let delta = report(p, pooled * CLASS_SIZE[c] as u64);
     p.lock.unlock();
@@ -1940,14 +1945,7 @@ pub unsafe fn pool_gc(h: *mut Heap, all: bool) {
             let young = p.head.load(Relaxed);
             p.head.store(null_mut(), Relaxed);
             p.old.store(if all { null_mut() } else { young }, Relaxed);
-            let delta = if all {
-                p.count.store(0, Relaxed);
-                report(p, 0)
-            } else {
-                0
-            };
             p.lock.unlock();
-            total_add(delta);
             let mut home = 0u64;
             for mut batch in [old, if all { young } else { null_mut() }] {
                 while !batch.is_null() {
@@ -1959,20 +1957,8 @@ pub unsafe fn pool_gc(h: *mut Heap, all: bool) {
                     batch = nb;
                 }
             }
-            if home != 0 && !all {
-                p.lock.lock();
-                // (The counts are soft: an empty pool resets them.)
-                let empty = p.head.load(Relaxed).is_null() && p.old.load(Relaxed).is_null();
-                let pooled = if empty {
-                    0
-                } else {
-                    p.count.load(Relaxed).saturating_sub(home)
-                };
-                p.count.store(pooled, Relaxed);
-                let delta = report(p, pooled * CLASS_SIZE[c] as u64);
-                p.lock.unlock();
-                total_add(delta);
-            }
+            // (Nothing is returned to the pool: rest is null.)
+            pool_count_out(p, c, home, null_mut());
         }
         flush_spills(h);
         (*h).pool_off = false;
