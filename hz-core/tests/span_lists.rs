@@ -218,6 +218,73 @@ fn scattered_frees_leave_every_span_empty() {
     .unwrap();
 }
 
+/// Blocks freed in no relation to their addresses (a hash map dropped in
+/// hash order) overflow the bin with blocks of dozens of spans, more than
+/// `heap::release_grouped` holds at once (64, by page): a span whose slot
+/// another span takes is written back then and comes back later in the
+/// same batch. Three quarters of the live blocks freed shuffled, each
+/// round, then as many allocated again: every block kept must keep its
+/// contents and no address may be live twice; at the end, with the caches
+/// flushed, no span of the class is left.
+#[test]
+fn blocks_freed_in_hash_order_are_handed_out_once() {
+    if !child::in_child(
+        "HZ_SPAN_LISTS_CHILD",
+        "blocks_freed_in_hash_order_are_handed_out_once",
+        &[],
+        &[],
+    ) {
+        return;
+    }
+    // 32 B: 2 048 blocks to a span, 150 spans; 320 B (a class no other
+    // test here uses), 204 to a span, 300 spans.
+    for (size, n) in [(32usize, 300_000), (320, 60_000)] {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ size as u64;
+        let mut live: Vec<(*mut u8, u32)> = Vec::new();
+        let mut tag = 1u32;
+        for round in 0..3 {
+            while live.len() < n {
+                let p = hz_core::malloc(size);
+                assert!(!p.is_null());
+                fill(p, size, tag);
+                live.push((p, tag));
+                tag += 1;
+            }
+            let set: HashSet<usize> = live.iter().map(|&(p, _)| p as usize).collect();
+            assert_eq!(
+                set.len(),
+                n,
+                "size {size} round {round}: an address live twice"
+            );
+            for i in (1..live.len()).rev() {
+                live.swap(i, (xorshift(&mut rng) % (i as u64 + 1)) as usize);
+            }
+            for (p, t) in live.drain(n / 4..) {
+                assert!(intact(p, size, t), "size {size} round {round}: {p:p}");
+                // SAFETY: p is live, handed out above, freed once.
+                unsafe { hz_core::free(p) };
+            }
+        }
+        for (p, t) in live {
+            assert!(intact(p, size, t), "size {size}: kept block {p:p}");
+            // SAFETY: p is live.
+            unsafe { hz_core::free(p) };
+        }
+        hz_core::collect();
+        let s = hz_core::stats();
+        let k = s
+            .classes
+            .iter()
+            .find(|k| k.size as usize == size)
+            .expect("the class");
+        assert_eq!(
+            (k.blocks, k.spans),
+            (0, 0),
+            "size {size}: left after collect"
+        );
+    }
+}
+
 /// Spans in arenas after the first keep their free blocks in that arena's
 /// bitmap table (`arena::span_bits`): with a 16 MiB first arena, 24 MiB of
 /// 48-byte blocks, then of 1 KiB blocks, spill into further arenas; half
