@@ -296,8 +296,13 @@ fn claim() -> *mut Heap {
             #[cfg(not(feature = "secure"))]
             {
                 unkeep(h);
-                // A new thread grows no buffer yet (E155).
+                // A new thread grows no buffer yet (E155), nor has it
+                // written a large block: its record of dense writes
+                // (E128) starts as a new heap's, not as the exited
+                // thread's, under which no buffer of its turns large
+                // below 32 KiB (E155, E157).
                 (*h).grow_last = 0;
+                (*h).large_dense = 0;
             }
             (*h).generation = (*h).generation.wrapping_add(1);
             (*h).state.store(HEAP_ACTIVE, Release);

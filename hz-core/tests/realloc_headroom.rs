@@ -21,8 +21,9 @@ const CHILD: &str = "HZ_REALLOC_CHILD";
 
 /// The tests of large blocks that grow in place run in a fresh process:
 /// a thread may take over the heap an exited thread of another test left,
-/// and with it that thread's record of writing its large blocks densely
-/// (E128), under which no buffer turns large before 32 KiB (E155).
+/// with that test's segments and cached blocks (until E159 it also took
+/// over the thread's record of writing its large blocks densely, E128,
+/// under which no buffer turns large before 32 KiB: E155).
 #[cfg(not(feature = "secure"))]
 fn in_child(name: &str) -> bool {
     child::in_child(CHILD, name, &[], &[])
@@ -291,6 +292,67 @@ fn a_buffer_grown_again_after_a_move_turns_large_from_8_kib() {
                 assert_eq!(*r.add(i), (i % 251) as u8);
             }
             hz_core::free(r);
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// A thread that takes over an exited thread's heap starts from a new
+/// heap's record of how it writes large blocks (E128): the exited thread
+/// wrote three densely, so its own growing buffer stayed in the small
+/// classes up to 32 KiB (its segments take huge pages, which E155 does not
+/// spend on a buffer), yet the next thread's buffer, on the same heap,
+/// turns large from 8 KiB as on a new heap.
+#[cfg(not(feature = "secure"))]
+#[test]
+fn a_heap_taken_over_forgets_its_former_threads_dense_writes() {
+    if !in_child("a_heap_taken_over_forgets_its_former_threads_dense_writes") {
+        return;
+    }
+    const PAGE: usize = 64 << 10;
+    let large = |q: *mut u8| {
+        // SAFETY: every q passed is a live block of hz.
+        let n = unsafe { hz_core::usable_size(q) };
+        n.is_multiple_of(PAGE) && (q as usize).is_multiple_of(PAGE)
+    };
+    let first = std::thread::spawn(move || {
+        // SAFETY: the blocks are ours and live until freed.
+        unsafe {
+            let bs: Vec<*mut u8> = (0..3).map(|_| hz_core::malloc(512 << 10)).collect();
+            for &b in &bs {
+                assert!(!b.is_null());
+                std::ptr::write_bytes(b, 1, 512 << 10);
+            }
+            for b in bs {
+                hz_core::free(b);
+            }
+            let (p, _, steps) = grow_by_half(std::ptr::null_mut(), 0, 24 << 10);
+            assert!(
+                steps.iter().all(|&(m, q)| m > 32 << 10 || !large(q)),
+                "a dense writer's buffer turned large below 32 KiB"
+            );
+            hz_core::free(p);
+        }
+        hz_core::stats().heaps_created
+    })
+    .join()
+    .unwrap();
+    std::thread::spawn(move || {
+        // SAFETY: the blocks are ours and live until freed.
+        unsafe {
+            let (p, _, steps) = grow_by_half(std::ptr::null_mut(), 0, 40 << 10);
+            assert_eq!(
+                hz_core::stats().heaps_created,
+                first,
+                "the second thread took a new heap, not the first one's"
+            );
+            let (m, _) = *steps
+                .iter()
+                .find(|&&(_, q)| large(q))
+                .expect("the buffer never became large");
+            assert!(m <= 16 << 10, "the buffer became large at {m} bytes");
+            hz_core::free(p);
         }
     })
     .join()
