@@ -81,7 +81,8 @@ options (lists are comma-separated):
   --threads 1,4,16     thread counts T            (quick default: 1,4,16)
   --remote 0,90        remote-free percentages R  (quick default: 0,90)
   --lanes guard,main   size lanes: guard 16..2048, main 16..32768, cross128 16..131072
-  --reps 3             repetitions (interleaved across allocators; medians reported)
+  --reps 3             repetitions (interleaved across allocators, their order rotated
+                       each repetition; medians reported)
   --iters N            matrix iterations per cell, split over its T threads (default 3000000)
   --allocators LIST    hz,mimalloc,system,jemalloc,tcmalloc,glibc (default: all found)
                        (system = Rust's System in-process; glibc = no LD_PRELOAD)
@@ -356,8 +357,25 @@ fn pin_note(o: &Opts, how: &str) -> String {
     }
 }
 
+/// The runners of one cell in repetition `rep`'s order: the list rotated
+/// by `rep`, so that across the repetitions each allocator runs first,
+/// right after another cell's or workload's runs, as often as any other
+/// (with a fixed order the first runner alone ran right after the
+/// previous workload's last process: rust-collections, first after a
+/// glibc run of `large`, read 1.49 of the `mimalloc` crate in one suite
+/// and 1.06 in shuffled direct runs; either allocator's runs right after
+/// that `large` took 151–286 ms against about 170).
+fn in_turn<T>(runners: &[T], rep: usize) -> impl Iterator<Item = &T> {
+    let k = if runners.is_empty() {
+        0
+    } else {
+        rep % runners.len()
+    };
+    runners[k..].iter().chain(&runners[..k])
+}
+
 /// Runs every (repetition, cell, runner) of the matrix, repetitions outermost
-/// and runners innermost (interleaved), with a progress bar. Before each
+/// and runners innermost (interleaved, their order rotated each repetition:\n/// [`in_turn`]), with a progress bar. Before each
 /// run it measures the cross-core round trip (each sample carries it); the
 /// second value is every probe taken.
 pub fn measure_matrix(
@@ -385,7 +403,7 @@ pub fn measure_matrix(
                 seed: o.seed,
                 pin: o.pin,
             };
-            for run in runners {
+            for run in in_turn(runners, rep) {
                 let xcore_ns = crate::machine::cross_core_round_trip_ns(PROBE_ROUNDS);
                 probes.extend(xcore_ns);
                 pb.set_message(format!(
@@ -463,7 +481,7 @@ pub fn matrix(o: &Opts) -> Vec<Summary> {
     let cells = matrix_cells(o, &m, &mut notes);
     let head = matrix_head(
         "matrix: T threads × R% remote frees",
-        "repetition(s), medians; ops/s counts a remote free when sent and when freed",
+        "repetition(s) interleaved (the allocators' order rotated each repetition), medians; ops/s counts a remote free when sent and when freed",
         o,
         &m,
         &runners,
@@ -520,29 +538,40 @@ pub fn workloads(o: &Opts) -> Vec<Summary> {
         "worker threads take the CPUs round robin in the order they start",
     ));
     let head = format!(
-        "{}- threads {}, scale {}, {} repetition(s), medians\n",
+        "{}- threads {}, scale {}, {} repetition(s) interleaved (the allocators' order rotated each repetition), medians\n",
         header_text("workloads", &m, &runners, &notes),
         o.wl_threads,
         o.scale,
         o.reps
     );
     print!("{head}");
-    let jobs: Vec<(&str, &Runner)> = o
+    // Each workload with the runners that run it.
+    let jobs: Vec<(&str, Vec<&Runner>)> = o
         .workloads
         .iter()
-        .flat_map(|w| runners.iter().map(move |r| (w.as_str(), r)))
-        .filter(|(w, r)| {
-            if matches!(r, Runner::Preload(_)) {
-                !crate::workloads::in_process_only(w)
-            } else {
-                !crate::workloads::is_cxx(w)
-            }
+        .map(|w| {
+            let w = w.as_str();
+            let rs = runners
+                .iter()
+                .filter(|r| {
+                    if matches!(r, Runner::Preload(_)) {
+                        !crate::workloads::in_process_only(w)
+                    } else {
+                        !crate::workloads::is_cxx(w)
+                    }
+                })
+                .collect();
+            (w, rs)
         })
         .collect();
-    let pb = progress((o.reps * jobs.len()) as u64);
+    let runs: usize = jobs.iter().map(|(_, rs)| rs.len()).sum();
+    let pb = progress((o.reps * runs) as u64);
     let mut samples = Vec::new();
     for rep in 0..o.reps {
-        for (w, run) in &jobs {
+        for (w, run) in jobs
+            .iter()
+            .flat_map(|(w, rs)| in_turn(rs, rep).map(move |r| (*w, *r)))
+        {
             pb.set_message(format!("rep {} {} {w} {}", rep + 1, run.mode(), run.name()));
             match run_workload(run, w, o.wl_threads, o.scale, o.pin) {
                 Ok(res) => samples.push(whole_run(
@@ -667,7 +696,7 @@ pub fn programs(o: &Opts) -> Vec<Summary> {
         );
     }
     let head = format!(
-        "{}- scale {}, {} repetition(s) interleaved across the allocators, medians\n",
+        "{}- scale {}, {} repetition(s) interleaved across the allocators (their order rotated each repetition), medians\n",
         header_text("programs", &m, &runners, &notes),
         o.scale,
         o.reps
@@ -680,14 +709,13 @@ pub fn programs(o: &Opts) -> Vec<Summary> {
             return Vec::new();
         }
     };
-    let jobs: Vec<(&str, &Runner)> = progs
-        .iter()
-        .flat_map(|p| runners.iter().map(move |r| (*p, r)))
-        .collect();
-    let pb = progress((o.reps * jobs.len()) as u64);
+    let pb = progress((o.reps * progs.len() * runners.len()) as u64);
     let mut samples = Vec::new();
     for rep in 0..o.reps {
-        for (name, run) in &jobs {
+        for (name, run) in progs
+            .iter()
+            .flat_map(|p| in_turn(&runners, rep).map(move |r| (*p, r)))
+        {
             pb.set_message(format!("rep {} {name} {}", rep + 1, run.name()));
             let Runner::Preload(p) = run else { continue };
             match programs::run(p, name, scratch.path()) {
@@ -791,6 +819,27 @@ fn write_out(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each repetition runs every runner once, and over as many
+    /// repetitions as runners each runner takes each place once: the
+    /// first, after another cell's runs, included.
+    #[test]
+    fn each_runner_runs_first_in_turn() {
+        let rs = ["hz", "mimalloc", "system", "jemalloc"];
+        let mut firsts = Vec::new();
+        for rep in 0..8 {
+            let order: Vec<&str> = in_turn(&rs, rep).copied().collect();
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            let mut all = rs.to_vec();
+            all.sort_unstable();
+            assert_eq!(sorted, all, "repetition {rep}: {order:?}");
+            firsts.push(order[0]);
+        }
+        assert_eq!(firsts[..4], rs);
+        assert_eq!(firsts[4..], rs);
+        assert_eq!(in_turn::<&str>(&[], 3).count(), 0);
+    }
 
     #[test]
     fn hardened_builds_are_opt_in() {
