@@ -1544,11 +1544,11 @@ unsafe fn release_grouped(h: *mut Heap, c: usize, bs: *const *mut u8, n: usize) 
     // Page number of each slot's span, 0 for none (page 0 holds no span).
     let mut key = [0usize; GROUP_SLOTS];
     // Read only where `key` says the slot holds a span.
-    let mut runs = [const { MaybeUninit::<(SpanRun, u32)>::uninit() }; GROUP_SLOTS];
+    let mut runs = [const { MaybeUninit::<GroupRun>::uninit() }; GROUP_SLOTS];
     // The slots that hold a span, for the last loop.
     let mut filled = 0u64;
     // SAFETY: bs[..n] are free blocks of class c (caller's contract); the
-    // spans in the table have ks[s] blocks put back but not accounted, so
+    // spans in the table have `k` blocks put back but not accounted, so
     // they stay in use (not released) until leave_run; a span's meta is
     // written only by leave_run, once it has left the table.
     unsafe {
@@ -1561,33 +1561,74 @@ unsafe fn release_grouped(h: *mut Heap, c: usize, bs: *const *mut u8, n: usize) 
                     continue;
                 };
                 if key[s] != 0 {
-                    let (old, k) = runs[s].assume_init();
-                    leave_run(h, c, old, k);
+                    let old = runs[s].assume_init();
+                    leave_run(h, c, old.run(), old.k);
                 }
                 key[s] = pg;
                 filled |= 1 << s;
-                runs[s].write((r, 0));
+                runs[s].write(GroupRun {
+                    m: r.m,
+                    base: r.base,
+                    bits: r.bits,
+                    carved: r.carved as u32,
+                    free_lo: r.free_lo,
+                    k: 0,
+                });
             }
-            let (r, k) = runs[s].assume_init_mut();
+            let g = runs[s].assume_init_mut();
+            let mut carved = g.carved as usize;
             put_back(
-                exact_div(b - r.base, div),
-                &mut r.carved,
-                &mut r.free_lo,
-                r.bits,
+                exact_div(b - g.base, div),
+                &mut carved,
+                &mut g.free_lo,
+                g.bits,
             );
-            *k += 1;
+            g.carved = carved as u32;
+            g.k += 1;
         }
         while filled != 0 {
             let s = filled.trailing_zeros() as usize;
             filled &= filled - 1;
-            let (r, k) = runs[s].assume_init();
-            leave_run(h, c, r, k);
+            let g = runs[s].assume_init();
+            leave_run(h, c, g.run(), g.k);
+        }
+    }
+}
+
+/// A span's state in [`release_grouped`]'s table: [`SpanRun`]'s, without
+/// its length (the span is its page), in 40 bytes, and the blocks put
+/// back to it.
+#[cfg(not(feature = "secure"))]
+#[derive(Clone, Copy)]
+struct GroupRun {
+    m: *mut PageMeta,
+    base: usize,
+    bits: *mut u64,
+    carved: u32,
+    free_lo: u32,
+    k: u32,
+}
+
+#[cfg(not(feature = "secure"))]
+impl GroupRun {
+    /// The run [`leave_run`] writes back.
+    fn run(&self) -> SpanRun {
+        SpanRun {
+            m: self.m,
+            base: self.base,
+            len: PAGE_SIZE,
+            bits: self.bits,
+            carved: self.carved as usize,
+            free_lo: self.free_lo,
         }
     }
 }
 
 /// Spans [`release_grouped`] holds at once (a power of two, at most 64:
-/// the bits of its mask of filled slots).
+/// the bits of its mask of filled slots). Its frame holds 64 keys and 64
+/// slots of 40 bytes: 3 KiB of stack in a `free` that overflows a bin
+/// (32 slots, 1.5 KiB, counted 4% more instructions in E158's drop; 48
+/// bytes a slot, 4 KiB, 1.5% fewer).
 #[cfg(not(feature = "secure"))]
 const GROUP_SLOTS: usize = 64;
 #[cfg(not(feature = "secure"))]
