@@ -219,70 +219,119 @@ fn scattered_frees_leave_every_span_empty() {
 }
 
 /// Blocks freed in no relation to their addresses (a hash map dropped in
-/// hash order) overflow the bin with blocks of dozens of spans, more than
-/// `heap::release_grouped` holds at once (64, by page): a span whose slot
-/// another span takes is written back then and comes back later in the
-/// same batch. Three quarters of the live blocks freed shuffled, each
-/// round, then as many allocated again: every block kept must keep its
-/// contents and no address may be live twice; at the end, with the caches
-/// flushed, no span of the class is left.
+/// hash order) overflow the bin with blocks of many spans. Where the heap
+/// holds at most 16 spans of the class, `heap::release_grouped` gives them
+/// back grouped by span through a table of 64 slots keyed by page number
+/// mod 64; two spans 64 pages apart share a slot, and the one whose slot
+/// the other takes is written back then and loaded again later in the
+/// batch. Here 48-byte blocks fill spans with 1 KiB blocks' spans between
+/// them until two of theirs are 64 pages apart (with huge pages off, so
+/// that spans follow each other in one zone); the 1 KiB blocks are freed,
+/// then the 48-byte ones, shuffled, three quarters at a time, allocated
+/// again each round: every block kept must keep its contents, no address
+/// may be live twice, and after `collect` no span of the class is left.
+/// The same with 150 spans of 32-byte blocks, which go back in order.
 #[test]
 fn blocks_freed_in_hash_order_are_handed_out_once() {
     if !child::in_child(
         "HZ_SPAN_LISTS_CHILD",
         "blocks_freed_in_hash_order_are_handed_out_once",
-        &[],
+        &[("HZ_THP", "0")],
         &[],
     ) {
         return;
     }
-    // 32 B: 2 048 blocks to a span, 150 spans; 320 B (a class no other
-    // test here uses), 204 to a span, 300 spans.
-    for (size, n) in [(32usize, 300_000), (320, 60_000)] {
-        let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ size as u64;
-        let mut live: Vec<(*mut u8, u32)> = Vec::new();
-        let mut tag = 1u32;
-        for round in 0..3 {
-            while live.len() < n {
-                let p = hz_core::malloc(size);
-                assert!(!p.is_null());
-                fill(p, size, tag);
-                live.push((p, tag));
-                tag += 1;
-            }
-            let set: HashSet<usize> = live.iter().map(|&(p, _)| p as usize).collect();
-            assert_eq!(
-                set.len(),
-                n,
-                "size {size} round {round}: an address live twice"
-            );
-            for i in (1..live.len()).rev() {
-                live.swap(i, (xorshift(&mut rng) % (i as u64 + 1)) as usize);
-            }
-            for (p, t) in live.drain(n / 4..) {
-                assert!(intact(p, size, t), "size {size} round {round}: {p:p}");
-                // SAFETY: p is live, handed out above, freed once.
-                unsafe { hz_core::free(p) };
-            }
+    const SMALL: usize = 48;
+    const PAGE: usize = 64 << 10;
+    let page = |p: *mut u8| p as usize / PAGE;
+    let mut spacers: Vec<*mut u8> = Vec::new();
+    let mut small: Vec<*mut u8> = Vec::new();
+    let mut pages = std::collections::HashMap::new();
+    let mut shared = false;
+    for _ in 0..14 {
+        // Seven spans of 1 KiB blocks, then a span's worth of 48 B ones.
+        spacers.extend((0..7 * 64).map(|_| hz_core::malloc(1024)));
+        for _ in 0..(PAGE / SMALL) {
+            let p = hz_core::malloc(SMALL);
+            assert!(!p.is_null());
+            let other = *pages.entry(page(p) % 64).or_insert(page(p));
+            shared |= other != page(p);
+            small.push(p);
         }
-        for (p, t) in live {
-            assert!(intact(p, size, t), "size {size}: kept block {p:p}");
-            // SAFETY: p is live.
+        if shared {
+            break;
+        }
+    }
+    assert!(
+        shared,
+        "no two spans of 48 B blocks 64 pages apart: {:?}",
+        pages.values().collect::<Vec<_>>()
+    );
+    for p in spacers {
+        // SAFETY: live blocks of hz, freed once.
+        unsafe { hz_core::free(p) };
+    }
+    churn_shuffled(SMALL, small);
+    churn_shuffled(32, (0..300_000).map(|_| hz_core::malloc(32)).collect());
+}
+
+/// Fills the live blocks of `size` bytes in `live`, then three rounds:
+/// frees three quarters of them shuffled (each checked intact first) and
+/// allocates as many again; then frees the rest and flushes the caches:
+/// no address live twice, no span of the class left.
+fn churn_shuffled(size: usize, live: Vec<*mut u8>) {
+    let n = live.len();
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ size as u64;
+    let mut tag = 1u32;
+    let mut live: Vec<(*mut u8, u32)> = live
+        .into_iter()
+        .map(|p| {
+            assert!(!p.is_null());
+            fill(p, size, tag);
+            tag += 1;
+            (p, tag - 1)
+        })
+        .collect();
+    for round in 0..3 {
+        for i in (1..live.len()).rev() {
+            live.swap(i, (xorshift(&mut rng) % (i as u64 + 1)) as usize);
+        }
+        for (p, t) in live.drain(n / 4..) {
+            assert!(intact(p, size, t), "size {size} round {round}: {p:p}");
+            // SAFETY: p is live, handed out above, freed once.
             unsafe { hz_core::free(p) };
         }
-        hz_core::collect();
-        let s = hz_core::stats();
-        let k = s
-            .classes
-            .iter()
-            .find(|k| k.size as usize == size)
-            .expect("the class");
+        while live.len() < n {
+            let p = hz_core::malloc(size);
+            assert!(!p.is_null());
+            fill(p, size, tag);
+            live.push((p, tag));
+            tag += 1;
+        }
+        let set: HashSet<usize> = live.iter().map(|&(p, _)| p as usize).collect();
         assert_eq!(
-            (k.blocks, k.spans),
-            (0, 0),
-            "size {size}: left after collect"
+            set.len(),
+            n,
+            "size {size} round {round}: an address live twice"
         );
     }
+    for (p, t) in live {
+        assert!(intact(p, size, t), "size {size}: kept block {p:p}");
+        // SAFETY: p is live.
+        unsafe { hz_core::free(p) };
+    }
+    hz_core::collect();
+    let s = hz_core::stats();
+    let k = s
+        .classes
+        .iter()
+        .find(|k| k.size as usize == size)
+        .expect("the class");
+    assert_eq!(
+        (k.blocks, k.spans),
+        (0, 0),
+        "size {size}: left after collect"
+    );
 }
 
 /// Spans in arenas after the first keep their free blocks in that arena's
