@@ -375,9 +375,10 @@ fn in_turn<T>(runners: &[T], rep: usize) -> impl Iterator<Item = &T> {
 }
 
 /// Runs every (repetition, cell, runner) of the matrix, repetitions outermost
-/// and runners innermost (interleaved, their order rotated each repetition:\n/// [`in_turn`]), with a progress bar. Before each
-/// run it measures the cross-core round trip (each sample carries it); the
-/// second value is every probe taken.
+/// and runners innermost (interleaved, their order rotated each repetition:
+/// [`in_turn`]), with a progress bar. Before each run it measures the
+/// cross-core round trip (each sample carries it); the second value is
+/// every probe taken.
 pub fn measure_matrix(
     o: &Opts,
     cells: &[(Lane, usize, u32)],
