@@ -33,6 +33,21 @@ fn class_size(n: usize) -> usize {
     CLASS_SIZE[class_of(n)] as usize
 }
 
+/// An arena page: a large block starts on one and spans whole ones.
+#[cfg(not(feature = "secure"))]
+const PAGE: usize = 64 << 10;
+
+/// Whether `q` is a large block (page-aligned, whole pages long).
+///
+/// # Safety
+/// `q` is a live block of hz.
+#[cfg(not(feature = "secure"))]
+unsafe fn is_large(q: *mut u8) -> bool {
+    // SAFETY: caller's contract.
+    let n = unsafe { hz_core::usable_size(q) };
+    n.is_multiple_of(PAGE) && (q as usize).is_multiple_of(PAGE)
+}
+
 #[test]
 fn a_buffer_grown_16_bytes_at_a_time_moves_less_than_once_per_class() {
     let mut p: *mut u8 = std::ptr::null_mut();
@@ -143,7 +158,6 @@ fn a_buffer_doubled_past_32_kib_becomes_large_and_grows_in_place() {
     if !in_child("a_buffer_doubled_past_32_kib_becomes_large_and_grows_in_place") {
         return;
     }
-    const PAGE: usize = 64 << 10;
     // On a thread of its own: its segments hold nothing else.
     std::thread::spawn(|| {
         let mut p = hz_core::malloc(4096);
@@ -256,17 +270,13 @@ fn a_buffer_grown_again_after_a_move_turns_large_from_8_kib() {
     if !in_child("a_buffer_grown_again_after_a_move_turns_large_from_8_kib") {
         return;
     }
-    const PAGE: usize = 64 << 10;
     std::thread::spawn(|| {
         // SAFETY: the blocks are ours and live until freed.
         unsafe {
             let (p, _, steps) = grow_by_half(std::ptr::null_mut(), 0, 200 << 10);
             let first_large = steps
                 .iter()
-                .position(|&(_, q)| {
-                    hz_core::usable_size(q).is_multiple_of(PAGE)
-                        && (q as usize).is_multiple_of(PAGE)
-                })
+                .position(|&(_, q)| is_large(q))
                 .expect("the buffer never became large");
             let (m, q) = steps[first_large];
             let before = hz_core::usable_size(steps[first_large - 1].1);
@@ -310,12 +320,8 @@ fn a_heap_taken_over_forgets_its_former_threads_dense_writes() {
     if !in_child("a_heap_taken_over_forgets_its_former_threads_dense_writes") {
         return;
     }
-    const PAGE: usize = 64 << 10;
-    let large = |q: *mut u8| {
-        // SAFETY: every q passed is a live block of hz.
-        let n = unsafe { hz_core::usable_size(q) };
-        n.is_multiple_of(PAGE) && (q as usize).is_multiple_of(PAGE)
-    };
+    // SAFETY: every q passed is a live block of hz.
+    let large = |q: *mut u8| unsafe { is_large(q) };
     let first = std::thread::spawn(move || {
         // SAFETY: the blocks are ours and live until freed.
         unsafe {
@@ -408,7 +414,6 @@ fn global_realloc_makes_a_doubling_buffer_large_from_8_kib() {
     if !in_child("global_realloc_makes_a_doubling_buffer_large_from_8_kib") {
         return;
     }
-    const PAGE: usize = 64 << 10;
     let layout = |n| Layout::from_size_align(n, 8).unwrap();
     // On a thread of its own: its segments hold nothing else.
     std::thread::spawn(move || {
@@ -432,7 +437,7 @@ fn global_realloc_makes_a_doubling_buffer_large_from_8_kib() {
                     *q.add(i) = (i % 251) as u8;
                 }
                 let usable = hz_core::usable_size(q);
-                let large = (q as usize).is_multiple_of(PAGE) && usable.is_multiple_of(PAGE);
+                let large = is_large(q);
                 if 2 * n < 8 << 10 {
                     assert_eq!(usable, class_size(2 * n), "{} bytes", 2 * n);
                 } else if large {
