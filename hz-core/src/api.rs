@@ -297,6 +297,12 @@ unsafe fn free_not_small(p: *mut u8) {
     // block's meta stays as it was.
     unsafe {
         let h = heap::heap_of_slot(tls::get());
+        // The thread's buffer that a streak made large, freed by it: one
+        // more transient buffer (E160).
+        if !h.is_null() && (*h).grow_big == p as usize {
+            (*h).grow_big = 0;
+            (*h).grow_freed = (*h).grow_freed.saturating_add(1);
+        }
         if crate::segment::cache_put(h, m) {
             heap::count_large_in(h, ((*m).pages as u64) << PAGE_SHIFT, true);
             return;
@@ -1215,12 +1221,12 @@ unsafe fn move_small(p: *mut u8, c: usize, usable: usize, new_size: usize) -> *m
         new_size
     };
     let nc = class_of(want);
-    // A growing block that gets 8 KiB or more may be, or become, the
-    // thread's growing buffer (E155): out of line, so that the moves
+    // A growing block that gets 256 bytes or more may be, or become, the
+    // thread's growing buffer (E155, E160): out of line, so that the moves
     // below that pay nothing for it.
-    if growing && CLASS_SIZE[nc] as usize >= GROW_STREAK_MIN {
+    if growing && CLASS_SIZE[nc] as usize >= GROW_EARLY_MIN {
         // SAFETY: forwarded contract; the new block is larger.
-        return unsafe { move_growing(p, c, usable, usable, new_size, nc) };
+        return unsafe { move_growing(p, c, usable, usable, new_size, nc, true) };
     }
     let q = alloc_small(nc);
     if !q.is_null() {
@@ -1235,13 +1241,16 @@ unsafe fn move_small(p: *mut u8, c: usize, usable: usize, new_size: usize) -> *m
 
 /// [`move_small`] of small block `p` (class `c`, `usable` bytes, of which
 /// the first `live` hold the program's bytes) growing to `new_size` into
-/// class `nc` of at least [`GROW_STREAK_MIN`] bytes,
-/// as the thread's growing buffer (E155): when `p` is already that buffer
-/// and holds at least [`GROW_STREAK_MIN`] bytes, to a large block that
-/// grows in place from there (not for a thread whose segments take huge
-/// pages, E128, where the block's whole 64 KiB page would be resident
-/// however little of it is used); else to class `nc`. Either way the new
-/// block is noted as the buffer. Null when out of memory, `p` intact.
+/// class `nc` of at least [`GROW_EARLY_MIN`] bytes (C `realloc`, `early`)
+/// or [`GROW_STREAK_MIN`] (`GlobalAlloc::realloc`), as the thread's
+/// growing buffer (E155): when `p` is already that buffer and holds at
+/// least [`GROW_STREAK_MIN`] bytes, or, `early`, at least
+/// [`GROW_EARLY_MIN`] while [`grows_large`] says so (E160), to a large
+/// block that grows in place from there (not for a thread whose segments
+/// take huge pages, E128, where the block's whole 64 KiB page would be
+/// resident however little of it is used); else to class `nc`. Either way
+/// the new block is noted as the buffer. Null when out of memory, `p`
+/// intact.
 ///
 /// # Safety
 /// As [`move_small`]'s, with `live <= usable < new_size <=
@@ -1255,13 +1264,16 @@ unsafe fn move_growing(
     live: usize,
     new_size: usize,
     nc: usize,
+    early: bool,
 ) -> *mut u8 {
     let h = heap::heap_of_slot(tls::get());
     // SAFETY: h is null or this thread's heap, whose thread alone writes
-    // grow_last.
-    let streak = usable >= GROW_STREAK_MIN
+    // grow_last, grow_big and grow_freed.
+    let streak = usable >= if early { GROW_EARLY_MIN } else { GROW_STREAK_MIN }
         && !h.is_null()
-        && unsafe { (*h).grow_last == p as usize && !crate::segment::writes_densely(h) };
+        && unsafe { (*h).grow_last == p as usize && !crate::segment::writes_densely(h) }
+        // SAFETY: as above.
+        && unsafe { grows_large(h, usable) };
     let q = if streak {
         // SAFETY: forwarded contract.
         let Some((q, m)) = (unsafe { copy_to_grow(p, live, new_size, 16) }) else {
@@ -1269,8 +1281,11 @@ unsafe fn move_growing(
         };
         // SAFETY: m heads q's run. A block made large to grow says nothing
         // of how densely the thread writes its large blocks: it is not
-        // sampled when freed.
-        unsafe { (*m).sample = false };
+        // sampled when freed. h is this thread's heap.
+        unsafe {
+            (*m).sample = false;
+            (*h).grow_big = q as usize;
+        }
         q
     } else {
         let q = alloc_small(nc);
@@ -1301,6 +1316,42 @@ unsafe fn move_growing(
         }
     }
     q
+}
+
+/// Whether the thread's growing buffer, a small block of `usable` bytes
+/// (at least [`GROW_EARLY_MIN`]) moved to grow again, becomes large: from
+/// [`GROW_STREAK_MIN`] always (E155); below it while the thread freed
+/// each of its last [`GROW_EARLY_AFTER`] buffers made large before the
+/// next one grew, and once in [`GROW_PROBE_EVERY`] streaks from
+/// [`GROW_PROBE_MIN`] otherwise, to learn whether its buffers are transient
+/// again (E160). A streak that
+/// finds the last buffer made large still live (kept, shrunk back to a
+/// class, or freed by another thread) starts the count again.
+///
+/// # Safety
+/// `h` is this thread's heap.
+#[cfg(not(feature = "secure"))]
+#[inline(always)]
+unsafe fn grows_large(h: *mut heap::Heap, usable: usize) -> bool {
+    // SAFETY: h is this thread's heap; its thread alone writes these.
+    unsafe {
+        if (*h).grow_big != 0 {
+            (*h).grow_big = 0;
+            (*h).grow_freed = 0;
+        }
+        if usable >= GROW_STREAK_MIN || (*h).grow_freed >= GROW_EARLY_AFTER {
+            return true;
+        }
+        if usable < GROW_PROBE_MIN {
+            return false;
+        }
+        (*h).grow_tries += 1;
+        if (*h).grow_tries < GROW_PROBE_EVERY {
+            return false;
+        }
+        (*h).grow_tries = 0;
+        true
+    }
 }
 
 /// A large block of at least `new_size` bytes with room to grow in place
@@ -1360,7 +1411,7 @@ unsafe fn realloc_global(p: *mut u8, live: usize, new_size: usize) -> *mut u8 {
         if new_size > usable && new_size <= GROW_LARGE_MIN && nc >= TAGGED_FROM {
             // SAFETY: forwarded contract; p is a live block of class c,
             // growing into class nc of at least 8 KiB.
-            return unsafe { move_growing(p, c, usable, live, new_size, nc) };
+            return unsafe { move_growing(p, c, usable, live, new_size, nc, false) };
         }
     }
     // SAFETY: forwarded contract.
@@ -1414,6 +1465,29 @@ const GROW_LARGE_MIN: usize = 32 << 10;
 /// place from here instead of being copied at every class (E155).
 #[cfg(not(feature = "secure"))]
 const GROW_STREAK_MIN: usize = 8 << 10;
+
+/// ... and from this many bytes while the thread's buffers made large are
+/// transient: while it freed each of the last [`GROW_EARLY_AFTER`] of them
+/// before its next buffer grew (E160). A loop that grows a buffer by steps
+/// and frees it then copies it at no class from here, as glibc grows its
+/// buffer at the top of its arena; a thread that keeps its buffers keeps
+/// E155's rule, under which a kept buffer below 8 KiB has its class, but
+/// for one in [`GROW_PROBE_EVERY`] of at least [`GROW_PROBE_MIN`].
+#[cfg(not(feature = "secure"))]
+pub const GROW_EARLY_MIN: usize = 256;
+
+/// See [`GROW_EARLY_MIN`]. A new thread starts with this many.
+#[cfg(not(feature = "secure"))]
+pub const GROW_EARLY_AFTER: u32 = 4;
+
+/// See [`GROW_EARLY_MIN`].
+#[cfg(not(feature = "secure"))]
+pub const GROW_PROBE_EVERY: u32 = 256;
+
+/// See [`GROW_EARLY_MIN`]: a probe of a smaller buffer, when kept, would
+/// hold a 4 KiB page for a block of a few hundred bytes.
+#[cfg(not(feature = "secure"))]
+const GROW_PROBE_MIN: usize = 1 << 10;
 
 /// C `realloc`'s rule for a small block of `usable` bytes (E112): it stays
 /// where it is while the new size uses at least 3/4 of it.
@@ -1508,9 +1582,11 @@ unsafe fn resize(p: *mut u8, new_size: usize, align: usize, fit: Fit, live: usiz
         let streak = false;
         // (Either way the new size has no class below 8 KiB, which
         // `GlobalAlloc::dealloc` would take for exact: E157.)
+        // C `realloc`'s blocks are freed by their tag: one that a streak
+        // made large stays large while it grows, whatever its size (E160).
         let stays = new_c == 0
             || (promote && new_size > GROW_LARGE_MIN)
-            || (streak && new_c >= TAGGED_FROM);
+            || (streak && (headroom || new_c >= TAGGED_FROM));
         if stays && new_size <= MAX_REQUEST && !cfg!(feature = "secure") {
             let new_pages = new_size.max(1).div_ceil(PAGE_SIZE);
             if new_pages <= pages {
@@ -1562,7 +1638,12 @@ unsafe fn resize(p: *mut u8, new_size: usize, align: usize, fit: Fit, live: usiz
             #[cfg(not(feature = "secure"))]
             if !tracked.is_null() {
                 // SAFETY: tracked is this thread's heap.
-                unsafe { (*tracked).grow_last = q as usize };
+                unsafe {
+                    (*tracked).grow_last = q as usize;
+                    if (*tracked).grow_big == p as usize {
+                        (*tracked).grow_big = q as usize;
+                    }
+                }
             }
             // A clean target (never touched, or purged) takes the old pages
             // by mremap; a resident one is copied into, since discarding its

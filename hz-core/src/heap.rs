@@ -202,6 +202,18 @@ pub struct Heap {
     pub grow_last: usize,
     #[cfg(not(feature = "secure"))]
     pub grow_len: usize,
+    /// Default build: the block a growing buffer's streak last made large
+    /// (E155, E160), until its thread frees it; how many such blocks in a
+    /// row the thread freed before its next streak (saturating; a new
+    /// thread starts at [`crate::api::GROW_EARLY_AFTER`]); and the
+    /// streaks since the last made large below 8 KiB while that count was
+    /// lower ([`crate::api::GROW_PROBE_EVERY`]). See `api::grows_large`.
+    #[cfg(not(feature = "secure"))]
+    pub grow_big: usize,
+    #[cfg(not(feature = "secure"))]
+    pub grow_freed: u32,
+    #[cfg(not(feature = "secure"))]
+    pub grow_tries: u32,
     /// `secure` builds with `HZ_SECURE_FILL=1`: what the TLS slot points at
     /// instead of `bins` ([`slot_of`]). Its bins are all empty and full and
     /// never written, so every `malloc` and `free` leaves the fast path for
@@ -296,12 +308,15 @@ fn claim() -> *mut Heap {
             #[cfg(not(feature = "secure"))]
             {
                 unkeep(h);
-                // A new thread grows no buffer yet (E155), nor has it
-                // written a large block: its record of dense writes
-                // (E128) starts as a new heap's, not as the exited
-                // thread's, under which no buffer of its turns large
-                // below 32 KiB (E155, E157).
+                // A new thread grows no buffer yet (E155), has kept none
+                // (E160), nor has it written a large block: its record of
+                // dense writes (E128) starts as a new heap's, not as the
+                // exited thread's, under which no buffer of its turns
+                // large below 32 KiB (E155, E157).
                 (*h).grow_last = 0;
+                (*h).grow_big = 0;
+                (*h).grow_freed = crate::api::GROW_EARLY_AFTER;
+                (*h).grow_tries = 0;
                 (*h).large_dense = 0;
             }
             (*h).generation = (*h).generation.wrapping_add(1);

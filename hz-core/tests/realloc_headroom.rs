@@ -4,7 +4,9 @@
 //! docs/PERFORMANCE.md); `realloc_aligned` and `GlobalAlloc::realloc`,
 //! whose `dealloc` takes the class from the `Layout` below 8 KiB, give
 //! exactly the request's class there; `GlobalAlloc::realloc` makes a
-//! growing buffer large from 8 KiB as C's `realloc` does (E157).
+//! growing buffer large from 8 KiB as C's `realloc` does (E157); C's
+//! `realloc` does so from 256 bytes while the thread's growing buffers
+//! are transient (E160).
 
 use std::alloc::{GlobalAlloc, Layout};
 
@@ -263,7 +265,8 @@ unsafe fn grow_by_half(
 /// with at least 8 KiB (E155): it then grows in place in whole 64 KiB
 /// pages instead of moving at every class up to 32 KiB; shrunk to fit, it
 /// goes back to a small class. On a thread of its own: its segments hold
-/// nothing else.
+/// nothing else. The thread first keeps a buffer it grew, so that its
+/// buffers are not taken for transient ones (E160).
 #[cfg(not(feature = "secure"))]
 #[test]
 fn a_buffer_grown_again_after_a_move_turns_large_from_8_kib() {
@@ -273,6 +276,7 @@ fn a_buffer_grown_again_after_a_move_turns_large_from_8_kib() {
     std::thread::spawn(|| {
         // SAFETY: the blocks are ours and live until freed.
         unsafe {
+            let (kept, _, _) = grow_by_half(std::ptr::null_mut(), 0, 2000);
             let (p, _, steps) = grow_by_half(std::ptr::null_mut(), 0, 200 << 10);
             let first_large = steps
                 .iter()
@@ -302,6 +306,89 @@ fn a_buffer_grown_again_after_a_move_turns_large_from_8_kib() {
                 assert_eq!(*r.add(i), (i % 251) as u8);
             }
             hz_core::free(r);
+            hz_core::free(kept);
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// The size at which the buffer of `steps` (from [`grow_by_half`]) first
+/// became large, if it did, after which it must not have moved.
+///
+/// # Safety
+/// The blocks of `steps` from the first large one on are the live buffer.
+#[cfg(not(feature = "secure"))]
+unsafe fn large_from(steps: &[(usize, *mut u8)]) -> Option<usize> {
+    // SAFETY: caller's contract (the last step's block is live, and it is
+    // every large step's block once none moved).
+    let first = steps.iter().position(|&(_, q)| unsafe { is_large(q) })?;
+    let (m, q) = steps[first];
+    for &(m2, q2) in &steps[first..] {
+        assert_eq!(q2, q, "the large buffer moved when grown from {m} to {m2}");
+    }
+    Some(m)
+}
+
+/// A thread whose growing buffers are transient (each freed before the
+/// next grows) has them made large from 256 bytes, and grown in place from
+/// there, as glibc grows a buffer at the top of its arena (E160); once it
+/// keeps one, the next buffers keep E155's rule (their classes below 8
+/// KiB), but for one probe in 256 streaks of a block of at least 1 KiB,
+/// which finds the buffers transient again after four probes freed in a
+/// row. A new thread starts as one whose buffers are transient.
+#[cfg(not(feature = "secure"))]
+#[test]
+fn a_thread_that_frees_its_growing_buffers_grows_them_in_place_from_256_bytes() {
+    let name = "a_thread_that_frees_its_growing_buffers_grows_them_in_place_from_256_bytes";
+    if !in_child(name) {
+        return;
+    }
+    std::thread::spawn(|| {
+        // SAFETY: the blocks are ours and live until freed; each buffer's
+        // steps end with its live block.
+        unsafe {
+            for round in 0..8 {
+                let (p, _, steps) = grow_by_half(std::ptr::null_mut(), 0, 32 << 10);
+                let at = large_from(&steps).expect("the buffer never became large");
+                assert!(
+                    at <= 1024,
+                    "round {round}: the buffer became large at {at} bytes"
+                );
+                hz_core::free(p);
+            }
+            // Kept: the first buffer still turns large early, and it makes
+            // the next ones keep their classes below 8 KiB.
+            let (k1, _, steps) = grow_by_half(std::ptr::null_mut(), 0, 3000);
+            assert!(
+                large_from(&steps).is_some(),
+                "the first kept buffer stayed small"
+            );
+            let mut kept = vec![k1];
+            for i in 0..20 {
+                let (k, _, steps) = grow_by_half(std::ptr::null_mut(), 0, 3000);
+                assert_eq!(large_from(&steps), None, "kept buffer {i} turned large");
+                kept.push(k);
+            }
+            for k in kept {
+                hz_core::free(k);
+            }
+            // Transient again: the probes find it out. Buffer `i` turned
+            // large below 8 KiB or not.
+            let mut large = Vec::new();
+            for _ in 0..3000 {
+                let (p, _, steps) = grow_by_half(std::ptr::null_mut(), 0, 3000);
+                large.push(large_from(&steps).is_some());
+                hz_core::free(p);
+            }
+            let on = (0..large.len() - 16)
+                .find(|&i| large[i..i + 16].iter().all(|&l| l))
+                .expect("the buffers were not found transient again");
+            let probes = large[..on].iter().filter(|&&l| l).count();
+            assert!(
+                (3..=4).contains(&probes) && on >= 100,
+                "{probes} probes among the {on} buffers before every buffer turned large"
+            );
         }
     })
     .join()

@@ -34,6 +34,9 @@ const GROW_LARGE_MIN: usize = 32 << 10;
 /// ... and one of at least this many bytes into a large one when it is the
 /// block the thread's last growing move returned (E155).
 const GROW_STREAK_MIN: usize = 8 << 10;
+/// ... and, C's `realloc`, one of at least this many bytes while the
+/// thread's buffers made large are transient (E160).
+const GROW_EARLY_MIN: usize = 256;
 
 /// splitmix64: small, fast, and every seed gives a good stream.
 #[derive(Clone)]
@@ -519,16 +522,23 @@ impl Model {
         // The thread's growing buffer (E155): moved to grow again from at
         // least 8 KiB, it may become large (unless the thread's segments
         // take huge pages, which the model does not know: either is
-        // accepted); a large one stays large while it grows.
+        // accepted); C's from 256 bytes too, while the thread frees the
+        // buffers it made large (E160: neither is that modelled); a large
+        // one stays large while it grows.
         let tracked = promote && b.p == self.grow_last;
+        let streak_min = if c_api {
+            GROW_EARLY_MIN
+        } else {
+            GROW_STREAK_MIN
+        };
         if promote && old_small && new_size > b.usable && new_size <= GROW_LARGE_MIN {
-            if tracked && b.usable >= GROW_STREAK_MIN {
+            if tracked && b.usable >= streak_min {
                 c_large =
                     (q as usize).is_multiple_of(PAGE_SIZE) && usable.is_multiple_of(PAGE_SIZE);
             }
-            // (hz notes only a block of at least 8 KiB, as only it can
-            // start a streak.)
-            if usable >= GROW_STREAK_MIN {
+            // (hz notes only a block that can start a streak: of at least
+            // 8 KiB, C's of at least 256 bytes.)
+            if usable >= streak_min {
                 (self.grow_last, self.grow_len) = (q as usize, new_size);
             }
         } else if tracked && !old_small {
