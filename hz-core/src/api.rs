@@ -298,10 +298,16 @@ unsafe fn free_not_small(p: *mut u8) {
     unsafe {
         let h = heap::heap_of_slot(tls::get());
         // The thread's buffer that a streak made large, freed by it: one
-        // more transient buffer (E160).
+        // more transient buffer (E160), and the size it had grown to (its
+        // pages when another buffer grew since).
         if !h.is_null() && (*h).grow_big == p as usize {
             (*h).grow_big = 0;
             (*h).grow_freed = (*h).grow_freed.saturating_add(1);
+            (*h).grow_end = if (*h).grow_last == p as usize {
+                (*h).grow_len
+            } else {
+                ((*m).given as usize) << PAGE_SHIFT
+            };
         }
         if crate::segment::cache_put(h, m) {
             heap::count_large_in(h, ((*m).pages as u64) << PAGE_SHIFT, true);
@@ -1322,7 +1328,9 @@ unsafe fn move_growing(
 /// (at least [`GROW_EARLY_MIN`]) moved to grow again, becomes large: from
 /// [`GROW_STREAK_MIN`] always (E155); below it while the thread freed
 /// each of its last [`GROW_EARLY_AFTER`] buffers made large before the
-/// next one grew, and once in [`GROW_PROBE_EVERY`] streaks from
+/// next one grew, the last of them grown to at least three times
+/// `usable`, and
+/// otherwise once in [`GROW_PROBE_EVERY`] streaks from
 /// [`GROW_PROBE_MIN`] otherwise, to learn whether its buffers are transient
 /// again (E160). A streak that
 /// finds the last buffer made large still live (kept, shrunk back to a
@@ -1339,8 +1347,15 @@ unsafe fn grows_large(h: *mut heap::Heap, usable: usize) -> bool {
             (*h).grow_big = 0;
             (*h).grow_freed = 0;
         }
-        if usable >= GROW_STREAK_MIN || (*h).grow_freed >= GROW_EARLY_AFTER {
+        if usable >= GROW_STREAK_MIN {
             return true;
+        }
+        // Early while the last buffer made large grew to three times this
+        // one's size or more before it was freed: one that stops short of
+        // that saves a class move or two, less than its large block's
+        // allocation and free cost.
+        if (*h).grow_freed >= GROW_EARLY_AFTER {
+            return (*h).grow_end / 3 >= usable;
         }
         if usable < GROW_PROBE_MIN {
             return false;

@@ -205,9 +205,13 @@ pub struct Heap {
     /// Default build: the block a growing buffer's streak last made large
     /// (E155, E160), until its thread frees it; how many such blocks in a
     /// row the thread freed before its next streak (saturating; a new
-    /// thread starts at [`crate::api::GROW_EARLY_AFTER`]); and the
-    /// streaks since the last made large below 8 KiB while that count was
-    /// lower ([`crate::api::GROW_PROBE_EVERY`]). See `api::grows_large`.
+    /// thread starts at [`crate::api::GROW_EARLY_AFTER`]); the streaks
+    /// since the last made large below 8 KiB while that count was lower
+    /// ([`crate::api::GROW_PROBE_EVERY`]); and the size the last one freed
+    /// had grown to (`usize::MAX` on a new thread). See
+    /// `api::grows_large`.
+    #[cfg(not(feature = "secure"))]
+    pub grow_end: usize,
     #[cfg(not(feature = "secure"))]
     pub grow_big: usize,
     #[cfg(not(feature = "secure"))]
@@ -315,6 +319,7 @@ fn claim() -> *mut Heap {
                 // large below 32 KiB (E155, E157).
                 (*h).grow_last = 0;
                 (*h).grow_big = 0;
+                (*h).grow_end = usize::MAX;
                 (*h).grow_freed = crate::api::GROW_EARLY_AFTER;
                 (*h).grow_tries = 0;
                 (*h).large_dense = 0;

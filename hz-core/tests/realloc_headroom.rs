@@ -395,6 +395,54 @@ fn a_thread_that_frees_its_growing_buffers_grows_them_in_place_from_256_bytes() 
     .unwrap();
 }
 
+/// A thread's growing buffer is made large below 8 KiB only while the last
+/// one made large grew to three times its size before it was freed
+/// (E160): a buffer that stops just after it would be made large saves a
+/// class move or two, less than a large block costs. Buffers that stop at
+/// 450 bytes stay in their classes after the first; one that grows on is
+/// made large at 8 KiB (E155), after which the next is made large early.
+#[cfg(not(feature = "secure"))]
+#[test]
+fn a_thread_whose_buffers_stop_short_keeps_them_in_their_classes() {
+    let name = "a_thread_whose_buffers_stop_short_keeps_them_in_their_classes";
+    if !in_child(name) {
+        return;
+    }
+    std::thread::spawn(|| {
+        // SAFETY: the blocks are ours and live until freed; each buffer's
+        // steps end with its live block.
+        unsafe {
+            let (p, _, steps) = grow_by_half(std::ptr::null_mut(), 0, 450);
+            assert!(
+                large_from(&steps).is_some(),
+                "a new thread's buffer stayed small"
+            );
+            hz_core::free(p);
+            for i in 0..20 {
+                let (p, _, steps) = grow_by_half(std::ptr::null_mut(), 0, 450);
+                assert_eq!(large_from(&steps), None, "short buffer {i} turned large");
+                hz_core::free(p);
+            }
+            let (p, _, steps) = grow_by_half(std::ptr::null_mut(), 0, 32 << 10);
+            let at = large_from(&steps).expect("the long buffer never became large");
+            assert!(
+                at > 8 << 10,
+                "after short buffers, a long one became large at {at} bytes"
+            );
+            hz_core::free(p);
+            let (p, _, steps) = grow_by_half(std::ptr::null_mut(), 0, 32 << 10);
+            let at = large_from(&steps).expect("the next long buffer never became large");
+            assert!(
+                at <= 1024,
+                "the next long buffer became large at {at} bytes"
+            );
+            hz_core::free(p);
+        }
+    })
+    .join()
+    .unwrap();
+}
+
 /// A thread that takes over an exited thread's heap starts from a new
 /// heap's record of how it writes large blocks (E128): the exited thread
 /// wrote three densely, so its own growing buffer stayed in the small
