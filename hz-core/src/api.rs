@@ -1326,15 +1326,14 @@ unsafe fn move_growing(
 
 /// Whether the thread's growing buffer, a small block of `usable` bytes
 /// (at least [`GROW_EARLY_MIN`]) moved to grow again, becomes large: from
-/// [`GROW_STREAK_MIN`] always (E155); below it while the thread freed
-/// each of its last [`GROW_EARLY_AFTER`] buffers made large before the
-/// next one grew, the last of them grown to at least three times
-/// `usable`, and
-/// otherwise once in [`GROW_PROBE_EVERY`] streaks from
-/// [`GROW_PROBE_MIN`] otherwise, to learn whether its buffers are transient
-/// again (E160). A streak that
-/// finds the last buffer made large still live (kept, shrunk back to a
-/// class, or freed by another thread) starts the count again.
+/// [`GROW_STREAK_MIN`] always (E155). Below it (E160): while the thread
+/// freed each of its last [`GROW_EARLY_AFTER`] buffers made large before
+/// the next one grew, when the last of them had grown to at least three
+/// times `usable`; otherwise once in [`GROW_PROBE_EVERY`] streaks of a
+/// block of at least [`GROW_PROBE_MIN`], to learn whether its buffers are
+/// transient again. A streak that finds the last buffer made large still
+/// live (kept, shrunk back to a class, or freed by another thread) starts
+/// the count again.
 ///
 /// # Safety
 /// `h` is this thread's heap.
