@@ -1488,15 +1488,15 @@ const GROW_STREAK_MIN: usize = 8 << 10;
 /// E155's rule, under which a kept buffer below 8 KiB has its class, but
 /// for one in [`GROW_PROBE_EVERY`] of at least [`GROW_PROBE_MIN`].
 #[cfg(not(feature = "secure"))]
-pub const GROW_EARLY_MIN: usize = 256;
+pub(crate) const GROW_EARLY_MIN: usize = 256;
 
 /// See [`GROW_EARLY_MIN`]. A new thread starts with this many.
 #[cfg(not(feature = "secure"))]
-pub const GROW_EARLY_AFTER: u32 = 4;
+pub(crate) const GROW_EARLY_AFTER: u32 = 4;
 
 /// See [`GROW_EARLY_MIN`].
 #[cfg(not(feature = "secure"))]
-pub const GROW_PROBE_EVERY: u32 = 256;
+pub(crate) const GROW_PROBE_EVERY: u32 = 256;
 
 /// See [`GROW_EARLY_MIN`]: a probe of a smaller buffer, when kept, would
 /// hold a 4 KiB page for a block of a few hundred bytes.
