@@ -317,11 +317,12 @@ fn a_buffer_grown_again_after_a_move_turns_large_from_8_kib() {
 /// became large, if it did, after which it must not have moved.
 ///
 /// # Safety
-/// The blocks of `steps` from the first large one on are the live buffer.
+/// The last step's block is live. (The earlier ones a move freed are
+/// asked too: `usable_size` reads only hz's page tags and metas, which
+/// stay mapped, never the block, as the E155 test before it does.)
 #[cfg(not(feature = "secure"))]
 unsafe fn large_from(steps: &[(usize, *mut u8)]) -> Option<usize> {
-    // SAFETY: caller's contract (the last step's block is live, and it is
-    // every large step's block once none moved).
+    // SAFETY: caller's contract; see above for the freed steps.
     let first = steps.iter().position(|&(_, q)| unsafe { is_large(q) })?;
     let (m, q) = steps[first];
     for &(m2, q2) in &steps[first..] {
