@@ -31,6 +31,15 @@ fn in_child(name: &str) -> bool {
     child::in_child(CHILD, name, &[], &[])
 }
 
+/// Runs `f` on a thread of its own (whose heap and segments hold nothing
+/// else) in the fresh process of [`in_child`]; in the parent, nothing.
+#[cfg(not(feature = "secure"))]
+fn on_own_thread_in_child(name: &str, f: impl FnOnce() + Send + 'static) {
+    if in_child(name) {
+        std::thread::spawn(f).join().unwrap();
+    }
+}
+
 fn class_size(n: usize) -> usize {
     CLASS_SIZE[class_of(n)] as usize
 }
@@ -270,47 +279,45 @@ unsafe fn grow_by_half(
 #[cfg(not(feature = "secure"))]
 #[test]
 fn a_buffer_grown_again_after_a_move_turns_large_from_8_kib() {
-    if !in_child("a_buffer_grown_again_after_a_move_turns_large_from_8_kib") {
-        return;
-    }
-    std::thread::spawn(|| {
-        // SAFETY: the blocks are ours and live until freed.
-        unsafe {
-            let (kept, _, _) = grow_by_half(std::ptr::null_mut(), 0, 2000);
-            let (p, _, steps) = grow_by_half(std::ptr::null_mut(), 0, 200 << 10);
-            let first_large = steps
-                .iter()
-                .position(|&(_, q)| is_large(q))
-                .expect("the buffer never became large");
-            let (m, q) = steps[first_large];
-            let before = hz_core::usable_size(steps[first_large - 1].1);
-            assert!(
-                before >= 8 << 10 && m <= 16 << 10,
-                "the buffer became large at {m} bytes, from a block of {before}"
-            );
-            // From there it grows in place (the pages after it are free).
-            for &(m2, q2) in &steps[first_large..] {
-                assert_eq!(q2, q, "the large buffer moved when grown to {m2}");
+    on_own_thread_in_child(
+        "a_buffer_grown_again_after_a_move_turns_large_from_8_kib",
+        || {
+            // SAFETY: the blocks are ours and live until freed.
+            unsafe {
+                let (kept, _, _) = grow_by_half(std::ptr::null_mut(), 0, 2000);
+                let (p, _, steps) = grow_by_half(std::ptr::null_mut(), 0, 200 << 10);
+                let first_large = steps
+                    .iter()
+                    .position(|&(_, q)| is_large(q))
+                    .expect("the buffer never became large");
+                let (m, q) = steps[first_large];
+                let before = hz_core::usable_size(steps[first_large - 1].1);
+                assert!(
+                    before >= 8 << 10 && m <= 16 << 10,
+                    "the buffer became large at {m} bytes, from a block of {before}"
+                );
+                // From there it grows in place (the pages after it are free).
+                for &(m2, q2) in &steps[first_large..] {
+                    assert_eq!(q2, q, "the large buffer moved when grown to {m2}");
+                }
+                // Shrunk to fit below 32 KiB, it moves back to a small class.
+                hz_core::free(p);
+                let (p, n, _) = grow_by_half(std::ptr::null_mut(), 0, 20_000);
+                assert!(
+                    hz_core::usable_size(p).is_multiple_of(PAGE),
+                    "{n} bytes not large"
+                );
+                let r = hz_core::realloc(p, 18_000);
+                assert!(!r.is_null() && r != p);
+                assert_eq!(hz_core::usable_size(r), class_size(18_000));
+                for i in (0..18_000).step_by(7) {
+                    assert_eq!(*r.add(i), (i % 251) as u8);
+                }
+                hz_core::free(r);
+                hz_core::free(kept);
             }
-            // Shrunk to fit below 32 KiB, it moves back to a small class.
-            hz_core::free(p);
-            let (p, n, _) = grow_by_half(std::ptr::null_mut(), 0, 20_000);
-            assert!(
-                hz_core::usable_size(p).is_multiple_of(PAGE),
-                "{n} bytes not large"
-            );
-            let r = hz_core::realloc(p, 18_000);
-            assert!(!r.is_null() && r != p);
-            assert_eq!(hz_core::usable_size(r), class_size(18_000));
-            for i in (0..18_000).step_by(7) {
-                assert_eq!(*r.add(i), (i % 251) as u8);
-            }
-            hz_core::free(r);
-            hz_core::free(kept);
-        }
-    })
-    .join()
-    .unwrap();
+        },
+    );
 }
 
 /// The size at which the buffer of `steps` (from [`grow_by_half`]) first
@@ -342,10 +349,7 @@ unsafe fn large_from(steps: &[(usize, *mut u8)]) -> Option<usize> {
 #[test]
 fn a_thread_that_frees_its_growing_buffers_grows_them_in_place_from_256_bytes() {
     let name = "a_thread_that_frees_its_growing_buffers_grows_them_in_place_from_256_bytes";
-    if !in_child(name) {
-        return;
-    }
-    std::thread::spawn(|| {
+    on_own_thread_in_child(name, || {
         // SAFETY: the blocks are ours and live until freed; each buffer's
         // steps end with its live block.
         unsafe {
@@ -391,9 +395,7 @@ fn a_thread_that_frees_its_growing_buffers_grows_them_in_place_from_256_bytes() 
                 "{probes} probes among the {on} buffers before every buffer turned large"
             );
         }
-    })
-    .join()
-    .unwrap();
+    });
 }
 
 /// A thread's growing buffer is made large below 8 KiB only while the last
@@ -406,10 +408,7 @@ fn a_thread_that_frees_its_growing_buffers_grows_them_in_place_from_256_bytes() 
 #[test]
 fn a_thread_whose_buffers_stop_short_keeps_them_in_their_classes() {
     let name = "a_thread_whose_buffers_stop_short_keeps_them_in_their_classes";
-    if !in_child(name) {
-        return;
-    }
-    std::thread::spawn(|| {
+    on_own_thread_in_child(name, || {
         // SAFETY: the blocks are ours and live until freed; each buffer's
         // steps end with its live block.
         unsafe {
@@ -439,9 +438,7 @@ fn a_thread_whose_buffers_stop_short_keeps_them_in_their_classes() {
             );
             hz_core::free(p);
         }
-    })
-    .join()
-    .unwrap();
+    });
 }
 
 /// A thread that takes over an exited thread's heap starts from a new
