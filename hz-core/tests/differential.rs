@@ -278,3 +278,32 @@ fn differential_threads_big_blocks() {
         threaded(s, 4, 3, 20_000, BIG_MAX_LARGE)
     });
 }
+
+/// The model's own regression (CI, `differential_threads` seed 0xbeef):
+/// hz keeps `grow_last` after the thread's growing buffer moved on, so a
+/// later large block at that address counts as the buffer; shrunk by
+/// `GlobalAlloc::realloc` to a size under 8 KiB, it still moves into a
+/// class (E157), which the model must expect.
+#[test]
+fn a_later_block_at_the_growing_buffers_address_is_modelled() {
+    // A thread of its own: a fresh heap, whose buffers start out transient.
+    std::thread::spawn(|| {
+        let mut m = Model::new(shadow::new_extents(), "stale grow_last".into());
+        m.alloc(AllocApi::Malloc, 300, 0, 1);
+        for size in [500, 800, 200_000] {
+            m.realloc(0, ReallocApi::Realloc, size, 0);
+        }
+        let old = m.live[0].p;
+        // Shrunk to fit: it moves into a class, its run is freed, and the
+        // heap still names `old` as its buffer.
+        m.realloc(0, ReallocApi::Realloc, 400, 0);
+        assert!(m.live[0].p != old && !m.live[0].large);
+        m.alloc(AllocApi::Global, 200_000, 3, 2);
+        assert_eq!(m.live[1].p, old, "the freed run is reused at once");
+        m.realloc(1, ReallocApi::Global, 907, 3);
+        assert!(!m.live[1].large);
+        m.free_all();
+    })
+    .join()
+    .unwrap();
+}

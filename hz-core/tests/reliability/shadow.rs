@@ -542,7 +542,14 @@ impl Model {
                 (self.grow_last, self.grow_len) = (q as usize, new_size);
             }
         } else if tracked && !old_small {
-            c_large |= new_size > self.grow_len;
+            // `GlobalAlloc::realloc` keeps it large only at a size whose
+            // class is tagged (8 KiB or more: below, `dealloc` takes the
+            // layout's class for exact, E157), C `realloc` at any size. (The
+            // address may be a later block's: hz keeps `grow_last` after the
+            // buffer moved or was freed, and so does the model.)
+            let tagged =
+                c_api || class_for(new_size, align.max(1)) >= class_for(GROW_STREAK_MIN, 1);
+            c_large |= new_size > self.grow_len && tagged;
             self.grow_len = new_size;
             if c_large && q != p {
                 self.grow_last = q as usize;
