@@ -257,9 +257,15 @@ pub unsafe fn protect_rw(p: *mut u8, len: usize) -> bool {
 /// `mmap` may be placed in that hole (glibc put a new thread's stack there)
 /// and then be overwritten by the remapping: the hole must never exist.
 ///
+/// Where the kernel (or an emulator standing in for it) does not honour
+/// `MREMAP_DONTUNMAP` as documented ([`dontunmap_sound`]), nothing moves.
+///
 /// # Safety
 /// Neither range holds data anyone else uses; they do not overlap.
 pub unsafe fn move_pages(from: *mut u8, to: *mut u8, len: usize) -> bool {
+    if !dontunmap_sound() {
+        return false;
+    }
     // SAFETY: MREMAP_FIXED replaces whatever is mapped at `to` (our own
     // reserved, unused pages) with the pages of `from`; `from` stays mapped.
     let r = unsafe {
@@ -272,6 +278,78 @@ pub unsafe fn move_pages(from: *mut u8, to: *mut u8, len: usize) -> bool {
         )
     };
     r != libc::MAP_FAILED
+}
+
+/// Whether `mremap(MREMAP_DONTUNMAP)` leaves its source as Linux documents:
+/// mapped, empty, and emptied again by `MADV_DONTNEED` — what [`move_pages`]
+/// relies on, as the range a block left is reused and purged later.
+/// qemu-user 7.2 (Debian 12's) marks the source unmapped in its own page
+/// table while the host keeps it mapped, and from then on answers
+/// `madvise` there without passing it on, so purged pages keep their bytes
+/// (a `calloc` read an earlier block's pattern), and it may place another
+/// mapping in what it takes for a hole (docs/RELIABILITY.md §7). Probed
+/// once, on the first move, with one page moved between two of a scratch
+/// mapping; where it fails (or the kernel has no `MREMAP_DONTUNMAP`,
+/// before 5.7), `realloc` copies instead. errno is left as it was.
+pub fn dontunmap_sound() -> bool {
+    // 0: not probed yet, 1: sound, 2: not.
+    static STATE: AtomicU32 = AtomicU32::new(0);
+    match STATE.load(Relaxed) {
+        1 => return true,
+        2 => return false,
+        _ => {}
+    }
+    let e = errno();
+    // SAFETY: the probe works on a private mapping of its own.
+    let ok = unsafe { probe_dontunmap() };
+    set_errno(e);
+    STATE.store(if ok { 1 } else { 2 }, Relaxed);
+    ok
+}
+
+/// [`dontunmap_sound`]'s probe: two fresh pages; the first, written, moves
+/// onto the second with `MREMAP_DONTUNMAP`; the second must hold what was
+/// written, and the first, written again and advised `MADV_DONTNEED`, must
+/// read zero.
+///
+/// # Safety
+/// None beyond the syscalls' own: the mapping is the probe's, unmapped
+/// before it returns.
+unsafe fn probe_dontunmap() -> bool {
+    let ps = page_size();
+    // SAFETY: a fresh private anonymous mapping of two pages, ours alone;
+    // every access below stays inside it, and it is unmapped at the end.
+    unsafe {
+        let m = libc::mmap(
+            null_mut(),
+            2 * ps,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if m == libc::MAP_FAILED {
+            return false;
+        }
+        let src = m as *mut u8;
+        let dst = src.add(ps);
+        src.write_volatile(0x5a);
+        let r = libc::mremap(
+            src as *mut libc::c_void,
+            ps,
+            ps,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED | libc::MREMAP_DONTUNMAP,
+            dst as *mut libc::c_void,
+        );
+        let mut ok = r == dst as *mut libc::c_void && dst.read_volatile() == 0x5a;
+        if ok {
+            src.write_volatile(0xa5);
+            ok = libc::madvise(src as *mut libc::c_void, ps, libc::MADV_DONTNEED) == 0
+                && src.read_volatile() == 0;
+        }
+        libc::munmap(m, 2 * ps);
+        ok
+    }
 }
 
 /// Milliseconds on a coarse monotonic clock (vDSO, no syscall).
