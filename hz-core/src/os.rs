@@ -301,21 +301,25 @@ pub fn dontunmap_sound() -> bool {
     }
     let e = errno();
     // SAFETY: the probe works on a private mapping of its own.
-    let ok = unsafe { probe_dontunmap() };
+    let r = unsafe { probe_dontunmap() };
     set_errno(e);
-    STATE.store(if ok { 1 } else { 2 }, Relaxed);
-    ok
+    // (No scratch mapping to be had, out of memory: no answer, and no move
+    // this time; the next move asks again.)
+    if let Some(ok) = r {
+        STATE.store(if ok { 1 } else { 2 }, Relaxed);
+    }
+    r == Some(true)
 }
 
 /// [`dontunmap_sound`]'s probe: two fresh pages; the first, written, moves
 /// onto the second with `MREMAP_DONTUNMAP`; the second must hold what was
 /// written, and the first, written again and advised `MADV_DONTNEED`, must
-/// read zero.
+/// read zero. None when the scratch mapping cannot be made.
 ///
 /// # Safety
 /// None beyond the syscalls' own: the mapping is the probe's, unmapped
 /// before it returns.
-unsafe fn probe_dontunmap() -> bool {
+unsafe fn probe_dontunmap() -> Option<bool> {
     let ps = page_size();
     // SAFETY: a fresh private anonymous mapping of two pages, ours alone;
     // every access below stays inside it, and it is unmapped at the end.
@@ -329,7 +333,7 @@ unsafe fn probe_dontunmap() -> bool {
             0,
         );
         if m == libc::MAP_FAILED {
-            return false;
+            return None;
         }
         let src = m as *mut u8;
         let dst = src.add(ps);
@@ -348,7 +352,7 @@ unsafe fn probe_dontunmap() -> bool {
                 && src.read_volatile() == 0;
         }
         libc::munmap(m, 2 * ps);
-        ok
+        Some(ok)
     }
 }
 
