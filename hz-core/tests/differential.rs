@@ -296,10 +296,7 @@ fn a_later_block_at_the_growing_buffers_address_is_modelled() {
     // first, on a thread of its own: a fresh heap, whose buffers start out
     // transient.
     let name = "a_later_block_at_the_growing_buffers_address_is_modelled";
-    if !child::in_child("HZ_DIFFERENTIAL_CHILD", name, &[], &[]) {
-        return;
-    }
-    std::thread::spawn(|| {
+    child::on_own_thread_in_child("HZ_DIFFERENTIAL_CHILD", name, || {
         let mut m = Model::new(shadow::new_extents(), "stale grow_last".into());
         m.alloc(AllocApi::Malloc, 300, 0, 1);
         for size in [500, 800, 200_000] {
@@ -315,7 +312,5 @@ fn a_later_block_at_the_growing_buffers_address_is_modelled() {
         m.realloc(1, ReallocApi::Global, 907, 3);
         assert!(!m.live[1].large);
         m.free_all();
-    })
-    .join()
-    .unwrap();
+    });
 }

@@ -31,13 +31,10 @@ fn in_child(name: &str) -> bool {
     child::in_child(CHILD, name, &[], &[])
 }
 
-/// Runs `f` on a thread of its own (whose heap and segments hold nothing
-/// else) in the fresh process of [`in_child`]; in the parent, nothing.
+/// [`child::on_own_thread_in_child`] with this file's marker.
 #[cfg(not(feature = "secure"))]
 fn on_own_thread_in_child(name: &str, f: impl FnOnce() + Send + 'static) {
-    if in_child(name) {
-        std::thread::spawn(f).join().unwrap();
-    }
+    child::on_own_thread_in_child(CHILD, name, f)
 }
 
 fn class_size(n: usize) -> usize {

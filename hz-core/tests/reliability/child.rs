@@ -66,6 +66,15 @@ pub fn in_child(marker: &str, name: &str, env: &[(&str, &str)], unset: &[&str]) 
     false
 }
 
+/// Runs `f` on a thread of its own (a fresh heap, whose segments hold
+/// nothing else) in the fresh child process of [`in_child`]; in the
+/// parent, runs the child and returns.
+pub fn on_own_thread_in_child(marker: &str, name: &str, f: impl FnOnce() + Send + 'static) {
+    if in_child(marker, name, &[], &[]) {
+        std::thread::spawn(f).join().unwrap();
+    }
+}
+
 /// Field `field` of /proc/self/statm, in bytes (0: size, 1: resident),
 /// read from /proc/self/status (`VmSize`, `VmRSS`), which gives kB: statm
 /// counts kernel pages, and under tests/c/libpageshim.c `sysconf` reports
