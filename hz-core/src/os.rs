@@ -263,9 +263,16 @@ pub unsafe fn protect_rw(p: *mut u8, len: usize) -> bool {
 /// # Safety
 /// Neither range holds data anyone else uses; they do not overlap.
 pub unsafe fn move_pages(from: *mut u8, to: *mut u8, len: usize) -> bool {
-    if !dontunmap_sound() {
-        return false;
-    }
+    // SAFETY: forwarded contract.
+    dontunmap_sound() && unsafe { remap_dontunmap(from, to, len) }
+}
+
+/// `mremap(MREMAP_FIXED | MREMAP_DONTUNMAP)` of `[from, from+len)` onto
+/// `to`: [`move_pages`]'s call, and [`probe_dontunmap`]'s.
+///
+/// # Safety
+/// As [`move_pages`].
+unsafe fn remap_dontunmap(from: *mut u8, to: *mut u8, len: usize) -> bool {
     // SAFETY: MREMAP_FIXED replaces whatever is mapped at `to` (our own
     // reserved, unused pages) with the pages of `from`; `from` stays mapped.
     let r = unsafe {
@@ -277,7 +284,7 @@ pub unsafe fn move_pages(from: *mut u8, to: *mut u8, len: usize) -> bool {
             to as *mut libc::c_void,
         )
     };
-    r != libc::MAP_FAILED
+    r == to as *mut libc::c_void
 }
 
 /// Whether `mremap(MREMAP_DONTUNMAP)` leaves its source as Linux documents:
@@ -338,14 +345,7 @@ unsafe fn probe_dontunmap() -> Option<bool> {
         let src = m as *mut u8;
         let dst = src.add(ps);
         src.write_volatile(0x5a);
-        let r = libc::mremap(
-            src as *mut libc::c_void,
-            ps,
-            ps,
-            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED | libc::MREMAP_DONTUNMAP,
-            dst as *mut libc::c_void,
-        );
-        let mut ok = r == dst as *mut libc::c_void && dst.read_volatile() == 0x5a;
+        let mut ok = remap_dontunmap(src, dst, ps) && dst.read_volatile() == 0x5a;
         if ok {
             src.write_volatile(0xa5);
             ok = libc::madvise(src as *mut libc::c_void, ps, libc::MADV_DONTNEED) == 0
