@@ -264,9 +264,22 @@ pub fn run(cmd: &mut Command, limit: Duration) -> Output {
             break s;
         }
         if Instant::now() > deadline {
+            // What each thread was doing, read before the kill, and what the
+            // program had printed: a hang in CI then says where it hung.
+            let threads = thread_states(child.id());
             kill_group(child.id());
             let _ = child.wait();
-            panic!("{cmd:?} ran longer than {limit:?}; killed");
+            let (stdout, stderr) = (
+                out.join().unwrap_or_default(),
+                err.join().unwrap_or_default(),
+            );
+            panic!(
+                "{cmd:?} ran longer than {limit:?}; killed\n\
+                 threads (tid, state, syscall, wchan) just before:\n{threads}\
+                 stdout (its end): {}\nstderr (its end): {}",
+                tail(&stdout),
+                tail(&stderr)
+            );
         }
         thread::sleep(Duration::from_millis(20));
     };
@@ -280,6 +293,43 @@ pub fn run(cmd: &mut Command, limit: Duration) -> Output {
 }
 
 /// Sends SIGKILL to the process group `pgid` (ignoring "no such group").
+/// One line per thread of process `pid` from `/proc`: its id, scheduler
+/// state, the system call it is in (number and first arguments, or
+/// `running`) and the kernel function it sleeps in.
+fn thread_states(pid: u32) -> String {
+    let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return "  (no /proc entry)\n".into();
+    };
+    let mut lines: Vec<String> = tasks
+        .flatten()
+        .map(|t| {
+            let dir = t.path();
+            let stat = read(dir.join("stat"));
+            // The state is the first field after the parenthesised name.
+            let state = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.split(' ').next())
+                .unwrap_or("?")
+                .to_string();
+            let syscall: Vec<String> = read(dir.join("syscall"))
+                .split_whitespace()
+                .take(3)
+                .map(str::to_string)
+                .collect();
+            format!(
+                "  {} {} [{}] {}\n",
+                t.file_name().to_string_lossy(),
+                state,
+                syscall.join(" "),
+                read(dir.join("wchan"))
+            )
+        })
+        .collect();
+    lines.sort();
+    lines.concat()
+}
+
 pub fn kill_group(pgid: u32) {
     if let Ok(pgid) = i32::try_from(pgid) {
         // SAFETY: kill has no memory-safety preconditions; a negative pid
@@ -334,5 +384,49 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A program past its limit is killed, and the failure says what its
+    /// threads were doing and what it had printed.
+    #[test]
+    fn a_program_past_its_limit_reports_its_threads_and_output() {
+        let started = Instant::now();
+        let err = std::panic::catch_unwind(|| {
+            let mut cmd = Command::new("sh");
+            cmd.args(["-c", "echo started-and-waiting; exec sleep 30"]);
+            run(&mut cmd, Duration::from_millis(500))
+        })
+        .expect_err("the program outlived its limit and must fail the run");
+        let msg = err
+            .downcast_ref::<String>()
+            .expect("a formatted panic message");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "not killed at its limit"
+        );
+        assert!(msg.contains("ran longer than 500ms; killed"), "{msg}");
+        assert!(
+            msg.contains("stdout (its end): started-and-waiting"),
+            "{msg}"
+        );
+        // `sleep` sleeps (state S) in a system call, named by number.
+        let threads: Vec<&str> = msg
+            .lines()
+            .skip_while(|l| !l.starts_with("threads"))
+            .skip(1)
+            .take_while(|l| l.starts_with("  "))
+            .collect();
+        assert_eq!(threads.len(), 1, "{msg}");
+        let fields: Vec<&str> = threads[0].split_whitespace().collect();
+        assert_eq!(fields[1], "S", "{msg}");
+        assert!(
+            fields[2].starts_with('[') && fields[2][1..].parse::<u32>().is_ok(),
+            "{msg}"
+        );
     }
 }
