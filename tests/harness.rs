@@ -292,7 +292,6 @@ pub fn run(cmd: &mut Command, limit: Duration) -> Output {
     }
 }
 
-/// Sends SIGKILL to the process group `pgid` (ignoring "no such group").
 /// One line per thread of process `pid` from `/proc`: its id, scheduler
 /// state, the system call it is in (number and first arguments, or
 /// `running`) and the kernel function it sleeps in.
@@ -330,6 +329,7 @@ fn thread_states(pid: u32) -> String {
     lines.concat()
 }
 
+/// Sends SIGKILL to the process group `pgid` (ignoring "no such group").
 pub fn kill_group(pgid: u32) {
     if let Ok(pgid) = i32::try_from(pgid) {
         // SAFETY: kill has no memory-safety preconditions; a negative pid
