@@ -78,7 +78,7 @@ for t in dense_heaps_take_spans_from_huge_pages \
     huge_requests oom_rlimit \
     guard_page_after_large_block write_past_a_large_block_hits_the_guard_page \
     fork_while_other_threads_allocate \
-    secure_python3_workload secure_sqlite3_queries; do
+    secure_python3_workload secure_sqlite3_queries secure_node_worker_threads; do
     skips+=(--skip "$t")
 done
 

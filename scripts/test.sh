@@ -17,6 +17,7 @@ step() { printf '\n=== [%dm%02ds] %s ===\n' $((SECONDS / 60)) $((SECONDS % 60)) 
 # the C/C++ toolchain for the test programs, and the benchmark rivals.
 packages=(
     gcc g++ make pkg-config python3 perl git sqlite3 redis-server redis-tools
+    nodejs xz-utils zstd
     valgrind libmimalloc-dev libjemalloc-dev libgoogle-perftools-dev
 )
 

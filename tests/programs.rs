@@ -371,3 +371,49 @@ fn redis_server_under_benchmark() {
     let status = srv.0.wait().expect("wait for redis-server");
     assert!(status.success(), "redis-server exit status {status:?}");
 }
+
+/// node (tests/js/workers.js): V8 and libuv with worker threads that
+/// start, allocate, hand memory over and exit.
+#[test]
+fn node_worker_threads() {
+    let dir = TempDir::new("node");
+    let script = hz_e2e::repo_root().join("tests/js/workers.js");
+    let Some(out) = same_as_glibc("node", &[script.to_str().expect("path")], dir.path()) else {
+        return;
+    };
+    for line in ["buffers ", "map workers ", "array workers "] {
+        assert!(out.stdout.contains(line), "no {line:?} in {}", out.stdout);
+    }
+}
+
+/// xz and zstd with two worker threads each: multi-megabyte buffers that
+/// one thread fills and another frees. The compressed bytes must be those
+/// glibc's run writes, and each stream must decompress to the input.
+#[test]
+fn xz_and_zstd_threaded_round_trip() {
+    let (Some(_), Some(_)) = (require("xz"), require("zstd")) else {
+        return;
+    };
+    let dir = TempDir::new("compress");
+    let mut input = String::new();
+    let mut x: u64 = 99;
+    while input.len() < 12 << 20 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let word = ["alpha", "beta", "gamma", "delta", "epsilon"][(x >> 61) as usize % 5];
+        input.push_str(&format!("{word} {} {:x}\n", x >> 44, x >> 20));
+    }
+    std::fs::write(dir.path().join("in.txt"), &input).expect("write input");
+    let script = r#"
+        set -e
+        xz -T2 -3 --block-size=1MiB -c in.txt > in.xz
+        zstd -q -T2 -5 --stream-size=$(stat -c %s in.txt) -c in.txt > in.zst
+        md5sum in.xz in.zst
+        xz -T2 -d -c in.xz | cmp - in.txt
+        zstd -q -T2 -d -c in.zst | cmp - in.txt
+        echo round trips ok
+    "#;
+    let hz = same_as_glibc("bash", &["-c", script], dir.path()).expect("bash");
+    assert!(hz.stdout.ends_with("round trips ok\n"), "{}", hz.stdout);
+}

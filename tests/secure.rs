@@ -281,8 +281,8 @@ fn secure_dlopen_dlclose_while_threads_allocate() {
     assert_eq!(out.stdout.trim(), "dlopen: ok");
 }
 
-/// Python (threads, dicts, JSON, big integers) and sqlite3 under the secure
-/// build print what they print on glibc.
+/// Python (threads, dicts, JSON, big integers), sqlite3 and node under the
+/// secure build print what they print on glibc.
 fn secure_same_as_glibc(prog: &str, args: &[&str], dir: &TempDir) {
     let Some(path) = require(prog) else { return };
     let mk = |mut cmd: Command| {
@@ -339,4 +339,13 @@ fn secure_sqlite3_queries() {
     ";
     std::fs::write(dir.path().join("q.sql"), sql).expect("write q.sql");
     secure_same_as_glibc("sqlite3", &[":memory:", ".read q.sql"], &dir);
+}
+
+/// node (tests/js/workers.js): worker threads that start, allocate, hand
+/// memory over and exit, under the secure build.
+#[test]
+fn secure_node_worker_threads() {
+    let dir = TempDir::new("secure-node");
+    let script = hz_e2e::repo_root().join("tests/js/workers.js");
+    secure_same_as_glibc("node", &[script.to_str().expect("path")], &dir);
 }
