@@ -314,3 +314,39 @@ fn a_later_block_at_the_growing_buffers_address_is_modelled() {
         m.free_all();
     });
 }
+
+/// The fuzz target's finding (session 45): one thread runs one model after
+/// another (the fuzzer's inputs), and hz's heap keeps the thread's growing
+/// buffer across them, so a block of the second model at the address of
+/// the first model's freed buffer counts as that buffer and may grow into
+/// a large block (E160). The model keeps its record per thread, as hz
+/// does, and expects it.
+#[cfg(not(feature = "secure"))]
+#[test]
+fn a_later_model_on_the_thread_inherits_its_growing_buffer() {
+    let name = "a_later_model_on_the_thread_inherits_its_growing_buffer";
+    child::on_own_thread_in_child("HZ_DIFFERENTIAL_CHILD", name, || {
+        let ext = shadow::new_extents();
+        let mut first = Model::new(ext.clone(), "first model".into());
+        first.alloc(AllocApi::Malloc, 16, 0, 1);
+        first.alloc(AllocApi::Malloc, 300, 0, 1);
+        first.realloc(1, ReallocApi::Realloc, 500, 0);
+        let buffer = first.live[1].p;
+        // The buffer first, then the other block, whose free sends the
+        // buffer on from its wait (E108) into its bin.
+        first.free_all();
+        let mut second = Model::new(ext.clone(), "second model".into());
+        second.alloc(AllocApi::Malloc, 500, 0, 2);
+        assert_eq!(
+            second.live[0].p, buffer,
+            "the freed buffer is reused at once"
+        );
+        second.realloc(0, ReallocApi::Realloc, 600, 0);
+        assert!(
+            second.live[0].large,
+            "a new thread's first buffer grows large"
+        );
+        second.free_all();
+        assert_eq!(ext.lock().unwrap().len(), 0);
+    });
+}

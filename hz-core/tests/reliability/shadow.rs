@@ -254,11 +254,16 @@ pub struct Model {
     /// Printed with every failure (the seed to replay).
     pub tag: String,
     pub ops: u64,
+}
+
+thread_local! {
     /// What hz's heap keeps of the thread's growing buffer (E155): the
     /// block C `realloc`'s last growing move of a small block returned, and
-    /// the last size asked of it.
-    grow_last: usize,
-    grow_len: usize,
+    /// the last size asked of it. Per thread, as hz's heap is: a thread
+    /// that runs one model after another (the fuzz target's inputs) keeps
+    /// one heap, whose record outlives each model; a new thread's heap
+    /// starts without one (adopted heaps are reset, E159).
+    static GROW: core::cell::Cell<(usize, usize)> = const { core::cell::Cell::new((0, 0)) };
 }
 
 impl Model {
@@ -268,8 +273,6 @@ impl Model {
             extents,
             tag,
             ops: 0,
-            grow_last: 0,
-            grow_len: 0,
         }
     }
 
@@ -525,7 +528,8 @@ impl Model {
         // accepted); C's from 256 bytes too, while the thread frees the
         // buffers it made large (E160: neither is that modelled); a large
         // one stays large while it grows.
-        let tracked = promote && b.p == self.grow_last;
+        let (grow_last, grow_len) = GROW.get();
+        let tracked = promote && b.p == grow_last;
         let streak_min = if c_api {
             GROW_EARLY_MIN
         } else {
@@ -539,7 +543,7 @@ impl Model {
             // (hz notes only a block that can start a streak: of at least
             // 8 KiB, C's of at least 256 bytes.)
             if usable >= streak_min {
-                (self.grow_last, self.grow_len) = (q as usize, new_size);
+                GROW.set((q as usize, new_size));
             }
         } else if tracked && !old_small {
             // `GlobalAlloc::realloc` keeps it large only at a size whose
@@ -549,11 +553,13 @@ impl Model {
             // buffer moved or was freed, and so does the model.)
             let tagged =
                 c_api || class_for(new_size, align.max(1)) >= class_for(GROW_STREAK_MIN, 1);
-            c_large |= new_size > self.grow_len && tagged;
-            self.grow_len = new_size;
-            if c_large && q != p {
-                self.grow_last = q as usize;
-            }
+            c_large |= new_size > grow_len && tagged;
+            let last = if c_large && q != p {
+                q as usize
+            } else {
+                grow_last
+            };
+            GROW.set((last, new_size));
         }
         let also = match api {
             ReallocApi::Realloc
