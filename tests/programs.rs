@@ -183,15 +183,20 @@ fn git_init_commit_log() {
     assert!(hz.stdout.contains("commit number 15"), "{}", hz.stdout);
 }
 
+/// The next value of a 64-bit linear congruential sequence (Knuth's MMIX
+/// constants): reproducible inputs for the programs.
+fn lcg(x: u64) -> u64 {
+    x.wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+}
+
 #[test]
 fn sort_large_input() {
     let dir = TempDir::new("sort");
     let mut input = String::new();
     let mut x: u64 = 12345;
     for i in 0..200_000u64 {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        x = lcg(x);
         input.push_str(&format!(
             "{} line{} {}\n",
             x >> 40,
@@ -398,9 +403,7 @@ fn xz_and_zstd_threaded_round_trip() {
     let mut input = String::new();
     let mut x: u64 = 99;
     while input.len() < 12 << 20 {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        x = lcg(x);
         let word = ["alpha", "beta", "gamma", "delta", "epsilon"][(x >> 61) as usize % 5];
         input.push_str(&format!("{word} {} {:x}\n", x >> 44, x >> 20));
     }

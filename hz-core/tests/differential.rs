@@ -344,7 +344,7 @@ fn a_later_model_on_the_thread_inherits_its_growing_buffer() {
         second.realloc(0, ReallocApi::Realloc, 600, 0);
         assert!(
             second.live[0].large,
-            "a new thread's first buffer grows large"
+            "a new heap's buffer grows large from 256 bytes (E160)"
         );
         second.free_all();
         assert_eq!(ext.lock().unwrap().len(), 0);
