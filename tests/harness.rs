@@ -211,6 +211,32 @@ fn tail(s: &str) -> &str {
 /// Default time limit for one program run.
 pub const LIMIT: Duration = Duration::from_secs(120);
 
+/// Runs `prog args` in `dir` on plain glibc and under `preloaded` (a
+/// command maker such as [`hz_command`] or [`secure_command`], `name` naming
+/// its library in failures); both must succeed with the same, non-empty
+/// stdout. Returns the preloaded run, or `None` when `prog` is missing.
+pub fn same_as_glibc_under(
+    prog: &str,
+    args: &[&str],
+    dir: &Path,
+    preloaded: fn(&Path) -> Command,
+    name: &str,
+) -> Option<Output> {
+    let path = require(prog)?;
+    let plain = run(plain_command(&path).args(args).current_dir(dir), LIMIT);
+    plain.assert_success(&format!("{prog} {args:?} on plain glibc"));
+    let hz = run(preloaded(&path).args(args).current_dir(dir), LIMIT);
+    hz.assert_success(&format!("{prog} {args:?} under {name}"));
+    assert!(
+        hz.stdout == plain.stdout,
+        "{prog} {args:?}: output under {name} differs from glibc\n--- glibc ---\n{}\n--- hz ---\n{}",
+        plain.stdout,
+        hz.stdout
+    );
+    assert!(!hz.stdout.is_empty(), "{prog} printed nothing");
+    Some(hz)
+}
+
 /// A command for `prog` with `LD_PRELOAD=libhz.so` set.
 pub fn hz_command(prog: impl AsRef<OsStr>) -> Command {
     preloaded(prog, libhz())

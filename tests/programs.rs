@@ -2,29 +2,19 @@
 //! A program that is not installed is skipped with a printed reason
 //! (scripts/test.sh installs them all, so in CI every one runs).
 
-use hz_e2e::{hz_command, kill_group, plain_command, require, run, Output, TempDir, LIMIT};
+use hz_e2e::{
+    hz_command, kill_group, plain_command, require, run, same_as_glibc_under, Output, TempDir,
+    LIMIT,
+};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Runs `prog args` in `dir` on plain glibc and under hz; both must succeed
-/// with identical stdout. Returns the hz run, or `None` when `prog` is
-/// missing.
+/// Runs `prog args` in `dir` on plain glibc and under libhz.so
+/// ([`same_as_glibc_under`]).
 fn same_as_glibc(prog: &str, args: &[&str], dir: &Path) -> Option<Output> {
-    let path = require(prog)?;
-    let plain = run(plain_command(&path).args(args).current_dir(dir), LIMIT);
-    plain.assert_success(&format!("{prog} {args:?} on plain glibc"));
-    let hz = run(hz_command(&path).args(args).current_dir(dir), LIMIT);
-    hz.assert_success(&format!("{prog} {args:?} under libhz.so"));
-    assert!(
-        hz.stdout == plain.stdout,
-        "{prog} {args:?}: output under hz differs from glibc\n--- glibc ---\n{}\n--- hz ---\n{}",
-        plain.stdout,
-        hz.stdout
-    );
-    assert!(!hz.stdout.is_empty(), "{prog} printed nothing");
-    Some(hz)
+    same_as_glibc_under(prog, args, dir, |p| hz_command(p), "libhz.so")
 }
 
 const PYTHON_WORKLOAD: &str = r#"

@@ -9,10 +9,10 @@
 //!   real-program tests pass under it.
 
 use hz_e2e::{
-    hz_command, plain_command, require, run, secure_command, test_bin, Output, TempDir, LIMIT,
+    hz_command, plain_command, run, same_as_glibc_under, secure_command, test_bin, Output, TempDir,
+    LIMIT,
 };
 use std::os::unix::process::ExitStatusExt;
-use std::process::Command;
 
 /// Runs `misuse CASE` under libhz-secure.so.
 fn misuse(case: &str, env: &[(&str, &str)]) -> Output {
@@ -284,20 +284,12 @@ fn secure_dlopen_dlclose_while_threads_allocate() {
 /// Python (threads, dicts, JSON, big integers), sqlite3 and node under the
 /// secure build print what they print on glibc.
 fn secure_same_as_glibc(prog: &str, args: &[&str], dir: &TempDir) {
-    let Some(path) = require(prog) else { return };
-    let mk = |mut cmd: Command| {
-        cmd.args(args).current_dir(dir.path());
-        cmd
-    };
-    let plain = run(&mut mk(plain_command(&path)), LIMIT);
-    plain.assert_success(&format!("{prog} on plain glibc"));
-    let hz = run(&mut mk(secure_command(&path)), LIMIT);
-    hz.assert_success(&format!("{prog} under libhz-secure.so"));
-    assert!(
-        hz.stdout == plain.stdout && !hz.stdout.is_empty(),
-        "{prog}: output under libhz-secure.so differs from glibc\n--- glibc ---\n{}\n--- hz ---\n{}",
-        plain.stdout,
-        hz.stdout
+    same_as_glibc_under(
+        prog,
+        args,
+        dir.path(),
+        |p| secure_command(p),
+        "libhz-secure.so",
     );
 }
 
